@@ -1,0 +1,13 @@
+//! The Kubernetes API: resource types, REST semantics, patches, selectors,
+//! defaulting, validation and Service allocation. No HTTP here.
+
+pub mod alloc;
+pub mod convert;
+pub mod defaults;
+pub mod errors;
+pub mod patch;
+pub mod patch_meta;
+pub mod registry;
+pub mod resources;
+pub mod selectors;
+pub mod validation;

@@ -1,0 +1,1336 @@
+//! The generic REST semantics of the Kubernetes API over a [`Store`]: create,
+//! get, list, update, patch, delete, deletecollection and watch for every
+//! resource type, plus the subresources (status, scale, binding).
+//!
+//! Objects are stored as JSON without `metadata.resourceVersion`; on the way
+//! out the resource version is the key's mod revision, as with etcd.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rand::Rng;
+use serde_json::{Map, Value, json};
+
+use super::alloc::ServiceAllocator;
+use super::convert;
+use super::defaults;
+use super::errors::{ApiError, ApiResult, Cause};
+use super::patch::{self, PatchError};
+use super::resources::{self, ResourceType, unknown_fields};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::validation;
+use crate::store::{EventKind, KeyValue, Revision, Store, StoreError};
+
+/// How unknown fields in a request body are treated (`?fieldValidation=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(s: &str) -> ApiResult<Self> {
+        match s {
+            "" | "Warn" => Ok(FieldValidation::Warn),
+            "Ignore" => Ok(FieldValidation::Ignore),
+            "Strict" => Ok(FieldValidation::Strict),
+            other => Err(ApiError::bad_request(format!(
+                "fieldValidation {other:?} is invalid: must be one of Ignore, Warn, Strict"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    pub limit: usize,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    /// `None` (or "0"): start with the current state as ADDED events.
+    pub resource_version: Option<Revision>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+}
+
+/// A watch event on the way to a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    Added(Value),
+    Modified(Value),
+    Deleted(Value),
+    /// The last revision delivered, for bookmarks.
+    Progress(Revision),
+    Error(Value),
+}
+
+/// A write result: the object and warnings for the `Warning` header.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    pub created: bool,
+}
+
+/// Settings of the API layer.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub service_cidr: ipnet::IpNet,
+    pub node_port_range: (u16, u16),
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            service_cidr: "10.96.0.0/12".parse().expect("valid CIDR"),
+            node_port_range: (30000, 32767),
+        }
+    }
+}
+
+pub struct Registry {
+    store: Arc<dyn Store>,
+    pub config: ApiConfig,
+    alloc: ServiceAllocator,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn meta(v: &Value) -> &Value {
+    v.get("metadata").unwrap_or(&Value::Null)
+}
+
+fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
+    if !v.is_object() {
+        *v = json!({});
+    }
+    let m = v.as_object_mut().expect("object");
+    if !m.get("metadata").is_some_and(Value::is_object) {
+        m.insert("metadata".into(), json!({}));
+    }
+    m.get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata object")
+}
+
+fn meta_str<'a>(v: &'a Value, field: &str) -> &'a str {
+    meta(v)
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn finalizers(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = meta(v)
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    // A namespace also waits for its spec finalizers.
+    if v.get("kind").and_then(Value::as_str) == Some("Namespace") {
+        out.extend(
+            v.pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(String::from)),
+        );
+    }
+    out
+}
+
+/// Everything of an object except metadata and status: what bumps generation.
+fn spec_part(v: &Value) -> Value {
+    let mut c = v.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    c
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: Revision,
+    start: String,
+}
+
+fn encode_continue(rv: Revision, start: &str) -> String {
+    let t = serde_json::to_vec(&ContinueToken {
+        rv,
+        start: start.to_string(),
+    })
+    .unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t)
+}
+
+fn decode_continue(token: &str) -> ApiResult<ContinueToken> {
+    let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> Self {
+        let alloc =
+            ServiceAllocator::new(store.clone(), config.service_cidr, config.node_port_range);
+        Registry {
+            store,
+            config,
+            alloc,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn allocator(&self) -> &ServiceAllocator {
+        &self.alloc
+    }
+
+    pub fn prefix(rt: &ResourceType, ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) if rt.namespaced => format!("/registry/{}/{}/", rt.storage, ns),
+            _ => format!("/registry/{}/", rt.storage),
+        }
+    }
+
+    pub fn key(rt: &ResourceType, ns: Option<&str>, name: &str) -> String {
+        format!("{}{}", Self::prefix(rt, ns), name)
+    }
+
+    /// Decode a stored value into the object clients see.
+    pub fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
+        let mut v: Value = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::internal(format!("decode stored object {}: {e}", kv.key)))?;
+        meta_mut(&mut v).insert("resourceVersion".into(), kv.mod_revision.to_string().into());
+        Ok(convert::from_storage(rt, v))
+    }
+
+    fn encode(rt: &ResourceType, v: &Value) -> ApiResult<Vec<u8>> {
+        let mut v = convert::to_storage(rt, v.clone());
+        meta_mut(&mut v).remove("resourceVersion");
+        serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("encode object: {e}")))
+    }
+
+    async fn get_kv(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<KeyValue> {
+        let (kv, _) = self.store.get(&Self::key(rt, ns, name)).await?;
+        kv.ok_or_else(|| {
+            ApiError::not_found(&rt.qualified(), name).with_object(rt.group, rt.plural, name)
+        })
+    }
+
+    pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        let kv = self.get_kv(rt, ns, name).await?;
+        Self::decode(rt, &kv)
+    }
+
+    /// List objects, honouring selectors and paging.
+    pub async fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<Value> {
+        self.check_field_selector(rt, &opts.field_selector)?;
+        let prefix = Self::prefix(rt, ns);
+        let mut start = match &opts.continue_token {
+            Some(t) if !t.is_empty() => Some(decode_continue(t)?.start),
+            _ => None,
+        };
+        // A name selector turns into a get.
+        let mut items = Vec::new();
+        let mut revision;
+        let mut next = None;
+        let page = if opts.limit == 0 {
+            0
+        } else {
+            opts.limit.max(100)
+        };
+        loop {
+            let res = self.store.list(&prefix, start.as_deref(), page).await?;
+            revision = res.revision;
+            let mut last_key = None;
+            for kv in &res.kvs {
+                last_key = Some(kv.key.clone());
+                let obj = Self::decode(rt, kv)?;
+                if opts.label_selector.matches_object(&obj)
+                    && opts.field_selector.matches_object(&obj)
+                {
+                    items.push(obj);
+                    if opts.limit > 0 && items.len() >= opts.limit {
+                        if kv.key != res.kvs.last().map(|k| k.key.clone()).unwrap_or_default()
+                            || res.more
+                        {
+                            next = Some(kv.key.clone());
+                        }
+                        break;
+                    }
+                }
+            }
+            if next.is_some() || !res.more {
+                break;
+            }
+            start = last_key;
+        }
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if let Some(k) = next {
+            metadata["continue"] = encode_continue(revision, &k).into();
+        }
+        Ok(json!({
+            "kind": rt.list_kind(),
+            "apiVersion": rt.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    fn check_field_selector(&self, rt: &ResourceType, fs: &FieldSelector) -> ApiResult<()> {
+        for f in fs.fields() {
+            if f != "metadata.name" && f != "metadata.namespace" && !rt.field_labels.contains(&f) {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Defaulting, typed decoding (unknown fields per `fv`) and validation.
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        mut obj: Value,
+        fv: FieldValidation,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        defaults::apply(rt, &mut obj);
+        let typed = (rt.typed)(&obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                rt.kind, rt.version, rt.kind
+            ))
+        })?;
+        let unknown = unknown_fields(&obj, &typed);
+        let mut warnings = Vec::new();
+        if !unknown.is_empty() {
+            match fv {
+                FieldValidation::Strict => {
+                    let detail = unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {detail}"
+                    )));
+                }
+                FieldValidation::Warn => {
+                    warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+                }
+                FieldValidation::Ignore => {}
+            }
+        }
+        let name = meta_str(&typed, "name").to_string();
+        let causes = validation::validate(rt, &typed);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(rt.group, rt.kind, &name, causes));
+        }
+        Ok((typed, warnings))
+    }
+
+    fn check_type_meta(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        let m = obj.as_object_mut().expect("checked");
+        let api_version = rt.api_version();
+        match m.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert("apiVersion".into(), api_version.clone().into());
+            }
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        match m.get("kind").and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert("kind".into(), rt.kind.into());
+            }
+            Some(k) if k == rt.kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    rt.kind
+                )));
+            }
+        }
+        if m.get("metadata")
+            .is_some_and(|md| !md.is_object() && !md.is_null())
+        {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        }
+        Ok(())
+    }
+
+    fn check_namespace(rt: &ResourceType, ns: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+        let md = meta_mut(obj);
+        if rt.namespaced {
+            let ns = ns.ok_or_else(|| {
+                ApiError::bad_request("a namespace is required for namespaced resources")
+            })?;
+            match md.get("namespace").and_then(Value::as_str) {
+                None | Some("") => {
+                    md.insert("namespace".into(), ns.into());
+                }
+                Some(n) if n == ns => {}
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+        } else {
+            md.remove("namespace");
+        }
+        Ok(())
+    }
+
+    async fn namespace_open(&self, ns: &str) -> ApiResult<()> {
+        let nsrt = resources::find("", "v1", "namespaces").expect("namespaces registered");
+        let kv = self.store.get(&Self::key(nsrt, None, ns)).await?.0;
+        match kv {
+            None => Err(ApiError::not_found("namespaces", ns).with_object("", "namespaces", ns)),
+            Some(kv) => {
+                let v = Self::decode(nsrt, &kv)?;
+                if !meta_str(&v, "deletionTimestamp").is_empty() {
+                    Err(ApiError::forbidden(format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Create an object (POST).
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        Self::check_type_meta(rt, &mut obj)?;
+        Self::check_namespace(rt, ns, &mut obj)?;
+        {
+            let md = meta_mut(&mut obj);
+            let name = md
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let generate = md
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if name.is_empty() && !generate.is_empty() {
+                md.insert(
+                    "name".into(),
+                    format!("{generate}{}", random_suffix()).into(),
+                );
+            }
+            if md
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+            {
+                return Err(ApiError::bad_request(
+                    "resourceVersion should not be set on objects to be created",
+                ));
+            }
+            md.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+            md.insert("creationTimestamp".into(), now_rfc3339().into());
+            for f in [
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "managedFields",
+                "selfLink",
+                "resourceVersion",
+            ] {
+                md.remove(f);
+            }
+        }
+        let name = meta_str(&obj, "name").to_string();
+        let causes = validation::name_causes(rt, &name);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(rt.group, rt.kind, &name, causes));
+        }
+        if obj.get("spec").is_some() {
+            meta_mut(&mut obj).insert("generation".into(), 1.into());
+        }
+        let (mut obj, warnings) = self.admit(rt, obj, opts.field_validation)?;
+        if rt.namespaced {
+            self.namespace_open(ns.unwrap_or_default()).await?;
+        }
+        let key = Self::key(rt, ns, &name);
+        if opts.dry_run {
+            if self.store.get(&key).await?.0.is_some() {
+                return Err(ApiError::already_exists(&rt.qualified(), &name)
+                    .with_object(rt.group, rt.plural, &name));
+            }
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: true,
+            });
+        }
+        let allocation = if rt.is("", "Service") {
+            Some(self.alloc.allocate(&mut obj, None).await?)
+        } else {
+            None
+        };
+        let bytes = Self::encode(rt, &obj)?;
+        match self.store.create(&key, bytes).await {
+            Ok(kv) => {
+                if let Some(a) = allocation {
+                    a.commit();
+                }
+                Ok(Written {
+                    object: Self::decode(rt, &kv)?,
+                    warnings,
+                    created: true,
+                })
+            }
+            Err(StoreError::AlreadyExists { .. }) => {
+                if let Some(a) = allocation {
+                    a.rollback().await;
+                }
+                Err(ApiError::already_exists(&rt.qualified(), &name)
+                    .with_object(rt.group, rt.plural, &name))
+            }
+            Err(e) => {
+                if let Some(a) = allocation {
+                    a.rollback().await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Replace an object (PUT), the main resource or its status.
+    pub async fn update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        Self::check_type_meta(rt, &mut obj)?;
+        Self::check_namespace(rt, ns, &mut obj)?;
+        let body_name = meta_str(&obj, "name");
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        meta_mut(&mut obj).insert("name".into(), name.into());
+        let wanted_rv = meta_str(&obj, "resourceVersion").to_string();
+        loop {
+            let kv = self.get_kv(rt, ns, name).await?;
+            if !wanted_rv.is_empty() && wanted_rv != kv.mod_revision.to_string() {
+                return Err(self.conflict(rt, name));
+            }
+            let current = Self::decode(rt, &kv)?;
+            match self
+                .write_update(rt, ns, name, &kv, current, obj.clone(), subresource, opts)
+                .await
+            {
+                Err(UpdateError::Conflict) if wanted_rv.is_empty() => continue,
+                Err(UpdateError::Conflict) => return Err(self.conflict(rt, name)),
+                Err(UpdateError::Api(e)) => return Err(e),
+                Ok(w) => return Ok(w),
+            }
+        }
+    }
+
+    fn conflict(&self, rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::conflict(
+            &rt.qualified(),
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+        .with_object(rt.group, rt.plural, name)
+    }
+
+    /// Merge `new` over `current` per the subresource rules, admit it and
+    /// compare-and-swap it in. A finalized deleting object is removed.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        kv: &KeyValue,
+        current: Value,
+        mut new: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, UpdateError> {
+        match subresource {
+            Some("status") => {
+                // Only the status changes.
+                let status = new.get("status").cloned();
+                new = current.clone();
+                match status {
+                    Some(s) => {
+                        new["status"] = s;
+                    }
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            Some("finalize") => {
+                let spec = new.get("spec").cloned();
+                new = current.clone();
+                if let Some(s) = spec {
+                    new["spec"] = s;
+                }
+            }
+            _ => {
+                if rt.has_status() {
+                    match current.get("status") {
+                        Some(s) => new["status"] = s.clone(),
+                        None => {
+                            if let Some(m) = new.as_object_mut() {
+                                m.remove("status");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        {
+            let cur_md = meta(&current).clone();
+            let md = meta_mut(&mut new);
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "generation",
+            ] {
+                match cur_md.get(f) {
+                    Some(v) => {
+                        md.insert(f.into(), v.clone());
+                    }
+                    None => {
+                        md.remove(f);
+                    }
+                }
+            }
+            md.remove("managedFields");
+            md.remove("selfLink");
+            md.remove("resourceVersion");
+        }
+        if rt.is("", "Service") {
+            self.alloc.carry_over(&current, &mut new);
+        }
+        if new.get("spec").is_some() && spec_part(&new) != spec_part(&current) {
+            let g = meta(&current)
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut new).insert("generation".into(), (g + 1).into());
+        }
+        let (mut new, warnings) = self
+            .admit(rt, new, opts.field_validation)
+            .map_err(UpdateError::Api)?;
+        let causes = validation::validate_update(rt, &current, &new);
+        if !causes.is_empty() {
+            return Err(UpdateError::Api(ApiError::invalid(
+                rt.group, rt.kind, name, causes,
+            )));
+        }
+        let key = Self::key(rt, ns, name);
+        let mut cur_cmp = current.clone();
+        meta_mut(&mut cur_cmp).remove("resourceVersion");
+        if new == cur_cmp {
+            return Ok(Written {
+                object: current,
+                warnings,
+                created: false,
+            });
+        }
+        if opts.dry_run {
+            meta_mut(&mut new).insert("resourceVersion".into(), kv.mod_revision.to_string().into());
+            return Ok(Written {
+                object: new,
+                warnings,
+                created: false,
+            });
+        }
+        // A deleting object whose last finalizer went away is removed.
+        if !meta_str(&new, "deletionTimestamp").is_empty() && finalizers(&new).is_empty() {
+            return match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(deleted) => {
+                    self.after_delete(rt, &current).await;
+                    let mut obj = new;
+                    meta_mut(&mut obj).insert(
+                        "resourceVersion".into(),
+                        deleted.mod_revision.to_string().into(),
+                    );
+                    Ok(Written {
+                        object: obj,
+                        warnings,
+                        created: false,
+                    })
+                }
+                Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {
+                    Err(UpdateError::Conflict)
+                }
+                Err(e) => Err(UpdateError::Api(e.into())),
+            };
+        }
+        let allocation = if rt.is("", "Service") {
+            Some(
+                self.alloc
+                    .allocate(&mut new, Some(&current))
+                    .await
+                    .map_err(UpdateError::Api)?,
+            )
+        } else {
+            None
+        };
+        let bytes = Self::encode(rt, &new).map_err(UpdateError::Api)?;
+        match self.store.update(&key, bytes, kv.mod_revision).await {
+            Ok(kv) => {
+                if let Some(a) = allocation {
+                    a.commit();
+                    self.alloc.release_unused(&current, &new).await;
+                }
+                Ok(Written {
+                    object: Self::decode(rt, &kv).map_err(UpdateError::Api)?,
+                    warnings,
+                    created: false,
+                })
+            }
+            Err(e) => {
+                if let Some(a) = allocation {
+                    a.rollback().await;
+                }
+                match e {
+                    StoreError::Conflict { .. } => Err(UpdateError::Conflict),
+                    StoreError::NotFound { .. } => Err(UpdateError::Api(
+                        ApiError::not_found(&rt.qualified(), name)
+                            .with_object(rt.group, rt.plural, name),
+                    )),
+                    other => Err(UpdateError::Api(other.into())),
+                }
+            }
+        }
+    }
+
+    /// Patch an object (PATCH), the main resource or its status.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch_body: &Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        loop {
+            let kv = self.get_kv(rt, ns, name).await?;
+            let current = Self::decode(rt, &kv)?;
+            let patched = apply_patch(rt, &current, patch_type, patch_body)?;
+            let pinned = meta_str(&patched, "resourceVersion").to_string();
+            let pinned_by_patch = pinned != kv.mod_revision.to_string();
+            if pinned_by_patch && !pinned.is_empty() {
+                return Err(self.conflict(rt, name));
+            }
+            let patched_name = meta_str(&patched, "name");
+            if patched_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({patched_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            let mut patched = patched;
+            Self::check_type_meta(rt, &mut patched)?;
+            match self
+                .write_update(rt, ns, name, &kv, current, patched, subresource, opts)
+                .await
+            {
+                Err(UpdateError::Conflict) => continue,
+                Err(UpdateError::Api(e)) => return Err(e),
+                Ok(w) => return Ok(w),
+            }
+        }
+    }
+
+    /// Delete an object (DELETE): immediately, or by marking it for deletion
+    /// when finalizers or a pod's grace period hold it.
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        loop {
+            let kv = self.get_kv(rt, ns, name).await?;
+            let current = Self::decode(rt, &kv)?;
+            if let Some(uid) = &opts.precondition_uid
+                && uid != meta_str(&current, "uid")
+            {
+                return Err(ApiError::conflict(
+                    &rt.qualified(),
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&current, "uid")
+                    ),
+                ));
+            }
+            if let Some(rv) = &opts.precondition_resource_version
+                && *rv != kv.mod_revision.to_string()
+            {
+                return Err(ApiError::conflict(
+                    &rt.qualified(),
+                    name,
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        kv.mod_revision
+                    ),
+                ));
+            }
+            let key = Self::key(rt, ns, name);
+            let mut marked = current.clone();
+            let mut fins = meta(&marked)
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match opts.propagation_policy.as_deref() {
+                Some("Orphan") if !fins.contains(&json!("orphan")) => fins.push(json!("orphan")),
+                Some("Foreground") if !fins.contains(&json!("foregroundDeletion")) => {
+                    fins.push(json!("foregroundDeletion"))
+                }
+                _ => {}
+            }
+            let grace = self.grace_period(rt, &current, opts);
+            let already = !meta_str(&current, "deletionTimestamp").is_empty();
+            let has_fins = !fins.is_empty() || !finalizers(&current).is_empty();
+            if grace > 0 || has_fins {
+                // Mark for deletion; someone else (agent, controller) finishes it.
+                let shorter = meta(&current)
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .is_none_or(|g| grace < g);
+                if already
+                    && !shorter
+                    && fins.len()
+                        == meta(&current)
+                            .get("finalizers")
+                            .and_then(Value::as_array)
+                            .map_or(0, Vec::len)
+                {
+                    return Ok(current);
+                }
+                let when = chrono::Utc::now() + chrono::Duration::seconds(grace);
+                let md = meta_mut(&mut marked);
+                if !already || shorter {
+                    md.insert(
+                        "deletionTimestamp".into(),
+                        when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            .into(),
+                    );
+                    md.insert("deletionGracePeriodSeconds".into(), grace.into());
+                }
+                if !fins.is_empty() {
+                    md.insert("finalizers".into(), Value::Array(fins));
+                }
+                if rt.is("", "Namespace") {
+                    marked["status"]["phase"] = "Terminating".into();
+                }
+                if opts.dry_run {
+                    return Ok(marked);
+                }
+                let bytes = Self::encode(rt, &marked)?;
+                match self.store.update(&key, bytes, kv.mod_revision).await {
+                    Ok(kv) => return Self::decode(rt, &kv),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::NotFound { .. }) => {
+                        return Err(ApiError::not_found(&rt.qualified(), name)
+                            .with_object(rt.group, rt.plural, name));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if opts.dry_run {
+                return Ok(current);
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(deleted) => {
+                    self.after_delete(rt, &current).await;
+                    let mut obj = current;
+                    meta_mut(&mut obj).insert(
+                        "resourceVersion".into(),
+                        deleted.mod_revision.to_string().into(),
+                    );
+                    return Ok(obj);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::not_found(&rt.qualified(), name)
+                        .with_object(rt.group, rt.plural, name));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Seconds of grace a deletion gets: pods bound to a node and still
+    /// running wait for their agent; everything else goes at once.
+    fn grace_period(&self, rt: &ResourceType, current: &Value, opts: &DeleteOptions) -> i64 {
+        if !rt.is("", "Pod") {
+            return 0;
+        }
+        let bound = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let phase = current
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !bound || phase == "Succeeded" || phase == "Failed" {
+            return 0;
+        }
+        let g = opts.grace_period_seconds.unwrap_or_else(|| {
+            current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        // An explicit 0 (kubectl delete --force --grace-period=0) deletes at once.
+        g.max(0)
+    }
+
+    async fn after_delete(&self, rt: &ResourceType, obj: &Value) {
+        if rt.is("", "Service") {
+            self.alloc.release_all(obj).await;
+        }
+    }
+
+    /// Delete every object matching the selectors (DELETE on a collection).
+    pub async fn delete_collection(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        let objs = self.list(rt, ns, list).await?;
+        let mut items = Vec::new();
+        for item in objs["items"].as_array().into_iter().flatten() {
+            let name = meta_str(item, "name");
+            let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+            match self.delete(rt, item_ns.or(ns), name, opts).await {
+                Ok(v) => items.push(v),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(
+            json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": {}, "items": items}),
+        )
+    }
+
+    /// Bind a pod to a node (POST pods/{name}/binding).
+    pub async fn bind(&self, ns: &str, name: &str, binding: &Value) -> ApiResult<Value> {
+        let rt = resources::find("", "v1", "pods").expect("pods registered");
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                "",
+                "Binding",
+                name,
+                vec![Cause::required("target.name")],
+            ));
+        }
+        loop {
+            let kv = self.get_kv(rt, Some(ns), name).await?;
+            let mut pod = Self::decode(rt, &kv)?;
+            if !meta_str(&pod, "deletionTimestamp").is_empty() {
+                return Err(ApiError::conflict(
+                    "pods",
+                    name,
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
+            }
+            let current = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !current.is_empty() {
+                return Err(ApiError::conflict(
+                    "pods/binding",
+                    name,
+                    format!("pod {name} is already assigned to node \"{current}\""),
+                ));
+            }
+            pod["spec"]["nodeName"] = node.clone().into();
+            let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
+            let conds = pod["status"]
+                .as_object_mut()
+                .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+            if let Some(Value::Array(cs)) = conds {
+                cs.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
+                cs.push(cond);
+            }
+            let bytes = Self::encode(rt, &pod)?;
+            match self.store.update(&kv.key, bytes, kv.mod_revision).await {
+                Ok(_) => {
+                    return Ok(
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                    );
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The autoscaling/v1 Scale of a deployment or replica set.
+    pub fn scale_of(obj: &Value) -> Value {
+        let sel = obj
+            .pointer("/spec/selector")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let selector = LabelSelector::from_object(&sel)
+            .map(|s| {
+                s.0.iter()
+                    .map(|r| match &r.op {
+                        super::selectors::Op::Eq(v) => format!("{}={}", r.key, v),
+                        super::selectors::Op::NotEq(v) => format!("{}!={}", r.key, v),
+                        super::selectors::Op::In(vs) => format!("{} in ({})", r.key, vs.join(",")),
+                        super::selectors::Op::NotIn(vs) => {
+                            format!("{} notin ({})", r.key, vs.join(","))
+                        }
+                        super::selectors::Op::Exists => r.key.clone(),
+                        super::selectors::Op::DoesNotExist => format!("!{}", r.key),
+                        super::selectors::Op::Gt(n) => format!("{}>{n}", r.key),
+                        super::selectors::Op::Lt(n) => format!("{}<{n}", r.key),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta_str(obj, "name"),
+                "namespace": meta_str(obj, "namespace"),
+                "uid": meta_str(obj, "uid"),
+                "resourceVersion": meta_str(obj, "resourceVersion"),
+                "creationTimestamp": meta(obj).get("creationTimestamp").cloned().unwrap_or(Value::Null),
+            },
+            "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+            "status": {
+                "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+                "selector": selector,
+            },
+        })
+    }
+
+    /// Update the scale subresource: PUT (a Scale) or PATCH (against the Scale).
+    pub async fn update_scale(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        change: ScaleChange<'_>,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
+        loop {
+            let kv = self.get_kv(rt, Some(ns), name).await?;
+            let current = Self::decode(rt, &kv)?;
+            let scale = Self::scale_of(&current);
+            let new_scale = match change {
+                ScaleChange::Replace(s) => {
+                    let rv = s
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if !rv.is_empty() && rv != kv.mod_revision.to_string() {
+                        return Err(self.conflict(rt, name));
+                    }
+                    s.clone()
+                }
+                ScaleChange::Patch(t, p) => {
+                    let scale_rt = ResourceType {
+                        kind: "Scale",
+                        group: "autoscaling",
+                        ..*rt
+                    };
+                    apply_patch(&scale_rt, &scale, t, p)?
+                }
+            };
+            let replicas = new_scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "autoscaling",
+                        "Scale",
+                        name,
+                        vec![Cause::required("spec.replicas")],
+                    )
+                })?;
+            if replicas < 0 {
+                return Err(ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    name,
+                    vec![Cause::invalid(
+                        "spec.replicas",
+                        &replicas.to_string(),
+                        "must be greater than or equal to 0",
+                    )],
+                ));
+            }
+            let mut new = current.clone();
+            new["spec"]["replicas"] = replicas.into();
+            match self
+                .write_update(rt, Some(ns), name, &kv, current, new, None, opts)
+                .await
+            {
+                Ok(w) => return Ok(Self::scale_of(&w.object)),
+                Err(UpdateError::Conflict) => continue,
+                Err(UpdateError::Api(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Watch changes, filtered by selectors, as Kubernetes watch events.
+    pub async fn watch(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        opts: WatchOptions,
+    ) -> ApiResult<BoxStream<'static, WatchEvent>> {
+        self.check_field_selector(rt, &opts.field_selector)?;
+        let prefix = Self::prefix(rt, ns.as_deref());
+        let name = opts
+            .field_selector
+            .required_value("metadata.name")
+            .map(String::from);
+        let (initial, from) = match opts.resource_version {
+            Some(rv) if rv > 0 => (Vec::new(), rv),
+            _ => {
+                let list = match &name {
+                    Some(n) => {
+                        let (kv, rev) = self.store.get(&format!("{prefix}{}", n)).await?;
+                        (kv.into_iter().collect::<Vec<_>>(), rev)
+                    }
+                    None => {
+                        let res = self.store.list(&prefix, None, 0).await?;
+                        (res.kvs, res.revision)
+                    }
+                };
+                let mut initial = Vec::new();
+                for kv in &list.0 {
+                    let obj = Self::decode(rt, kv)?;
+                    if opts.label_selector.matches_object(&obj)
+                        && opts.field_selector.matches_object(&obj)
+                    {
+                        initial.push(WatchEvent::Added(obj));
+                    }
+                }
+                (initial, list.1)
+            }
+        };
+        // Narrow the store watch to one key when a name is selected.
+        let watch_prefix = match &name {
+            Some(n) => format!("{prefix}{n}"),
+            None => prefix.clone(),
+        };
+        let events = match self.store.watch(&watch_prefix, from).await {
+            Ok(s) => s,
+            Err(StoreError::Compacted {
+                requested,
+                compacted,
+            }) => {
+                let status = ApiError::gone(format!(
+                    "too old resource version: {requested} ({compacted})"
+                ))
+                .to_status();
+                return Ok(futures::stream::iter(vec![WatchEvent::Error(status)]).boxed());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let exact = name.clone().map(|n| format!("{prefix}{n}"));
+        let label = opts.label_selector;
+        let field = opts.field_selector;
+        let matches = move |v: &Value| label.matches_object(v) && field.matches_object(v);
+        let live = events.filter_map(move |ev| {
+            let out = match ev {
+                Err(e) => {
+                    let err: ApiError = match e {
+                        StoreError::Compacted {
+                            requested,
+                            compacted,
+                        } => ApiError::gone(format!(
+                            "too old resource version: {requested} ({compacted})"
+                        )),
+                        other => ApiError::internal(other.to_string()),
+                    };
+                    Some(WatchEvent::Error(err.to_status()))
+                }
+                Ok(ev) => {
+                    if exact.as_ref().is_some_and(|k| *k != ev.kv.key) {
+                        None
+                    } else {
+                        translate(rt, &ev, &matches).or(Some(WatchEvent::Progress(ev.revision())))
+                    }
+                }
+            };
+            futures::future::ready(out)
+        });
+        Ok(futures::stream::iter(initial).chain(live).boxed())
+    }
+}
+
+/// Turn a store event into a watch event for a filtered watch: objects that
+/// move into the selection are ADDED, out of it DELETED.
+fn translate(
+    rt: &ResourceType,
+    ev: &crate::store::Event,
+    matches: &impl Fn(&Value) -> bool,
+) -> Option<WatchEvent> {
+    let decode = |kv: &KeyValue| Registry::decode(rt, kv).ok();
+    match ev.kind {
+        EventKind::Put => {
+            let new = decode(&ev.kv)?;
+            let old_matches = ev
+                .prev
+                .as_ref()
+                .and_then(decode)
+                .is_some_and(|o| matches(&o));
+            match (old_matches, matches(&new)) {
+                (false, true) if ev.prev.is_none() => Some(WatchEvent::Added(new)),
+                (false, true) => Some(WatchEvent::Added(new)),
+                (true, true) => Some(WatchEvent::Modified(new)),
+                (true, false) => Some(WatchEvent::Deleted(new)),
+                (false, false) => None,
+            }
+        }
+        EventKind::Delete => {
+            let old = decode(&ev.kv)?;
+            matches(&old).then_some(WatchEvent::Deleted(old))
+        }
+    }
+}
+
+pub enum ScaleChange<'a> {
+    Replace(&'a Value),
+    Patch(PatchType, &'a Value),
+}
+
+enum UpdateError {
+    Conflict,
+    Api(ApiError),
+}
+
+fn apply_patch(rt: &ResourceType, current: &Value, t: PatchType, p: &Value) -> ApiResult<Value> {
+    let result = match t {
+        PatchType::Json => patch::apply_json_patch(current, p),
+        PatchType::Merge => patch::apply_json_merge_patch(current, p),
+        PatchType::Strategic => patch::apply_strategic_merge_patch(
+            current,
+            p,
+            patch::schema_for_kind(rt.group, rt.kind),
+        ),
+    };
+    result.map_err(|e| patch_error(rt, e))
+}
+
+fn patch_error(rt: &ResourceType, e: PatchError) -> ApiError {
+    match e.status_code() {
+        413 => ApiError::too_large(e.to_string()),
+        422 => ApiError::invalid(
+            rt.group,
+            rt.kind,
+            "",
+            vec![Cause::new("FieldValueInvalid", "", e.to_string())],
+        ),
+        _ => ApiError::bad_request(e.to_string()),
+    }
+}

@@ -1,0 +1,6 @@
+//! Keelson's control-plane companion: a Kubernetes API server over an
+//! embedded (SQLite) or etcd store.
+
+pub mod api;
+pub mod server;
+pub mod store;

@@ -1,0 +1,191 @@
+//! Authentication: a client certificate signed by the cluster CA (CN is the
+//! user, O the groups) or a bearer token from `DIR/tokens.csv`
+//! (`token,user,uid,"group1,group2"`, as kube-apiserver's --token-auth-file).
+//! Anything else is 401.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rand::Rng;
+
+use super::ServerError;
+
+/// Who made a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+/// The verified client certificate's identity for one connection, if any.
+#[derive(Clone, Debug, Default)]
+pub struct PeerIdentity(pub Option<UserInfo>);
+
+pub struct Tokens {
+    by_token: HashMap<String, UserInfo>,
+}
+
+impl Tokens {
+    /// Parse a token file.
+    pub fn parse(text: &str) -> Tokens {
+        let mut by_token = HashMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (head, groups) = match line.split_once(",\"") {
+                Some((h, g)) => (h, g.trim_end_matches('"')),
+                None => (line, ""),
+            };
+            let mut parts = head.splitn(4, ',');
+            let (Some(token), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let uid = parts.next().unwrap_or_default();
+            let mut groups: Vec<String> = groups
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect();
+            if let Some(g) = parts.next() {
+                groups.extend(g.split(',').filter(|g| !g.is_empty()).map(String::from));
+            }
+            by_token.insert(
+                token.to_string(),
+                UserInfo {
+                    name: name.to_string(),
+                    uid: uid.to_string(),
+                    groups,
+                },
+            );
+        }
+        Tokens { by_token }
+    }
+
+    /// Load `DIR/tokens.csv`, creating it with an admin token on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<Tokens, ServerError> {
+        let path = data_dir.join("tokens.csv");
+        if !path.exists() {
+            let token: String = rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(40)
+                .map(char::from)
+                .collect();
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|source| ServerError::Io {
+                    operation: format!("create {}", path.display()),
+                    source,
+                })?;
+            writeln!(f, "{token},keelson-admin,keelson-admin,\"system:masters\"").map_err(
+                |source| ServerError::Io {
+                    operation: format!("write {}", path.display()),
+                    source,
+                },
+            )?;
+            std::fs::write(data_dir.join("admin.token"), &token).map_err(|source| {
+                ServerError::Io {
+                    operation: "write admin.token".into(),
+                    source,
+                }
+            })?;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ServerError::Io {
+            operation: format!("read {}", path.display()),
+            source,
+        })?;
+        Ok(Tokens::parse(&text))
+    }
+}
+
+pub struct Authenticator {
+    tokens: Tokens,
+}
+
+impl Authenticator {
+    pub fn new(tokens: Tokens) -> Self {
+        Authenticator { tokens }
+    }
+
+    /// The user of a request, from its connection's certificate or its
+    /// `Authorization: Bearer` header.
+    pub fn authenticate(
+        &self,
+        peer: &PeerIdentity,
+        authorization: Option<&str>,
+    ) -> Option<UserInfo> {
+        if let Some(user) = &peer.0 {
+            return Some(user.clone());
+        }
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        self.tokens.by_token.get(token).cloned()
+    }
+}
+
+/// The user a verified client certificate names.
+pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some(UserInfo {
+        name,
+        uid: String::new(),
+        groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file() {
+        let t = Tokens::parse("# comment\nabc,alice,1,\"a,b\"\ndef,bob,2\n");
+        let a = Authenticator::new(t);
+        let none = PeerIdentity::default();
+        assert_eq!(
+            a.authenticate(&none, Some("Bearer abc")).unwrap().groups,
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            a.authenticate(&none, Some("Bearer def")).unwrap().name,
+            "bob"
+        );
+        assert!(a.authenticate(&none, Some("Bearer nope")).is_none());
+        assert!(a.authenticate(&none, Some("Basic abc")).is_none());
+        assert!(a.authenticate(&none, None).is_none());
+    }
+
+    #[test]
+    fn cert_subject() {
+        let ca = crate::server::pki::Pki::load_or_create(tempfile::tempdir().unwrap().path(), &[])
+            .unwrap();
+        let pem = ca.admin.cert_pem;
+        let der = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        let u = user_from_cert(&der).unwrap();
+        assert_eq!(u.name, "keelson-admin");
+        assert_eq!(u.groups, vec!["system:masters"]);
+    }
+}

@@ -1,0 +1,185 @@
+//! What the API server does by itself: bootstrap objects, namespace
+//! deletion, store compaction, and the Service allocation repair.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::api::registry::{DeleteOptions, ListOptions, Registry, WriteOptions};
+use crate::api::resources::{self, RESOURCES};
+
+/// Namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Create the system namespaces and the `kubernetes` Service, and repair
+/// Service allocations. Failures are logged; the server still starts.
+pub async fn bootstrap(registry: &Registry, port: u16) {
+    let services = resources::find("", "v1", "services").expect("services registered");
+    match registry
+        .allocator()
+        .repair(&Registry::prefix(services, None))
+        .await
+    {
+        Ok((0, 0)) => {}
+        Ok((released, reclaimed)) => tracing::info!(
+            released,
+            reclaimed,
+            "repaired service IP and node port allocations"
+        ),
+        Err(e) => tracing::warn!(error = %e, "repair service allocations"),
+    }
+    let ns_rt = resources::find("", "v1", "namespaces").expect("namespaces registered");
+    let opts = WriteOptions::default();
+    for ns in SYSTEM_NAMESPACES {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match registry.create(ns_rt, None, obj, &opts).await {
+            Ok(_) => tracing::info!(namespace = ns, "created"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => tracing::warn!(namespace = ns, error = %e, "create system namespace"),
+        }
+    }
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {
+            "clusterIP": registry.allocator().first_ip().to_string(),
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+            "sessionAffinity": "None",
+            "type": "ClusterIP",
+        },
+    });
+    match registry.create(services, Some("default"), svc, &opts).await {
+        Ok(_) => tracing::info!("created the kubernetes service"),
+        Err(e) if e.code == 409 => {}
+        Err(e) => tracing::warn!(error = %e, "create the kubernetes service"),
+    }
+}
+
+/// Start the background loops; they stop when `stop` turns true.
+pub fn spawn(
+    registry: Arc<Registry>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut out = Vec::new();
+    {
+        let registry = registry.clone();
+        let mut stop = stop.clone();
+        out.push(tokio::spawn(async move {
+            loop {
+                if let Err(e) = finalize_namespaces(&registry).await {
+                    tracing::warn!(error = %e, "namespace deletion");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+    }
+    {
+        let mut stop = stop;
+        out.push(tokio::spawn(async move {
+            // Compact to the revision seen one interval ago, as kube-apiserver does.
+            let interval = Duration::from_secs(300);
+            let mut previous = None;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.changed() => return,
+                }
+                let store = registry.store();
+                if let Some(rev) = previous
+                    && let Err(e) = store.compact(rev).await
+                {
+                    tracing::warn!(revision = rev, error = %e, "compact store");
+                }
+                previous = store.current_revision().await.ok();
+            }
+        }));
+    }
+    out
+}
+
+/// One pass of the namespace lifecycle: for each namespace being deleted,
+/// delete its objects; once none remain, drop its finalizer and delete it.
+pub async fn finalize_namespaces(registry: &Registry) -> Result<(), crate::api::errors::ApiError> {
+    let ns_rt = resources::find("", "v1", "namespaces").expect("namespaces registered");
+    let list = registry.list(ns_rt, None, &ListOptions::default()).await?;
+    for ns in list["items"].as_array().into_iter().flatten() {
+        if ns
+            .pointer("/metadata/deletionTimestamp")
+            .is_none_or(Value::is_null)
+        {
+            continue;
+        }
+        let name = ns
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut remaining = 0;
+        let mut seen = Vec::new();
+        for rt in RESOURCES.iter().filter(|r| r.namespaced) {
+            if seen.contains(&rt.storage) {
+                continue;
+            }
+            seen.push(rt.storage);
+            let objs = registry
+                .list(rt, Some(&name), &ListOptions::default())
+                .await?;
+            for obj in objs["items"].as_array().into_iter().flatten() {
+                remaining += 1;
+                if obj
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some_and(|d| !d.is_null())
+                {
+                    continue;
+                }
+                let obj_name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match registry
+                    .delete(rt, Some(&name), obj_name, &DeleteOptions::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => {
+                        tracing::warn!(namespace = %name, object = obj_name, error = %e, "delete namespace content")
+                    }
+                }
+            }
+        }
+        if remaining > 0 {
+            continue;
+        }
+        // Nothing left: remove the "kubernetes" finalizer; the registry
+        // deletes the namespace once no finalizer remains.
+        let mut updated = ns.clone();
+        if let Some(fins) = updated
+            .pointer_mut("/spec/finalizers")
+            .and_then(Value::as_array_mut)
+        {
+            fins.retain(|f| f != "kubernetes");
+        }
+        match registry
+            .update(
+                ns_rt,
+                None,
+                &name,
+                updated,
+                Some("finalize"),
+                &WriteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(namespace = %name, "namespace deleted"),
+            Err(e) if e.code == 404 || e.code == 409 => {}
+            Err(e) => tracing::warn!(namespace = %name, error = %e, "finalize namespace"),
+        }
+    }
+    Ok(())
+}

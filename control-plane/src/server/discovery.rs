@@ -1,0 +1,144 @@
+//! Discovery documents: /version, /api, /apis, /api/v1, /apis/<group>[/<version>].
+
+use serde_json::{Value, json};
+
+use crate::api::resources::{self, ResourceType};
+
+/// The Kubernetes version whose API this server speaks.
+pub const KUBE_MAJOR: &str = "1";
+pub const KUBE_MINOR: &str = "33";
+
+pub fn version() -> Value {
+    json!({
+        "major": KUBE_MAJOR,
+        "minor": KUBE_MINOR,
+        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0+keelson-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+pub fn api_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+fn group_doc(group: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+pub fn api_group_list() -> Value {
+    json!({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": resources::groups().into_iter().map(group_doc).collect::<Vec<_>>(),
+    })
+}
+
+pub fn api_group(group: &str) -> Option<Value> {
+    if !resources::groups().contains(&group) {
+        return None;
+    }
+    let mut doc = group_doc(group);
+    doc["kind"] = "APIGroup".into();
+    doc["apiVersion"] = "v1".into();
+    Some(doc)
+}
+
+fn resource_entry(r: &ResourceType) -> Value {
+    let mut e = json!({
+        "name": r.plural,
+        "singularName": r.singular,
+        "namespaced": r.namespaced,
+        "kind": r.kind,
+        "verbs": r.verbs(),
+    });
+    if !r.short_names.is_empty() {
+        e["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        e["categories"] = json!(r.categories);
+    }
+    e
+}
+
+fn subresource_entries(r: &ResourceType) -> Vec<Value> {
+    r.subresources
+        .iter()
+        .map(|sub| {
+            let name = format!("{}/{sub}", r.plural);
+            match *sub {
+                "status" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}),
+                "scale" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
+                "binding" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Binding", "verbs": ["create"]}),
+                "log" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Pod", "verbs": ["get"]}),
+                "finalize" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["update"]}),
+                _ => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get"]}),
+            }
+        })
+        .collect()
+}
+
+pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    let mut resources = Vec::new();
+    for r in resources::in_group_version(group, version) {
+        resources.push(resource_entry(r));
+        resources.extend(subresource_entries(r));
+    }
+    if resources.is_empty() {
+        return None;
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_resources_listed_with_subresources() {
+        let doc = api_resource_list("", "v1").unwrap();
+        let names: Vec<&str> = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for want in [
+            "pods",
+            "pods/status",
+            "pods/binding",
+            "services",
+            "namespaces",
+            "nodes/status",
+            "events",
+        ] {
+            assert!(names.contains(&want), "missing {want}");
+        }
+        let apps = api_resource_list("apps", "v1").unwrap();
+        let scale = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
+        assert_eq!(scale["group"], "autoscaling");
+        assert!(api_resource_list("nope", "v1").is_none());
+        assert!(api_group("apps").is_some());
+    }
+}

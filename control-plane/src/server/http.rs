@@ -1,0 +1,633 @@
+//! HTTP routing: Kubernetes REST paths to [`Registry`] operations, request
+//! decoding (JSON, YAML, the three patch types), responses and watch streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::{discovery, openapi};
+use crate::api::errors::{ApiError, ApiResult};
+use crate::api::registry::{
+    DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, ScaleChange, WatchEvent,
+    WatchOptions, WriteOptions,
+};
+use crate::api::resources::{self, ResourceType};
+use crate::api::selectors::{FieldSelector, LabelSelector};
+
+/// Largest request body accepted (as kube-apiserver: 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    server_address: String,
+}
+
+pub fn router(registry: Arc<Registry>, addr: SocketAddr) -> Router {
+    let state = AppState {
+        registry,
+        server_address: addr.to_string(),
+    };
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn error_response(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, &e.to_status());
+    if let Some(s) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if e.code == 401 {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let v = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(h) = HeaderValue::from_str(&v) {
+            r.headers_mut().append(header::WARNING, h);
+        }
+    }
+    r
+}
+
+/// What a resource path names.
+#[derive(Debug)]
+struct Target {
+    rt: &'static ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+    watch_prefix: bool,
+}
+
+/// Parse `/api/v1/...` or `/apis/<group>/<version>/...` after the group-version.
+fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
+    let not_found = || ApiError::path_not_found(&segs.join("/"));
+    let mut segs = segs;
+    let mut watch_prefix = false;
+    if segs.first() == Some(&"watch") {
+        watch_prefix = true;
+        segs = &segs[1..];
+    }
+    let (namespace, rest) = if segs.len() >= 3
+        && segs[0] == "namespaces"
+        && !matches!(segs[2], "status" | "finalize")
+    {
+        (Some(segs[1].to_string()), &segs[2..])
+    } else {
+        (None, segs)
+    };
+    let plural = rest.first().ok_or_else(not_found)?;
+    let rt = resources::find(group, version, plural).ok_or_else(not_found)?;
+    if namespace.is_some() && !rt.namespaced {
+        return Err(not_found());
+    }
+    let name = rest.get(1).map(|s| s.to_string());
+    let subresource = rest.get(2).map(|s| s.to_string());
+    if rest.len() > 3 {
+        return Err(not_found());
+    }
+    if let Some(sub) = &subresource
+        && !rt.has_subresource(sub)
+    {
+        return Err(not_found());
+    }
+    Ok(Target {
+        rt,
+        namespace,
+        name,
+        subresource,
+        watch_prefix,
+    })
+}
+
+fn query_map(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<(Value, String)> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let value = match ct.as_str() {
+        "application/json"
+        | "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | ""
+        | "*/*" => serde_json::from_slice::<Value>(body).map_err(|e| {
+            ApiError::bad_request(format!("error decoding request body as JSON: {e}"))
+        })?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
+            serde_saphyr::from_str::<Value>(text).map_err(|e| {
+                ApiError::bad_request(format!("error decoding request body as YAML: {e}"))
+            })?
+        }
+        "application/apply-patch+yaml" => {
+            return Err(ApiError::unsupported_media_type(&ct));
+        }
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    Ok((value, ct))
+}
+
+fn write_options(q: &HashMap<String, String>) -> ApiResult<WriteOptions> {
+    let dry_run = match q.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported dryRun value {other:?}: only All is supported"
+            )));
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_validation: FieldValidation::parse(
+            q.get("fieldValidation").map(String::as_str).unwrap_or(""),
+        )?,
+    })
+}
+
+fn selectors(q: &HashMap<String, String>) -> ApiResult<(LabelSelector, FieldSelector)> {
+    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((ls, fs))
+}
+
+fn delete_options(q: &HashMap<String, String>, body: Option<&Value>) -> ApiResult<DeleteOptions> {
+    let mut o = DeleteOptions::default();
+    if let Some(b) = body {
+        o.grace_period_seconds = b.get("gracePeriodSeconds").and_then(Value::as_i64);
+        o.propagation_policy = b
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if b.get("orphanDependents") == Some(&Value::Bool(true)) {
+            o.propagation_policy = Some("Orphan".into());
+        }
+        o.precondition_uid = b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.precondition_resource_version = b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.dry_run = b
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+    }
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        o.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+        );
+    }
+    if let Some(p) = q.get("propagationPolicy") {
+        o.propagation_policy = Some(p.clone());
+    }
+    if let Some(p) = &o.propagation_policy
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy {p:?} is invalid: must be Orphan, Background or Foreground"
+        )));
+    }
+    if q.get("dryRun").is_some_and(|v| v == "All") {
+        o.dry_run = true;
+    }
+    Ok(o)
+}
+
+async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(&ApiError::too_large(format!(
+                "the request body exceeds {MAX_BODY} bytes"
+            )));
+        }
+    };
+    let result = route(&state, &method, &uri, &parts.headers, body).await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn route(
+    state: &AppState,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let path = uri.path().trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let get_only = |doc: Option<Value>| -> ApiResult<Response> {
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {path}"
+            )));
+        }
+        doc.map(|d| json_response(StatusCode::OK, &d))
+            .ok_or_else(|| ApiError::path_not_found(path))
+    };
+    match segs.as_slice() {
+        ["version"] => get_only(Some(discovery::version())),
+        ["healthz"] | ["livez"] | ["readyz"] => {
+            state
+                .registry
+                .store()
+                .current_revision()
+                .await
+                .map_err(|e| ApiError::unavailable(format!("store: {e}")))?;
+            let mut r = Response::new(Body::from("ok"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Ok(r)
+        }
+        ["api"] => get_only(Some(discovery::api_versions(&state.server_address))),
+        ["apis"] => get_only(Some(discovery::api_group_list())),
+        ["api", version] => get_only(discovery::api_resource_list("", version)),
+        ["apis", group] => get_only(discovery::api_group(group)),
+        ["apis", group, version] => get_only(discovery::api_resource_list(group, version)),
+        ["openapi", "v2"] => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if accept.contains("protobuf") {
+                let mut r = Response::new(Body::from(openapi::v2_protobuf()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    ),
+                );
+                Ok(r)
+            } else {
+                get_only(Some(openapi::v2_json()))
+            }
+        }
+        ["openapi", "v3"] => get_only(Some(openapi::index())),
+        ["openapi", "v3", "api", version] => get_only(openapi::document("", version)),
+        ["openapi", "v3", "apis", group, version] => get_only(openapi::document(group, version)),
+        ["api", version, rest @ ..] => {
+            let t = parse_target("", version, rest)?;
+            resource(state, method, uri, headers, body, t).await
+        }
+        ["apis", group, version, rest @ ..] => {
+            let t = parse_target(group, version, rest)?;
+            resource(state, method, uri, headers, body, t).await
+        }
+        _ => Err(ApiError::path_not_found(path)),
+    }
+}
+
+fn patch_type(ct: &str) -> ApiResult<PatchType> {
+    match ct {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+async fn resource(
+    state: &AppState,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    t: Target,
+) -> ApiResult<Response> {
+    let reg = &state.registry;
+    let q = query_map(uri);
+    let ns = t.namespace.as_deref();
+    let rt = t.rt;
+    if rt.namespaced && t.name.is_some() && ns.is_none() {
+        return Err(ApiError::path_not_found(uri.path()));
+    }
+    let sub = t.subresource.as_deref();
+    let ok = |v: &Value| Ok(json_response(StatusCode::OK, v));
+    match (method, t.name.as_deref(), sub) {
+        (&Method::GET, None, None) => {
+            let (label_selector, field_selector) = selectors(&q)?;
+            if t.watch_prefix || flag(&q, "watch") {
+                let rv = match q.get("resourceVersion").map(String::as_str) {
+                    None | Some("") | Some("0") => None,
+                    Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {s:?}"))
+                    })?),
+                };
+                let opts = WatchOptions {
+                    label_selector,
+                    field_selector,
+                    resource_version: rv,
+                };
+                return watch(state, rt, t.namespace.clone(), opts, &q).await;
+            }
+            let limit = match q.get("limit") {
+                Some(l) => l
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request("limit must be a non-negative integer"))?,
+                None => 0,
+            };
+            let opts = ListOptions {
+                label_selector,
+                field_selector,
+                limit,
+                continue_token: q.get("continue").cloned(),
+            };
+            ok(&reg.list(rt, ns, &opts).await?)
+        }
+        (&Method::GET, Some(name), None) => {
+            if t.watch_prefix || flag(&q, "watch") {
+                let (label_selector, mut field_selector) = selectors(&q)?;
+                field_selector
+                    .0
+                    .push(("metadata.name".into(), true, name.to_string()));
+                let rv = q
+                    .get("resourceVersion")
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .filter(|r| *r > 0);
+                let opts = WatchOptions {
+                    label_selector,
+                    field_selector,
+                    resource_version: rv,
+                };
+                return watch(state, rt, t.namespace.clone(), opts, &q).await;
+            }
+            ok(&reg.get(rt, ns, name).await?)
+        }
+        (&Method::GET, Some(name), Some("status")) => ok(&reg.get(rt, ns, name).await?),
+        (&Method::GET, Some(name), Some("scale")) => {
+            ok(&Registry::scale_of(&reg.get(rt, ns, name).await?))
+        }
+        (&Method::GET, Some(name), Some("log")) => {
+            reg.get(rt, ns, name).await?;
+            Err(ApiError::unavailable(format!(
+                "logs of pod {name} are served by its node's agent, which is not reachable"
+            )))
+        }
+        (&Method::POST, None, None) => {
+            let (obj, _) = parse_body(headers, &body)?;
+            let w = reg.create(rt, ns, obj, &write_options(&q)?).await?;
+            Ok(with_warnings(
+                json_response(StatusCode::CREATED, &w.object),
+                &w.warnings,
+            ))
+        }
+        (&Method::POST, Some(name), Some("binding")) => {
+            let (obj, _) = parse_body(headers, &body)?;
+            let status = reg.bind(ns.unwrap_or_default(), name, &obj).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        (&Method::PUT, Some(name), None | Some("status") | Some("finalize")) => {
+            let (obj, _) = parse_body(headers, &body)?;
+            let w = reg
+                .update(rt, ns, name, obj, sub, &write_options(&q)?)
+                .await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &w.object),
+                &w.warnings,
+            ))
+        }
+        (&Method::PUT, Some(name), Some("scale")) => {
+            let (obj, _) = parse_body(headers, &body)?;
+            ok(&reg
+                .update_scale(
+                    rt,
+                    ns.unwrap_or_default(),
+                    name,
+                    ScaleChange::Replace(&obj),
+                    &write_options(&q)?,
+                )
+                .await?)
+        }
+        (&Method::PATCH, Some(name), None | Some("status")) => {
+            let (p, ct) = parse_body(headers, &body)?;
+            let w = reg
+                .patch(rt, ns, name, patch_type(&ct)?, &p, sub, &write_options(&q)?)
+                .await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &w.object),
+                &w.warnings,
+            ))
+        }
+        (&Method::PATCH, Some(name), Some("scale")) => {
+            let (p, ct) = parse_body(headers, &body)?;
+            let change = ScaleChange::Patch(patch_type(&ct)?, &p);
+            ok(&reg
+                .update_scale(
+                    rt,
+                    ns.unwrap_or_default(),
+                    name,
+                    change,
+                    &write_options(&q)?,
+                )
+                .await?)
+        }
+        (&Method::DELETE, Some(name), None) => {
+            let b = if body.is_empty() {
+                None
+            } else {
+                Some(parse_body(headers, &body)?.0)
+            };
+            let opts = delete_options(&q, b.as_ref())?;
+            ok(&reg.delete(rt, ns, name, &opts).await?)
+        }
+        (&Method::DELETE, None, None) => {
+            let b = if body.is_empty() {
+                None
+            } else {
+                Some(parse_body(headers, &body)?.0)
+            };
+            let opts = delete_options(&q, b.as_ref())?;
+            let (label_selector, field_selector) = selectors(&q)?;
+            let list = ListOptions {
+                label_selector,
+                field_selector,
+                limit: 0,
+                continue_token: None,
+            };
+            ok(&reg.delete_collection(rt, ns, &list, &opts).await?)
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {}",
+            uri.path()
+        ))),
+    }
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+async fn watch(
+    state: &AppState,
+    rt: &'static ResourceType,
+    ns: Option<String>,
+    opts: WatchOptions,
+    q: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    let start_rv = opts.resource_version.unwrap_or(0);
+    let mut events = state.registry.watch(rt, ns, opts).await?;
+    let bookmarks = flag(q, "allowWatchBookmarks");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(1800);
+    let kind = rt.kind;
+    let api_version = rt.api_version();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let current = state.registry.store().current_revision().await.unwrap_or(0);
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        let mut last_rv = start_rv.max(0);
+        if last_rv == 0 {
+            last_rv = current;
+        }
+        loop {
+            let line = tokio::select! {
+                _ = &mut deadline => break,
+                _ = tick.tick(), if bookmarks => {
+                    event_line("BOOKMARK", &json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last_rv.to_string()}}))
+                }
+                ev = events.next() => match ev {
+                    None => break,
+                    Some(WatchEvent::Progress(rv)) => { last_rv = last_rv.max(rv); continue; }
+                    Some(WatchEvent::Added(o)) => { last_rv = last_rv.max(rv_of(&o)); event_line("ADDED", &o) }
+                    Some(WatchEvent::Modified(o)) => { last_rv = last_rv.max(rv_of(&o)); event_line("MODIFIED", &o) }
+                    Some(WatchEvent::Deleted(o)) => { last_rv = last_rv.max(rv_of(&o)); event_line("DELETED", &o) }
+                    Some(WatchEvent::Error(s)) => {
+                        let _ = tx.send(Ok(event_line("ERROR", &s))).await;
+                        break;
+                    }
+                },
+                _ = tx.closed() => break,
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(r.into_response())
+}
+
+fn rv_of(o: &Value) -> i64 {
+    o.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = parse_target(
+            "",
+            "v1",
+            &["namespaces", "default", "pods", "web", "status"],
+        )
+        .unwrap();
+        assert_eq!(t.rt.kind, "Pod");
+        assert_eq!(t.namespace.as_deref(), Some("default"));
+        assert_eq!(t.name.as_deref(), Some("web"));
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        let t = parse_target("", "v1", &["namespaces", "default"]).unwrap();
+        assert_eq!(t.rt.kind, "Namespace");
+        assert_eq!(t.name.as_deref(), Some("default"));
+        let t = parse_target("", "v1", &["namespaces", "gone", "finalize"]).unwrap();
+        assert_eq!(t.subresource.as_deref(), Some("finalize"));
+        let t = parse_target("", "v1", &["pods"]).unwrap();
+        assert!(t.namespace.is_none() && t.name.is_none());
+        let t = parse_target("", "v1", &["watch", "namespaces", "a", "pods"]).unwrap();
+        assert!(t.watch_prefix);
+        assert!(parse_target("", "v1", &["namespaces", "a", "nodes"]).is_err());
+        assert!(parse_target("", "v1", &["pods", "x", "bogus"]).is_err());
+        assert!(
+            parse_target(
+                "apps",
+                "v1",
+                &["namespaces", "a", "deployments", "d", "scale"]
+            )
+            .is_ok()
+        );
+    }
+}

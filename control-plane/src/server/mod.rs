@@ -1,0 +1,166 @@
+//! `keelson server`: the Kubernetes API over HTTPS, with client-certificate
+//! and bearer-token authentication, over an embedded or etcd store.
+
+pub mod auth;
+pub mod background;
+pub mod discovery;
+pub mod http;
+pub mod openapi;
+pub mod pki;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::api::registry::{ApiConfig, Registry};
+use crate::store::{Store, StoreError, etcd::EtcdStore, sqlite::SqliteStore};
+
+/// Settings of `keelson server`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Empty: the embedded store under `data_dir`.
+    pub etcd_servers: Vec<String>,
+    pub api: ApiConfig,
+    /// Extra names and addresses for the serving certificate.
+    pub extra_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("open store: {0}")]
+    Store(#[from] StoreError),
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("{operation}: {source}")]
+    Io {
+        operation: String,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub registry: Arc<Registry>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stop accepting connections and stop background loops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Resolves when the server is told to stop (by [`ServerHandle::shutdown`]).
+    pub fn stopped(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// Open the store the configuration names.
+pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
+    if config.etcd_servers.is_empty() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+            operation: format!("create data directory {}", config.data_dir.display()),
+            source,
+        })?;
+        Ok(Arc::new(SqliteStore::open(
+            &config.data_dir.join("state.db"),
+        )?))
+    } else {
+        Ok(Arc::new(EtcdStore::connect(&config.etcd_servers).await?))
+    }
+}
+
+/// Start the server: certificates, store, bootstrap objects, background
+/// loops, and the HTTPS listener.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        operation: format!("create data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let store = open_store(&config).await?;
+    let registry = Arc::new(Registry::new(store, config.api.clone()));
+
+    let mut sans: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+        registry.allocator().first_ip().to_string(),
+    ];
+    if !config.listen.ip().is_unspecified() {
+        sans.push(config.listen.ip().to_string());
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim().to_lowercase();
+        if crate::api::validation::is_dns1123_subdomain(&h) {
+            sans.push(h);
+        }
+    }
+    sans.extend(config.extra_sans.iter().cloned());
+    sans.dedup();
+    let pki = pki::Pki::load_or_create(&config.data_dir, &sans)?;
+    let tokens = auth::Tokens::load_or_create(&config.data_dir)?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Io {
+            operation: format!("listen on {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Io {
+        operation: "read listen address".into(),
+        source,
+    })?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let url = format!("https://{host}:{}", addr.port());
+    let kubeconfig = config.data_dir.join("admin.kubeconfig");
+    pki.write_kubeconfig(&kubeconfig, &url, "admin", &pki.admin)?;
+
+    background::bootstrap(&registry, addr.port()).await;
+
+    let (shutdown, rx) = tokio::sync::watch::channel(false);
+    let tls = tls::server_config(&pki).map_err(ServerError::Tls)?;
+    let authn = Arc::new(auth::Authenticator::new(tokens));
+    let app = http::router(registry.clone(), addr);
+    let mut tasks = vec![tokio::spawn(tls::serve(
+        listener,
+        tls,
+        authn,
+        app,
+        rx.clone(),
+    ))];
+    tasks.extend(background::spawn(registry.clone(), rx));
+    tracing::info!(%addr, store = registry.store().backend_name(), kubeconfig = %kubeconfig.display(), "API server listening");
+    Ok(ServerHandle {
+        addr,
+        kubeconfig,
+        registry,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,250 @@
+//! The cluster's certificates: a CA, the API server's serving certificate and
+//! the admin client certificate, created on first start under `DIR/pki` and
+//! reused afterwards. Also writes `DIR/admin.kubeconfig`.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{operation} {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{operation}: {source}")]
+    Cert {
+        operation: &'static str,
+        source: rcgen::Error,
+    },
+}
+
+/// PEM-encoded certificate and key.
+#[derive(Clone, Debug)]
+pub struct CertPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Everything the server needs from the PKI.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: CertPair,
+    pub serving: CertPair,
+    pub admin: CertPair,
+}
+
+fn read_pair(dir: &Path, name: &str) -> Option<CertPair> {
+    let cert_pem = fs::read_to_string(dir.join(format!("{name}.crt"))).ok()?;
+    let key_pem = fs::read_to_string(dir.join(format!("{name}.key"))).ok()?;
+    Some(CertPair { cert_pem, key_pem })
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let io = |operation, source| PkiError::Io {
+        operation,
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io("create", e))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("sync", e))?;
+    fs::rename(&tmp, path).map_err(|e| io("rename", e))
+}
+
+fn write_pair(dir: &Path, name: &str, pair: &CertPair) -> Result<(), PkiError> {
+    write_file(&dir.join(format!("{name}.crt")), &pair.cert_pem, 0o644)?;
+    write_file(&dir.join(format!("{name}.key")), &pair.key_pem, 0o600)
+}
+
+fn cert_err(operation: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |source| PkiError::Cert { operation, source }
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+fn new_ca() -> Result<CertPair, PkiError> {
+    let key = KeyPair::generate().map_err(cert_err("generate CA key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("CA params"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "keelson-ca");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 3650);
+    let cert = params.self_signed(&key).map_err(cert_err("self-sign CA"))?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issue a leaf certificate signed by `ca`.
+pub fn issue(
+    ca: &CertPair,
+    common_name: &str,
+    organizations: &[&str],
+    sans: &[String],
+    server: bool,
+) -> Result<CertPair, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_err("parse CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(cert_err("parse CA cert"))?;
+    let key = KeyPair::generate().map_err(cert_err("generate key"))?;
+    let mut params = CertificateParams::default();
+    for san in sans {
+        params.subject_alt_names.push(match san.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(san.clone().try_into().map_err(cert_err("DNS SAN"))?),
+        });
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    for o in organizations {
+        dn.push(DnType::OrganizationName, *o);
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, 365);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("sign certificate"))?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+impl Pki {
+    /// Load the PKI under `data_dir/pki`, creating what is missing. The serving
+    /// certificate is reissued when `sans` names something it lacks.
+    pub fn load_or_create(data_dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+        let dir = data_dir.join("pki");
+        fs::create_dir_all(&dir).map_err(|source| PkiError::Io {
+            operation: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let ca = match read_pair(&dir, "ca") {
+            Some(ca) => ca,
+            None => {
+                let ca = new_ca()?;
+                write_pair(&dir, "ca", &ca)?;
+                // A new CA invalidates everything it did not sign.
+                for name in ["apiserver", "admin"] {
+                    let _ = fs::remove_file(dir.join(format!("{name}.crt")));
+                }
+                ca
+            }
+        };
+        let sans_file = dir.join("apiserver.sans");
+        let wanted = sans.join(",");
+        let serving = match (read_pair(&dir, "apiserver"), fs::read_to_string(&sans_file)) {
+            (Some(pair), Ok(old)) if old == wanted => pair,
+            _ => {
+                let pair = issue(&ca, "kube-apiserver", &[], sans, true)?;
+                write_pair(&dir, "apiserver", &pair)?;
+                write_file(&sans_file, &wanted, 0o644)?;
+                pair
+            }
+        };
+        let admin = match read_pair(&dir, "admin") {
+            Some(pair) => pair,
+            None => {
+                let pair = issue(&ca, "keelson-admin", &["system:masters"], &[], false)?;
+                write_pair(&dir, "admin", &pair)?;
+                pair
+            }
+        };
+        Ok(Pki {
+            dir,
+            ca,
+            serving,
+            admin,
+        })
+    }
+
+    /// Write a kubeconfig for `client` that trusts this CA and talks to `server_url`.
+    pub fn write_kubeconfig(
+        &self,
+        path: &Path,
+        server_url: &str,
+        user: &str,
+        client: &CertPair,
+    ) -> Result<(), PkiError> {
+        write_file(
+            path,
+            &kubeconfig(&self.ca.cert_pem, server_url, user, client),
+            0o600,
+        )
+    }
+}
+
+/// Render a kubeconfig (YAML) with embedded certificates.
+pub fn kubeconfig(ca_pem: &str, server_url: &str, user: &str, client: &CertPair) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: {user}\ncurrent-context: keelson\n",
+        ca = b64(ca_pem),
+        cert = b64(&client.cert_pem),
+        key = b64(&client.key_pem),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_and_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let a = Pki::load_or_create(dir.path(), &sans).unwrap();
+        let b = Pki::load_or_create(dir.path(), &sans).unwrap();
+        assert_eq!(a.ca.cert_pem, b.ca.cert_pem);
+        assert_eq!(a.serving.cert_pem, b.serving.cert_pem);
+        // A new SAN reissues the serving certificate but keeps the CA.
+        let mut more = sans.clone();
+        more.push("10.96.0.1".into());
+        let c = Pki::load_or_create(dir.path(), &more).unwrap();
+        assert_eq!(a.ca.cert_pem, c.ca.cert_pem);
+        assert_ne!(a.serving.cert_pem, c.serving.cert_pem);
+        assert_eq!(a.admin.cert_pem, c.admin.cert_pem);
+    }
+}

@@ -1,0 +1,196 @@
+//! `cargo xtask`: set up a Debian machine, run every test, start a cluster,
+//! run the benchmarks.
+//!
+//! ```text
+//! cargo xtask setup   # apt packages and Python test client
+//! cargo xtask test    # setup, then every test (both tiers; root tests need root)
+//! cargo xtask up      # setup, build, start a single-node cluster on this machine
+//! cargo xtask bench   # the API server benchmark, both storage backends
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    "etcd-server",       // the etcd storage backend and its tests
+    "protobuf-compiler", // etcd-client and containerd-client build scripts
+    "build-essential",   // bundled SQLite and ring
+    "pkg-config",
+    "python3-pip", // the Python kubernetes client test
+];
+
+/// Python packages the tests use (from PyPI).
+const PIP_PACKAGES: &[&str] = &["kubernetes"];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn python() -> &'static str {
+    if Command::new("python3").arg("--version").output().is_ok() {
+        "python3"
+    } else {
+        "python"
+    }
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing packages {missing:?}: run as root, or apt-get install them");
+        }
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let py = python();
+    for pkg in PIP_PACKAGES {
+        let have = Command::new(py)
+            .args(["-c", &format!("import {pkg}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            let mut cmd = Command::new(py);
+            cmd.args(["-m", "pip", "install", "-q", pkg]);
+            if let Err(e) = run(&mut cmd) {
+                // Debian's system Python refuses pip installs without this flag.
+                eprintln!("retrying pip with --break-system-packages: {e}");
+                run(Command::new(py).args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--break-system-packages",
+                    pkg,
+                ]))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    // Build every binary first: the end-to-end tests start them.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .env("KEELSON_REQUIRE_ALL", "1"))
+}
+
+fn up(extra: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "-p", "keelson"]))?;
+    let target = cargo_target_dir()?;
+    let bin = target.join("release/keelson");
+    let data_dir =
+        std::env::var("KEELSON_DATA_DIR").unwrap_or_else(|_| "/var/lib/keelson/server".into());
+    eprintln!("starting the control plane; data in {data_dir}");
+    eprintln!("when it is up:");
+    eprintln!("  export KUBECONFIG={data_dir}/admin.kubeconfig");
+    eprintln!("  kubectl get namespaces");
+    eprintln!("stop it with Ctrl-C");
+    run(Command::new(bin)
+        .args(["server", "--data-dir", &data_dir])
+        .args(extra))
+}
+
+fn cargo_target_dir() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cargo metadata")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = "\"target_directory\":\"";
+    let start = text
+        .find(key)
+        .context("cargo metadata: no target_directory")?
+        + key.len();
+    let end = text[start..]
+        .find('"')
+        .context("cargo metadata: bad target_directory")?
+        + start;
+    Ok(PathBuf::from(&text[start..end]))
+}
+
+fn bench(extra: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    run(cargo()
+        .args([
+            "bench",
+            "-p",
+            "keelson-control-plane",
+            "--bench",
+            "api",
+            "--",
+        ])
+        .args(extra)
+        .env("KEELSON_REQUIRE_ALL", "1"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args
+        .split_first()
+        .map(|(c, r)| (c.as_str(), r))
+        .unwrap_or(("help", &[]));
+    match cmd {
+        "setup" => setup(),
+        "test" => test(rest),
+        "up" => up(rest),
+        "bench" => bench(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask setup | test [cargo test args] | up [server args] | bench"
+            );
+            if cmd == "help" {
+                Ok(())
+            } else {
+                bail!("unknown command {cmd:?}")
+            }
+        }
+    }
+}
