@@ -159,14 +159,7 @@ fn cargo_target_dir() -> anyhow::Result<PathBuf> {
 fn bench(extra: &[String]) -> anyhow::Result<()> {
     setup()?;
     run(cargo()
-        .args([
-            "bench",
-            "-p",
-            "keelson-control-plane",
-            "--bench",
-            "api",
-            "--",
-        ])
+        .args(["bench", "-p", "keelson-e2e", "--bench", "api", "--"])
         .args(extra)
         .env("KEELSON_REQUIRE_ALL", "1"))
 }

@@ -5,12 +5,17 @@ use serde_json::{Value, json};
 
 use crate::store::StoreError;
 
-/// A `Status` failure. `kind` and `name` name the object concerned.
+/// A `Status` failure. The details name the object concerned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    details: Box<Details>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Details {
     pub group: String,
     pub kind: String,
     pub name: String,
@@ -63,18 +68,22 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            group: String::new(),
-            kind: String::new(),
-            name: String::new(),
-            causes: Vec::new(),
-            retry_after: None,
+            details: Box::default(),
         }
     }
 
+    pub fn details(&self) -> &Details {
+        &self.details
+    }
+
+    pub fn retry_after(&self) -> Option<u32> {
+        self.details.retry_after
+    }
+
     pub fn with_object(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.group = group.to_string();
-        self.kind = kind.to_string();
-        self.name = name.to_string();
+        self.details.group = group.to_string();
+        self.details.kind = kind.to_string();
+        self.details.name = name.to_string();
         self
     }
 
@@ -90,8 +99,8 @@ impl ApiError {
     /// `resource` is the plural ("pods", "deployments.apps").
     pub fn not_found(resource: &str, name: &str) -> Self {
         let mut e = ApiError::new(404, "NotFound", format!("{resource} \"{name}\" not found"));
-        e.kind = resource.to_string();
-        e.name = name.to_string();
+        e.details.kind = resource.to_string();
+        e.details.name = name.to_string();
         e
     }
     pub fn path_not_found(path: &str) -> Self {
@@ -113,8 +122,8 @@ impl ApiError {
             "AlreadyExists",
             format!("{resource} \"{name}\" already exists"),
         );
-        e.kind = resource.to_string();
-        e.name = name.to_string();
+        e.details.kind = resource.to_string();
+        e.details.name = name.to_string();
         e
     }
     pub fn conflict(resource: &str, name: &str, detail: impl std::fmt::Display) -> Self {
@@ -123,8 +132,8 @@ impl ApiError {
             "Conflict",
             format!("Operation cannot be fulfilled on {resource} \"{name}\": {detail}"),
         );
-        e.kind = resource.to_string();
-        e.name = name.to_string();
+        e.details.kind = resource.to_string();
+        e.details.name = name.to_string();
         e
     }
     pub fn gone(message: impl Into<String>) -> Self {
@@ -165,10 +174,10 @@ impl ApiError {
             "Invalid",
             format!("{qualified} \"{name}\" is invalid: {detail}"),
         );
-        e.group = group.to_string();
-        e.kind = kind.to_string();
-        e.name = name.to_string();
-        e.causes = causes;
+        e.details.group = group.to_string();
+        e.details.kind = kind.to_string();
+        e.details.name = name.to_string();
+        e.details.causes = causes;
         e
     }
     pub fn internal(message: impl Into<String>) -> Self {
@@ -176,12 +185,12 @@ impl ApiError {
     }
     pub fn timeout(message: impl Into<String>) -> Self {
         let mut e = ApiError::new(504, "Timeout", message);
-        e.retry_after = Some(1);
+        e.details.retry_after = Some(1);
         e
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = ApiError::new(503, "ServiceUnavailable", message);
-        e.retry_after = Some(1);
+        e.details.retry_after = Some(1);
         e
     }
 
@@ -196,26 +205,27 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        let d = &self.details;
         let mut details = serde_json::Map::new();
-        if !self.name.is_empty() {
-            details.insert("name".into(), self.name.clone().into());
+        if !d.name.is_empty() {
+            details.insert("name".into(), d.name.clone().into());
         }
-        if !self.group.is_empty() {
-            details.insert("group".into(), self.group.clone().into());
+        if !d.group.is_empty() {
+            details.insert("group".into(), d.group.clone().into());
         }
-        if !self.kind.is_empty() {
-            details.insert("kind".into(), self.kind.clone().into());
+        if !d.kind.is_empty() {
+            details.insert("kind".into(), d.kind.clone().into());
         }
-        if !self.causes.is_empty() {
+        if !d.causes.is_empty() {
             details.insert(
                 "causes".into(),
-                self.causes
+                d.causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                     .collect(),
             );
         }
-        if let Some(s) = self.retry_after {
+        if let Some(s) = d.retry_after {
             details.insert("retryAfterSeconds".into(), s.into());
         }
         if !details.is_empty() {

@@ -694,6 +694,11 @@ impl Registry {
         if rt.is("", "Service") {
             self.alloc.carry_over(&current, &mut new);
         }
+        let (mut new, warnings) = self
+            .admit(rt, new, opts.field_validation)
+            .map_err(UpdateError::Api)?;
+        // Compared after defaulting: a manifest that leaves out defaulted
+        // fields (kubectl replace) is no spec change.
         if new.get("spec").is_some() && spec_part(&new) != spec_part(&current) {
             let g = meta(&current)
                 .get("generation")
@@ -701,9 +706,6 @@ impl Registry {
                 .unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), (g + 1).into());
         }
-        let (mut new, warnings) = self
-            .admit(rt, new, opts.field_validation)
-            .map_err(UpdateError::Api)?;
         let causes = validation::validate_update(rt, &current, &new);
         if !causes.is_empty() {
             return Err(UpdateError::Api(ApiError::invalid(

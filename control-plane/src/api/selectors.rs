@@ -352,9 +352,11 @@ mod tests {
             .collect()
     }
 
+    type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
+
     #[test]
     fn label_selector_table() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        let cases: &[Case] = &[
             ("", &[], true),
             ("app=web", &[("app", "web")], true),
             ("app=web", &[("app", "db")], false),

@@ -209,7 +209,7 @@ fn workload_causes(v: &Value, out: &mut Vec<Cause>, needs_template_restart_alway
         ));
     }
     let template = spec.and_then(|s| s.get("template"));
-    let tlabels = template.map(|t| json_labels(t)).unwrap_or_default();
+    let tlabels = template.map(json_labels).unwrap_or_default();
     if !sel.is_empty() && !sel.matches(&tlabels) {
         out.push(Cause::invalid(
             "spec.template.metadata.labels",
@@ -367,10 +367,10 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause
         ("apps", "Deployment")
         | ("apps", "ReplicaSet")
         | ("apps", "DaemonSet")
-        | ("apps", "StatefulSet") => {
-            if !same("/spec/selector") {
-                out.push(Cause::invalid("spec.selector", "", "field is immutable"));
-            }
+        | ("apps", "StatefulSet")
+            if !same("/spec/selector") =>
+        {
+            out.push(Cause::invalid("spec.selector", "", "field is immutable"));
         }
         ("", "Pod") => {
             // Only images, activeDeadlineSeconds and tolerations may change on a pod's spec.

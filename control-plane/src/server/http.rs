@@ -55,7 +55,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 pub fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = json_response(status, &e.to_status());
-    if let Some(s) = e.retry_after {
+    if let Some(s) = e.retry_after() {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
@@ -135,6 +135,23 @@ fn query_map(uri: &http::Uri) -> HashMap<String, String> {
         .collect()
 }
 
+/// Whether the client asked for a server-side `meta.k8s.io/v1` Table (kubectl get).
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',').any(|part| {
+                let p: Vec<&str> = part.split(';').map(str::trim).collect();
+                p.contains(&"as=Table") && p.contains(&"g=meta.k8s.io") && p.contains(&"v=v1")
+            })
+        })
+}
+
+fn as_table(rt: &ResourceType, items: &[Value], list_meta: Value) -> Value {
+    crate::api::table::render(rt.group, rt.kind, items, list_meta, chrono::Utc::now())
+}
+
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true" || v == "1")
 }
@@ -166,6 +183,22 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<(Value, String)> {
                 .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
             serde_saphyr::from_str::<Value>(text).map_err(|e| {
                 ApiError::bad_request(format!("error decoding request body as YAML: {e}"))
+            })?
+        }
+        "application/vnd.kubernetes.protobuf" => {
+            use crate::api::protobuf::{ProtoError, decode_object};
+            decode_object(body).map_err(|e| match e {
+                ProtoError::Unsupported { .. }
+                | ProtoError::UnsupportedEncoding { .. }
+                | ProtoError::UnsupportedContentType { .. } => {
+                    let mut err =
+                        ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf");
+                    err.message = e.to_string();
+                    err
+                }
+                other => {
+                    ApiError::bad_request(format!("error decoding protobuf request body: {other}"))
+                }
             })?
         }
         "application/apply-patch+yaml" => {
@@ -381,7 +414,15 @@ async fn resource(
                     field_selector,
                     resource_version: rv,
                 };
-                return watch(state, rt, t.namespace.clone(), opts, &q).await;
+                return watch(
+                    state,
+                    rt,
+                    t.namespace.clone(),
+                    opts,
+                    &q,
+                    wants_table(headers),
+                )
+                .await;
             }
             let limit = match q.get("limit") {
                 Some(l) => l
@@ -395,7 +436,12 @@ async fn resource(
                 limit,
                 continue_token: q.get("continue").cloned(),
             };
-            ok(&reg.list(rt, ns, &opts).await?)
+            let list = reg.list(rt, ns, &opts).await?;
+            if wants_table(headers) {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                return ok(&as_table(rt, &items, list["metadata"].clone()));
+            }
+            ok(&list)
         }
         (&Method::GET, Some(name), None) => {
             if t.watch_prefix || flag(&q, "watch") {
@@ -412,9 +458,29 @@ async fn resource(
                     field_selector,
                     resource_version: rv,
                 };
-                return watch(state, rt, t.namespace.clone(), opts, &q).await;
+                return watch(
+                    state,
+                    rt,
+                    t.namespace.clone(),
+                    opts,
+                    &q,
+                    wants_table(headers),
+                )
+                .await;
             }
-            ok(&reg.get(rt, ns, name).await?)
+            let obj = reg.get(rt, ns, name).await?;
+            if wants_table(headers) {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                return ok(&as_table(
+                    rt,
+                    std::slice::from_ref(&obj),
+                    json!({"resourceVersion": rv}),
+                ));
+            }
+            ok(&obj)
         }
         (&Method::GET, Some(name), Some("status")) => ok(&reg.get(rt, ns, name).await?),
         (&Method::GET, Some(name), Some("scale")) => {
@@ -516,6 +582,21 @@ async fn resource(
     }
 }
 
+fn table_event_line(rt: &ResourceType, kind: &str, object: &Value) -> Bytes {
+    let rv = object
+        .pointer("/metadata/resourceVersion")
+        .cloned()
+        .unwrap_or(Value::Null);
+    event_line(
+        kind,
+        &as_table(
+            rt,
+            std::slice::from_ref(object),
+            json!({"resourceVersion": rv}),
+        ),
+    )
+}
+
 fn event_line(kind: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
@@ -528,6 +609,7 @@ async fn watch(
     ns: Option<String>,
     opts: WatchOptions,
     q: &HashMap<String, String>,
+    table: bool,
 ) -> ApiResult<Response> {
     let start_rv = opts.resource_version.unwrap_or(0);
     let mut events = state.registry.watch(rt, ns, opts).await?;
@@ -541,6 +623,13 @@ async fn watch(
     let api_version = rt.api_version();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let current = state.registry.store().current_revision().await.unwrap_or(0);
+    let line = move |kind: &str, o: &Value| {
+        if table {
+            table_event_line(rt, kind, o)
+        } else {
+            event_line(kind, o)
+        }
+    };
     tokio::spawn(async move {
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
@@ -559,9 +648,9 @@ async fn watch(
                 ev = events.next() => match ev {
                     None => break,
                     Some(WatchEvent::Progress(rv)) => { last_rv = last_rv.max(rv); continue; }
-                    Some(WatchEvent::Added(o)) => { last_rv = last_rv.max(rv_of(&o)); event_line("ADDED", &o) }
-                    Some(WatchEvent::Modified(o)) => { last_rv = last_rv.max(rv_of(&o)); event_line("MODIFIED", &o) }
-                    Some(WatchEvent::Deleted(o)) => { last_rv = last_rv.max(rv_of(&o)); event_line("DELETED", &o) }
+                    Some(WatchEvent::Added(o)) => { last_rv = last_rv.max(rv_of(&o)); line("ADDED", &o) }
+                    Some(WatchEvent::Modified(o)) => { last_rv = last_rv.max(rv_of(&o)); line("MODIFIED", &o) }
+                    Some(WatchEvent::Deleted(o)) => { last_rv = last_rv.max(rv_of(&o)); line("DELETED", &o) }
                     Some(WatchEvent::Error(s)) => {
                         let _ = tx.send(Ok(event_line("ERROR", &s))).await;
                         break;
