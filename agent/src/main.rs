@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use keelson_control_plane::api::registry::ApiConfig;
+use keelson_control_plane::controllers::ControllerConfig;
 use keelson_control_plane::server::{self, ServerConfig};
 
 #[derive(Parser)]
@@ -47,6 +48,18 @@ struct ServerArgs {
     /// Extra DNS names or IPs for the serving certificate (comma-separated).
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Do not run the scheduler and controllers.
+    #[arg(long)]
+    disable_controllers: bool,
+    /// Seconds without a Lease renewal before a node is marked Ready=Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Toleration seconds for the not-ready/unreachable NoExecute taints when a pod sets none.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
+    /// Identity for leader election (default: hostname and PID).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -86,6 +99,17 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             node_port_range: parse_port_range(&args.service_node_port_range)?,
         },
         extra_sans: args.tls_san,
+        controllers: !args.disable_controllers,
+        controller_config: ControllerConfig {
+            node_monitor_grace_period: std::time::Duration::from_secs(
+                args.node_monitor_grace_period,
+            ),
+            default_toleration_seconds: args.default_toleration_seconds,
+            identity: args.identity.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            }),
+        },
     };
     let handle = server::start(config).await.context("start API server")?;
     println!("kubeconfig: {}", handle.kubeconfig.display());

@@ -2,5 +2,7 @@
 //! embedded (SQLite) or etcd store.
 
 pub mod api;
+pub mod controllers;
+pub mod scheduler;
 pub mod server;
 pub mod store;

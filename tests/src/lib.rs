@@ -2,6 +2,8 @@
 //! the embedded store or a real etcd), run real kubectl binaries and the
 //! Python client against them, and clean up even when a test fails.
 
+pub mod fake;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -55,6 +57,7 @@ pub struct ServerProcess {
     pub kubeconfig: PathBuf,
     child: Option<Child>,
     etcd_servers: Option<String>,
+    extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
     log: PathBuf,
 }
@@ -63,6 +66,11 @@ impl ServerProcess {
     /// Start a server on `backend` in a fresh temporary directory. For
     /// [`Backend::Etcd`], `etcd` is the endpoint to use.
     pub fn start(etcd: Option<&EtcdProcess>) -> ServerProcess {
+        Self::start_with(etcd, &[])
+    }
+
+    /// Like [`ServerProcess::start`], with extra `keelson server` flags.
+    pub fn start_with(etcd: Option<&EtcdProcess>, extra_args: &[&str]) -> ServerProcess {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().to_path_buf();
         let mut s = ServerProcess {
@@ -72,6 +80,7 @@ impl ServerProcess {
             port: 0,
             child: None,
             etcd_servers: etcd.map(|e| e.endpoint.clone()),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -98,6 +107,7 @@ impl ServerProcess {
             if let Some(e) = &self.etcd_servers {
                 cmd.args(["--etcd-servers", e]);
             }
+            cmd.args(&self.extra_args);
             let child = cmd.spawn().expect("spawn keelson server");
             self.child = Some(child);
             if self.wait_ready(Duration::from_secs(30)) {
@@ -218,6 +228,7 @@ pub fn kubectl_versions() -> Vec<u32> {
 
 /// Start etcd for a backend that needs it (`None` for the embedded store);
 /// `Err(())` means skip (etcd missing and not required).
+#[allow(clippy::result_unit_err)] // `Err` carries nothing: the reason was printed.
 pub fn etcd_for(backend: Backend) -> Result<Option<EtcdProcess>, ()> {
     match backend {
         Backend::Embedded => Ok(None),

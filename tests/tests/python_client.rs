@@ -35,7 +35,8 @@ async fn python_client_lists_and_watches_pods() {
         eprintln!("skipping: python3 -c 'import kubernetes' failed");
         return;
     }
-    let server = ServerProcess::start(None);
+    // No scheduler: the pod stays unbound, so its deletion is immediate.
+    let server = ServerProcess::start_with(None, &["--disable-controllers"]);
     let client = server.client().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     pods.create(&PostParams::default(), &pod("before"))

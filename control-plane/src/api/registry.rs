@@ -706,7 +706,32 @@ impl Registry {
                 .unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), (g + 1).into());
         }
-        let causes = validation::validate_update(rt, &current, &new);
+        let mut causes = validation::validate_update(rt, &current, &new);
+        if !meta_str(&current, "deletionTimestamp").is_empty() {
+            // As kube-apiserver: a deleting object may only lose finalizers.
+            let added: Vec<String> = meta(&new)
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|f| {
+                    !meta(&current)
+                        .get("finalizers")
+                        .and_then(Value::as_array)
+                        .is_some_and(|old| old.contains(f))
+                })
+                .map(|f| f.as_str().unwrap_or_default().to_string())
+                .collect();
+            if !added.is_empty() {
+                causes.push(Cause::new(
+                    "FieldValueForbidden",
+                    "metadata.finalizers",
+                    format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                    ),
+                ));
+            }
+        }
         if !causes.is_empty() {
             return Err(UpdateError::Api(ApiError::invalid(
                 rt.group, rt.kind, name, causes,

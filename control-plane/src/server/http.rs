@@ -275,8 +275,28 @@ fn delete_options(q: &HashMap<String, String>, body: Option<&Value>) -> ApiResul
             "propagationPolicy {p:?} is invalid: must be Orphan, Background or Foreground"
         )));
     }
-    if q.get("dryRun").is_some_and(|v| v == "All") {
-        o.dry_run = true;
+    // An unsupported value must not turn a dry run into a real deletion.
+    let body_dry_run = body
+        .and_then(|b| b.get("dryRun"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().unwrap_or_default());
+    for v in q
+        .get("dryRun")
+        .map(String::as_str)
+        .into_iter()
+        .chain(body_dry_run)
+    {
+        match v {
+            "" => {}
+            "All" => o.dry_run = true,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported dryRun value {other:?}: only All is supported"
+                )));
+            }
+        }
     }
     Ok(o)
 }

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub api: ApiConfig,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// Run the scheduler and controllers (under leader election).
+    pub controllers: bool,
+    pub controller_config: crate::controllers::ControllerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,17 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerE
     } else {
         Ok(Arc::new(EtcdStore::connect(&config.etcd_servers).await?))
     }
+}
+
+/// A kube-rs client for the controllers, with the admin credentials.
+async fn admin_client(pki: &pki::Pki, url: &str) -> Result<kube::Client, ServerError> {
+    let text = pki::kubeconfig(&pki.ca.cert_pem, url, "admin", &pki.admin);
+    let kc = kube::config::Kubeconfig::from_yaml(&text)
+        .map_err(|e| ServerError::Tls(format!("controller kubeconfig: {e}")))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| ServerError::Tls(format!("controller kubeconfig: {e}")))?;
+    kube::Client::try_from(cfg).map_err(|e| ServerError::Tls(format!("controller client: {e}")))
 }
 
 /// Start the server: certificates, store, bootstrap objects, background
@@ -154,7 +168,17 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         app,
         rx.clone(),
     ))];
-    tasks.extend(background::spawn(registry.clone(), rx));
+    tasks.extend(background::spawn(registry.clone(), rx.clone()));
+    if config.controllers {
+        let client = admin_client(&pki, &url).await?;
+        let ctx = std::sync::Arc::new(crate::controllers::Context {
+            client,
+            config: config.controller_config.clone(),
+        });
+        tasks.push(tokio::spawn(crate::controllers::leader::run_when_leader(
+            ctx, rx,
+        )));
+    }
     tracing::info!(%addr, store = registry.store().backend_name(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(ServerHandle {
         addr,
