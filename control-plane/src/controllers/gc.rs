@@ -646,6 +646,9 @@ fn ok_unless_raced(r: Result<(), kube::Error>) -> Result<bool, kube::Error> {
     }
 }
 
+/// How long changes are gathered before a pass.
+const BATCH: Duration = Duration::from_millis(250);
+
 pub async fn run(ctx: Arc<super::Context>) {
     let client = ctx.client.clone();
     let (tx, mut rx) = mpsc::channel::<(usize, Change)>(4096);
@@ -711,9 +714,10 @@ pub async fn run(ctx: Arc<super::Context>) {
             }
             _ = resync.tick() => dirty = true,
         }
-        // Take the rest of the burst.
+        // Take the rest of the burst. A pass snapshots the whole graph, so
+        // under a stream of changes plan at most every BATCH.
         if dirty {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(BATCH).await;
         }
         while let Ok((i, c)) = rx.try_recv() {
             dirty |= graph.apply(i, c);
