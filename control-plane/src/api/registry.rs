@@ -323,12 +323,59 @@ impl Registry {
         if let Some(k) = next {
             metadata["continue"] = encode_continue(revision, &k).into();
         }
-        Ok(json!({
-            "kind": rt.list_kind(),
-            "apiVersion": rt.api_version(),
-            "metadata": metadata,
-            "items": items,
-        }))
+        Ok(list_object(rt, metadata, items))
+    }
+
+    /// Plain lists (no selectors, no conversion) as bytes: the stored JSON
+    /// with `resourceVersion` spliced into each item's metadata, without
+    /// decoding it. `None` when the fast path does not apply.
+    pub async fn list_raw(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<Option<Vec<u8>>> {
+        if !opts.label_selector.is_empty()
+            || !opts.field_selector.is_empty()
+            || rt.group == "events.k8s.io"
+        {
+            return Ok(None);
+        }
+        let start = match &opts.continue_token {
+            Some(t) if !t.is_empty() => Some(decode_continue(t)?.start),
+            _ => None,
+        };
+        let res = self
+            .store
+            .list(&Self::prefix(rt, ns), start.as_deref(), opts.limit)
+            .await?;
+        let mut items: Vec<u8> =
+            Vec::with_capacity(res.kvs.iter().map(|kv| kv.value.len() + 40).sum());
+        for (i, kv) in res.kvs.iter().enumerate() {
+            let Some(spliced) = splice_resource_version(&kv.value, kv.mod_revision) else {
+                return Ok(None);
+            };
+            if i > 0 {
+                items.push(b',');
+            }
+            items.extend_from_slice(&spliced.0);
+            items.extend_from_slice(spliced.1);
+        }
+        let mut metadata = json!({"resourceVersion": res.revision.to_string()});
+        if res.more
+            && let Some(last) = res.kvs.last()
+        {
+            metadata["continue"] = encode_continue(res.revision, &last.key).into();
+        }
+        let head =
+            json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": metadata});
+        let mut out = serde_json::to_vec(&head)
+            .map_err(|e| ApiError::internal(format!("encode list: {e}")))?;
+        out.pop(); // the closing brace
+        out.extend_from_slice(b",\"items\":[");
+        out.extend_from_slice(&items);
+        out.extend_from_slice(b"]}");
+        Ok(Some(out))
     }
 
     fn check_field_selector(&self, rt: &ResourceType, fs: &FieldSelector) -> ApiResult<()> {
@@ -1030,9 +1077,7 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
-        Ok(
-            json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": {}, "items": items}),
-        )
+        Ok(list_object(rt, json!({}), items))
     }
 
     /// Bind a pod to a node (POST pods/{name}/binding).
@@ -1295,6 +1340,36 @@ impl Registry {
     }
 }
 
+/// Split a stored object's JSON at its top-level `"metadata":{` and return
+/// (head with `resourceVersion` added, rest). `None` if the object does not
+/// have the shape we write (metadata after only scalar fields).
+fn splice_resource_version(v: &[u8], rv: Revision) -> Option<(Vec<u8>, &[u8])> {
+    const KEY: &[u8] = b"\"metadata\":{";
+    let pos = v.windows(KEY.len()).position(|w| w == KEY)?;
+    if v.first() != Some(&b'{') || v[1..pos].iter().any(|b| matches!(b, b'{' | b'[')) {
+        return None;
+    }
+    let split = pos + KEY.len();
+    let mut head = Vec::with_capacity(split + 32);
+    head.extend_from_slice(&v[..split]);
+    head.extend_from_slice(format!("\"resourceVersion\":\"{rv}\"").as_bytes());
+    if v.get(split) != Some(&b'}') {
+        head.push(b',');
+    }
+    Some((head, &v[split..]))
+}
+
+/// A list object. Built by moving `items` in: `json!` would deep-copy them,
+/// which costs more than decoding them did for large lists.
+fn list_object(rt: &ResourceType, metadata: Value, items: Vec<Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("kind".into(), rt.list_kind().into());
+    m.insert("apiVersion".into(), rt.api_version().into());
+    m.insert("metadata".into(), metadata);
+    m.insert("items".into(), Value::Array(items));
+    Value::Object(m)
+}
+
 /// Turn a store event into a watch event for a filtered watch: objects that
 /// move into the selection are ADDED, out of it DELETED.
 fn translate(
@@ -1359,5 +1434,31 @@ fn patch_error(rt: &ResourceType, e: PatchError) -> ApiError {
             vec![Cause::new("FieldValueInvalid", "", e.to_string())],
         ),
         _ => ApiError::bad_request(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_into_top_level_metadata() {
+        let v = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{"template":{"metadata":{}}}}"#;
+        let (head, rest) = splice_resource_version(v, 42).unwrap();
+        let parsed: Value = serde_json::from_slice(&[head.as_slice(), rest].concat()).unwrap();
+        assert_eq!(parsed["metadata"]["resourceVersion"], "42");
+        assert_eq!(parsed["metadata"]["name"], "a");
+        assert!(
+            parsed["spec"]["template"]["metadata"]
+                .get("resourceVersion")
+                .is_none()
+        );
+        let empty = br#"{"kind":"X","metadata":{}}"#;
+        let (head, rest) = splice_resource_version(empty, 7).unwrap();
+        let parsed: Value = serde_json::from_slice(&[head.as_slice(), rest].concat()).unwrap();
+        assert_eq!(parsed["metadata"], json!({"resourceVersion": "7"}));
+        // Metadata after a nested object is not the shape we write: no fast path.
+        assert!(splice_resource_version(br#"{"spec":{"a":1},"metadata":{}}"#, 1).is_none());
+        assert!(splice_resource_version(br#"{"kind":"X"}"#, 1).is_none());
     }
 }

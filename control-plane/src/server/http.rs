@@ -456,6 +456,16 @@ async fn resource(
                 limit,
                 continue_token: q.get("continue").cloned(),
             };
+            if !wants_table(headers)
+                && let Some(bytes) = reg.list_raw(rt, ns, &opts).await?
+            {
+                let mut r = Response::new(Body::from(bytes));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(r);
+            }
             let list = reg.list(rt, ns, &opts).await?;
             if wants_table(headers) {
                 let items = list["items"].as_array().cloned().unwrap_or_default();

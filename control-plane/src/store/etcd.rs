@@ -98,6 +98,10 @@ fn txn_failure_kv(operation: &'static str, resp: &TxnResponse) -> Result<Option<
     ))
 }
 
+/// Largest response accepted from etcd (a list of every pod in a big
+/// cluster is tens of MiB; gRPC's default is 4 MiB).
+const MAX_MESSAGE: usize = 1 << 30;
+
 /// The store on an etcd cluster.
 pub struct EtcdStore {
     client: Client,
@@ -134,6 +138,7 @@ impl EtcdStore {
         store
             .client
             .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .get(vec![0], Some(GetOptions::new().with_count_only()))
             .await
             .map_err(|e| etcd_error("connect", &joined, e))?;
@@ -145,6 +150,7 @@ impl EtcdStore {
         let resp = self
             .client
             .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .get(vec![0], Some(GetOptions::new().with_count_only()))
             .await
             .map_err(|e| etcd_error(operation, "current revision", e))?;
@@ -154,7 +160,13 @@ impl EtcdStore {
     /// Whether etcd can still serve a read at `revision` (not compacted).
     async fn readable_at(&self, revision: Revision) -> Result<bool> {
         let opts = GetOptions::new().with_count_only().with_revision(revision);
-        match self.client.kv_client().get(vec![0], Some(opts)).await {
+        match self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+            .get(vec![0], Some(opts))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(err) if is_compacted(&err) => Ok(false),
             Err(err) => Err(etcd_error(
@@ -193,6 +205,7 @@ impl EtcdStore {
     async fn txn(&self, operation: &'static str, key: &str, txn: Txn) -> Result<TxnResponse> {
         self.client
             .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .txn(txn)
             .await
             .map_err(|e| etcd_error(operation, key, e))
@@ -220,6 +233,7 @@ impl Store for EtcdStore {
         let resp = self
             .client
             .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .get(key, None)
             .await
             .map_err(|e| etcd_error("get", key, e))?;
@@ -261,6 +275,7 @@ impl Store for EtcdStore {
         let resp: GetResponse = self
             .client
             .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .get(
                 start,
                 Some(GetOptions::new().with_range(end).with_limit(limit)),
@@ -285,6 +300,7 @@ impl Store for EtcdStore {
         let resp = self
             .client
             .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .get(
                 start,
                 Some(GetOptions::new().with_range(end).with_count_only()),
@@ -413,7 +429,13 @@ impl Store for EtcdStore {
             return Ok(());
         }
         let subject = format!("revision {revision}");
-        match self.client.kv_client().compact(revision, None).await {
+        match self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+            .compact(revision, None)
+            .await
+        {
             Ok(_) => {}
             // Already compacted further, by us or another client.
             Err(err) if is_compacted(&err) => {}
@@ -454,6 +476,7 @@ impl Store for EtcdStore {
         let stream = self
             .client
             .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .watch(start, Some(options))
             .await
             .map_err(|e| etcd_error("watch", prefix, e))?;
