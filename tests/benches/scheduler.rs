@@ -528,6 +528,67 @@ async fn bench_create_baseline(s: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// Time from creating a Deployment of `KEELSON_BENCH_REPLICAS` (1,000) to all
+/// its pods bound, with the server's own controllers and scheduler.
+async fn bench_deployment(s: &Settings) -> Result<()> {
+    let replicas = env("KEELSON_BENCH_REPLICAS", 1000);
+    println!(
+        "== deployment: {replicas} replicas onto {} nodes, `keelson server` running scheduler and controllers",
+        s.nodes
+    );
+    let server = ServerProcess::start(None);
+    let client = server.client().await;
+    create_nodes(&client, s).await?;
+    let renewer = spawn_lease_renewer(client.clone(), s.nodes);
+    warm_up(&client).await?;
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    let d = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bench"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "bench"}},
+                 "template": {"metadata": {"labels": {"app": "bench"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let start = Instant::now();
+    deploys.create(&PostParams::default(), &d).await?;
+    let mut created_at = None;
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app=bench"))
+            .await?;
+        let total = list.items.len();
+        let bound = list
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        if created_at.is_none() && total >= replicas {
+            created_at = Some(start.elapsed());
+        }
+        if bound >= replicas {
+            break;
+        }
+        if start.elapsed() > BIND_TIMEOUT {
+            anyhow::bail!(
+                "only {bound}/{replicas} pods bound after {:?}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = start.elapsed();
+    println!(
+        "deployment of {replicas}: all pods created after {:.2} s, all bound after {:.2} s ({:.0} pods/s)",
+        created_at.unwrap_or(all).as_secs_f64(),
+        all.as_secs_f64(),
+        replicas as f64 / all.as_secs_f64()
+    );
+    renewer.abort();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; a filter argument selects a part.
     let filter: Vec<String> = std::env::args()
@@ -555,6 +616,12 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?;
         rt.block_on(bench_end_to_end(&s, Mode::Standalone))?;
+    }
+    if want("deployment") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(bench_deployment(&s))?;
     }
     if want("baseline") {
         let rt = tokio::runtime::Builder::new_multi_thread()
