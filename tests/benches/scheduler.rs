@@ -540,6 +540,9 @@ async fn bench_deployment(s: &Settings) -> Result<()> {
     let client = server.client().await;
     create_nodes(&client, s).await?;
     let renewer = spawn_lease_renewer(client.clone(), s.nodes);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
     warm_up(&client).await?;
     let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), "default");
