@@ -8,7 +8,7 @@
 //! cargo xtask bench   # the API server benchmark, both storage backends
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -26,7 +26,13 @@ const APT_PACKAGES: &[&str] = &[
 const PIP_PACKAGES: &[&str] = &["kubernetes"];
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too. Prefer it to the
+    // compile-time value: clones sharing one target directory can share one
+    // xtask binary, built in another clone.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("xtask is inside the workspace")
         .to_path_buf()
