@@ -918,24 +918,17 @@ async fn run_once(client: kube::Client) {
         client,
         nodes: node_store,
     });
-    applier(
-        |ds, ctx| Box::pin(reconcile(ds, ctx)),
-        error_policy,
-        ctx,
-        ds_store,
-        queue,
-        kube::runtime::Config::default(),
+    super::drive(
+        applier(
+            |ds, ctx| Box::pin(reconcile(ds, ctx)),
+            error_policy,
+            ctx,
+            ds_store,
+            queue,
+            kube::runtime::Config::default(),
+        ),
+        "daemon set controller",
     )
-    .for_each(|res| {
-        if let Err(e) = res {
-            match e {
-                kube::runtime::controller::Error::ObjectNotFound(_)
-                | kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                e => tracing::warn!(error = %e, "daemon set controller"),
-            }
-        }
-        std::future::ready(())
-    })
     .await;
 }
 

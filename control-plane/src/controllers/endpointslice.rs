@@ -999,24 +999,17 @@ async fn run_once(client: kube::Client) {
         client,
         pods: pod_store,
     });
-    applier(
-        |svc, ctx| Box::pin(reconcile(svc, ctx)),
-        error_policy,
-        ctx,
-        svc_store,
-        queue,
-        kube::runtime::Config::default(),
+    super::drive(
+        applier(
+            |svc, ctx| Box::pin(reconcile(svc, ctx)),
+            error_policy,
+            ctx,
+            svc_store,
+            queue,
+            kube::runtime::Config::default(),
+        ),
+        "endpoint slice controller",
     )
-    .for_each(|res| {
-        if let Err(e) = res {
-            match e {
-                kube::runtime::controller::Error::ObjectNotFound(_)
-                | kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                e => tracing::warn!(error = %e, "endpoint slice controller"),
-            }
-        }
-        std::future::ready(())
-    })
     .await;
 }
 

@@ -49,6 +49,29 @@ pub struct Context {
     pub config: ControllerConfig,
 }
 
+/// Drive an applier's result stream to its end, logging the failures worth
+/// a warning (a vanished object or a reconcile error is handled by the
+/// controller's own error policy).
+pub(crate) async fn drive<T, E1, E2>(
+    results: impl futures::Stream<Item = Result<T, kube::runtime::controller::Error<E1, E2>>>,
+    controller: &'static str,
+) where
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::controller::Error;
+    results
+        .for_each(|res| {
+            match res {
+                Ok(_) | Err(Error::ObjectNotFound(_) | Error::ReconcilerFailed(..)) => {}
+                Err(e) => tracing::warn!(error = %e, "{controller}"),
+            }
+            std::future::ready(())
+        })
+        .await
+}
+
 /// Run the scheduler and every controller until the returned tasks are aborted.
 pub fn spawn_all(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
     vec![

@@ -169,24 +169,17 @@ async fn run_once(client: kube::Client) {
         client,
         accounts: sa_store,
     });
-    applier(
-        |ns, ctx| Box::pin(reconcile(ns, ctx)),
-        error_policy,
-        ctx,
-        ns_store,
-        queue,
-        kube::runtime::Config::default(),
+    super::drive(
+        applier(
+            |ns, ctx| Box::pin(reconcile(ns, ctx)),
+            error_policy,
+            ctx,
+            ns_store,
+            queue,
+            kube::runtime::Config::default(),
+        ),
+        "service account controller",
     )
-    .for_each(|res| {
-        if let Err(e) = res {
-            match e {
-                kube::runtime::controller::Error::ObjectNotFound(_)
-                | kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                e => tracing::warn!(error = %e, "service account controller"),
-            }
-        }
-        std::future::ready(())
-    })
     .await;
 }
 
