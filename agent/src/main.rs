@@ -1,5 +1,7 @@
 //! The `keelson` command.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -24,6 +26,13 @@ struct Cli {
 enum Command {
     /// Serve the Kubernetes API over TLS (embedded store, or etcd).
     Server(ServerArgs),
+    /// Run the node agent: pods, CNI, Service load balancing, node API.
+    Agent(keelson::agent::AgentArgs),
+    /// Run only the Service load balancer (what kube-proxy does).
+    Proxy(keelson::proxy::ProxyArgs),
+    /// Per-container shim (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim(keelson::runtime::shim::ShimArgs),
     /// Print the version.
     Version,
 }
@@ -123,6 +132,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn tokio_main(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?
+        .block_on(f)
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -137,11 +154,11 @@ fn main() {
             println!("keelson {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("start tokio runtime")
-            .and_then(|rt| rt.block_on(run_server(args))),
+        Command::Server(args) => tokio_main(run_server(args)),
+        Command::Agent(args) => tokio_main(keelson::agent::run(args)),
+        Command::Proxy(args) => tokio_main(keelson::proxy::run(args)),
+        // No tokio runtime here: the shim forks and execs.
+        Command::Shim(args) => keelson::runtime::shim::main(args),
     };
     if let Err(e) = result {
         eprintln!("keelson: {e:#}");

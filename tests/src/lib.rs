@@ -2,6 +2,8 @@
 //! the embedded store or a real etcd), run real kubectl binaries and the
 //! Python client against them, and clean up even when a test fails.
 
+#![forbid(unsafe_code)]
+
 pub mod fake;
 
 use std::net::TcpListener;

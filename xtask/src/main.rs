@@ -8,6 +8,8 @@
 //! cargo xtask bench   # the API server benchmark, both storage backends
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

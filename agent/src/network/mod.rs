@@ -1,0 +1,1 @@
+//! The CNI runtime side: conflists, plugin exec (ADD, DEL, CHECK, GC).

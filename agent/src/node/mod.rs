@@ -1,0 +1,1 @@
+//! Node registration, Lease heartbeats and node status.
