@@ -29,10 +29,10 @@ enum Command {
     /// Run the node agent: pods, CNI, Service load balancing, node API.
     Agent(keelson::agent::AgentArgs),
     /// Run only the Service load balancer (what kube-proxy does).
-    Proxy(keelson::proxy::ProxyArgs),
+    Proxy(keelson_proxy::ProxyArgs),
     /// Per-container shim (started by the agent, not by hand).
     #[command(hide = true)]
-    Shim(keelson::runtime::shim::ShimArgs),
+    Shim(keelson_runtime::shim::ShimArgs),
     /// Print the version.
     Version,
 }
@@ -156,9 +156,9 @@ fn main() {
         }
         Command::Server(args) => tokio_main(run_server(args)),
         Command::Agent(args) => tokio_main(keelson::agent::run(args)),
-        Command::Proxy(args) => tokio_main(keelson::proxy::run(args)),
+        Command::Proxy(args) => tokio_main(keelson_proxy::run(args)),
         // No tokio runtime here: the shim forks and execs.
-        Command::Shim(args) => keelson::runtime::shim::main(args),
+        Command::Shim(args) => keelson_runtime::shim::main(args),
     };
     if let Err(e) = result {
         eprintln!("keelson: {e:#}");

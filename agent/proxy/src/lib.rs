@@ -1,6 +1,8 @@
 //! Service load balancing: Services and EndpointSlices -> pure plan ->
 //! backend (nftables | ebpf).
 
+#![forbid(unsafe_code)]
+
 /// Flags of `keelson proxy` (the Service load balancer on its own; `keelson
 /// agent` runs the same with its own flags).
 #[derive(clap::Args, Debug)]

@@ -1,0 +1,141 @@
+//! Running containers: the `Runtime` trait and its OCI runtime CLI backend
+//! (runc, crun, youki), the per-container shim that owns stdio (CRI log
+//! format) and exit status, pod sandboxes (network, IPC and UTS namespaces
+//! held without a pause container), and kubelet-style cgroups (v1 and v2).
+//!
+//! Contract used by the agent's pod workers (keep these names; add freely).
+//! `unsafe` is denied (workspace lint); a module that needs a syscall
+//! without a safe wrapper allows it locally with `// SAFETY:` comments.
+
+pub mod cgroups;
+pub mod sandbox;
+pub mod shim;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Errors of this crate; each names the operation and the container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Not built yet.
+    #[error("{0}: not built yet")]
+    NotBuilt(String),
+}
+
+/// Everything needed to create and start one container.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerConfig {
+    /// Unique container ID (also the runtime's ID and state dir name).
+    pub id: String,
+    /// Labels kept with the container's state so a restarted agent can adopt
+    /// it (pod uid, namespace, name, container name, restart count...).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Mounted root filesystem.
+    pub rootfs: PathBuf,
+    /// Process arguments (entrypoint + cmd already resolved).
+    pub args: Vec<String>,
+    /// `KEY=value`.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub cwd: String,
+    /// User and group IDs.
+    pub uid: u32,
+    /// Group ID.
+    pub gid: u32,
+    /// Hostname (set in the sandbox's UTS namespace).
+    pub hostname: String,
+    /// Namespaces to join: the pod sandbox's.
+    pub sandbox: sandbox::Sandbox,
+    /// Cgroup for the container (inside the pod cgroup), as the runtime's
+    /// cgroupsPath.
+    pub cgroups_path: String,
+    /// Resource limits for the container cgroup.
+    pub resources: cgroups::Resources,
+    /// readOnlyRootFilesystem.
+    pub readonly_rootfs: bool,
+    /// Capabilities to add and drop (names without CAP_), on top of the
+    /// runtime default set.
+    pub cap_add: Vec<String>,
+    /// Capabilities to drop.
+    pub cap_drop: Vec<String>,
+    /// Privileged.
+    pub privileged: bool,
+    /// Extra bind mounts (volumes, /etc/hosts, /etc/resolv.conf...).
+    pub mounts: Vec<Mount>,
+    /// CRI-format log file for stdout and stderr.
+    pub log_path: PathBuf,
+}
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub destination: String,
+    /// Read-only.
+    pub readonly: bool,
+}
+
+/// A container's state as the runtime and its shim report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running {
+        /// Host PID of the container's init process.
+        pid: u32,
+        /// When it started.
+        started_at: SystemTime,
+    },
+    /// Exited.
+    Exited {
+        /// Exit code (128 + signal when killed by a signal).
+        exit_code: i32,
+        /// Killed by the kernel's OOM killer.
+        oom_killed: bool,
+        /// When it started.
+        started_at: SystemTime,
+        /// When it exited.
+        finished_at: SystemTime,
+    },
+}
+
+/// A container the runtime knows of (for adoption after an agent restart).
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    /// Container ID.
+    pub id: String,
+    /// Labels given at creation.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Current state.
+    pub state: ContainerState,
+}
+
+/// One narrow trait over a container runtime.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Creates and starts a container (through its shim); returns its state.
+    async fn start(&self, config: &ContainerConfig) -> Result<ContainerState, RuntimeError>;
+    /// The container's state; `None` if it does not exist.
+    async fn state(&self, id: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
+    /// SIGTERM, then SIGKILL after `grace`; returns when it has exited.
+    /// Success if it already exited or does not exist.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes a stopped container and its state. Success if absent.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Every container this runtime has state for.
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
+}
+
+/// The OCI runtime CLI backend (runc by default; crun, youki by path).
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    /// Runtime binary (e.g. /usr/sbin/runc).
+    pub runtime: PathBuf,
+    /// Per-container state directories live here.
+    pub state_dir: PathBuf,
+    /// The `keelson` binary (runs `keelson shim`).
+    pub shim_exe: PathBuf,
+}
