@@ -65,6 +65,10 @@ pub struct WatchOptions {
     pub field_selector: FieldSelector,
     /// `None` (or "0"): start with the current state as ADDED events.
     pub resource_version: Option<Revision>,
+    /// The caller wants JSON event lines: live events of unfiltered watches
+    /// come as [`WatchEvent::Line`], spliced from the stored bytes without
+    /// decoding and re-encoding the object for every watcher.
+    pub lines: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -92,6 +96,12 @@ pub enum WatchEvent {
     /// The last revision delivered, for bookmarks.
     Progress(Revision),
     Error(Value),
+    /// A complete JSON watch event line (`{"type":..,"object":..}\n`) for
+    /// the object at `revision`.
+    Line {
+        revision: Revision,
+        line: bytes::Bytes,
+    },
 }
 
 /// A write result: the object and warnings for the `Warning` header.
@@ -1309,6 +1319,10 @@ impl Registry {
             Err(e) => return Err(e.into()),
         };
         let exact = name.clone().map(|n| format!("{prefix}{n}"));
+        let raw_lines = opts.lines
+            && opts.label_selector.is_empty()
+            && opts.field_selector.is_empty()
+            && rt.group != "events.k8s.io";
         let label = opts.label_selector;
         let field = opts.field_selector;
         let matches = move |v: &Value| label.matches_object(v) && field.matches_object(v);
@@ -1329,6 +1343,8 @@ impl Registry {
                 Ok(ev) => {
                     if exact.as_ref().is_some_and(|k| *k != ev.kv.key) {
                         None
+                    } else if let Some(line) = raw_lines.then(|| event_line_raw(&ev)).flatten() {
+                        Some(line)
                     } else {
                         translate(rt, &ev, &matches).or(Some(WatchEvent::Progress(ev.revision())))
                     }
@@ -1357,6 +1373,29 @@ fn splice_resource_version(v: &[u8], rv: Revision) -> Option<(Vec<u8>, &[u8])> {
         head.push(b',');
     }
     Some((head, &v[split..]))
+}
+
+/// An unfiltered store event as a ready JSON watch line, or `None` when the
+/// stored bytes do not have the shape the splice needs.
+fn event_line_raw(ev: &crate::store::Event) -> Option<WatchEvent> {
+    let kind: &[u8] = match ev.kind {
+        EventKind::Put if ev.prev.is_none() => b"ADDED",
+        EventKind::Put => b"MODIFIED",
+        EventKind::Delete => b"DELETED",
+    };
+    let revision = ev.kv.mod_revision;
+    let (head, rest) = splice_resource_version(&ev.kv.value, revision)?;
+    let mut line = Vec::with_capacity(head.len() + rest.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind);
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(&head);
+    line.extend_from_slice(rest);
+    line.extend_from_slice(b"}\n");
+    Some(WatchEvent::Line {
+        revision,
+        line: line.into(),
+    })
 }
 
 /// A list object. Built by moving `items` in: `json!` would deep-copy them,
@@ -1440,6 +1479,46 @@ fn patch_error(rt: &ResourceType, e: PatchError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_event_lines_match_decoded_events() {
+        use crate::store::{Event, KeyValue};
+        let kv = |v: &[u8], rev| KeyValue {
+            key: "/registry/pods/default/a".into(),
+            value: v.to_vec(),
+            create_revision: 5,
+            mod_revision: rev,
+        };
+        let pod = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{}}"#;
+        let cases = [
+            (EventKind::Put, None, "ADDED"),
+            (EventKind::Put, Some(kv(pod, 5)), "MODIFIED"),
+            (EventKind::Delete, Some(kv(pod, 6)), "DELETED"),
+        ];
+        for (kind, prev, want) in cases {
+            let ev = Event {
+                kind,
+                kv: kv(pod, 9),
+                prev,
+            };
+            let Some(WatchEvent::Line { revision, line }) = event_line_raw(&ev) else {
+                panic!("no raw line for {want}");
+            };
+            assert_eq!(revision, 9);
+            assert_eq!(line.last(), Some(&b'\n'));
+            let parsed: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(parsed["type"], want);
+            assert_eq!(parsed["object"]["metadata"]["resourceVersion"], "9");
+            assert_eq!(parsed["object"]["metadata"]["name"], "a");
+        }
+        // Bytes without the expected shape fall back to the decoding path.
+        let odd = Event {
+            kind: EventKind::Put,
+            kv: kv(br#"{"spec":{},"metadata":{}}"#, 3),
+            prev: None,
+        };
+        assert!(event_line_raw(&odd).is_none());
+    }
 
     #[test]
     fn splices_into_top_level_metadata() {

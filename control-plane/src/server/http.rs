@@ -433,6 +433,7 @@ async fn resource(
                     label_selector,
                     field_selector,
                     resource_version: rv,
+                    lines: !wants_table(headers),
                 };
                 return watch(
                     state,
@@ -487,6 +488,7 @@ async fn resource(
                     label_selector,
                     field_selector,
                     resource_version: rv,
+                    lines: !wants_table(headers),
                 };
                 return watch(
                     state,
@@ -517,10 +519,9 @@ async fn resource(
             ok(&Registry::scale_of(&reg.get(rt, ns, name).await?))
         }
         (&Method::GET, Some(name), Some("log")) => {
-            reg.get(rt, ns, name).await?;
-            Err(ApiError::unavailable(format!(
-                "logs of pod {name} are served by its node's agent, which is not reachable"
-            )))
+            let query: Vec<(String, String)> =
+                q.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            super::nodeproxy::pod_log(reg, ns.unwrap_or("default"), name, &query).await
         }
         (&Method::POST, None, None) => {
             let (obj, _) = parse_body(headers, &body)?;
@@ -678,6 +679,7 @@ async fn watch(
                 ev = events.next() => match ev {
                     None => break,
                     Some(WatchEvent::Progress(rv)) => { last_rv = last_rv.max(rv); continue; }
+                    Some(WatchEvent::Line { revision, line }) => { last_rv = last_rv.max(revision); line }
                     Some(WatchEvent::Added(o)) => { last_rv = last_rv.max(rv_of(&o)); line("ADDED", &o) }
                     Some(WatchEvent::Modified(o)) => { last_rv = last_rv.max(rv_of(&o)); line("MODIFIED", &o) }
                     Some(WatchEvent::Deleted(o)) => { last_rv = last_rv.max(rv_of(&o)); line("DELETED", &o) }
