@@ -180,6 +180,10 @@ impl ApiError {
         e.details.causes = causes;
         e
     }
+    /// 404 with a message of the caller's (e.g. relayed from a node).
+    pub fn not_found_message(message: impl Into<String>) -> Self {
+        ApiError::new(404, "NotFound", message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(500, "InternalError", message)
     }

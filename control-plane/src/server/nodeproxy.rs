@@ -1,0 +1,358 @@
+//! `pods/{name}/log`: the API server finds the pod's node and streams the
+//! container log from that node's agent (its node API, TLS on the port the
+//! Node advertises in `status.daemonEndpoints.kubeletEndpoint`).
+//!
+//! The node's serving certificate is self-signed by its agent, so it is not
+//! verified (as kube-apiserver does without `--kubelet-certificate-authority`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::Value;
+
+use crate::api::errors::{ApiError, ApiResult};
+use crate::api::registry::Registry;
+use crate::api::resources;
+
+/// Query parameters of `pods/log` forwarded to the node as they are.
+const FORWARDED: &[&str] = &[
+    "follow",
+    "previous",
+    "tailLines",
+    "timestamps",
+    "sinceSeconds",
+    "sinceTime",
+    "limitBytes",
+];
+
+/// Where a pod's logs are served: node address and port, and the container.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogTarget {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+/// Works out the node API URL path for a pod's container log (pure).
+pub fn log_target(
+    pod: &Value,
+    node: &Value,
+    container: Option<&str>,
+    query: &[(String, String)],
+) -> ApiResult<LogTarget> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let names: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match container {
+        Some(c) if names.contains(&c) => c,
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => {
+            let main: Vec<&str> = pod["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            match main.as_slice() {
+                [only] => *only,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "a container name must be specified for pod {name}, choose one of: [{}]",
+                        main.join(" ")
+                    )));
+                }
+            }
+        }
+    };
+    let addresses = node["status"]["addresses"].as_array();
+    let pick = |kind: &str| {
+        addresses
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == kind)
+            .and_then(|a| a["address"].as_str())
+    };
+    let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let host = pick("InternalIP")
+        .or_else(|| pick("ExternalIP"))
+        .or_else(|| pick("Hostname"))
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "node {node_name} of pod {name} reports no address for its node API"
+            ))
+        })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(10250);
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+    let forwarded: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| FORWARDED.contains(&k.as_str()))
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect();
+    if !forwarded.is_empty() {
+        path.push('?');
+        path.push_str(&forwarded.join("&"));
+    }
+    Ok(LogTarget {
+        host: host.to_string(),
+        port,
+        path,
+    })
+}
+
+/// Streams a container log from the pod's node.
+pub async fn pod_log(
+    registry: &Registry,
+    ns: &str,
+    name: &str,
+    query: &[(String, String)],
+) -> ApiResult<Response> {
+    let pods = resources::find("", "v1", "pods").expect("pods are served");
+    let nodes = resources::find("", "v1", "nodes").expect("nodes are served");
+    let pod = registry.get(pods, Some(ns), name).await?;
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let node = registry.get(nodes, None, node_name).await?;
+    let container = query
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.as_str());
+    let target = log_target(&pod, &node, container, query)?;
+    fetch(&target).await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "logs of pod {ns}/{name} from node {node_name} at {}:{}: {e}",
+            target.host, target.port
+        ))
+    })
+}
+
+async fn fetch(target: &LogTarget) -> Result<Response, String> {
+    let addr = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .map_err(|_| "connect: timed out".to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("tls config: {e}"))?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyNodeCert))
+    .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(target.host.clone())
+        .map_err(|e| format!("server name {}: {e}", target.host))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("tls handshake: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("http handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("node log connection: {e}");
+        }
+    });
+    let req = http::Request::get(&target.path)
+        .header(header::HOST, &addr)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET {}: {e}", target.path))?;
+    let status = resp.status();
+    if !status.is_success() {
+        use http_body_util::BodyExt;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        let code = if status == StatusCode::NOT_FOUND {
+            404
+        } else {
+            400
+        };
+        return Ok(error_response(code, &msg));
+    }
+    let mut out = Response::new(Body::new(resp.into_body()));
+    out.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(out)
+}
+
+fn error_response(code: u16, msg: &str) -> Response {
+    let e = match code {
+        404 => ApiError::not_found_message(msg.to_string()),
+        _ => ApiError::bad_request(msg.to_string()),
+    };
+    let body = serde_json::to_vec(&e.to_status()).unwrap_or_default();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Accepts the node's self-signed serving certificate (see the module docs).
+#[derive(Debug)]
+struct AnyNodeCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyNodeCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(containers: &[&str], init: &[&str]) -> Value {
+        let c = |n: &&str| json!({"name": n, "image": "busybox"});
+        json!({"metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"nodeName": "n1",
+                        "containers": containers.iter().map(c).collect::<Vec<_>>(),
+                        "initContainers": init.iter().map(c).collect::<Vec<_>>()}})
+    }
+
+    fn node(addresses: Value, port: Option<u64>) -> Value {
+        let mut n = json!({"metadata": {"name": "n1"}, "status": {"addresses": addresses}});
+        if let Some(p) = port {
+            n["status"]["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": p}});
+        }
+        n
+    }
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn targets() {
+        let addrs = json!([{"type": "Hostname", "address": "n1"},
+                           {"type": "InternalIP", "address": "10.0.0.7"}]);
+        let t = log_target(
+            &pod(&["app"], &[]),
+            &node(addrs.clone(), Some(11250)),
+            None,
+            &q(&[("follow", "true"), ("tailLines", "5"), ("pretty", "1")]),
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            LogTarget {
+                host: "10.0.0.7".into(),
+                port: 11250,
+                path: "/containerLogs/shop/web/app?follow=true&tailLines=5".into()
+            }
+        );
+        // Default port, init container by name.
+        let t = log_target(
+            &pod(&["app", "side"], &["setup"]),
+            &node(addrs.clone(), None),
+            Some("setup"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.port, 10250);
+        assert_eq!(t.path, "/containerLogs/shop/web/setup");
+        // Two containers and none named: the error lists them.
+        let e = log_target(
+            &pod(&["app", "side"], &[]),
+            &node(addrs.clone(), None),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("choose one of: [app side]"), "{e}");
+        // Unknown container.
+        let e = log_target(&pod(&["app"], &[]), &node(addrs, None), Some("nope"), &[]).unwrap_err();
+        assert!(e.to_string().contains("container nope is not valid"), "{e}");
+        // A node without addresses.
+        let e = log_target(&pod(&["app"], &[]), &node(json!([]), None), None, &[]).unwrap_err();
+        assert!(e.to_string().contains("no address"), "{e}");
+    }
+}
