@@ -14,3 +14,4 @@ pub mod network;
 pub mod node;
 pub mod pods;
 pub mod server;
+pub mod systemd;

@@ -122,12 +122,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     };
     let handle = server::start(config).await.context("start API server")?;
     println!("kubeconfig: {}", handle.kubeconfig.display());
+    keelson::systemd::ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    keelson::systemd::stopping();
     handle.shutdown().await;
     Ok(())
 }

@@ -33,6 +33,20 @@ pub fn keelson_bin() -> PathBuf {
     bin
 }
 
+/// Whether a test can run: `available`, else a skip with `why` on stderr,
+/// or a panic when every test is required (`KEELSON_REQUIRE_ALL=1`, as CI sets).
+pub fn require_or_skip(available: bool, why: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !keelson_control_plane::store::testing::require_all(),
+        "required but unavailable: {why}"
+    );
+    eprintln!("skipping: {why}");
+    false
+}
+
 /// A free loopback port (bound and released; the server binds it right after).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,112 @@
+//! The systemd units pass `systemd-analyze verify`, and `keelson server`
+//! speaks the notify protocol they rely on (Type=notify, WatchdogSec).
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keelson_e2e::{free_port, keelson_bin, require_or_skip};
+
+#[test]
+fn units_verify() {
+    if !require_or_skip(
+        Path::new("/usr/bin/systemd-analyze").exists(),
+        "systemd-analyze not installed (Debian package systemd)",
+    ) {
+        return;
+    }
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = keelson_bin();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&units).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "service") {
+            // The units name the installed binary; point them at this build.
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains("/usr/local/bin/keelson "),
+                "{}",
+                path.display()
+            );
+            let name = path.file_name().unwrap().to_owned();
+            std::fs::write(
+                tmp.path().join(&name),
+                text.replace("/usr/local/bin/keelson", &bin.display().to_string()),
+            )
+            .unwrap();
+            names.push(tmp.path().join(name));
+        }
+    }
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&names)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+#[test]
+fn server_notifies_ready_watchdog_and_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let mut child = Command::new(keelson_bin())
+        .args(["server", "--disable-controllers", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let mut buf = [0u8; 256];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(), "READY=1");
+    // Serving by then.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("server listening at READY=1");
+    let start = Instant::now();
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        let m = recv();
+        if m == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1");
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    drop(guard);
+}
+
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
