@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fake;
+pub mod registry;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
