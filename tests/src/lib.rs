@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod fake;
 pub mod registry;
 
