@@ -4,7 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod fake;
+pub mod registry;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

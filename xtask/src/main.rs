@@ -6,6 +6,7 @@
 //! cargo xtask test    # setup, then every test (both tiers; root tests need root)
 //! cargo xtask up      # setup, build, start a single-node cluster on this machine
 //! cargo xtask bench   # the API server benchmark, both storage backends
+//! cargo xtask images  # build the busybox-static test images (OCI layout, cached)
 //! ```
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,24 @@ const APT_PACKAGES: &[&str] = &[
     "build-essential",   // bundled SQLite and ring
     "pkg-config",
     "python3-pip", // the Python kubernetes client test
+    "conntrack",   // keelson-proxy flushes stale UDP conntrack entries
+    // Image tests: a local registry, the busybox-static test images built
+    // with umoci (cargo xtask images) and pushed with skopeo.
+    "docker-registry",
+    "umoci",
+    "skopeo",
+    "busybox-static",
+    "runc",     // keelson-runtime: the default OCI runtime and its tests
+    "iproute2", // keelson-runtime: `ip link set lo up` in pod sandboxes
+    // keelson-cni tests and bench: Debian's reference ptp/host-local/portmap,
+    // the iptables portmap drives, ping between pods.
+    "containernetworking-plugins",
+    "iptables",
+    "iputils-ping",
+    // keelson-ebpf: the C programs (clang, libbpf headers), vmlinux.h and test checks.
+    "clang-19",
+    "libbpf-dev",
+    "bpftool",
 ];
 
 /// Python packages the tests use (from PyPI).
@@ -172,6 +191,19 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
         .env("KEELSON_REQUIRE_ALL", "1"))
 }
 
+/// Builds the busybox-static test images (an OCI layout with tags `busybox`
+/// and `whiteout`) into the cache, the same script the tests run
+/// (agent/images/testdata/build-test-images.sh); reused while the script and
+/// /bin/busybox are unchanged.
+fn images(extra: &[String]) -> anyhow::Result<()> {
+    let cache = extra
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/var/cache/keelson/images".into());
+    let script = workspace_root().join("agent/images/testdata/build-test-images.sh");
+    run(Command::new("sh").arg(&script).arg(&cache))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
@@ -183,9 +215,10 @@ fn main() -> anyhow::Result<()> {
         "test" => test(rest),
         "up" => up(rest),
         "bench" => bench(rest),
+        "images" => images(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | test [cargo test args] | up [server args] | bench"
+                "usage: cargo xtask setup | test [cargo test args] | up [server args] | bench | images [CACHE_DIR]"
             );
             if cmd == "help" {
                 Ok(())

@@ -5,14 +5,84 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+pub mod digest;
+pub mod manifest;
+pub mod mount;
+pub mod reference;
+pub mod remote;
+pub mod store;
+pub mod unpack;
+
+use std::path::PathBuf;
 
 /// Errors of this crate; each names the operation and the image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// Not built yet.
-    #[error("{0}: not built yet")]
-    NotBuilt(String),
+    /// The reference does not parse (the kubelet's InvalidImageName).
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    /// The registry has no such repository, tag or digest.
+    #[error("pull image {reference}: not found ({detail})")]
+    NotFound { reference: String, detail: String },
+    /// Policy Never and the image is not in the store.
+    #[error("image {reference} is not present with pull policy Never")]
+    NeverPull { reference: String },
+    /// Network, registry or authentication failure.
+    #[error("pull image {reference}: {detail}")]
+    Pull { reference: String, detail: String },
+    /// Content from the registry does not match its digest; nothing of it
+    /// was kept.
+    #[error("pull image {reference}: {what}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        reference: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// A manifest, media type or platform this crate does not handle.
+    #[error("pull image {reference}: {detail}")]
+    Unsupported { reference: String, detail: String },
+    /// A layer could not be unpacked (bad tar, path escaping the root, ...).
+    #[error("pull image {reference}: unpack layer {layer}: {detail}")]
+    Unpack {
+        reference: String,
+        layer: String,
+        detail: String,
+    },
+    /// Something in the store is not what it should be.
+    #[error("image store {path}: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {error}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A mount or unmount failed.
+    #[error("{op} {path}: {detail}")]
+    Mount {
+        op: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+}
+
+impl ImageError {
+    /// The kubelet's waiting reason for this error: `InvalidImageName`,
+    /// `ErrImageNeverPull` or `ErrImagePull`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImageError::InvalidReference { .. } => "InvalidImageName",
+            ImageError::NeverPull { .. } => "ErrImageNeverPull",
+            _ => "ErrImagePull",
+        }
+    }
+
+    /// True if the registry said the image does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ImageError::NotFound { .. })
+    }
 }
 
 /// The pod spec's imagePullPolicy.
@@ -56,42 +126,6 @@ pub struct PulledImage {
     pub layers: Vec<PathBuf>,
 }
 
-/// The content store under a root directory.
-#[derive(Debug)]
-pub struct ImageStore {
-    root: PathBuf,
-}
-
-impl ImageStore {
-    /// Opens (creating) the store at `root`. Registries in `insecure` (host
-    /// or host:port) are reached over plain HTTP; loopback ones always are.
-    pub fn open(root: &Path, insecure: Vec<String>) -> Result<Self, ImageError> {
-        let _ = insecure;
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
-    }
-
-    /// Makes `reference` present according to `policy` and returns it.
-    pub async fn ensure(
-        &self,
-        reference: &str,
-        policy: PullPolicy,
-    ) -> Result<PulledImage, ImageError> {
-        let _ = (policy, &self.root);
-        Err(ImageError::NotBuilt(reference.to_string()))
-    }
-}
-
-/// Mounts an overlay of `layers` at `container_dir/rootfs` (upper and work
-/// dirs beside it) and returns the rootfs path. Idempotent.
-pub fn mount_rootfs(layers: &[PathBuf], container_dir: &Path) -> Result<PathBuf, ImageError> {
-    let _ = layers;
-    Err(ImageError::NotBuilt(container_dir.display().to_string()))
-}
-
-/// Unmounts and removes what `mount_rootfs` made. Idempotent.
-pub fn unmount_rootfs(container_dir: &Path) -> Result<(), ImageError> {
-    let _ = container_dir;
-    Ok(())
-}
+pub use mount::{is_mounted, mount_rootfs, unmount_rootfs};
+pub use reference::ImageRef;
+pub use store::{GcStats, ImageStore, StoreStats};

@@ -7,7 +7,9 @@
 //! `unsafe` is denied (workspace lint); a module that needs a syscall
 //! without a safe wrapper allows it locally with `// SAFETY:` comments.
 
+pub mod bundle;
 pub mod cgroups;
+mod oci;
 pub mod sandbox;
 pub mod shim;
 
@@ -17,9 +19,31 @@ use std::time::{Duration, SystemTime};
 /// Errors of this crate; each names the operation and the container.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// Not built yet.
-    #[error("{0}: not built yet")]
-    NotBuilt(String),
+    /// A filesystem or system call failed; `op` names the operation and the
+    /// object.
+    #[error("{op}: {err}")]
+    Io {
+        /// Operation and object, e.g. "write /x/config.json".
+        op: String,
+        /// The underlying error.
+        err: std::io::Error,
+    },
+    /// A runtime command (runc ...) failed: operation, object, exit status
+    /// and the runtime's stderr.
+    #[error("{0}")]
+    Command(String),
+    /// The container could not be created or started (bad command, missing
+    /// binary in the image, bad mount...): the runtime's reason.
+    #[error("start container {id}: {reason}")]
+    StartFailed {
+        /// Container ID.
+        id: String,
+        /// The runtime's message (e.g. `exec: "foo": executable file not found in $PATH`).
+        reason: String,
+    },
+    /// Anything else, already phrased with operation and object.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Everything needed to create and start one container.

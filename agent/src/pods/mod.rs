@@ -1,2 +1,727 @@
 //! Pod lifecycle: a pure planner (desired vs observed -> actions) and the
-//! workers that carry the actions out.
+//! workers that carry the actions out, one task per pod, concurrent across
+//! pods, fed by a watch on pods bound to this node.
+
+pub mod host;
+pub mod plan;
+pub mod spec;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use keelson_runtime::{ContainerInfo, ContainerState};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use host::{Host, PodState, labels};
+use plan::{Action, FailureKind, History, Instance, Observed, StartFailure};
+
+/// How often a worker looks at its running containers for exits.
+pub const POLL: Duration = Duration::from_secs(1);
+/// Grace for tearing down what belongs to pods deleted while the agent was down.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the pod watch and the workers.
+pub struct Manager {
+    store: Store<Pod>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+enum Msg {
+    Pod(Arc<Pod>),
+    Gone,
+}
+
+fn uid_of(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+impl Manager {
+    /// Cleans up after pods deleted while the agent was down, then watches
+    /// this node's pods and runs a worker per pod (adopting running containers).
+    pub async fn start(client: kube::Client, host: Arc<Host>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let node = host.cfg.node_name.clone();
+        let selector = format!("spec.nodeName={node}");
+        let api: Api<Pod> = Api::all(client.clone());
+        let live: HashSet<String> = api
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .with_context(|| format!("list pods of node {node}"))?
+            .items
+            .iter()
+            .map(uid_of)
+            .collect();
+        let all = host
+            .runtime
+            .list()
+            .await
+            .context("list containers of the runtime")?;
+        let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
+        for c in all {
+            if let Some(u) = c.labels.get(labels::POD_UID) {
+                by_pod.entry(u.clone()).or_default().push(c);
+            }
+        }
+        let mut known: HashSet<String> = by_pod.keys().cloned().collect();
+        known.extend(keelson_runtime::sandbox::list(&host.sandbox_dir()).unwrap_or_default());
+        known.extend(
+            host.cgroups
+                .list_pods()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(u, _)| u),
+        );
+        known.extend(host.pod_dirs());
+        for uid in known.iter().filter(|u| !live.contains(*u)) {
+            tracing::info!(pod = %uid, "tearing down a pod that no longer exists");
+            let cs = by_pod.remove(uid).unwrap_or_default();
+            if let Err(e) = host.teardown(uid, cs, ORPHAN_GRACE).await {
+                tracing::warn!(pod = %uid, "tear down: {e}");
+            }
+        }
+        // CNI GC (spec 1.1): plugins release what no live pod holds.
+        let valid: Vec<crate::network::ValidAttachment> = live
+            .iter()
+            .filter_map(|u| host.load_state(u)?.attachment)
+            .map(|a| crate::network::ValidAttachment {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            })
+            .collect();
+        match host.cfg.cni.load().await {
+            Ok(list) => {
+                if let Err(e) = host.cfg.cni.gc(&list, &valid).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Err(e) => tracing::warn!("CNI GC skipped: {e}"),
+        }
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, watcher::Config::default().fields(&selector))
+            .default_backoff()
+            .reflect(writer);
+        let ctx = Arc::new(Ctx { client, host });
+        let dispatcher = tokio::spawn(dispatch(ctx, stream.boxed(), reader.clone(), by_pod));
+        Ok(Self {
+            store: reader,
+            tasks: vec![dispatcher],
+        })
+    }
+
+    /// The pods of this node as the watch sees them.
+    pub fn store(&self) -> Store<Pod> {
+        self.store.clone()
+    }
+
+    /// Stops watching and the workers; containers keep running.
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Ctx {
+    client: kube::Client,
+    host: Arc<Host>,
+}
+
+type PodStream = futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>;
+
+async fn dispatch(
+    ctx: Arc<Ctx>,
+    mut stream: PodStream,
+    store: Store<Pod>,
+    mut adopted: HashMap<String, Vec<ContainerInfo>>,
+) {
+    let mut workers: HashMap<String, (watch::Sender<Msg>, JoinHandle<()>)> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    loop {
+        tokio::select! {
+            Some(uid) = done_rx.recv() => {
+                workers.remove(&uid);
+            }
+            ev = stream.next() => {
+                let Some(ev) = ev else { break };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!("watch pods: {e}");
+                        continue;
+                    }
+                };
+                match ev {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        let uid = uid_of(&p);
+                        let p = Arc::new(p);
+                        if let Some((tx, _)) = workers.get(&uid) {
+                            let _ = tx.send(Msg::Pod(p));
+                        } else {
+                            let (tx, rx) = watch::channel(Msg::Pod(p));
+                            let w = Worker::new(ctx.clone(), uid.clone(), adopted.remove(&uid).unwrap_or_default());
+                            let done = done_tx.clone();
+                            let u = uid.clone();
+                            let h = tokio::spawn(async move {
+                                w.run(rx).await;
+                                let _ = done.send(u);
+                            });
+                            workers.insert(uid, (tx, h));
+                        }
+                    }
+                    watcher::Event::Delete(p) => {
+                        if let Some((tx, _)) = workers.get(&uid_of(&p)) {
+                            let _ = tx.send(Msg::Gone);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        let present: HashSet<String> = store.state().iter().map(|p| uid_of(p)).collect();
+                        for (uid, (tx, _)) in &workers {
+                            if !present.contains(uid) {
+                                let _ = tx.send(Msg::Gone);
+                            }
+                        }
+                    }
+                    watcher::Event::Init => {}
+                }
+            }
+        }
+    }
+    for (_, (_, h)) in workers {
+        h.abort();
+    }
+}
+
+struct Worker {
+    ctx: Arc<Ctx>,
+    uid: String,
+    st: Option<PodState>,
+    /// Container name -> instances known (by id), in attempt order.
+    known: BTreeMap<String, Vec<ContainerInfo>>,
+    failures: BTreeMap<String, StartFailure>,
+    sandbox_failure: Option<StartFailure>,
+    last_status: Option<serde_json::Value>,
+    last_waiting: BTreeMap<String, String>,
+    start_time: SystemTime,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl Worker {
+    fn new(ctx: Arc<Ctx>, uid: String, adopted: Vec<ContainerInfo>) -> Self {
+        let st = ctx.host.load_state(&uid);
+        let mut known: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        for c in adopted {
+            if let Some(n) = c.labels.get(labels::CONTAINER) {
+                known.entry(n.clone()).or_default().push(c);
+            }
+        }
+        for v in known.values_mut() {
+            v.sort_by_key(|c| host::attempt_of(c).0);
+        }
+        if !known.is_empty() {
+            tracing::info!(pod = %uid, containers = known.len(), "adopted running pod");
+        }
+        Self {
+            ctx,
+            uid,
+            st,
+            known,
+            failures: BTreeMap::new(),
+            sandbox_failure: None,
+            last_status: None,
+            last_waiting: BTreeMap::new(),
+            start_time: now(),
+        }
+    }
+
+    async fn run(mut self, mut rx: watch::Receiver<Msg>) {
+        loop {
+            let msg = match &*rx.borrow_and_update() {
+                Msg::Pod(p) => Some(p.clone()),
+                Msg::Gone => None,
+            };
+            let wait = match msg {
+                None => {
+                    let cs = self.all_containers();
+                    if let Err(e) = self.ctx.host.teardown(&self.uid, cs, ORPHAN_GRACE).await {
+                        tracing::warn!(pod = %self.uid, "tear down: {e}");
+                    }
+                    return;
+                }
+                Some(pod) => match self.reconcile(&pod).await {
+                    Step::Done => return,
+                    Step::Wait(d) => d,
+                },
+            };
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn all_containers(&self) -> Vec<ContainerInfo> {
+        self.known.values().flatten().cloned().collect()
+    }
+
+    async fn observe(&mut self) -> Observed {
+        let rt = self.ctx.host.runtime.clone();
+        for list in self.known.values_mut() {
+            let mut keep = Vec::new();
+            for c in list.drain(..) {
+                let fresh = if matches!(c.state, ContainerState::Exited { .. }) {
+                    Some(c)
+                } else {
+                    match rt.state(&c.id).await {
+                        Ok(Some(i)) => Some(i),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!(container = %c.id, "state: {e}");
+                            Some(c)
+                        }
+                    }
+                };
+                if let Some(mut i) = fresh {
+                    if let (
+                        ContainerState::Exited {
+                            oom_killed: oom @ false,
+                            exit_code: 137,
+                            ..
+                        },
+                        Some(st),
+                    ) = (&mut i.state, &self.st)
+                        && self.ctx.host.oom_killed(st, &i.id)
+                    {
+                        *oom = true;
+                    }
+                    keep.push(i);
+                }
+            }
+            *list = keep;
+        }
+        let sandbox_ready = self.st.as_ref().is_some_and(|s| s.netns.exists());
+        let mut containers = BTreeMap::new();
+        for (name, list) in &self.known {
+            containers.insert(
+                name.clone(),
+                History {
+                    instances: list
+                        .iter()
+                        .map(|c| {
+                            let (attempt, streak) = host::attempt_of(c);
+                            Instance {
+                                id: c.id.clone(),
+                                attempt,
+                                streak,
+                                state: c.state.clone(),
+                                image_id: c
+                                    .labels
+                                    .get(labels::IMAGE_ID)
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            }
+                        })
+                        .collect(),
+                    failure: None,
+                },
+            );
+        }
+        for (name, f) in &self.failures {
+            containers.entry(name.clone()).or_default().failure = Some(f.clone());
+        }
+        Observed {
+            sandbox_ready,
+            sandbox_failure: self.sandbox_failure.clone(),
+            containers,
+        }
+    }
+
+    async fn reconcile(&mut self, pod: &Pod) -> Step {
+        for _round in 0..8 {
+            let obs = self.observe().await;
+            let p = plan::plan(pod, &obs, now());
+            if p.actions.is_empty() {
+                self.report(pod, &obs, &p).await;
+                let running = obs.containers.values().any(|h| {
+                    matches!(
+                        h.current().map(|i| &i.state),
+                        Some(ContainerState::Running { .. } | ContainerState::Created)
+                    )
+                });
+                let poll = if running {
+                    POLL
+                } else {
+                    Duration::from_secs(60)
+                };
+                return Step::Wait(p.requeue_after.map_or(poll, |r| r.min(poll)));
+            }
+            let mut starts = Vec::new();
+            for a in p.actions {
+                match a {
+                    Action::Teardown { grace } => return self.teardown(pod, grace).await,
+                    Action::CreateSandbox => self.create_sandbox(pod).await,
+                    Action::RemoveContainer { id } => {
+                        let info = self.known.values().flatten().find(|c| c.id == id).cloned();
+                        if let Some(info) = info {
+                            self.ctx.host.remove_container(&info).await;
+                            for l in self.known.values_mut() {
+                                l.retain(|c| c.id != id);
+                            }
+                        }
+                    }
+                    Action::StartContainer {
+                        name,
+                        init,
+                        attempt,
+                        streak,
+                    } => starts.push((name, init, attempt, streak)),
+                }
+            }
+            if !starts.is_empty() {
+                self.start_all(pod, starts).await;
+            }
+        }
+        Step::Wait(Duration::from_millis(200))
+    }
+
+    async fn create_sandbox(&mut self, pod: &Pod) {
+        match self.ctx.host.create_sandbox(pod).await {
+            Ok(st) => {
+                self.st = Some(st);
+                self.sandbox_failure = None;
+            }
+            Err(e) => {
+                let count = self.sandbox_failure.as_ref().map_or(1, |f| f.count + 1);
+                let message = format!("create pod sandbox: {e}");
+                event(
+                    &self.ctx.client,
+                    pod,
+                    "Warning",
+                    "FailedCreatePodSandBox",
+                    &message,
+                );
+                tracing::warn!(pod = %self.uid, "{message}");
+                self.sandbox_failure = Some(StartFailure {
+                    kind: FailureKind::Create,
+                    message,
+                    at: now(),
+                    count,
+                });
+            }
+        }
+    }
+
+    async fn start_all(&mut self, pod: &Pod, starts: Vec<(String, bool, u32, u32)>) {
+        let Some(st) = self.st.clone() else { return };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let lookups = fetch_refs(&self.ctx.client, pod).await;
+        let lookup = |kind: &str, name: &str, key: &str| {
+            lookups
+                .get(&(kind.to_string(), name.to_string(), key.to_string()))
+                .cloned()
+        };
+        let host = self.ctx.host.clone();
+        let futs = starts.iter().map(|(name, init, attempt, streak)| {
+            let c = if *init {
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| &c.name == name)
+            } else {
+                spec.containers.iter().find(|c| &c.name == name)
+            };
+            let host = host.clone();
+            let st = &st;
+            let lookup = &lookup;
+            let client = &self.ctx.client;
+            async move {
+                let c = c?;
+                let image = c.image.clone().unwrap_or_default();
+                event(
+                    client,
+                    pod,
+                    "Normal",
+                    "Pulling",
+                    &format!("Pulling image \"{image}\""),
+                );
+                let t0 = std::time::Instant::now();
+                let r = host
+                    .start_container(pod, st, c, *attempt, *streak, lookup)
+                    .await;
+                match &r {
+                    Ok(_) => {
+                        event(
+                            client,
+                            pod,
+                            "Normal",
+                            "Pulled",
+                            &format!("Container image \"{image}\" ready in {:?}", t0.elapsed()),
+                        );
+                        event(
+                            client,
+                            pod,
+                            "Normal",
+                            "Created",
+                            &format!("Created container {}", c.name),
+                        );
+                        event(
+                            client,
+                            pod,
+                            "Normal",
+                            "Started",
+                            &format!("Started container {}", c.name),
+                        );
+                    }
+                    Err(e) => {
+                        let reason = "Failed";
+                        event(client, pod, "Warning", reason, &e.message);
+                    }
+                }
+                Some((c.name.clone(), r))
+            }
+        });
+        let results = futures::future::join_all(futs).await;
+        for (name, r) in results.into_iter().flatten() {
+            match r {
+                Ok((id, _image)) => {
+                    self.failures.remove(&name);
+                    match self.ctx.host.runtime.state(&id).await {
+                        Ok(Some(info)) => self.known.entry(name).or_default().push(info),
+                        Ok(None) => tracing::warn!(container = %id, "started container vanished"),
+                        Err(e) => tracing::warn!(container = %id, "state: {e}"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.uid, container = %name, "{}", e.message);
+                    let count = self.failures.get(&name).map_or(1, |f| f.count + 1);
+                    self.failures.insert(
+                        name,
+                        StartFailure {
+                            kind: e.kind,
+                            message: e.message,
+                            at: now(),
+                            count,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    async fn teardown(&mut self, pod: &Pod, grace: Duration) -> Step {
+        let running: Vec<&ContainerInfo> = self
+            .known
+            .values()
+            .flatten()
+            .filter(|c| !matches!(c.state, ContainerState::Exited { .. }))
+            .collect();
+        for c in &running {
+            let name = c.labels.get(labels::CONTAINER).cloned().unwrap_or_default();
+            event(
+                &self.ctx.client,
+                pod,
+                "Normal",
+                "Killing",
+                &format!("Stopping container {name}"),
+            );
+        }
+        let cs = self.all_containers();
+        if let Err(e) = self.ctx.host.teardown(&self.uid, cs, grace).await {
+            tracing::warn!(pod = %self.uid, "tear down: {e}");
+            return Step::Wait(Duration::from_secs(2));
+        }
+        self.known.clear();
+        self.st = None;
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or(""), &dp)
+            .await
+        {
+            Ok(_) => Step::Done,
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Step::Done,
+            Err(e) => {
+                tracing::warn!(pod = %self.uid, "final delete: {e}");
+                Step::Wait(Duration::from_secs(1))
+            }
+        }
+    }
+
+    async fn report(&mut self, pod: &Pod, obs: &Observed, p: &plan::Plan) {
+        let inputs = status::StatusInputs {
+            pod_ips: self
+                .st
+                .as_ref()
+                .map(|s| s.pod_ips.clone())
+                .unwrap_or_default(),
+            host_ip: Some(self.ctx.host.cfg.node_ip),
+            start_time: Some(self.start_time),
+            qos_class: host::qos_name(keelson_runtime::cgroups::qos_class(pod)).into(),
+            runtime_name: self.ctx.host.cfg.runtime_name.clone(),
+        };
+        let st = status::compute(pod, obs, p, &inputs, now());
+        let waiting = status::waiting_reasons(&st);
+        for (name, reason) in &waiting {
+            if self.last_waiting.get(name) != Some(reason) {
+                match reason.as_str() {
+                    "CrashLoopBackOff" => event(
+                        &self.ctx.client,
+                        pod,
+                        "Warning",
+                        "BackOff",
+                        &format!("Back-off restarting failed container {name}"),
+                    ),
+                    "ImagePullBackOff" => event(
+                        &self.ctx.client,
+                        pod,
+                        "Normal",
+                        "BackOff",
+                        &format!("Back-off pulling image for container {name}"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        self.last_waiting = waiting;
+        let Ok(v) = serde_json::to_value(&st) else {
+            return;
+        };
+        if self.last_status.as_ref() == Some(&v) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let body = serde_json::json!({"status": v});
+        match api
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
+            .await
+        {
+            Ok(_) => self.last_status = Some(v),
+            Err(e) => tracing::warn!(pod = %self.uid, "patch status: {e}"),
+        }
+    }
+}
+
+enum Step {
+    Done,
+    Wait(Duration),
+}
+
+/// Values of configMapKeyRef / secretKeyRef env sources, fetched up front.
+async fn fetch_refs(client: &kube::Client, pod: &Pod) -> HashMap<(String, String, String), String> {
+    let mut out = HashMap::new();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let Some(spec) = pod.spec.as_ref() else {
+        return out;
+    };
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for e in c.env.iter().flatten() {
+            let Some(src) = &e.value_from else { continue };
+            if let Some(r) = &src.config_map_key_ref
+                && let Ok(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
+                    .get(&r.name)
+                    .await
+                && let Some(v) = cm.data.as_ref().and_then(|d| d.get(&r.key))
+            {
+                out.insert(
+                    ("configmap".into(), r.name.clone(), r.key.clone()),
+                    v.clone(),
+                );
+            }
+            if let Some(r) = &src.secret_key_ref
+                && let Ok(s) = Api::<Secret>::namespaced(client.clone(), ns)
+                    .get(&r.name)
+                    .await
+                && let Some(v) = s.data.as_ref().and_then(|d| d.get(&r.key))
+            {
+                out.insert(
+                    ("secret".into(), r.name.clone(), r.key.clone()),
+                    String::from_utf8_lossy(&v.0).into_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Posts a core/v1 Event about the pod (fire and forget).
+fn event(client: &kube::Client, pod: &Pod, type_: &str, reason: &str, message: &str) {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let ts = k8s_openapi::jiff::Timestamp::now();
+    let ev = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{nanos:x}")),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name),
+            namespace: Some(ns.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(type_.into()),
+        count: Some(1),
+        first_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)),
+        last_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)),
+        event_time: Some(MicroTime(ts)),
+        reporting_component: Some("keelson-agent".into()),
+        reporting_instance: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        action: Some(reason.into()),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("keelson-agent".into()),
+            host: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        }),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    tokio::spawn(async move {
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            tracing::debug!("post event: {e}");
+        }
+    });
+}

@@ -1,1 +1,388 @@
 //! The node HTTP API (TLS on 10250): healthz, pods, containerLogs.
+//!
+//! `GET /containerLogs/{namespace}/{pod}/{container}` with the kubelet's
+//! query parameters `follow`, `previous`, `tailLines`, `timestamps`,
+//! `limitBytes` returns the container's output as plain text (CRI prefix
+//! stripped); with `follow=true` the body streams until the container exits.
+
+pub mod logs;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use keelson_runtime::ContainerState;
+use kube::runtime::reflector::Store;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tower::ServiceExt;
+
+use crate::pods::host::{self, Host};
+
+/// Errors starting the node API.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Certificate handling failed.
+    #[error("node API certificate in {dir}: {reason}")]
+    Pki {
+        /// The pki dir.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Binding the listener failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the node API serves.
+pub struct ServerConfig {
+    /// --node-api-listen.
+    pub listen: SocketAddr,
+    /// Where the serving certificate lives (generated if absent).
+    pub pki_dir: PathBuf,
+    /// Node name (a SAN of the certificate).
+    pub node_name: String,
+    /// Node IP (a SAN of the certificate).
+    pub node_ip: IpAddr,
+    /// Pods of this node.
+    pub pods: Store<Pod>,
+    /// The node side (log dir, runtime state).
+    pub host: Arc<Host>,
+}
+
+#[derive(Clone)]
+struct App {
+    pods: Store<Pod>,
+    host: Arc<Host>,
+}
+
+/// Loads `pki_dir/node.{crt,key}`, generating a self-signed pair if absent.
+pub fn load_or_create_cert(
+    pki_dir: &Path,
+    node_name: &str,
+    node_ip: IpAddr,
+) -> Result<(String, String), ServerError> {
+    let err = |reason: String| ServerError::Pki {
+        dir: pki_dir.to_path_buf(),
+        reason,
+    };
+    let (crt, key) = (pki_dir.join("node.crt"), pki_dir.join("node.key"));
+    if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+        return Ok((c, k));
+    }
+    std::fs::create_dir_all(pki_dir).map_err(|e| err(format!("create: {e}")))?;
+    let sans = vec![
+        node_name.to_string(),
+        node_ip.to_string(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| err(format!("generate: {e}")))?;
+    let (c, k) = (ck.cert.pem(), ck.signing_key.serialize_pem());
+    let tmp = key.with_extension("tmp");
+    std::fs::write(&tmp, &k)
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        })
+        .and_then(|_| std::fs::rename(&tmp, &key))
+        .and_then(|_| std::fs::write(&crt, &c))
+        .map_err(|e| err(format!("write: {e}")))?;
+    Ok((c, k))
+}
+
+fn tls_config(cert: &str, key: &str, dir: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let err = |reason: String| ServerError::Pki {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("parse certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| err(format!("parse key: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err(format!("protocol versions: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| err(format!("serving certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The router (no TLS; for tests and for the TLS loop).
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pods))
+        .route("/pods/", get(pods))
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .with_state(app)
+}
+
+/// Binds and serves the node API over TLS in a background task.
+pub async fn serve(cfg: ServerConfig) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let (cert, key) = load_or_create_cert(&cfg.pki_dir, &cfg.node_name, cfg.node_ip)?;
+    let tls = tls_config(&cert, &key, &cfg.pki_dir)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let app = router(App {
+        pods: cfg.pods,
+        host: cfg.host,
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    Ok(tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("node API accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                else {
+                    tracing::debug!(%remote, "node API TLS handshake failed");
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let app = app.clone();
+                        async move { app.oneshot(req.map(Body::new)).await }
+                    },
+                );
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                    tracing::debug!(%remote, "node API connection: {e}");
+                }
+            });
+        }
+    }))
+}
+
+async fn pods(State(app): State<App>) -> Response {
+    let items: Vec<Pod> = app.pods.state().iter().map(|p| (**p).clone()).collect();
+    let list = serde_json::json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items,
+    });
+    axum::Json(list).into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    follow: Option<String>,
+    previous: Option<String>,
+    tail_lines: Option<i64>,
+    timestamps: Option<String>,
+    limit_bytes: Option<usize>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true" | "1" | ""))
+}
+
+fn text(code: StatusCode, msg: String) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+/// The log files of one container, by attempt.
+fn attempts(dir: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+async fn container_logs(
+    State(app): State<App>,
+    UrlPath((ns, pod_name, container)): UrlPath<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let pod = app.pods.state().into_iter().find(|p| {
+        p.metadata.namespace.as_deref() == Some(&ns)
+            && p.metadata.name.as_deref() == Some(&pod_name)
+    });
+    let Some(pod) = pod else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod_name} not found on this node"),
+        );
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let known = pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == container)
+    });
+    if !known {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not valid for pod {pod_name}"),
+        );
+    }
+    let dir = app.host.log_dir(&ns, &pod_name, &uid).join(&container);
+    let all = attempts(&dir);
+    let attempt = if truthy(&q.previous) {
+        match all.len() {
+            n if n >= 2 => all[n - 2],
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "previous terminated container \"{container}\" in pod \"{pod_name}\" not found"
+                    ),
+                );
+            }
+        }
+    } else {
+        match all.last() {
+            Some(a) => *a,
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("container \"{container}\" in pod \"{pod_name}\" is waiting to start"),
+                );
+            }
+        }
+    };
+    let file = dir.join(format!("{attempt}.log"));
+    let rotated = dir.join(format!("{attempt}.log.1"));
+    let mut data = tokio::fs::read(&rotated).await.unwrap_or_default();
+    data.extend(tokio::fs::read(&file).await.unwrap_or_default());
+    let (lines, consumed) = logs::parse(&data);
+    let tail_n = q.tail_lines.filter(|n| *n >= 0).map(|n| n as usize);
+    let timestamps = truthy(&q.timestamps);
+    let mut first = logs::render(&logs::tail(lines, tail_n), timestamps);
+    if let Some(l) = q.limit_bytes {
+        first.truncate(l);
+    }
+    let follow = truthy(&q.follow) && !truthy(&q.previous);
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !follow {
+        return (StatusCode::OK, headers, first).into_response();
+    }
+    // Follow: poll the file from where the first read stopped until the
+    // container has exited and everything it wrote has been sent.
+    let offset = (data.len() - consumed) as u64; // pending bytes of the current file
+    let file_len = tokio::fs::metadata(&file)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let state = Follow {
+        file,
+        pos: file_len.saturating_sub(offset),
+        pending: Vec::new(),
+        id: host::container_id(&uid, &container, attempt),
+        host: app.host.clone(),
+        timestamps,
+        first: Some(first),
+        finished: false,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        if let Some(f) = s.first.take() {
+            return Some((Ok::<_, std::io::Error>(bytes_of(f)), s));
+        }
+        loop {
+            if s.finished {
+                return None;
+            }
+            let exited = match s.host.runtime.state(&s.id).await {
+                Ok(Some(i)) => matches!(i.state, ContainerState::Exited { .. }),
+                _ => true,
+            };
+            let chunk = s.read_more().await;
+            if !chunk.is_empty() {
+                return Some((Ok(bytes_of(chunk)), s));
+            }
+            if exited {
+                s.finished = true;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
+}
+
+fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
+    axum::body::Bytes::from(v)
+}
+
+struct Follow {
+    file: PathBuf,
+    pos: u64,
+    pending: Vec<u8>,
+    id: String,
+    host: Arc<Host>,
+    timestamps: bool,
+    first: Option<Vec<u8>>,
+    finished: bool,
+}
+
+impl Follow {
+    async fn read_more(&mut self) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Ok(mut f) = tokio::fs::File::open(&self.file).await else {
+            return Vec::new();
+        };
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        if len < self.pos {
+            // Rotated: start over on the new file.
+            self.pos = 0;
+            self.pending.clear();
+        }
+        if len == self.pos || f.seek(std::io::SeekFrom::Start(self.pos)).await.is_err() {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).await.is_err() {
+            return Vec::new();
+        }
+        self.pos += buf.len() as u64;
+        self.pending.extend(buf);
+        let (lines, consumed) = logs::parse(&self.pending);
+        self.pending.drain(..consumed);
+        logs::render(&lines, self.timestamps)
+    }
+}

@@ -1,0 +1,142 @@
+//! Sync cost of the nftables backend at 1k / 10k / 30k Services (2 endpoints
+//! each), in a scratch network namespace: full sync (render + one `nft -f`
+//! transaction replacing the table) and one-Service changes (plan + render +
+//! one element-only transaction). Prints medians. Needs root.
+//!
+//! cargo bench -p keelson-proxy --bench sync
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keelson_proxy::backend::ProxyBackend;
+use keelson_proxy::model::{DesiredState, Endpoint, Protocol, ServicePort, ServicePortName};
+use keelson_proxy::nft::render::{self, NftConfig};
+use keelson_proxy::nft::{NftBackend, NftCli};
+use keelson_proxy::plan::plan;
+
+fn state(n: u32) -> DesiredState {
+    let mut s = DesiredState::default();
+    for i in 0..n {
+        let ip = |a: u8| Ipv4Addr::new(a, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        s.services.insert(
+            ServicePortName {
+                namespace: "bench".into(),
+                name: format!("svc-{i}"),
+                port: "http".into(),
+                protocol: Protocol::Tcp,
+            },
+            ServicePort {
+                protocol: Protocol::Tcp,
+                port: 80,
+                cluster_ips: vec![ip(10)],
+                external_ips: vec![],
+                node_port: None,
+                affinity_timeout: None,
+                external_local: false,
+                internal_endpoints: vec![
+                    Endpoint {
+                        ip: ip(11),
+                        port: 8080,
+                        local: false,
+                    },
+                    Endpoint {
+                        ip: ip(12),
+                        port: 8080,
+                        local: false,
+                    },
+                ],
+                external_endpoints: vec![],
+            },
+        );
+    }
+    s
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn main() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        eprintln!("sync bench: needs root (a scratch netns and nft); skipped");
+        return;
+    }
+    let ns = Netns(format!("kpbench{}", std::process::id()));
+    let ok = Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip netns add {}", ns.0);
+    let cfg = NftConfig::default();
+    println!("nftables backend (nft CLI, one transaction per sync), medians:");
+    println!(
+        "{:>8}  {:>10}  {:>14}  {:>16}  {:>16}  {:>16}",
+        "services", "render", "full sync", "change endpoint", "add service", "remove service"
+    );
+    for n in [1_000u32, 10_000, 30_000] {
+        let base = state(n);
+        let mut backend = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+        let runs = if n >= 30_000 { 3 } else { 5 };
+        let mut render_t = Vec::new();
+        let mut full = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let o = render::state_objects(&base, &cfg);
+            let _ = render::render_full(&o, &cfg, 1);
+            render_t.push(t.elapsed());
+            let t = Instant::now();
+            backend.full_sync(&base).expect("full sync");
+            full.push(t.elapsed());
+        }
+        // One Service's endpoint replaced, then back: element updates only.
+        let key = base.services.keys().nth(n as usize / 2).unwrap().clone();
+        let mut changed = base.clone();
+        changed.services.get_mut(&key).unwrap().internal_endpoints[1].ip =
+            Ipv4Addr::new(9, 9, 9, 9);
+        let mut added = base.clone();
+        let mut new_key = key.clone();
+        new_key.name = "brand-new".into();
+        let mut sp = base.services[&key].clone();
+        sp.cluster_ips = vec![Ipv4Addr::new(10, 250, 0, 1)];
+        added.services.insert(new_key, sp);
+        let mut removed = base.clone();
+        removed.services.remove(&key);
+        let mut results = Vec::new();
+        for other in [&changed, &added, &removed] {
+            let mut times = Vec::new();
+            for _ in 0..10 {
+                for (from, to) in [(&base, other), (other, &base)] {
+                    let t = Instant::now();
+                    let changes = plan(from, to);
+                    assert_eq!(changes.services.len(), 1);
+                    backend.apply(&changes, to).expect("incremental sync");
+                    times.push(t.elapsed());
+                }
+            }
+            results.push(median(times));
+        }
+        println!(
+            "{:>8}  {:>8.1}ms  {:>12.1}ms  {:>14.2}ms  {:>14.2}ms  {:>14.2}ms",
+            n,
+            median(render_t).as_secs_f64() * 1e3,
+            median(full).as_secs_f64() * 1e3,
+            results[0].as_secs_f64() * 1e3,
+            results[1].as_secs_f64() * 1e3,
+            results[2].as_secs_f64() * 1e3,
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The nftables backend: renders with [`render`], applies one `nft -f -`
+//! transaction per sync through an [`NftRunner`].
+
+pub mod render;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::backend::{BackendError, ProxyBackend};
+use crate::model::DesiredState;
+use crate::plan::Changes;
+use render::{NftConfig, Programmed};
+
+/// Errors of the nftables backend.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("run {command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Runs `nft`. The real one spawns the CLI (optionally behind a prefix such
+/// as `ip netns exec NAME`); tests use a recording fake.
+pub trait NftRunner: Send {
+    /// `nft -f -` with `script` on stdin: one atomic transaction.
+    fn apply(&self, script: &str) -> Result<(), NftError>;
+    /// `nft ARGS...`, returning stdout.
+    fn query(&self, args: &[&str]) -> Result<String, NftError>;
+}
+
+/// The `nft` command line tool.
+#[derive(Clone, Debug)]
+pub struct NftCli {
+    /// Program and arguments put before `nft` (e.g. `ip netns exec X`).
+    pub prefix: Vec<String>,
+    /// The nft binary.
+    pub nft: String,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli {
+            prefix: Vec::new(),
+            nft: "nft".into(),
+        }
+    }
+}
+
+impl NftCli {
+    /// Runs nft inside the named network namespace (`ip netns exec`).
+    pub fn in_netns(netns: &str) -> NftCli {
+        NftCli {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), netns.into()],
+            nft: "nft".into(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> (Command, String) {
+        let mut all: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        all.push(&self.nft);
+        all.extend(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]);
+        (c, all.join(" "))
+    }
+}
+
+impl NftRunner for NftCli {
+    fn apply(&self, script: &str) -> Result<(), NftError> {
+        let (mut cmd, command) = self.command(&["-f", "-"]);
+        let spawn = |source| NftError::Spawn {
+            command: command.clone(),
+            source,
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn)?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // A write error means nft exited early; its status says why.
+        let _ = stdin.write_all(script.as_bytes());
+        drop(stdin);
+        let out = child.wait_with_output().map_err(spawn)?;
+        if !out.status.success() {
+            let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            stderr.truncate(4000);
+            return Err(NftError::Failed {
+                command,
+                status: out.status,
+                stderr,
+            });
+        }
+        Ok(())
+    }
+
+    fn query(&self, args: &[&str]) -> Result<String, NftError> {
+        let (mut cmd, command) = self.command(args);
+        let out = cmd.output().map_err(|source| NftError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(NftError::Failed {
+                command,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The nftables dataplane.
+pub struct NftBackend<R: NftRunner> {
+    runner: R,
+    cfg: NftConfig,
+    generation: u32,
+    programmed: Option<Programmed>,
+}
+
+impl<R: NftRunner> NftBackend<R> {
+    pub fn new(runner: R, cfg: NftConfig) -> Self {
+        NftBackend {
+            runner,
+            cfg,
+            generation: 0,
+            programmed: None,
+        }
+    }
+
+    pub fn config(&self) -> &NftConfig {
+        &self.cfg
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0);
+        self.generation = (nanos ^ std::process::id().rotate_left(16)) | 1;
+        self.generation
+    }
+
+    fn expected_chains(&self) -> std::collections::BTreeSet<String> {
+        let mut s: std::collections::BTreeSet<String> =
+            render::BASE_CHAINS.iter().map(|c| c.to_string()).collect();
+        if let Some(p) = &self.programmed {
+            s.extend(p.families.iter().map(|f| f.name()));
+            s.extend(p.chains.iter().cloned());
+        }
+        s
+    }
+}
+
+/// Chain names of table `table` in `nft list chains ip` output.
+fn parse_chain_names(listing: &str, table: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut inside = false;
+    for line in listing.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("table ") {
+            inside = rest.trim_end_matches('{').trim() == format!("ip {table}");
+        } else if inside && let Some(rest) = l.strip_prefix("chain ") {
+            out.insert(rest.trim_end_matches('{').trim().to_string());
+        }
+    }
+    out
+}
+
+impl<R: NftRunner> ProxyBackend for NftBackend<R> {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn full_sync(&mut self, desired: &DesiredState) -> Result<(), BackendError> {
+        let objects = render::state_objects(desired, &self.cfg);
+        let generation = self.next_generation();
+        let script = render::render_full(&objects, &self.cfg, generation);
+        self.programmed = None;
+        self.runner.apply(&script)?;
+        self.programmed = Some(Programmed::from_objects(&objects));
+        Ok(())
+    }
+
+    fn apply(&mut self, changes: &Changes, desired: &DesiredState) -> Result<(), BackendError> {
+        let Some(programmed) = &self.programmed else {
+            return Err(BackendError::NotSynced);
+        };
+        let Some((script, next)) = render::render_changes(changes, desired, programmed, &self.cfg)
+        else {
+            tracing::info!("a new endpoint count needs a new family chain: full sync");
+            return self.full_sync(desired);
+        };
+        if script.is_empty() {
+            return Ok(());
+        }
+        // On failure the table is in an unknown state: force a full sync.
+        self.programmed = None;
+        self.runner.apply(&script)?;
+        self.programmed = Some(next);
+        Ok(())
+    }
+
+    fn drifted(&mut self) -> Result<bool, BackendError> {
+        if self.programmed.is_none() {
+            return Ok(true);
+        }
+        // Both listings are cheap even at 30k Services (no elements of the
+        // big maps are read): the generation marker and the chain names.
+        let gen_listing =
+            match self
+                .runner
+                .query(&["list", "set", "ip", &self.cfg.table, "generation"])
+            {
+                Ok(s) => s,
+                Err(NftError::Failed { .. }) => return Ok(true),
+                Err(e) => return Err(e.into()),
+            };
+        if !gen_listing.contains(&format!("{:#010x}", self.generation))
+            && !gen_listing.contains(&format!("{:#x}", self.generation))
+        {
+            return Ok(true);
+        }
+        let chains = self.runner.query(&["list", "chains", "ip"])?;
+        Ok(parse_chain_names(&chains, &self.cfg.table) != self.expected_chains())
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        self.programmed = None;
+        self.runner.apply(&render::render_delete(&self.cfg))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_are_parsed_per_table() {
+        let listing = "table ip other {\n\tchain x {\n\t}\n}\ntable ip keelson {\n\tchain services {\n\t}\n\tchain nat_output {\n\t\ttype nat hook output priority dstnat - 1; policy accept;\n\t}\n}\n";
+        let names = parse_chain_names(listing, "keelson");
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            vec!["nat_output".to_string(), "services".to_string()]
+        );
+    }
+}

@@ -1,0 +1,683 @@
+//! The node side of pod work: images, the OCI runtime, cgroups, sandboxes,
+//! CNI and per-pod files, all rooted at the agent's flags. The worker calls
+//! these; the planner never does.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use keelson_images::{ImageStore, PullPolicy, PulledImage};
+use keelson_runtime::cgroups::{self, CgroupManager, QosClass};
+use keelson_runtime::{ContainerConfig, ContainerInfo, Mount, OciRuntime, Runtime, sandbox};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{Attachment, Cni};
+
+use super::spec;
+
+/// Container labels (kept by the runtime for adoption).
+pub mod labels {
+    /// Pod uid.
+    pub const POD_UID: &str = "keelson.dev/pod-uid";
+    /// Pod namespace.
+    pub const POD_NAMESPACE: &str = "keelson.dev/pod-namespace";
+    /// Pod name.
+    pub const POD_NAME: &str = "keelson.dev/pod-name";
+    /// Container name.
+    pub const CONTAINER: &str = "keelson.dev/container";
+    /// Attempt (restartCount).
+    pub const ATTEMPT: &str = "keelson.dev/attempt";
+    /// Crash streak before this attempt.
+    pub const STREAK: &str = "keelson.dev/streak";
+    /// containerStatuses[].imageID.
+    pub const IMAGE_ID: &str = "keelson.dev/image-id";
+}
+
+/// Where things live and what to run.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// --root-dir.
+    pub root_dir: PathBuf,
+    /// --run-dir.
+    pub run_dir: PathBuf,
+    /// --pod-log-dir.
+    pub pod_log_dir: PathBuf,
+    /// OCI runtime binary.
+    pub runtime_bin: PathBuf,
+    /// Runtime name for containerIDs (`runc`).
+    pub runtime_name: String,
+    /// --cgroup-root.
+    pub cgroup_root: String,
+    /// CNI runtime.
+    pub cni: Cni,
+    /// Plain-HTTP registries.
+    pub insecure_registries: Vec<String>,
+    /// This node.
+    pub node_name: String,
+    /// The node's IP.
+    pub node_ip: IpAddr,
+}
+
+/// Per-pod state kept in `root-dir/pods/<uid>/state.json` (written
+/// atomically), enough to tear the pod down after an agent restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodState {
+    /// Pod uid.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// QoS class (Guaranteed, Burstable, BestEffort).
+    pub qos: String,
+    /// Pod cgroup path.
+    pub cgroup_parent: String,
+    /// Sandbox files.
+    pub netns: PathBuf,
+    /// IPC namespace file.
+    pub ipcns: PathBuf,
+    /// UTS namespace file.
+    pub utsns: PathBuf,
+    /// The CNI attachment.
+    pub attachment: Option<Attachment>,
+    /// The CNI ADD result (prevResult for DEL).
+    pub cni_result: serde_json::Value,
+    /// Pod IPs.
+    pub pod_ips: Vec<IpAddr>,
+}
+
+/// A failed start, classified for the status.
+#[derive(Debug)]
+pub struct StartError {
+    /// Pull or create.
+    pub kind: super::plan::FailureKind,
+    /// Full message.
+    pub message: String,
+}
+
+/// The node side.
+pub struct Host {
+    /// Config.
+    pub cfg: HostConfig,
+    /// Image store.
+    pub images: Arc<ImageStore>,
+    /// Container runtime.
+    pub runtime: Arc<dyn Runtime>,
+    /// Cgroups.
+    pub cgroups: CgroupManager,
+}
+
+/// QoS class name as the API spells it.
+pub fn qos_name(q: QosClass) -> &'static str {
+    match q {
+        QosClass::Guaranteed => "Guaranteed",
+        QosClass::Burstable => "Burstable",
+        QosClass::BestEffort => "BestEffort",
+    }
+}
+
+fn qos_parse(s: &str) -> QosClass {
+    match s {
+        "Guaranteed" => QosClass::Guaranteed,
+        "Burstable" => QosClass::Burstable,
+        _ => QosClass::BestEffort,
+    }
+}
+
+/// The runtime container ID of `container` attempt `attempt` of pod `uid`.
+pub fn container_id(uid: &str, container: &str, attempt: u32) -> String {
+    let short: String = uid.chars().filter(|c| *c != '-').take(12).collect();
+    format!("k{short}-{container}-{attempt}")
+}
+
+/// The image pull policy (default Always for :latest or no tag, else IfNotPresent).
+pub fn pull_policy(c: &Container) -> PullPolicy {
+    match c.image_pull_policy.as_deref() {
+        Some("Always") => PullPolicy::Always,
+        Some("Never") => PullPolicy::Never,
+        Some("IfNotPresent") => PullPolicy::IfNotPresent,
+        _ => {
+            let image = c.image.as_deref().unwrap_or("");
+            let last = image.rsplit('/').next().unwrap_or(image);
+            if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+                PullPolicy::IfNotPresent
+            } else {
+                PullPolicy::Always
+            }
+        }
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn io(op: String) -> impl FnOnce(std::io::Error) -> String {
+    move |e| format!("{op}: {e}")
+}
+
+impl Host {
+    /// Opens the image store, the runtime and the cgroup manager.
+    pub fn new(cfg: HostConfig) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let images = ImageStore::open(
+            &cfg.root_dir.join("images"),
+            cfg.insecure_registries.clone(),
+        )
+        .with_context(|| format!("open image store in {}", cfg.root_dir.display()))?;
+        let shim_exe = std::env::current_exe().context("find the keelson binary")?;
+        let runtime = OciRuntime {
+            runtime: cfg.runtime_bin.clone(),
+            state_dir: cfg.run_dir.join("containers"),
+            shim_exe,
+        };
+        std::fs::create_dir_all(&runtime.state_dir)
+            .with_context(|| format!("create {}", runtime.state_dir.display()))?;
+        std::fs::create_dir_all(cfg.root_dir.join("pods"))
+            .with_context(|| format!("create {}/pods", cfg.root_dir.display()))?;
+        let cgroups = CgroupManager::new("/sys/fs/cgroup", &cfg.cgroup_root)
+            .with_context(|| "detect cgroups under /sys/fs/cgroup".to_string())?;
+        Ok(Self {
+            cfg,
+            images: Arc::new(images),
+            runtime: Arc::new(runtime),
+            cgroups,
+        })
+    }
+
+    /// The sandbox run dir (namespaces only live here).
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.cfg.run_dir.join("sandboxes")
+    }
+
+    /// The pod's state dir.
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.root_dir.join("pods").join(uid)
+    }
+
+    /// The pod's log dir.
+    pub fn log_dir(&self, ns: &str, name: &str, uid: &str) -> PathBuf {
+        self.cfg.pod_log_dir.join(format!("{ns}_{name}_{uid}"))
+    }
+
+    /// Reads the pod's saved state.
+    pub fn load_state(&self, uid: &str) -> Option<PodState> {
+        let b = std::fs::read(self.pod_dir(uid).join("state.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    fn save_state(&self, st: &PodState) -> Result<(), String> {
+        let p = self.pod_dir(&st.uid).join("state.json");
+        let b = serde_json::to_vec_pretty(st).unwrap_or_default();
+        write_atomic(&p, &b).map_err(io(format!("write {}", p.display())))
+    }
+
+    /// Uids with a pod dir under root-dir/pods.
+    pub fn pod_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.cfg.root_dir.join("pods"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Pod cgroup, namespaces, CNI ADD, /etc files. On failure what was
+    /// made is released again.
+    pub async fn create_sandbox(&self, pod: &Pod) -> Result<PodState, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone());
+        let hostname: String = hostname.chars().take(63).collect();
+        let dir = self.pod_dir(&uid);
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let qos = cgroups::qos_class(pod);
+        let res = cgroups::pod_resources(pod);
+        let cgroup_parent = self
+            .cgroups
+            .ensure_pod(&uid, qos, &res)
+            .map_err(|e| format!("create pod cgroup: {e}"))?;
+        let sb_dir = self.sandbox_dir();
+        let (u2, h2) = (uid.clone(), hostname.clone());
+        let sb = tokio::task::spawn_blocking(move || sandbox::create(&sb_dir, &u2, &h2))
+            .await
+            .map_err(|e| format!("create sandbox: {e}"))?
+            .map_err(|e| format!("create sandbox: {e}"))?;
+        let mut st = PodState {
+            uid: uid.clone(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            qos: qos_name(qos).into(),
+            cgroup_parent,
+            netns: sb.netns.clone(),
+            ipcns: sb.ipcns.clone(),
+            utsns: sb.utsns.clone(),
+            ..Default::default()
+        };
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_network {
+            st.pod_ips = vec![self.cfg.node_ip];
+        } else {
+            let att = Attachment {
+                container_id: uid.clone(),
+                netns: sb.netns.clone(),
+                ifname: "eth0".into(),
+                args: crate::network::conf::k8s_args(&ns, &name, &uid),
+            };
+            // Saved before ADD: a crash in between still lets a later start DEL.
+            st.attachment = Some(att.clone());
+            self.save_state(&st)?;
+            let added = async {
+                let list = self.cfg.cni.load().await?;
+                self.cfg.cni.add(&list, &att).await
+            }
+            .await;
+            match added {
+                Ok(r) => {
+                    st.pod_ips = r.ips.clone();
+                    st.cni_result = r.raw;
+                }
+                Err(e) => {
+                    self.release_network(&st).await;
+                    let _ = sandbox::remove(&self.sandbox_dir(), &uid);
+                    return Err(format!("set up pod network: {e}"));
+                }
+            }
+        }
+        let ip = st.pod_ips.first().map(|i| i.to_string());
+        let files = [
+            ("hosts", spec::hosts_file(ip.as_deref(), &hostname)),
+            ("hostname", format!("{hostname}\n")),
+            (
+                "resolv.conf",
+                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+        ];
+        for (f, text) in files {
+            let p = dir.join(f);
+            write_atomic(&p, text.as_bytes()).map_err(io(format!("write {}", p.display())))?;
+        }
+        self.save_state(&st)?;
+        Ok(st)
+    }
+
+    async fn release_network(&self, st: &PodState) {
+        let Some(att) = &st.attachment else { return };
+        match self.cfg.cni.load().await {
+            Ok(list) => {
+                let prev = (!st.cni_result.is_null()).then_some(&st.cni_result);
+                if let Err(e) = self.cfg.cni.del(&list, att, prev).await {
+                    tracing::warn!(pod = %st.uid, "{e}");
+                }
+            }
+            Err(e) => tracing::warn!(pod = %st.uid, "CNI DEL skipped: {e}"),
+        }
+    }
+
+    /// Makes the image present. The pull future of keelson-images is not
+    /// provably `Send` (a higher-ranked lifetime in its layer download
+    /// closure), so it runs on a blocking thread with `block_on`.
+    pub async fn pull(&self, reference: &str, policy: PullPolicy) -> Result<PulledImage, String> {
+        let images = self.images.clone();
+        let r = reference.to_string();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(images.ensure(&r, policy)))
+            .await
+            .map_err(|e| format!("pull {reference}: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Pulls the image, builds the config and starts the container.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_container(
+        &self,
+        pod: &Pod,
+        st: &PodState,
+        c: &Container,
+        attempt: u32,
+        streak: u32,
+        secrets: &(dyn Fn(&str, &str, &str) -> Option<String> + Sync),
+    ) -> Result<(String, PulledImage), StartError> {
+        use super::plan::FailureKind;
+        let image_ref = c.image.clone().unwrap_or_default();
+        let image = self
+            .pull(&image_ref, pull_policy(c))
+            .await
+            .map_err(|message| StartError {
+                kind: FailureKind::Pull,
+                message,
+            })?;
+        let create = |message: String| StartError {
+            kind: FailureKind::Create,
+            message,
+        };
+        let uid = &st.uid;
+        let id = container_id(uid, &c.name, attempt);
+        let cdir = self
+            .pod_dir(uid)
+            .join("containers")
+            .join(format!("{}-{attempt}", c.name));
+        std::fs::create_dir_all(&cdir)
+            .map_err(|e| create(format!("create {}: {e}", cdir.display())))?;
+        let (layers, cd) = (image.layers.clone(), cdir.clone());
+        let rootfs =
+            tokio::task::spawn_blocking(move || keelson_images::mount_rootfs(&layers, &cd))
+                .await
+                .map_err(|e| create(format!("mount rootfs: {e}")))?
+                .map_err(|e| create(format!("mount rootfs: {e}")))?;
+        let fields = spec::FieldValues {
+            pod_ip: st
+                .pod_ips
+                .first()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            host_ip: self.cfg.node_ip.to_string(),
+            node_name: self.cfg.node_name.clone(),
+        };
+        let env = spec::env(pod, c, &image.config, &fields, secrets)
+            .map_err(|e| create(e.to_string()))?;
+        let args = spec::resolve_args(c, &image.config, &spec::env_map(&env))
+            .map_err(|e| create(e.to_string()))?;
+        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        let (uid_n, gid_n) =
+            spec::user(pod, c, &image.config, &|n| spec::passwd_lookup(&passwd, n));
+        let mounts = self.mounts(pod, st, c).map_err(create)?;
+        let log_path = self
+            .log_dir(&st.namespace, &st.name, uid)
+            .join(&c.name)
+            .join(format!("{attempt}.log"));
+        if let Some(p) = log_path.parent() {
+            std::fs::create_dir_all(p)
+                .map_err(|e| create(format!("create {}: {e}", p.display())))?;
+        }
+        let sc = c.security_context.as_ref();
+        let caps = sc.and_then(|s| s.capabilities.as_ref());
+        let hostname = std::fs::read_to_string(self.pod_dir(uid).join("hostname"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let mut lbl = BTreeMap::new();
+        lbl.insert(labels::POD_UID.into(), uid.clone());
+        lbl.insert(labels::POD_NAMESPACE.into(), st.namespace.clone());
+        lbl.insert(labels::POD_NAME.into(), st.name.clone());
+        lbl.insert(labels::CONTAINER.into(), c.name.clone());
+        lbl.insert(labels::ATTEMPT.into(), attempt.to_string());
+        lbl.insert(labels::STREAK.into(), streak.to_string());
+        lbl.insert(labels::IMAGE_ID.into(), image.repo_digest.clone());
+        let config = ContainerConfig {
+            id: id.clone(),
+            labels: lbl,
+            rootfs,
+            args,
+            env,
+            cwd: c
+                .working_dir
+                .clone()
+                .or(image.config.working_dir.clone())
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            uid: uid_n,
+            gid: gid_n,
+            hostname,
+            sandbox: sandbox::Sandbox {
+                netns: st.netns.clone(),
+                ipcns: st.ipcns.clone(),
+                utsns: st.utsns.clone(),
+            },
+            cgroups_path: cgroups::container_cgroups_path(&st.cgroup_parent, &id),
+            resources: cgroups::container_resources(c),
+            readonly_rootfs: sc
+                .and_then(|s| s.read_only_root_filesystem)
+                .unwrap_or(false),
+            cap_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+            cap_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+            privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
+            mounts,
+            log_path,
+        };
+        self.runtime
+            .start(&config)
+            .await
+            .map_err(|e| create(e.to_string()))?;
+        Ok((id, image))
+    }
+
+    fn mounts(&self, pod: &Pod, st: &PodState, c: &Container) -> Result<Vec<Mount>, String> {
+        let dir = self.pod_dir(&st.uid);
+        let mut out = vec![
+            Mount {
+                source: dir.join("hosts"),
+                destination: "/etc/hosts".into(),
+                readonly: false,
+            },
+            Mount {
+                source: dir.join("hostname"),
+                destination: "/etc/hostname".into(),
+                readonly: false,
+            },
+            Mount {
+                source: dir.join("resolv.conf"),
+                destination: "/etc/resolv.conf".into(),
+                readonly: false,
+            },
+        ];
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        for vm in c.volume_mounts.iter().flatten() {
+            let v = volumes
+                .iter()
+                .find(|v| v.name == vm.name)
+                .ok_or_else(|| format!("volumeMount {}: no volume of that name", vm.name))?;
+            let source = if v.empty_dir.is_some() {
+                let p = dir.join("volumes/empty-dir").join(&v.name);
+                std::fs::create_dir_all(&p)
+                    .map_err(io(format!("create emptyDir {}", p.display())))?;
+                p
+            } else if let Some(hp) = &v.host_path {
+                let p = PathBuf::from(&hp.path);
+                match hp.type_.as_deref() {
+                    Some("DirectoryOrCreate") => {
+                        std::fs::create_dir_all(&p)
+                            .map_err(io(format!("create hostPath {}", p.display())))?;
+                    }
+                    Some("FileOrCreate") if !p.exists() => {
+                        std::fs::write(&p, b"")
+                            .map_err(io(format!("create hostPath {}", p.display())))?;
+                    }
+                    Some("Directory") if !p.is_dir() => {
+                        return Err(format!("hostPath {}: not a directory", p.display()));
+                    }
+                    Some("File") if !p.is_file() => {
+                        return Err(format!("hostPath {}: not a file", p.display()));
+                    }
+                    _ => {}
+                }
+                p
+            } else {
+                return Err(format!(
+                    "volume {}: only emptyDir and hostPath volumes are supported",
+                    v.name
+                ));
+            };
+            let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sp) if !sp.contains("..") => {
+                    let p = source.join(sp);
+                    std::fs::create_dir_all(&p)
+                        .map_err(io(format!("create subPath {}", p.display())))?;
+                    p
+                }
+                Some(sp) => return Err(format!("volumeMount {}: bad subPath {sp}", vm.name)),
+                None => source,
+            };
+            out.push(Mount {
+                source,
+                destination: vm.mount_path.clone(),
+                readonly: vm.read_only.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a stopped container and its rootfs.
+    pub async fn remove_container(&self, info: &ContainerInfo) {
+        if let Err(e) = self.runtime.remove(&info.id).await {
+            tracing::warn!(container = %info.id, "{e}");
+        }
+        let (Some(uid), Some(name), Some(attempt)) = (
+            info.labels.get(labels::POD_UID),
+            info.labels.get(labels::CONTAINER),
+            info.labels.get(labels::ATTEMPT),
+        ) else {
+            return;
+        };
+        let cdir = self
+            .pod_dir(uid)
+            .join("containers")
+            .join(format!("{name}-{attempt}"));
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = keelson_images::unmount_rootfs(&cdir) {
+                tracing::warn!("{e}");
+            }
+            let _ = std::fs::remove_dir_all(&cdir);
+        })
+        .await;
+    }
+
+    /// Stops every container of the pod (SIGTERM, `grace`, SIGKILL), removes
+    /// them, releases the network, the namespaces and the cgroup, and
+    /// deletes the pod's files. Idempotent; works from saved state alone.
+    pub async fn teardown(
+        &self,
+        uid: &str,
+        containers: Vec<ContainerInfo>,
+        grace: Duration,
+    ) -> Result<(), String> {
+        let stops = containers.iter().map(|c| self.runtime.stop(&c.id, grace));
+        for (c, r) in containers
+            .iter()
+            .zip(futures::future::join_all(stops).await)
+        {
+            if let Err(e) = r {
+                return Err(format!("stop container {}: {e}", c.id));
+            }
+        }
+        for c in &containers {
+            self.remove_container(c).await;
+        }
+        let dir = self.pod_dir(uid);
+        // Any rootfs still mounted (a container the runtime forgot).
+        if let Ok(rd) = std::fs::read_dir(dir.join("containers")) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let _ =
+                    tokio::task::spawn_blocking(move || keelson_images::unmount_rootfs(&p)).await;
+            }
+        }
+        let st = self.load_state(uid);
+        if let Some(st) = &st {
+            self.release_network(st).await;
+        } else {
+            // No state: DEL what an ADD would have made.
+            let sb = sandbox::paths(&self.sandbox_dir(), uid);
+            if sb.netns.exists() {
+                let att = Attachment {
+                    container_id: uid.to_string(),
+                    netns: sb.netns.clone(),
+                    ifname: "eth0".into(),
+                    args: String::new(),
+                };
+                self.release_network(&PodState {
+                    uid: uid.into(),
+                    attachment: Some(att),
+                    ..Default::default()
+                })
+                .await;
+            }
+        }
+        let sb_dir = self.sandbox_dir();
+        let u = uid.to_string();
+        tokio::task::spawn_blocking(move || sandbox::remove(&sb_dir, &u))
+            .await
+            .map_err(|e| format!("remove sandbox {uid}: {e}"))?
+            .map_err(|e| format!("remove sandbox {uid}: {e}"))?;
+        let qoses: Vec<QosClass> = match &st {
+            Some(s) => vec![qos_parse(&s.qos)],
+            None => vec![
+                QosClass::Guaranteed,
+                QosClass::Burstable,
+                QosClass::BestEffort,
+            ],
+        };
+        for q in qoses {
+            self.cgroups
+                .remove_pod(uid, q)
+                .map_err(|e| format!("remove pod cgroup {uid}: {e}"))?;
+        }
+        if let Some(st) = &st {
+            let _ = std::fs::remove_dir_all(self.log_dir(&st.namespace, &st.name, uid));
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("remove {}: {e}", dir.display())),
+        }
+    }
+
+    /// Whether the kernel OOM-killed something in the container's cgroup.
+    pub fn oom_killed(&self, st: &PodState, id: &str) -> bool {
+        self.cgroups
+            .oom_killed(&cgroups::container_cgroups_path(&st.cgroup_parent, id))
+    }
+}
+
+/// Attempt and streak from a container's labels.
+pub fn attempt_of(info: &ContainerInfo) -> (u32, u32) {
+    let n = |k: &str| info.labels.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (n(labels::ATTEMPT), n(labels::STREAK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_and_pull_policies() {
+        assert_eq!(
+            container_id("0a1b2c3d-4e5f-6789-abcd-ef0123456789", "web", 3),
+            "k0a1b2c3d4e5f-web-3"
+        );
+        for (image, policy, want) in [
+            ("busybox", None, PullPolicy::Always),
+            ("reg:5000/busybox:latest", None, PullPolicy::Always),
+            ("reg:5000/busybox:1.36", None, PullPolicy::IfNotPresent),
+            ("reg:5000/busybox", None, PullPolicy::Always),
+            ("busybox@sha256:00", None, PullPolicy::IfNotPresent),
+            ("busybox", Some("Never"), PullPolicy::Never),
+            ("busybox:1", Some("Always"), PullPolicy::Always),
+        ] {
+            let c: Container =
+                serde_json::from_value(json!({"name":"a","image":image,"imagePullPolicy":policy}))
+                    .unwrap();
+            assert_eq!(pull_policy(&c), want, "{image} {policy:?}");
+        }
+    }
+}

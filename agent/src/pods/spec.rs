@@ -1,0 +1,392 @@
+//! Pure container configuration from the pod spec and the image config:
+//! process args (k8s command/args rules), environment (incl. fieldRef and
+//! $(VAR) expansion), user, working dir. No I/O here.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use keelson_images::ImageConfig;
+
+/// Errors turning a spec into a container config (CreateContainerConfigError).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// Neither the spec nor the image gives a command.
+    #[error("container {0}: no command specified (neither command/args nor image Entrypoint/Cmd)")]
+    NoCommand(String),
+    /// An env var source the agent cannot resolve.
+    #[error("container {container}: env {var}: {reason}")]
+    Env {
+        /// Container.
+        container: String,
+        /// Variable.
+        var: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Process args by the Kubernetes rules: `command` replaces Entrypoint (and
+/// drops Cmd), `args` replaces Cmd.
+pub fn resolve_args(
+    c: &Container,
+    image: &ImageConfig,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, SpecError> {
+    let command = c.command.clone().unwrap_or_default();
+    let args = c.args.clone().unwrap_or_default();
+    let mut out = match (command.is_empty(), args.is_empty()) {
+        (false, _) => [command, args].concat(),
+        (true, false) => [image.entrypoint.clone(), args].concat(),
+        (true, true) => [image.entrypoint.clone(), image.cmd.clone()].concat(),
+    };
+    if c.command.is_some() || c.args.is_some() {
+        for a in &mut out {
+            *a = expand(a, env);
+        }
+    }
+    if out.is_empty() {
+        return Err(SpecError::NoCommand(c.name.clone()));
+    }
+    Ok(out)
+}
+
+/// Kubernetes `$(VAR)` expansion: `$$` escapes, unknown references stay.
+pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'('
+                && let Some(end) = s[i + 2..].find(')')
+            {
+                let name = &s[i + 2..i + 2 + end];
+                match env.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&s[i..i + 3 + end]),
+                }
+                i += 3 + end;
+                continue;
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('?');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Values a fieldRef can read.
+#[derive(Debug, Clone, Default)]
+pub struct FieldValues {
+    /// status.podIP.
+    pub pod_ip: String,
+    /// status.hostIP.
+    pub host_ip: String,
+    /// spec.nodeName.
+    pub node_name: String,
+}
+
+fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
+    let m = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    Some(match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "status.podIP" => f.pod_ip.clone(),
+        "status.podIPs" => f.pod_ip.clone(),
+        "status.hostIP" | "status.hostIPs" => f.host_ip.clone(),
+        "spec.nodeName" => f.node_name.clone(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        _ => {
+            let (map, key) = if let Some(k) = path.strip_prefix("metadata.labels['") {
+                (m.labels.as_ref(), k)
+            } else if let Some(k) = path.strip_prefix("metadata.annotations['") {
+                (m.annotations.as_ref(), k)
+            } else {
+                return None;
+            };
+            let key = key.strip_suffix("']")?;
+            map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+        }
+    })
+}
+
+/// The container's environment: image env, then the container's env in
+/// order (later wins), `$(VAR)` expanded against what came before.
+/// `lookup(kind, name, key)` resolves configMapKeyRef/secretKeyRef values.
+pub fn env(
+    pod: &Pod,
+    c: &Container,
+    image: &ImageConfig,
+    fields: &FieldValues,
+    lookup: &dyn Fn(&str, &str, &str) -> Option<String>,
+) -> Result<Vec<String>, SpecError> {
+    let mut order: Vec<String> = Vec::new();
+    let mut vals: BTreeMap<String, String> = BTreeMap::new();
+    fn set(order: &mut Vec<String>, vals: &mut BTreeMap<String, String>, k: String, v: String) {
+        if !vals.contains_key(&k) {
+            order.push(k.clone());
+        }
+        vals.insert(k, v);
+    }
+    for kv in &image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(&mut order, &mut vals, k.to_string(), v.to_string());
+    }
+    let err = |var: &str, reason: String| SpecError::Env {
+        container: c.name.clone(),
+        var: var.to_string(),
+        reason,
+    };
+    for e in c.env.iter().flatten() {
+        let v = if let Some(src) = &e.value_from {
+            if let Some(fr) = &src.field_ref {
+                field_ref(pod, &fr.field_path, fields).ok_or_else(|| {
+                    err(&e.name, format!("unsupported fieldPath {}", fr.field_path))
+                })?
+            } else if let Some(r) = &src.config_map_key_ref {
+                match lookup("configmap", &r.name, &r.key) {
+                    Some(v) => v,
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(err(
+                            &e.name,
+                            format!("configmap {} key {} not found", r.name, r.key),
+                        ));
+                    }
+                }
+            } else if let Some(r) = &src.secret_key_ref {
+                match lookup("secret", &r.name, &r.key) {
+                    Some(v) => v,
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(err(
+                            &e.name,
+                            format!("secret {} key {} not found", r.name, r.key),
+                        ));
+                    }
+                }
+            } else {
+                return Err(err(&e.name, "unsupported valueFrom".into()));
+            }
+        } else {
+            expand(e.value.as_deref().unwrap_or(""), &vals)
+        };
+        set(&mut order, &mut vals, e.name.clone(), v);
+    }
+    Ok(order
+        .iter()
+        .map(|k| format!("{k}={}", vals.get(k).cloned().unwrap_or_default()))
+        .collect())
+}
+
+/// The env as a map (for `$(VAR)` in command and args).
+pub fn env_map(env: &[String]) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// uid and gid: securityContext (container over pod) over the image User.
+/// A user name is looked up with `passwd(name) -> (uid, gid)`.
+pub fn user(
+    pod: &Pod,
+    c: &Container,
+    image: &ImageConfig,
+    passwd: &dyn Fn(&str) -> Option<(u32, u32)>,
+) -> (u32, u32) {
+    let (mut uid, mut gid) = (0u32, 0u32);
+    if let Some(u) = image.user.as_deref().filter(|u| !u.is_empty()) {
+        let (us, gs) = u.split_once(':').unwrap_or((u, ""));
+        match us.parse::<u32>() {
+            Ok(n) => uid = n,
+            Err(_) => {
+                if let Some((pu, pg)) = passwd(us) {
+                    uid = pu;
+                    gid = pg;
+                }
+            }
+        }
+        if let Ok(n) = gs.parse::<u32>() {
+            gid = n;
+        }
+    }
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = c.security_context.as_ref();
+    if let Some(u) = csc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user))
+    {
+        uid = u as u32;
+    }
+    if let Some(g) = csc
+        .and_then(|s| s.run_as_group)
+        .or(psc.and_then(|s| s.run_as_group))
+    {
+        gid = g as u32;
+    }
+    (uid, gid)
+}
+
+/// Looks a user name up in /etc/passwd text.
+pub fn passwd_lookup(text: &str, name: &str) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+/// The /etc/hosts a pod gets.
+pub fn hosts_file(pod_ip: Option<&str>, hostname: &str) -> String {
+    let mut s = String::from(
+        "# Kubernetes-managed hosts file (keelson).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = pod_ip {
+        s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn container(v: serde_json::Value) -> Container {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["c1".into(), "c2".into()],
+            env: vec!["PATH=/bin".into(), "A=img".into()],
+            working_dir: Some("/w".into()),
+            user: Some("1000:2000".into()),
+        }
+    }
+
+    #[test]
+    fn args_follow_kubernetes_rules() {
+        let e = BTreeMap::from([("X".to_string(), "x".to_string())]);
+        for (c, want) in [
+            (json!({"name":"a"}), vec!["/ep", "c1", "c2"]),
+            (json!({"name":"a","command":["/bin/sh"]}), vec!["/bin/sh"]),
+            (json!({"name":"a","args":["z"]}), vec!["/ep", "z"]),
+            (
+                json!({"name":"a","command":["sh"],"args":["-c","$(X) $$(X) $(Y)"]}),
+                vec!["sh", "-c", "x $(X) $(Y)"],
+            ),
+        ] {
+            assert_eq!(
+                resolve_args(&container(c.clone()), &image(), &e).unwrap(),
+                want,
+                "{c}"
+            );
+        }
+        let empty = ImageConfig::default();
+        assert_eq!(
+            resolve_args(&container(json!({"name":"a"})), &empty, &e),
+            Err(SpecError::NoCommand("a".into()))
+        );
+    }
+
+    #[test]
+    fn env_merges_and_resolves_field_refs() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "web"}},
+            "spec": {"containers": []}
+        }))
+        .unwrap();
+        let c = container(json!({"name":"a","env":[
+            {"name":"A","value":"mine"},
+            {"name":"B","value":"$(A)-b"},
+            {"name":"POD","valueFrom":{"fieldRef":{"fieldPath":"metadata.name"}}},
+            {"name":"IP","valueFrom":{"fieldRef":{"fieldPath":"status.podIP"}}},
+            {"name":"APP","valueFrom":{"fieldRef":{"fieldPath":"metadata.labels['app']"}}},
+            {"name":"CM","valueFrom":{"configMapKeyRef":{"name":"cm","key":"k"}}},
+        ]}));
+        let f = FieldValues {
+            pod_ip: "10.0.0.9".into(),
+            ..Default::default()
+        };
+        let lookup = |kind: &str, name: &str, key: &str| Some(format!("{kind}/{name}/{key}"));
+        let got = env(&pod, &c, &image(), &f, &lookup).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "PATH=/bin",
+                "A=mine",
+                "B=mine-b",
+                "POD=p",
+                "IP=10.0.0.9",
+                "APP=web",
+                "CM=configmap/cm/k"
+            ]
+        );
+        let bad = container(
+            json!({"name":"a","env":[{"name":"S","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}),
+        );
+        let none = |_: &str, _: &str, _: &str| None;
+        assert!(
+            env(&pod, &bad, &image(), &f, &none)
+                .unwrap_err()
+                .to_string()
+                .contains("secret s key k not found")
+        );
+    }
+
+    #[test]
+    fn user_from_image_and_security_context() {
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata":{},"spec":{"containers":[],"securityContext":{"runAsUser":5}}}),
+        )
+        .unwrap();
+        let nop = |_: &str| None;
+        assert_eq!(
+            user(&pod, &container(json!({"name":"a"})), &image(), &nop),
+            (5, 2000)
+        );
+        let c = container(json!({"name":"a","securityContext":{"runAsUser":7,"runAsGroup":8}}));
+        assert_eq!(user(&pod, &c, &image(), &nop), (7, 8));
+        let img = ImageConfig {
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
+        let pw = |n: &str| {
+            passwd_lookup(
+                "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+                n,
+            )
+        };
+        let plain: Pod =
+            serde_json::from_value(json!({"metadata":{},"spec":{"containers":[]}})).unwrap();
+        assert_eq!(
+            user(&plain, &container(json!({"name":"a"})), &img, &pw),
+            (65534, 65534)
+        );
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod() {
+        let h = hosts_file(Some("10.1.0.3"), "web-0");
+        assert!(h.contains("127.0.0.1\tlocalhost"));
+        assert!(h.ends_with("10.1.0.3\tweb-0\n"));
+    }
+}

@@ -1,0 +1,557 @@
+//! Pure pod status computation: phase, conditions, containerStatuses.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::{
+    ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keelson_runtime::ContainerState;
+
+use super::plan::{self, History, Instance, Observed, RestartPolicy, Waiting};
+
+/// Inputs beyond the planner's.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInputs {
+    /// Pod IPs (CNI result).
+    pub pod_ips: Vec<IpAddr>,
+    /// The node's IP.
+    pub host_ip: Option<IpAddr>,
+    /// When the agent first acted on the pod.
+    pub start_time: Option<SystemTime>,
+    /// QoS class name.
+    pub qos_class: String,
+    /// Runtime name for containerID (`runc`).
+    pub runtime_name: String,
+}
+
+/// A SystemTime as a k8s Time (whole seconds, as the kubelet reports).
+pub fn k8s_time(t: SystemTime) -> Time {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or_default())
+}
+
+fn terminated(inst: &Instance, runtime: &str) -> Option<ContainerStateTerminated> {
+    let ContainerState::Exited {
+        exit_code,
+        oom_killed,
+        started_at,
+        finished_at,
+    } = inst.state
+    else {
+        return None;
+    };
+    let reason = if oom_killed {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    Some(ContainerStateTerminated {
+        exit_code,
+        reason: Some(reason.into()),
+        started_at: Some(k8s_time(started_at)),
+        finished_at: Some(k8s_time(finished_at)),
+        container_id: Some(format!("{runtime}://{}", inst.id)),
+        ..Default::default()
+    })
+}
+
+fn waiting(reason: &str, message: Option<String>) -> K8sState {
+    K8sState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(
+    name: &str,
+    image: &str,
+    h: Option<&History>,
+    wait: Option<&Waiting>,
+    default_wait: &str,
+    runtime: &str,
+) -> ContainerStatus {
+    let cur = h.and_then(History::current);
+    let prev = h.and_then(History::previous);
+    let mut cs = ContainerStatus {
+        name: name.into(),
+        image: image.into(),
+        image_id: cur.map(|c| c.image_id.clone()).unwrap_or_default(),
+        container_id: cur.map(|c| format!("{runtime}://{}", c.id)),
+        restart_count: cur.map(|c| c.attempt as i32).unwrap_or(0),
+        ready: false,
+        started: Some(false),
+        ..Default::default()
+    };
+    let failure_wait = h.and_then(|h| h.failure.as_ref()).map(|f| Waiting {
+        reason: match f.kind {
+            plan::FailureKind::Pull => "ErrImagePull".into(),
+            plan::FailureKind::Create => "CreateContainerError".into(),
+        },
+        message: f.message.clone(),
+    });
+    match (cur, wait) {
+        (Some(c), Some(w)) => {
+            // Held back after an exit (CrashLoopBackOff): the exit is lastState.
+            cs.state = Some(waiting(&w.reason, Some(w.message.clone())));
+            cs.last_state = terminated(c, runtime).map(|t| K8sState {
+                terminated: Some(t),
+                ..Default::default()
+            });
+        }
+        (Some(c), None) => {
+            match c.state {
+                ContainerState::Running { started_at, .. } => {
+                    cs.state = Some(K8sState {
+                        running: Some(ContainerStateRunning {
+                            started_at: Some(k8s_time(started_at)),
+                        }),
+                        ..Default::default()
+                    });
+                    cs.ready = true;
+                    cs.started = Some(true);
+                }
+                ContainerState::Created => {
+                    cs.state = Some(waiting("ContainerCreating", None));
+                }
+                ContainerState::Exited { .. } => {
+                    cs.state = terminated(c, runtime).map(|t| K8sState {
+                        terminated: Some(t),
+                        ..Default::default()
+                    });
+                }
+            }
+            if cs.last_state.is_none() {
+                cs.last_state = prev.and_then(|p| terminated(p, runtime)).map(|t| K8sState {
+                    terminated: Some(t),
+                    ..Default::default()
+                });
+            }
+        }
+        (None, Some(w)) => cs.state = Some(waiting(&w.reason, Some(w.message.clone()))),
+        (None, None) => {
+            cs.state = Some(match failure_wait {
+                Some(w) => waiting(&w.reason, Some(w.message)),
+                None => waiting(default_wait, None),
+            })
+        }
+    }
+    if cs.last_state.is_none() {
+        cs.last_state = Some(K8sState::default());
+    }
+    cs
+}
+
+fn condition(
+    ty: &str,
+    ok: bool,
+    reason: Option<&str>,
+    old: Option<&PodStatus>,
+    now: &Time,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let prev = old
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == ty));
+    let since = match prev {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Some(now.clone()),
+    };
+    PodCondition {
+        type_: ty.into(),
+        status: status.into(),
+        reason: if ok { None } else { reason.map(str::to_string) },
+        last_transition_time: since,
+        ..Default::default()
+    }
+}
+
+/// The phase from the containers' states.
+pub fn phase(pod: &Pod, obs: &Observed) -> &'static str {
+    let Some(spec) = pod.spec.as_ref() else {
+        return "Pending";
+    };
+    let policy = plan::restart_policy(pod);
+    // A failed init container under Never fails the pod.
+    for c in spec.init_containers.iter().flatten() {
+        match obs
+            .containers
+            .get(&c.name)
+            .and_then(History::current)
+            .map(|i| &i.state)
+        {
+            Some(ContainerState::Exited { exit_code: 0, .. }) => continue,
+            Some(ContainerState::Exited { .. }) if policy == RestartPolicy::Never => {
+                return "Failed";
+            }
+            _ => return "Pending",
+        }
+    }
+    let (mut running, mut unstarted, mut succeeded, mut failed, mut restarting) = (0, 0, 0, 0, 0);
+    for c in &spec.containers {
+        match obs
+            .containers
+            .get(&c.name)
+            .and_then(History::current)
+            .map(|i| &i.state)
+        {
+            Some(ContainerState::Running { .. }) => running += 1,
+            Some(ContainerState::Exited { exit_code, .. }) => {
+                if plan::should_restart(policy, *exit_code) {
+                    restarting += 1;
+                } else if *exit_code == 0 {
+                    succeeded += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            Some(ContainerState::Created) | None => unstarted += 1,
+        }
+    }
+    if unstarted > 0 {
+        return "Pending";
+    }
+    if running > 0 || restarting > 0 {
+        return "Running";
+    }
+    if failed > 0 {
+        return "Failed";
+    }
+    if succeeded > 0 {
+        "Succeeded"
+    } else {
+        "Pending"
+    }
+}
+
+/// The pod's status (pure). `old` keeps condition transition times stable.
+pub fn compute(
+    pod: &Pod,
+    obs: &Observed,
+    plan: &plan::Plan,
+    inputs: &StatusInputs,
+    now: SystemTime,
+) -> PodStatus {
+    let now_t = k8s_time(now);
+    let old = pod.status.as_ref();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let rt = inputs.runtime_name.as_str();
+    let init_done = plan::init_done(pod, obs);
+    let inits: Vec<ContainerStatus> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| {
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or(""),
+                obs.containers.get(&c.name),
+                plan.waiting.get(&c.name),
+                "PodInitializing",
+                rt,
+            )
+        })
+        .map(|mut cs| {
+            // A completed init container is not "ready" in the running sense,
+            // but the kubelet reports ready=true once it succeeded.
+            if cs
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+            {
+                cs.ready = true;
+            }
+            cs
+        })
+        .collect();
+    let default_wait = if init_done {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let containers: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or(""),
+                obs.containers.get(&c.name),
+                plan.waiting.get(&c.name),
+                default_wait,
+                rt,
+            )
+        })
+        .collect();
+    let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    let phase = phase(pod, obs);
+    let conditions = vec![
+        condition(
+            "PodReadyToStartContainers",
+            obs.sandbox_ready,
+            None,
+            old,
+            &now_t,
+        ),
+        condition(
+            "Initialized",
+            init_done,
+            Some("ContainersNotInitialized"),
+            old,
+            &now_t,
+        ),
+        condition("Ready", all_ready, Some("ContainersNotReady"), old, &now_t),
+        condition(
+            "ContainersReady",
+            all_ready,
+            Some("ContainersNotReady"),
+            old,
+            &now_t,
+        ),
+        condition("PodScheduled", true, None, old, &now_t),
+    ];
+    let mut st = PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        container_statuses: Some(containers),
+        init_container_statuses: if inits.is_empty() { None } else { Some(inits) },
+        qos_class: Some(inputs.qos_class.clone()),
+        start_time: old
+            .and_then(|s| s.start_time.clone())
+            .or_else(|| inputs.start_time.map(k8s_time)),
+        ..Default::default()
+    };
+    if let Some(h) = inputs.host_ip {
+        st.host_ip = Some(h.to_string());
+        st.host_ips = Some(vec![HostIP { ip: h.to_string() }]);
+    }
+    if let Some(first) = inputs.pod_ips.first() {
+        st.pod_ip = Some(first.to_string());
+        st.pod_ips = Some(
+            inputs
+                .pod_ips
+                .iter()
+                .map(|ip| PodIP { ip: ip.to_string() })
+                .collect(),
+        );
+    }
+    st
+}
+
+/// Kubelet-compatible summary of container waiting reasons (for events).
+pub fn waiting_reasons(st: &PodStatus) -> BTreeMap<String, String> {
+    st.container_statuses
+        .iter()
+        .flatten()
+        .chain(st.init_container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let r = c.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
+            Some((c.name.clone(), r))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::plan::{FailureKind, StartFailure};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    fn pod(policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"restartPolicy": policy, "containers": [{"name": "a", "image": "img"}]}
+        }))
+        .unwrap()
+    }
+
+    fn inst(attempt: u32, state: ContainerState) -> Instance {
+        Instance {
+            id: format!("c{attempt}"),
+            attempt,
+            streak: 0,
+            state,
+            image_id: "img@sha256:1".into(),
+        }
+    }
+
+    fn obs(instances: Vec<Instance>) -> Observed {
+        let mut o = Observed {
+            sandbox_ready: true,
+            ..Default::default()
+        };
+        o.containers.insert(
+            "a".into(),
+            History {
+                instances,
+                failure: None,
+            },
+        );
+        o
+    }
+
+    fn inputs() -> StatusInputs {
+        StatusInputs {
+            pod_ips: vec!["10.1.0.2".parse().unwrap()],
+            host_ip: Some("192.0.2.1".parse().unwrap()),
+            start_time: Some(t(0)),
+            qos_class: "BestEffort".into(),
+            runtime_name: "runc".into(),
+        }
+    }
+
+    #[test]
+    fn running_pod() {
+        let p = pod("Always");
+        let o = obs(vec![inst(
+            0,
+            ContainerState::Running {
+                pid: 5,
+                started_at: t(1),
+            },
+        )]);
+        let st = compute(&p, &o, &Default::default(), &inputs(), t(2));
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        assert_eq!(st.pod_ip.as_deref(), Some("10.1.0.2"));
+        let cs = &st.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.ready);
+        assert_eq!(cs.container_id.as_deref(), Some("runc://c0"));
+        assert_eq!(cs.image_id, "img@sha256:1");
+        assert!(cs.state.as_ref().unwrap().running.is_some());
+        let ready = st
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+    }
+
+    #[test]
+    fn crash_loop_and_oom() {
+        let p = pod("Always");
+        let o = obs(vec![
+            inst(
+                0,
+                ContainerState::Exited {
+                    exit_code: 1,
+                    oom_killed: false,
+                    started_at: t(0),
+                    finished_at: t(1),
+                },
+            ),
+            inst(
+                1,
+                ContainerState::Exited {
+                    exit_code: 137,
+                    oom_killed: true,
+                    started_at: t(1),
+                    finished_at: t(2),
+                },
+            ),
+        ]);
+        let mut pl = plan::Plan::default();
+        pl.waiting.insert(
+            "a".into(),
+            Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: "back-off".into(),
+            },
+        );
+        let st = compute(&p, &o, &pl, &inputs(), t(3));
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        let cs = &st.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(cs.restart_count, 1);
+        assert_eq!(
+            cs.state
+                .as_ref()
+                .unwrap()
+                .waiting
+                .as_ref()
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("CrashLoopBackOff")
+        );
+        let last = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(last.reason.as_deref(), Some("OOMKilled"));
+        assert_eq!(last.exit_code, 137);
+    }
+
+    #[test]
+    fn phases() {
+        let done = |code| {
+            inst(
+                0,
+                ContainerState::Exited {
+                    exit_code: code,
+                    oom_killed: false,
+                    started_at: t(0),
+                    finished_at: t(1),
+                },
+            )
+        };
+        for (policy, code, want) in [
+            ("Never", 0, "Succeeded"),
+            ("Never", 1, "Failed"),
+            ("OnFailure", 0, "Succeeded"),
+            ("OnFailure", 1, "Running"),
+            ("Always", 0, "Running"),
+        ] {
+            assert_eq!(
+                phase(&pod(policy), &obs(vec![done(code)])),
+                want,
+                "{policy} {code}"
+            );
+        }
+        assert_eq!(phase(&pod("Always"), &Observed::default()), "Pending");
+    }
+
+    #[test]
+    fn pull_failure_shows_err_image_pull() {
+        let p = pod("Always");
+        let mut o = Observed {
+            sandbox_ready: true,
+            ..Default::default()
+        };
+        o.containers.insert(
+            "a".into(),
+            History {
+                instances: vec![],
+                failure: Some(StartFailure {
+                    kind: FailureKind::Pull,
+                    message: "not found".into(),
+                    at: t(0),
+                    count: 1,
+                }),
+            },
+        );
+        let st = compute(&p, &o, &Default::default(), &inputs(), t(0));
+        let w = st.container_statuses.unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
+        assert_eq!(w.reason.as_deref(), Some("ErrImagePull"));
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+    }
+}

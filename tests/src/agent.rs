@@ -1,0 +1,393 @@
+//! `AgentProcess`: a real `keelson agent` for tests, with its own root dir,
+//! run dir, log dir, cgroup root, CNI config (Debian's bridge + host-local
+//! with a unique bridge and subnet) and node name. Drop kills the agent and
+//! cleans up every container, mount, cgroup, netns and bridge it made.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{ServerProcess, free_port, keelson_bin, require_all};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why an agent test cannot run here (None: it can).
+pub fn missing_prerequisites() -> Option<String> {
+    // Root: the real uid on /proc/self/status.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        return Some("not root".into());
+    }
+    for bin in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/sbin/ip",
+    ] {
+        if !Path::new(bin).exists() {
+            return Some(format!("{bin} missing"));
+        }
+    }
+    None
+}
+
+/// `true` when the test should go on; prints why not (or panics under
+/// `KEELSON_REQUIRE_ALL=1`).
+pub fn can_run(test: &str) -> bool {
+    match missing_prerequisites() {
+        None => true,
+        Some(why) if require_all() => panic!("{test}: {why} (KEELSON_REQUIRE_ALL=1)"),
+        Some(why) => {
+            eprintln!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+/// A running `keelson agent`.
+pub struct AgentProcess {
+    /// Node name.
+    pub node_name: String,
+    /// --root-dir.
+    pub root_dir: PathBuf,
+    /// --run-dir.
+    pub run_dir: PathBuf,
+    /// --pod-log-dir.
+    pub log_dir: PathBuf,
+    /// --cni-conf-dir.
+    pub cni_conf_dir: PathBuf,
+    /// host-local's dataDir (IP allocations).
+    pub ipam_dir: PathBuf,
+    /// --cgroup-root.
+    pub cgroup_root: String,
+    /// CNI bridge name.
+    pub bridge: String,
+    /// Pod subnet.
+    pub subnet: String,
+    /// Node API port (127.0.0.1).
+    pub api_port: u16,
+    kubeconfig: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    /// Starts an agent for `server`, named after `test`; images from
+    /// `registry` (host:port) are pulled over plain HTTP.
+    pub fn start(server: &ServerProcess, test: &str, extra: &[&str]) -> AgentProcess {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let tag = format!("{:x}{:02x}", pid & 0xffff, n & 0xff);
+        let tmp = tempfile::Builder::new()
+            .prefix("keelson-agent-")
+            .tempdir()
+            .expect("temp dir");
+        let base = tmp.path().to_path_buf();
+        let subnet = format!("10.{}.{}.0/24", 100 + (pid % 100), n % 250);
+        let mut a = AgentProcess {
+            node_name: format!("{test}-{tag}").replace('_', "-"),
+            root_dir: base.join("root"),
+            run_dir: base.join("run"),
+            log_dir: base.join("logs"),
+            cni_conf_dir: base.join("cni"),
+            ipam_dir: base.join("ipam"),
+            cgroup_root: format!("keelson-test-{tag}"),
+            bridge: format!("kb{tag}"),
+            subnet,
+            api_port: free_port(),
+            kubeconfig: server.kubeconfig.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: base.join("agent.log"),
+            _tmp: tmp,
+        };
+        std::fs::create_dir_all(&a.cni_conf_dir).expect("cni dir");
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("keelson-{tag}"),
+            "plugins": [{
+                "type": "bridge", "bridge": a.bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "subnet": a.subnet, "dataDir": a.ipam_dir,
+                         "routes": [{"dst": "0.0.0.0/0"}]},
+            }],
+        });
+        std::fs::write(
+            a.cni_conf_dir.join("10-test.conflist"),
+            serde_json::to_vec_pretty(&conf).unwrap(),
+        )
+        .expect("write conflist");
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let mut cmd = Command::new(keelson_bin());
+        cmd.arg("agent")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node-name", &self.node_name])
+            .arg("--root-dir")
+            .arg(&self.root_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .arg("--pod-log-dir")
+            .arg(&self.log_dir)
+            .arg("--cni-conf-dir")
+            .arg(&self.cni_conf_dir)
+            .args(["--cni-bin-dir", "/usr/lib/cni"])
+            .args(["--cgroup-root", &self.cgroup_root])
+            .args(["--node-ip", "127.0.0.1"])
+            .args(["--node-api-listen", &format!("127.0.0.1:{}", self.api_port)])
+            .args(&self.extra)
+            .env(
+                "KEELSON_LOG",
+                std::env::var("KEELSON_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn keelson agent"));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("keelson agent exited ({st}); log:\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("keelson agent did not start; log:\n{}", self.log());
+    }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// kill -9 the agent (containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Starts the agent again on the same dirs and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// The agent's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET https://127.0.0.1:PORT<path> on the node API (curl -k).
+    pub fn node_api(&self, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "60", "-w", "\n%{http_code}"])
+            .arg(format!("https://127.0.0.1:{}{path}", self.api_port))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The runtime's `--root` (runc state).
+    pub fn runc_root(&self) -> PathBuf {
+        self.run_dir.join("runc-root")
+    }
+
+    /// Container IDs runc knows of.
+    pub fn runc_containers(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(["list", "-q"])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Mount points under this agent's dirs.
+    pub fn mounts(&self) -> Vec<String> {
+        let base = self._tmp.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&base))
+            .collect()
+    }
+
+    /// Cgroup dirs below this agent's cgroup root (any hierarchy).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in cgroup_hierarchies() {
+            let root = h.join(&self.cgroup_root);
+            walk_dirs(&root, &mut out);
+        }
+        out
+    }
+
+    /// Host-local IP allocation files (one per allocated IP).
+    pub fn ip_allocations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.ipam_dir) {
+            for net in rd.flatten() {
+                if let Ok(files) = std::fs::read_dir(net.path()) {
+                    for f in files.flatten() {
+                        let n = f.file_name().to_string_lossy().into_owned();
+                        if n.parse::<std::net::IpAddr>().is_ok() {
+                            out.push(n);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Host veth interfaces attached to this agent's bridge.
+    pub fn bridge_ports(&self) -> Vec<String> {
+        let dir = PathBuf::from(format!("/sys/class/net/{}/brif", self.bridge));
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills everything this agent's pods run and removes what they made.
+    pub fn cleanup(&mut self) {
+        self.kill9();
+        let root = self.runc_root();
+        for id in self.runc_containers() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", &id, "KILL"])
+                .output();
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", &id])
+                .output();
+        }
+        // Shims and anything else started with our dirs on the command line.
+        let base = self._tmp.path().to_string_lossy().into_owned();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if pid == std::process::id() {
+                    continue;
+                }
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&base) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+        // Processes left in our cgroups.
+        for d in self.cgroup_dirs() {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).output();
+        }
+        let mut dirs = self.cgroup_dirs();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Every cgroup hierarchy root (v1 controllers, or the v2 root).
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        return vec![base.to_path_buf()];
+    }
+    std::fs::read_dir(base)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk_dirs(&e.path(), out);
+            }
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! `keelson agent` end to end: real runc, real cgroups, real netns, our API
+//! server, a local registry. Each test has its own agent dirs, cgroup root,
+//! bridge and subnet; AgentProcess cleans up on drop.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use keelson_e2e::ServerProcess;
+use keelson_e2e::agent::{AgentProcess, can_run};
+use keelson_e2e::registry::{BUSYBOX, Registry};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+struct Env {
+    agent: AgentProcess,
+    reg: Registry,
+    server: ServerProcess,
+    client: kube::Client,
+}
+
+async fn env(test: &str) -> Option<Env> {
+    if !can_run(test) {
+        return None;
+    }
+    let reg = Registry::with_test_images_or_skip()?;
+    let server = ServerProcess::start(None);
+    let client = server.client().await;
+    let agent = AgentProcess::start(&server, test, &[]);
+    Some(Env {
+        agent,
+        reg,
+        server,
+        client,
+    })
+}
+
+fn pod_json(
+    name: &str,
+    node: &str,
+    image: &str,
+    script: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "main", "image": image, "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", script],
+                "env": [{"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            }],
+        },
+    });
+    if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+async fn create(client: &kube::Client, p: serde_json::Value) -> Pod {
+    let pod: Pod = serde_json::from_value(p).unwrap();
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod")
+}
+
+/// Polls the pod until `pred` holds; panics with the agent log on timeout.
+async fn wait_pod(
+    e: &Env,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Pod) -> bool,
+) -> Pod {
+    let api: Api<Pod> = Api::namespaced(e.client.clone(), "default");
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < timeout {
+        if let Ok(p) = api.get(name).await {
+            if pred(&p) {
+                return p;
+            }
+            last = Some(p);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "pod {name}: {what} not reached in {timeout:?}; last status: {}\nagent log:\n{}",
+        serde_json::to_string_pretty(&last.and_then(|p| p.status)).unwrap(),
+        e.agent.log()
+    );
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        && p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            })
+}
+
+fn main_status(p: &Pod) -> k8s_openapi::api::core::v1::ContainerStatus {
+    p.status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .clone()
+}
+
+async fn gone(e: &Env, name: &str, timeout: Duration) -> bool {
+    let api: Api<Pod> = Api::namespaced(e.client.clone(), "default");
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(None) = api.get_opt(name).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_registers_node_and_renews_lease() {
+    let Some(mut e) = env("agent-node").await else {
+        return;
+    };
+    let nodes: Api<Node> = Api::all(e.client.clone());
+    let n = nodes
+        .get(&e.agent.node_name)
+        .await
+        .expect("node registered");
+    let st = n.status.unwrap();
+    let ready = st
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+    assert_eq!(ready.reason.as_deref(), Some("KeelsonReady"));
+    let info = st.node_info.unwrap();
+    assert!(
+        info.kubelet_version.starts_with("keelson-"),
+        "{}",
+        info.kubelet_version
+    );
+    assert!(
+        info.container_runtime_version.starts_with("runc://"),
+        "{}",
+        info.container_runtime_version
+    );
+    assert_eq!(st.capacity.unwrap()["pods"].0, "110");
+    assert_eq!(
+        st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
+        e.agent.api_port as i32
+    );
+    let addrs = st.addresses.unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1")
+    );
+    let leases: Api<Lease> = Api::namespaced(e.client.clone(), "kube-node-lease");
+    let l = leases.get(&e.agent.node_name).await.expect("lease");
+    assert_eq!(
+        l.spec.unwrap().holder_identity.as_deref(),
+        Some(e.agent.node_name.as_str())
+    );
+    let (code, body) = e.agent.node_api("/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    // kubectl sees the node Ready.
+    let out = e
+        .server
+        .kubectl_ok(33, &["get", "node", &e.agent.node_name]);
+    assert!(out.contains("Ready"), "{out}");
+    let st = e.agent.terminate().expect("agent exit status");
+    assert!(st.success(), "agent exit on SIGTERM: {st}");
+    let _ = &e.reg;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_with_ip_and_logs() {
+    let Some(e) = env("agent-logs").await else {
+        return;
+    };
+    let image = e.reg.image(BUSYBOX);
+    let script =
+        "echo hello from $MY_POD; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done";
+    let file = e.agent.root_dir.parent().unwrap().join("pod.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&pod_json(
+            "web",
+            &e.agent.node_name,
+            &image,
+            script,
+            json!({}),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    e.server
+        .kubectl_ok(33, &["apply", "-f", file.to_str().unwrap()]);
+    let p = wait_pod(&e, "web", "Running", Duration::from_secs(60), running).await;
+    let st = p.status.clone().unwrap();
+    let ip: std::net::Ipv4Addr = st.pod_ip.clone().expect("pod IP").parse().unwrap();
+    let net: ipnet_check::Net = e.agent.subnet.parse().unwrap();
+    assert!(net.contains(ip), "pod IP {ip} not in {}", e.agent.subnet);
+    assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
+    let cs = main_status(&p);
+    assert!(cs.ready);
+    assert!(cs.container_id.unwrap().starts_with("runc://"));
+    assert!(cs.image_id.contains("@sha256:"), "imageID {}", cs.image_id);
+    assert_eq!(st.qos_class.as_deref(), Some("BestEffort"));
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        let c = st
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(c.status, "True", "{t}");
+    }
+    // The pod's netns answers on its IP from the host side of the bridge.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec"]) // not used: the namespace is not in /run/netns
+        .output();
+    let _ = out;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, body) = e.agent.node_api("/containerLogs/default/web/main");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("hello from web\n"), "logs: {body:?}");
+    assert!(body.contains("tick 1\n"), "logs: {body:?}");
+    let (_, body) = e
+        .agent
+        .node_api("/containerLogs/default/web/main?tailLines=1&timestamps=true");
+    assert_eq!(body.lines().count(), 1, "{body:?}");
+    assert!(body.contains("Z tick "), "{body:?}");
+    // follow: the body keeps growing while the container runs (curl stops it).
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "2"])
+        .arg(format!(
+            "https://127.0.0.1:{}/containerLogs/default/web/main?follow=true",
+            e.agent.api_port
+        ))
+        .output()
+        .unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let before = body
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse::<u32>()
+        .unwrap();
+    let last = followed
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .last()
+        .unwrap_or("0")
+        .parse::<u32>()
+        .unwrap_or(0);
+    assert!(
+        last >= before + 3,
+        "follow did not stream new lines: last {last}, before {before}: {followed:?}"
+    );
+    let (code, body) = e.agent.node_api("/pods");
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["kind"], "PodList");
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["metadata"]["name"] == "web")
+    );
+    // kubectl logs goes through the API server's pods/log proxy.
+    let out = e.server.kubectl(33, &["logs", "web"]);
+    if out.status.success() {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("hello from web"));
+        let out = e.server.kubectl_cmd(33, &["logs", "-f", "web"]).output();
+        let _ = out;
+    } else {
+        eprintln!(
+            "kubectl logs (API server pods/log proxy) not available yet: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+mod ipnet_check {
+    /// A tiny IPv4 CIDR (the tests crate has no ipnet dependency).
+    pub struct Net(u32, u32);
+    impl std::str::FromStr for Net {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            let (a, l) = s.split_once('/').ok_or("no /")?;
+            let a: std::net::Ipv4Addr = a.parse().map_err(|e| format!("{e}"))?;
+            let l: u32 = l.parse().map_err(|e| format!("{e}"))?;
+            let mask = if l == 0 { 0 } else { u32::MAX << (32 - l) };
+            Ok(Net(u32::from(a) & mask, mask))
+        }
+    }
+    impl Net {
+        pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+            u32::from(ip) & self.1 == self.0
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backoff_and_oom_killed() {
+    let Some(e) = env("agent-crash").await else {
+        return;
+    };
+    let image = e.reg.image(BUSYBOX);
+    create(
+        &e.client,
+        pod_json(
+            "crash",
+            &e.agent.node_name,
+            &image,
+            "echo crashing; exit 3",
+            json!({}),
+        ),
+    )
+    .await;
+    let oom = pod_json(
+        "oom",
+        &e.agent.node_name,
+        &image,
+        "exec dd if=/dev/zero of=/dev/null bs=200M count=1",
+        json!({"restartPolicy": "Never"}),
+    );
+    let mut oom = oom;
+    oom["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "32Mi"}});
+    create(&e.client, oom).await;
+    let p = wait_pod(&e, "oom", "OOMKilled", Duration::from_secs(60), |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| {
+                cs[0]
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some()
+            })
+    })
+    .await;
+    let t = main_status(&p).state.unwrap().terminated.unwrap();
+    assert_eq!(t.reason.as_deref(), Some("OOMKilled"), "{t:?}");
+    assert_eq!(t.exit_code, 137);
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Failed"));
+    assert_eq!(
+        p.status.as_ref().unwrap().qos_class.as_deref(),
+        Some("Burstable")
+    );
+    // First restart is immediate; the second exit waits 10 s: CrashLoopBackOff.
+    let p = wait_pod(
+        &e,
+        "crash",
+        "CrashLoopBackOff",
+        Duration::from_secs(40),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs[0].restart_count >= 1
+                        && cs[0]
+                            .state
+                            .as_ref()
+                            .and_then(|s| s.waiting.as_ref())
+                            .and_then(|w| w.reason.as_deref())
+                            == Some("CrashLoopBackOff")
+                })
+        },
+    )
+    .await;
+    let cs = main_status(&p);
+    let last = cs
+        .last_state
+        .unwrap()
+        .terminated
+        .expect("lastState.terminated");
+    assert_eq!(last.exit_code, 3);
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+    assert!(
+        cs.state
+            .unwrap()
+            .waiting
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("back-off 10s")
+    );
+    // Held back: no restart within the next 5 s.
+    let n = cs.restart_count;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p: Pod = Api::namespaced(e.client.clone(), "default")
+        .get("crash")
+        .await
+        .unwrap();
+    assert_eq!(
+        main_status(&p).restart_count,
+        n,
+        "restarted during back-off"
+    );
+    // --previous serves the earlier attempt's log.
+    let (code, body) = e
+        .agent
+        .node_api("/containerLogs/default/crash/main?previous=true");
+    assert_eq!((code, body.as_str()), (200, "crashing\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_honours_grace_and_leaves_nothing() {
+    let Some(e) = env("agent-delete").await else {
+        return;
+    };
+    let image = e.reg.image(BUSYBOX);
+    // Ignores SIGTERM: only SIGKILL after the grace period stops it.
+    create(
+        &e.client,
+        pod_json(
+            "stubborn",
+            &e.agent.node_name,
+            &image,
+            "trap '' TERM; while true; do sleep 0.2; done",
+            json!({}),
+        ),
+    )
+    .await;
+    let p = wait_pod(&e, "stubborn", "Running", Duration::from_secs(60), running).await;
+    let uid = p.metadata.uid.clone().unwrap();
+    assert_eq!(e.agent.ip_allocations().len(), 1);
+    assert_eq!(e.agent.bridge_ports().len(), 1, "one veth on the bridge");
+    assert!(
+        e.agent
+            .cgroup_dirs()
+            .iter()
+            .any(|d| d.to_string_lossy().contains(&uid))
+    );
+    let api: Api<Pod> = Api::namespaced(e.client.clone(), "default");
+    let t0 = Instant::now();
+    api.delete(
+        "stubborn",
+        &DeleteParams {
+            grace_period_seconds: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        gone(&e, "stubborn", Duration::from_secs(30)).await,
+        "pod not finalized; log:\n{}",
+        e.agent.log()
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "deleted before the grace period: {took:?}"
+    );
+    assert!(took < Duration::from_secs(15), "deletion took {took:?}");
+    assert!(
+        e.agent.runc_containers().is_empty(),
+        "containers left: {:?}",
+        e.agent.runc_containers()
+    );
+    let mounts: Vec<String> = e
+        .agent
+        .mounts()
+        .into_iter()
+        .filter(|m| m.contains(&uid) || m.contains("/containers/"))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let cg: Vec<_> = e
+        .agent
+        .cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.to_string_lossy().contains(&uid))
+        .collect();
+    assert!(cg.is_empty(), "cgroups left: {cg:?}");
+    assert!(
+        !e.agent.run_dir.join("sandboxes").join(&uid).exists(),
+        "netns files left"
+    );
+    assert!(
+        e.agent.ip_allocations().is_empty(),
+        "IPs left: {:?}",
+        e.agent.ip_allocations()
+    );
+    assert!(
+        e.agent.bridge_ports().is_empty(),
+        "veths left: {:?}",
+        e.agent.bridge_ports()
+    );
+    assert!(
+        !e.agent.root_dir.join("pods").join(&uid).exists(),
+        "pod dir left"
+    );
+}
+
+fn runc_pid(agent: &AgentProcess, id: &str) -> u32 {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(agent.runc_root())
+        .args(["state", id])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["pid"].as_u64().unwrap_or(0) as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_running_containers() {
+    let Some(mut e) = env("agent-adopt").await else {
+        return;
+    };
+    let image = e.reg.image(BUSYBOX);
+    let names: Vec<String> = (0..5).map(|i| format!("keep-{i}")).collect();
+    for n in &names {
+        create(
+            &e.client,
+            pod_json(
+                n,
+                &e.agent.node_name,
+                &image,
+                "while true; do sleep 0.5; done",
+                json!({}),
+            ),
+        )
+        .await;
+    }
+    let mut before = Vec::new();
+    for n in &names {
+        let p = wait_pod(&e, n, "Running", Duration::from_secs(90), running).await;
+        let id = main_status(&p)
+            .container_id
+            .unwrap()
+            .trim_start_matches("runc://")
+            .to_string();
+        let pid = runc_pid(&e.agent, &id);
+        assert!(pid > 0, "pid of {id}");
+        before.push((n.clone(), id, pid, p.status.unwrap().pod_ip));
+    }
+    e.agent.kill9();
+    // While the agent is down: one pod deleted gracefully, one force-deleted.
+    let api: Api<Pod> = Api::namespaced(e.client.clone(), "default");
+    api.delete("keep-3", &DeleteParams::default())
+        .await
+        .unwrap();
+    api.delete(
+        "keep-4",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    e.agent.restart();
+    for (n, id, pid, ip) in before.iter().take(3) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let p = wait_pod(&e, n, "Running", Duration::from_secs(30), running).await;
+        let cs = main_status(&p);
+        assert_eq!(
+            cs.container_id.as_deref(),
+            Some(format!("runc://{id}").as_str()),
+            "{n}"
+        );
+        assert_eq!(cs.restart_count, 0, "{n} restarted");
+        assert_eq!(&p.status.unwrap().pod_ip, ip, "{n} IP changed");
+        assert_eq!(
+            runc_pid(&e.agent, id),
+            *pid,
+            "{n}: container process changed"
+        );
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{n}: pid {pid} gone"
+        );
+    }
+    assert!(
+        gone(&e, "keep-3", Duration::from_secs(30)).await,
+        "keep-3 not finalized after restart"
+    );
+    let start = Instant::now();
+    loop {
+        let left = e.agent.runc_containers();
+        if left.len() == 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "containers after restart: {left:?}\n{}",
+            e.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !before[4].1.is_empty() && !e.agent.runc_containers().contains(&before[4].1),
+        "force-deleted pod's container still there"
+    );
+    assert_eq!(
+        e.agent.ip_allocations().len(),
+        3,
+        "IPs: {:?}",
+        e.agent.ip_allocations()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_reports_err_image_pull_and_others_run() {
+    let Some(e) = env("agent-badimg").await else {
+        return;
+    };
+    let good = e.reg.image(BUSYBOX);
+    let bad = e.reg.image("keelson-test/does-not-exist:latest");
+    create(
+        &e.client,
+        pod_json("bad", &e.agent.node_name, &bad, "true", json!({})),
+    )
+    .await;
+    create(
+        &e.client,
+        pod_json(
+            "good",
+            &e.agent.node_name,
+            &good,
+            "while true; do sleep 1; done",
+            json!({}),
+        ),
+    )
+    .await;
+    let p = wait_pod(&e, "bad", "ErrImagePull", Duration::from_secs(60), |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| {
+                matches!(
+                    cs[0]
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref()),
+                    Some("ErrImagePull" | "ImagePullBackOff")
+                )
+            })
+    })
+    .await;
+    let w = main_status(&p).state.unwrap().waiting.unwrap();
+    assert!(w.message.unwrap_or_default().contains("does-not-exist"));
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
+    wait_pod(&e, "good", "Running", Duration::from_secs(60), running).await;
+    // A bad command: CreateContainerError or a crash, with a reason.
+    let mut cmd = pod_json(
+        "badcmd",
+        &e.agent.node_name,
+        &good,
+        "",
+        json!({"restartPolicy": "Never"}),
+    );
+    cmd["spec"]["containers"][0]["command"] = json!(["/no/such/binary"]);
+    create(&e.client, cmd).await;
+    let p = wait_pod(
+        &e,
+        "badcmd",
+        "a failure reason",
+        Duration::from_secs(60),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    let s = cs[0].state.as_ref();
+                    s.and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        == Some("CreateContainerError")
+                        || s.and_then(|s| s.terminated.as_ref())
+                            .is_some_and(|t| t.exit_code != 0)
+                })
+        },
+    )
+    .await;
+    eprintln!("bad command status: {:?}", main_status(&p).state);
+    wait_pod(&e, "good", "still Running", Duration::from_secs(5), running).await;
+}
