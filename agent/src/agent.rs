@@ -39,11 +39,24 @@ pub struct AgentArgs {
     /// The node's pod CIDR (written to spec.podCIDR when set).
     #[arg(long)]
     pub pod_cidr: Option<String>,
-    /// Service load balancing: ebpf, nftables or none. The proxy lives in
-    /// the keelson-proxy crate and is started from here once it is wired;
-    /// until then every mode runs without Service load balancing.
+    /// Service load balancing: ebpf, nftables or none. The eBPF backend is
+    /// not in this build yet: ebpf falls back to nftables with a log line.
     #[arg(long, default_value = "none", value_parser = ["ebpf", "nftables", "none"])]
     pub proxy_mode: String,
+    /// The proxy's metrics address (none when absent).
+    #[arg(long)]
+    pub proxy_metrics_listen: Option<SocketAddr>,
+    /// Cluster DNS server for pods with dnsPolicy ClusterFirst (kubelet's
+    /// --cluster-dns). Absent: pods get the node's resolv.conf.
+    #[arg(long)]
+    pub cluster_dns: Option<IpAddr>,
+    /// Cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Serve cluster DNS (UDP and TCP) on this address from the Services
+    /// the agent watches, forwarding other names to the node's resolvers.
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddr>,
     /// Runtime dir: pod namespaces and sockets.
     #[arg(long, default_value = "/run/keelson")]
     pub run_dir: PathBuf,
@@ -90,6 +103,55 @@ async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Clien
         .await
         .with_context(|| format!("load kubeconfig {}", kubeconfig.display()))?;
     kube::Client::try_from(cfg).context("build API client")
+}
+
+/// Starts the Service proxy in this process for `--proxy-mode`.
+fn start_proxy(
+    client: &kube::Client,
+    args: &AgentArgs,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let mode = match args.proxy_mode.as_str() {
+        "none" => return Ok(None),
+        "ebpf" => {
+            tracing::warn!(
+                "--proxy-mode ebpf: the eBPF backend is not in this build; using nftables"
+            );
+            "nftables"
+        }
+        other => other,
+    };
+    // Parsed like `keelson proxy` flags, so the proxy's defaults apply.
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        proxy: keelson_proxy::ProxyArgs,
+    }
+    let mut flags = vec![
+        "proxy".to_string(),
+        "--kubeconfig".into(),
+        args.kubeconfig.display().to_string(),
+        "--node-name".into(),
+        args.node_name.clone(),
+        "--proxy-mode".into(),
+        mode.into(),
+    ];
+    if let Some(IpAddr::V4(ip)) = args.node_ip {
+        flags.extend(["--node-ip".into(), ip.to_string()]);
+    }
+    if let Some(m) = args.proxy_metrics_listen {
+        flags.extend(["--metrics-listen".into(), m.to_string()]);
+    }
+    let wrap = <Wrap as clap::Parser>::try_parse_from(&flags).context("proxy flags")?;
+    let mut config = keelson_proxy::ProxyConfig::from_args(&wrap.proxy);
+    if args.proxy_metrics_listen.is_none() {
+        config.metrics_listen = None;
+    }
+    let client = client.clone();
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = keelson_proxy::run_proxy(client, config).await {
+            tracing::error!("service proxy: {e:#}");
+        }
+    })))
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C. Containers keep running in their
@@ -140,6 +202,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         insecure_registries: args.insecure_registry.clone(),
         node_name: args.node_name.clone(),
         node_ip,
+        cluster_dns: args
+            .cluster_dns
+            .map(|server| crate::pods::spec::ClusterDns {
+                server,
+                domain: args.cluster_domain.clone(),
+            }),
     })
     .context("set up the pod host (images, runtime, cgroups)")?;
     let env = Arc::new(env);
@@ -158,14 +226,45 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .await
     .context("start node API")?;
 
+    let proxy_task = start_proxy(&client, &args)?;
+    let dns_task = match args.dns_listen {
+        Some(listen) => {
+            let upstreams = keelson_dns::upstreams_from_resolv_conf(
+                std::path::Path::new("/etc/resolv.conf"),
+                &[listen.ip()],
+            )
+            .unwrap_or_default();
+            let config = keelson_dns::DnsConfig {
+                listen,
+                domain: args.cluster_domain.clone(),
+                upstreams,
+            };
+            let client = client.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = keelson_dns::run(client, config).await {
+                    tracing::error!("cluster DNS: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
+
     tracing::info!(node = %args.node_name, %node_ip, api = %args.node_api_listen,
         proxy_mode = %args.proxy_mode, "agent running");
+    crate::systemd::ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     tracing::info!("stopping (containers keep running)");
+    crate::systemd::stopping();
+    if let Some(t) = proxy_task {
+        t.abort();
+    }
+    if let Some(t) = dns_task {
+        t.abort();
+    }
     manager.shutdown();
     server.abort();
     node_task.abort();

@@ -27,7 +27,7 @@ enum Command {
     /// Serve the Kubernetes API over TLS (embedded store, or etcd).
     Server(ServerArgs),
     /// Run the node agent: pods, CNI, Service load balancing, node API.
-    Agent(keelson::agent::AgentArgs),
+    Agent(Box<keelson::agent::AgentArgs>),
     /// Run only the Service load balancer (what kube-proxy does).
     Proxy(keelson_proxy::ProxyArgs),
     /// Per-container shim (started by the agent, not by hand).
@@ -157,7 +157,7 @@ fn main() {
             Ok(())
         }
         Command::Server(args) => tokio_main(run_server(args)),
-        Command::Agent(args) => tokio_main(keelson::agent::run(args)),
+        Command::Agent(args) => tokio_main(keelson::agent::run(*args)),
         Command::Proxy(args) => tokio_main(keelson_proxy::run(args)),
         // No tokio runtime here: the shim forks and execs.
         Command::Shim(args) => keelson_runtime::shim::main(args),

@@ -234,11 +234,6 @@ async fn pod_runs_with_ip_and_logs() {
             .unwrap_or_else(|| panic!("{t}"));
         assert_eq!(c.status, "True", "{t}");
     }
-    // The pod's netns answers on its IP from the host side of the bridge.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec"]) // not used: the namespace is not in /run/netns
-        .output();
-    let _ = out;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (code, body) = e.agent.node_api("/containerLogs/default/web/main");
     assert_eq!(code, 200, "{body}");
@@ -249,35 +244,6 @@ async fn pod_runs_with_ip_and_logs() {
         .node_api("/containerLogs/default/web/main?tailLines=1&timestamps=true");
     assert_eq!(body.lines().count(), 1, "{body:?}");
     assert!(body.contains("Z tick "), "{body:?}");
-    // follow: the body keeps growing while the container runs (curl stops it).
-    let out = std::process::Command::new("curl")
-        .args(["-sk", "--max-time", "2"])
-        .arg(format!(
-            "https://127.0.0.1:{}/containerLogs/default/web/main?follow=true",
-            e.agent.api_port
-        ))
-        .output()
-        .unwrap();
-    let followed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let before = body
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse::<u32>()
-        .unwrap();
-    let last = followed
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .split_whitespace()
-        .last()
-        .unwrap_or("0")
-        .parse::<u32>()
-        .unwrap_or(0);
-    assert!(
-        last >= before + 3,
-        "follow did not stream new lines: last {last}, before {before}: {followed:?}"
-    );
     let (code, body) = e.agent.node_api("/pods");
     assert_eq!(code, 200);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -289,18 +255,38 @@ async fn pod_runs_with_ip_and_logs() {
             .iter()
             .any(|p| p["metadata"]["name"] == "web")
     );
-    // kubectl logs goes through the API server's pods/log proxy.
-    let out = e.server.kubectl(33, &["logs", "web"]);
-    if out.status.success() {
-        assert!(String::from_utf8_lossy(&out.stdout).contains("hello from web"));
-        let out = e.server.kubectl_cmd(33, &["logs", "-f", "web"]).output();
-        let _ = out;
-    } else {
-        eprintln!(
-            "kubectl logs (API server pods/log proxy) not available yet: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // kubectl logs goes through the API server's pods/log proxy to the node API.
+    let out = e.server.kubectl_ok(33, &["logs", "web"]);
+    assert!(out.starts_with("hello from web\n"), "kubectl logs: {out:?}");
+    let out = e
+        .server
+        .kubectl_ok(33, &["logs", "web", "--tail=1", "--timestamps"]);
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(out.contains("Z tick "), "{out:?}");
+    let tick = |line: &str| {
+        line.split_whitespace()
+            .last()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let before = tick(out.trim_end());
+    // -f: the output keeps growing while the container runs; stopped after 2 s.
+    let mut follow = e
+        .server
+        .kubectl_cmd(33, &["logs", "-f", "web"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = follow.kill();
+    let followed = follow.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&followed.stdout).into_owned();
+    assert!(followed.starts_with("hello from web\n"), "{followed:?}");
+    let last = tick(followed.lines().last().unwrap_or_default());
+    assert!(
+        last >= before + 3,
+        "kubectl logs -f did not stream new lines: last {last}, before {before}: {followed:?}"
+    );
 }
 
 mod ipnet_check {
@@ -422,11 +408,13 @@ async fn crash_loop_backoff_and_oom_killed() {
         n,
         "restarted during back-off"
     );
-    // --previous serves the earlier attempt's log.
+    // --previous serves the earlier attempt's log (node API and kubectl).
     let (code, body) = e
         .agent
         .node_api("/containerLogs/default/crash/main?previous=true");
     assert_eq!((code, body.as_str()), (200, "crashing\n"));
+    let out = e.server.kubectl_ok(33, &["logs", "crash", "--previous"]);
+    assert_eq!(out, "crashing\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

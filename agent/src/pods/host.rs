@@ -59,6 +59,9 @@ pub struct HostConfig {
     pub node_name: String,
     /// The node's IP.
     pub node_ip: IpAddr,
+    /// Where pods with dnsPolicy ClusterFirst resolve names (None: the
+    /// node's resolv.conf).
+    pub cluster_dns: Option<spec::ClusterDns>,
 }
 
 /// Per-pod state kept in `root-dir/pods/<uid>/state.json` (written
@@ -305,7 +308,11 @@ impl Host {
             ("hostname", format!("{hostname}\n")),
             (
                 "resolv.conf",
-                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                spec::resolv_conf(
+                    pod,
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    self.cfg.cluster_dns.as_ref(),
+                ),
             ),
         ];
         for (f, text) in files {

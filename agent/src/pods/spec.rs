@@ -390,3 +390,162 @@ mod tests {
         assert!(h.ends_with("10.1.0.3\tweb-0\n"));
     }
 }
+
+/// The cluster DNS a pod's resolv.conf points at (kubelet's --cluster-dns
+/// and --cluster-domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    pub server: std::net::IpAddr,
+    pub domain: String,
+}
+
+/// A pod's /etc/resolv.conf from its dnsPolicy and dnsConfig (pure):
+/// ClusterFirst (the default) points at the cluster DNS with the usual
+/// search domains and `ndots:5`; ClusterFirstWithHostNet does the same for
+/// host-network pods, which ClusterFirst gives the node's file; Default is
+/// the node's file; None is only what dnsConfig says. dnsConfig's
+/// nameservers, searches and options are merged in as the kubelet does.
+pub fn resolv_conf(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    host: &str,
+    cluster: Option<&ClusterDns>,
+) -> String {
+    let spec = pod.spec.as_ref();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let host_lines = |key: &str| -> Vec<String> {
+        host.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(key)).then(|| w.map(str::to_string).collect::<Vec<_>>())
+            })
+            .flatten()
+            .collect()
+    };
+    let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        match (policy, cluster) {
+            ("ClusterFirst", Some(c)) if !host_network => cluster_first(ns, c, &host_lines),
+            ("ClusterFirstWithHostNet", Some(c)) => cluster_first(ns, c, &host_lines),
+            ("None", _) => (Vec::new(), Vec::new(), Vec::new()),
+            _ => (
+                host_lines("nameserver"),
+                host_lines("search"),
+                host_lines("options"),
+            ),
+        };
+    if let Some(cfg) = spec.and_then(|s| s.dns_config.as_ref()) {
+        servers.extend(cfg.nameservers.iter().flatten().cloned());
+        searches.extend(cfg.searches.iter().flatten().cloned());
+        for o in cfg.options.iter().flatten() {
+            let Some(name) = &o.name else { continue };
+            options.retain(|x| x.split(':').next() != Some(name.as_str()));
+            options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name.clone(),
+            });
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    searches.retain(|s| seen.insert(s.clone()));
+    servers.truncate(3);
+    searches.truncate(32);
+    let mut out = String::new();
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for s in &servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+type ResolvParts = (Vec<String>, Vec<String>, Vec<String>);
+
+fn cluster_first(
+    ns: &str,
+    c: &ClusterDns,
+    host_lines: &dyn Fn(&str) -> Vec<String>,
+) -> ResolvParts {
+    let d = &c.domain;
+    let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+    searches.extend(host_lines("search"));
+    (
+        vec![c.server.to_string()],
+        searches,
+        vec!["ndots:5".to_string()],
+    )
+}
+
+#[cfg(test)]
+mod resolv_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resolv_conf_per_dns_policy() {
+        let host = "search corp.example\nnameserver 10.0.0.2\noptions edns0\n";
+        let dns = ClusterDns {
+            server: "169.254.20.10".parse().unwrap(),
+            domain: "cluster.local".into(),
+        };
+        let pod = |spec: serde_json::Value| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(
+                json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let cases = [
+            (
+                json!({}),
+                Some(&dns),
+                "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 169.254.20.10\noptions ndots:5\n",
+            ),
+            // No cluster DNS configured: the node's file.
+            (
+                json!({}),
+                None,
+                "search corp.example\nnameserver 10.0.0.2\noptions edns0\n",
+            ),
+            (
+                json!({"dnsPolicy": "Default"}),
+                Some(&dns),
+                "search corp.example\nnameserver 10.0.0.2\noptions edns0\n",
+            ),
+            // Host network with ClusterFirst: the node's file.
+            (
+                json!({"hostNetwork": true}),
+                Some(&dns),
+                "search corp.example\nnameserver 10.0.0.2\noptions edns0\n",
+            ),
+            (
+                json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+                Some(&dns),
+                "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 169.254.20.10\noptions ndots:5\n",
+            ),
+            (
+                json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["a.b"], "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}}),
+                Some(&dns),
+                "search a.b\nnameserver 1.1.1.1\noptions ndots:2 rotate\n",
+            ),
+            // dnsConfig options override the defaults by name.
+            (
+                json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}),
+                Some(&dns),
+                "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 169.254.20.10\noptions ndots:1\n",
+            ),
+        ];
+        for (spec, cluster, want) in cases {
+            assert_eq!(
+                resolv_conf(&pod(spec.clone()), host, cluster),
+                want,
+                "{spec}"
+            );
+        }
+    }
+}
