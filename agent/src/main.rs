@@ -28,6 +28,15 @@ enum Command {
     Server(ServerArgs),
     /// Run the node agent: pods, CNI, Service load balancing, node API.
     Agent(Box<keelson::agent::AgentArgs>),
+    /// A single-node cluster on this machine: API server, scheduler and
+    /// controllers, and a node agent (runc, keelson-cni, Service proxy,
+    /// cluster DNS) in one process.
+    Up(UpArgs),
+    /// Remove everything `keelson up` made on this host: pods and their
+    /// containers, mounts, namespaces, cgroups and addresses, the Service
+    /// proxy's nftables table, the DNS address, and (unless --keep-data) the
+    /// data dir. Stop `keelson up` first.
+    Down(DownArgs),
     /// Run only the Service load balancer (what kube-proxy does).
     Proxy(keelson_proxy::ProxyArgs),
     /// Per-container shim (started by the agent, not by hand).
@@ -69,6 +78,237 @@ struct ServerArgs {
     /// Identity for leader election (default: hostname and PID).
     #[arg(long)]
     identity: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Everything the cluster keeps: server/ (store, certificates,
+    /// admin.kubeconfig), agent/ (images, pod state), cni/.
+    #[arg(long, default_value = "/var/lib/keelson")]
+    data_dir: PathBuf,
+    /// API server address.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's pod CIDR.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pod_cidr: ipnet::Ipv4Net,
+    /// Service load balancing: ebpf (falls back to nftables), nftables, none.
+    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "nftables", "none"])]
+    proxy_mode: String,
+    /// Node-local address the cluster DNS answers on (added to `lo`).
+    #[arg(long, default_value = "169.254.20.10")]
+    dns_address: std::net::Ipv4Addr,
+}
+
+/// Pod cgroups of `keelson up` live under this name in every hierarchy (not
+/// kubepods: a kubelet on the same host keeps its own).
+const UP_CGROUP_ROOT: &str = "keelson";
+/// Namespaces and container state of `keelson up`.
+const UP_RUN_DIR: &str = "/run/keelson";
+
+#[derive(clap::Args)]
+struct DownArgs {
+    /// The data dir `keelson up` used.
+    #[arg(long, default_value = "/var/lib/keelson")]
+    data_dir: PathBuf,
+    /// The cluster DNS address `keelson up` added to `lo`.
+    #[arg(long, default_value = "169.254.20.10")]
+    dns_address: std::net::Ipv4Addr,
+    /// Keep the data dir (cluster state, images, certificates).
+    #[arg(long)]
+    keep_data: bool,
+}
+
+async fn run_down(args: DownArgs) -> anyhow::Result<()> {
+    use keelson::pods::host::{Host, HostConfig};
+    let exe = std::env::current_exe().context("find the keelson binary")?;
+    let bin_dir = exe
+        .parent()
+        .context("the keelson binary's directory")?
+        .to_path_buf();
+    let run_dir = PathBuf::from(UP_RUN_DIR);
+    let host = Host::new(HostConfig {
+        root_dir: args.data_dir.join("agent"),
+        run_dir: run_dir.clone(),
+        pod_log_dir: PathBuf::from("/var/log/pods"),
+        runtime_bin: keelson::agent::resolve_runtime("runc")?,
+        runtime_name: "runc".into(),
+        cgroup_root: UP_CGROUP_ROOT.into(),
+        cni: keelson::network::Cni::new(
+            args.data_dir.join("cni/net.d"),
+            keelson::network::default_bin_dirs(&bin_dir),
+        ),
+        insecure_registries: Vec::new(),
+        node_name: String::new(),
+        node_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        cluster_dns: None,
+    })
+    .context("open the agent's state")?;
+    let pods = host
+        .teardown_all(std::time::Duration::from_secs(2))
+        .await
+        .map_err(|e| anyhow::anyhow!("tear down pods: {e}"))?;
+    println!("removed {pods} pods (containers, mounts, namespaces, cgroups, pod addresses)");
+    // The Service proxy's table (absent is fine).
+    let out = std::process::Command::new("nft")
+        .args(["delete", "table", "ip", "keelson"])
+        .output();
+    if let Ok(o) = out
+        && o.status.success()
+    {
+        println!("removed nftables table ip keelson");
+    }
+    let dns = format!("{}/32", args.dns_address);
+    if std::process::Command::new("ip")
+        .args(["addr", "del", &dns, "dev", "lo"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("removed {dns} from lo");
+    }
+    for dir in [run_dir.clone()] {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("remove {}: {e}", dir.display()),
+        }
+    }
+    if !args.keep_data {
+        match std::fs::remove_dir_all(&args.data_dir) {
+            Ok(()) => println!("removed {}", args.data_dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("remove {}: {e}", args.data_dir.display()),
+        }
+    }
+    Ok(())
+}
+
+/// The CNI config `keelson up` gives its agent: keelson-cni alone, at CNI
+/// 1.1 so that GC runs (Debian's portmap stops at 1.0, so no hostPorts here).
+fn up_conflist(pod_cidr: ipnet::Ipv4Net, ipam_dir: &std::path::Path) -> String {
+    let plugins = vec![serde_json::json!({
+        "type": "keelson-cni",
+        "subnet": pod_cidr.to_string(),
+        "dataDir": ipam_dir,
+    })];
+    serde_json::to_string_pretty(&serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "keelson",
+        "plugins": plugins,
+    }))
+    .unwrap_or_default()
+}
+
+async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find the keelson binary")?;
+    let bin_dir = exe
+        .parent()
+        .context("the keelson binary's directory")?
+        .to_path_buf();
+    if !bin_dir.join("keelson-cni").is_file() {
+        bail!(
+            "keelson-cni not found next to {} (build it: cargo build --release -p keelson-cni)",
+            exe.display()
+        );
+    }
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the host name (or pass --node-name)")?
+            .trim()
+            .to_lowercase(),
+    };
+    let server_dir = args.data_dir.join("server");
+    let cni_conf_dir = args.data_dir.join("cni/net.d");
+    std::fs::create_dir_all(&cni_conf_dir)
+        .with_context(|| format!("create {}", cni_conf_dir.display()))?;
+    let conflist = cni_conf_dir.join("10-keelson.conflist");
+    std::fs::write(
+        &conflist,
+        up_conflist(args.pod_cidr, &args.data_dir.join("cni/ipam")),
+    )
+    .with_context(|| format!("write {}", conflist.display()))?;
+    // The cluster DNS listens on a node-local address that pods reach
+    // through their gateway (the host).
+    let dns = args.dns_address.to_string();
+    let have = std::process::Command::new("ip")
+        .args(["-4", "addr", "show", "dev", "lo"])
+        .output()
+        .context("run ip addr show dev lo")?;
+    if !String::from_utf8_lossy(&have.stdout).contains(&format!("inet {dns}/")) {
+        let out = std::process::Command::new("ip")
+            .args(["addr", "add", &format!("{dns}/32"), "dev", "lo"])
+            .output()
+            .context("run ip addr add")?;
+        if !out.status.success() {
+            bail!(
+                "add the cluster DNS address {dns} to lo: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+
+    let service_cidr: ipnet::IpNet = "10.96.0.0/12".parse().expect("valid CIDR");
+    let config = ServerConfig {
+        data_dir: server_dir.clone(),
+        listen: args.listen,
+        etcd_servers: Vec::new(),
+        api: ApiConfig {
+            service_cidr,
+            node_port_range: (30000, 32767),
+        },
+        extra_sans: Vec::new(),
+        controllers: true,
+        controller_config: ControllerConfig {
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
+            default_toleration_seconds: 300,
+            identity: format!("{node_name}-{}", std::process::id()),
+        },
+    };
+    let handle = server::start(config).await.context("start API server")?;
+    let kubeconfig = handle.kubeconfig.clone();
+    println!("kubeconfig: {}", kubeconfig.display());
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  kubectl get nodes,pods -A -o wide");
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        agent: keelson::agent::AgentArgs,
+    }
+    let flags: Vec<String> = vec![
+        "agent".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--node-name".into(),
+        node_name,
+        "--root-dir".into(),
+        args.data_dir.join("agent").display().to_string(),
+        "--cni-conf-dir".into(),
+        cni_conf_dir.display().to_string(),
+        "--cni-bin-dir".into(),
+        bin_dir.display().to_string(),
+        "--cgroup-root".into(),
+        UP_CGROUP_ROOT.into(),
+        "--run-dir".into(),
+        UP_RUN_DIR.into(),
+        "--pod-cidr".into(),
+        args.pod_cidr.to_string(),
+        "--proxy-mode".into(),
+        args.proxy_mode,
+        "--cluster-dns".into(),
+        dns.clone(),
+        "--dns-listen".into(),
+        format!("{dns}:53"),
+    ];
+    let agent = Wrap::try_parse_from(&flags).context("agent flags")?.agent;
+    // The agent returns on SIGTERM or Ctrl-C; pods keep running.
+    let result = keelson::agent::run(agent).await;
+    handle.shutdown().await;
+    result
 }
 
 fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -157,6 +397,8 @@ fn main() {
             Ok(())
         }
         Command::Server(args) => tokio_main(run_server(args)),
+        Command::Up(args) => tokio_main(run_up(args)),
+        Command::Down(args) => tokio_main(run_down(args)),
         Command::Agent(args) => tokio_main(keelson::agent::run(*args)),
         Command::Proxy(args) => tokio_main(keelson_proxy::run(args)),
         // No tokio runtime here: the shim forks and execs.

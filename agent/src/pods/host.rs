@@ -648,6 +648,51 @@ impl Host {
         }
     }
 
+    /// Tears down every pod this host has containers, state or namespaces
+    /// for, then removes the cgroup root and the sandbox run dir: what
+    /// `keelson down` leaves is nothing. Returns how many pods it found.
+    pub async fn teardown_all(&self, grace: Duration) -> Result<usize, String> {
+        let mut by_pod: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        for c in self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| format!("list containers: {e}"))?
+        {
+            let uid = c.labels.get(labels::POD_UID).cloned().unwrap_or_default();
+            by_pod.entry(uid).or_default().push(c);
+        }
+        for uid in self.pod_dirs() {
+            by_pod.entry(uid).or_default();
+        }
+        for uid in sandbox::list(&self.sandbox_dir()).unwrap_or_default() {
+            by_pod.entry(uid).or_default();
+        }
+        let found = by_pod.keys().filter(|u| !u.is_empty()).count();
+        for (uid, containers) in by_pod {
+            if uid.is_empty() {
+                // Containers without a pod label: stop and remove them alone.
+                for c in &containers {
+                    let _ = self.runtime.stop(&c.id, grace).await;
+                    self.remove_container(c).await;
+                }
+                continue;
+            }
+            self.teardown(&uid, containers, grace).await?;
+        }
+        self.cgroups
+            .remove_root()
+            .map_err(|e| format!("remove cgroup root {}: {e}", self.cfg.cgroup_root))?;
+        let sb = self.sandbox_dir();
+        let _ = sandbox::release_run_dir(&sb);
+        match std::fs::remove_dir_all(&sb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("remove {}: {e}", sb.display())),
+        }
+        Ok(found)
+    }
+
     /// Whether the kernel OOM-killed something in the container's cgroup.
     pub fn oom_killed(&self, st: &PodState, id: &str) -> bool {
         self.cgroups

@@ -1,0 +1,357 @@
+//! `keelson up` and `keelson down` on this machine: a single-node cluster in
+//! one process (API server, scheduler, controllers, agent with runc,
+//! keelson-cni, the nftables Service proxy and cluster DNS). A Deployment
+//! behind a Service answers a pod by its DNS name; after `keelson down`
+//! nothing of the cluster is left on the host.
+//!
+//! Uses the host's /run/keelson, the `keelson` cgroup root, 169.254.20.10 on
+//! `lo`, the node API port 10250 and the nftables table `ip keelson`, as an
+//! installed `keelson up` does: one such test at a time on a machine.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keelson_e2e::registry::{BUSYBOX, Registry};
+use keelson_e2e::{free_port, keelson_bin, kubectl_path, require_or_skip};
+
+struct Up {
+    child: Option<Child>,
+}
+
+impl Up {
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stops `keelson up` and runs `keelson down` even when the test fails.
+struct Cleanup<'a> {
+    up: Up,
+    data_dir: &'a Path,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.up.stop();
+        let _ = Command::new(keelson_bin())
+            .args(["down", "--data-dir"])
+            .arg(self.data_dir)
+            .status();
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(kubectl_path(33))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+/// What of `keelson up` is visible on the host.
+fn leftovers(data_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let links = Command::new("ip").args(["-br", "link"]).output().unwrap();
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        if l.starts_with("kc") {
+            found.push(format!("link {l}"));
+        }
+    }
+    let routes = Command::new("ip")
+        .args(["route", "show", "10.244.0.0/24"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    let all = Command::new("ip").args(["route"]).output().unwrap();
+    for l in String::from_utf8_lossy(&all.stdout).lines() {
+        if l.starts_with("10.244.0.") {
+            found.push(format!("route {l}"));
+        }
+    }
+    let _ = routes;
+    let nft = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&nft.stdout).contains("keelson") {
+        found.push("nftables table keelson".into());
+    }
+    let lo = Command::new("ip")
+        .args(["-4", "addr", "show", "dev", "lo"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&lo.stdout).contains("169.254.20.10") {
+        found.push("169.254.20.10 on lo".into());
+    }
+    for h in keelson_e2e::agent::cgroup_hierarchies() {
+        if h.join("keelson").exists() {
+            found.push(format!("cgroup {}", h.join("keelson").display()));
+        }
+    }
+    if Path::new("/run/keelson").exists() {
+        found.push("/run/keelson".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for m in mounts.lines() {
+        if m.contains(&*data_dir.to_string_lossy()) || m.contains("/run/keelson") {
+            found.push(format!("mount {m}"));
+        }
+    }
+    if data_dir.exists() {
+        found.push(format!("data dir {}", data_dir.display()));
+    }
+    found
+}
+
+#[test]
+fn up_serves_a_deployment_by_dns_name_and_down_leaves_nothing() {
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if !require_or_skip(
+        String::from_utf8_lossy(&root.stdout).trim() == "0",
+        "keelson up needs root",
+    ) {
+        return;
+    }
+    let Some(reg) = Registry::with_test_images_or_skip() else {
+        return;
+    };
+    let bin = keelson_bin();
+    let cni = bin.with_file_name("keelson-cni");
+    assert!(cni.is_file(), "{} not built", cni.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("cluster");
+    let port = free_port();
+    let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
+    let child = Command::new(&bin)
+        .args(["up", "--data-dir"])
+        .arg(&data_dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--proxy-mode",
+            "nftables",
+        ])
+        .env("KEELSON_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut cleanup = Cleanup {
+        up: Up { child: Some(child) },
+        data_dir: &data_dir,
+    };
+    let kubeconfig = data_dir.join("server/admin.kubeconfig");
+    let up_log = || std::fs::read_to_string(tmp.path().join("up.log")).unwrap_or_default();
+    wait_until("node Ready", Duration::from_secs(60), || {
+        kubeconfig.exists()
+            && Command::new(kubectl_path(33))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args([
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "True")
+    });
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: {image}
+        command: ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80}}]
+"#,
+        image = reg.image(BUSYBOX)
+    );
+    let file = tmp.path().join("web.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    kubectl(&kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+    wait_until("3 pods Running", Duration::from_secs(90), || {
+        let phases = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ],
+        );
+        phases
+            .split_whitespace()
+            .filter(|p| *p == "Running")
+            .count()
+            == 3
+    });
+    let wide = kubectl(&kubeconfig, &["get", "pods", "-o", "wide"]);
+    eprintln!("{wide}");
+    let ips = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ],
+    );
+    assert_eq!(
+        ips.split_whitespace()
+            .filter(|ip| ip.starts_with("10.244.0."))
+            .count(),
+        3,
+        "{ips}"
+    );
+    // From inside a pod (its mount, network and UTS namespaces): the
+    // Service by DNS name, through the cluster DNS and the Service proxy.
+    let pid = Command::new("pgrep")
+        .args(["-f", "httpd -f -p 80 -h /www"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout)
+        .lines()
+        .next()
+        .expect("a pod's httpd")
+        .to_string();
+    let mut answers = std::collections::BTreeSet::new();
+    wait_until(
+        "the Service answers by name",
+        Duration::from_secs(30),
+        || {
+            // (busybox wget's own -T crashes in Debian's busybox-static.)
+            let out = Command::new("timeout")
+                .args(["5", "nsenter", "-t", &pid, "-m", "-n", "-u", "-r", "-w"])
+                .args(["/bin/wget", "-qO-", "http://web.default.svc.cluster.local"])
+                .output()
+                .unwrap();
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if body.starts_with("hello from web-") {
+                answers.insert(body);
+            }
+            answers.len() >= 2
+        },
+    );
+    eprintln!("answers: {answers:?}");
+    // A second start on the same data dir adopts the running pods.
+    let before = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[0].containerID}",
+        ],
+    );
+    cleanup.up.stop();
+    let log = std::fs::File::create(tmp.path().join("up2.log")).unwrap();
+    cleanup.up.child = Some(
+        Command::new(&bin)
+            .args(["up", "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--proxy-mode",
+                "nftables",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("API back", Duration::from_secs(60), || {
+        Command::new(kubectl_path(33))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "pods"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[0].containerID}",
+        ],
+    );
+    assert_eq!(
+        before,
+        after,
+        "containers replaced across the restart: {}",
+        up_log()
+    );
+
+    // Down: nothing left on the host.
+    cleanup.up.stop();
+    let out = Command::new(&bin)
+        .args(["down", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keelson down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = leftovers(&data_dir);
+    assert!(left.is_empty(), "left after keelson down: {left:#?}");
+}
