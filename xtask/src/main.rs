@@ -37,7 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "iptables",
     "iputils-ping",
-    // keelson-ebpf: the C programs (clang, libbpf headers), vmlinux.h and test checks.
+    // keelson-ebpf: the C programs (clang, libbpf headers); bpftool in its tests.
     "clang-19",
     "libbpf-dev",
     "bpftool",
