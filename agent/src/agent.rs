@@ -39,8 +39,8 @@ pub struct AgentArgs {
     /// The node's pod CIDR (written to spec.podCIDR when set).
     #[arg(long)]
     pub pod_cidr: Option<String>,
-    /// Service load balancing: ebpf, nftables or none. The eBPF backend is
-    /// not in this build yet: ebpf falls back to nftables with a log line.
+    /// Service load balancing: ebpf (falls back to nftables with a log line
+    /// where the kernel lacks what it needs), nftables or none.
     #[arg(long, default_value = "none", value_parser = ["ebpf", "nftables", "none"])]
     pub proxy_mode: String,
     /// The proxy's metrics address (none when absent).
@@ -110,14 +110,10 @@ fn start_proxy(
     client: &kube::Client,
     args: &AgentArgs,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    // ebpf: the proxy probes the kernel and falls back to nftables with a
+    // log line when it cannot load its programs.
     let mode = match args.proxy_mode.as_str() {
         "none" => return Ok(None),
-        "ebpf" => {
-            tracing::warn!(
-                "--proxy-mode ebpf: the eBPF backend is not in this build; using nftables"
-            );
-            "nftables"
-        }
         other => other,
     };
     // Parsed like `keelson proxy` flags, so the proxy's defaults apply.

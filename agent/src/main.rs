@@ -122,6 +122,11 @@ struct DownArgs {
     keep_data: bool,
 }
 
+/// Where the Service proxy pins its eBPF state (its --bpf-pin-dir default).
+fn keelson_ebpf_pin_dir() -> &'static str {
+    "/sys/fs/bpf/keelson"
+}
+
 async fn run_down(args: DownArgs) -> anyhow::Result<()> {
     use keelson::pods::host::{Host, HostConfig};
     let exe = std::env::current_exe().context("find the keelson binary")?;
@@ -152,6 +157,13 @@ async fn run_down(args: DownArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("tear down pods: {e}"))?;
     println!("removed {pods} pods (containers, mounts, namespaces, cgroups, pod addresses)");
+    // The eBPF load balancer's programs, links and maps (absent is fine).
+    let pins = std::path::Path::new(keelson_ebpf_pin_dir());
+    if pins.exists() {
+        keelson_proxy::ebpf::remove_state(pins)
+            .map_err(|e| anyhow::anyhow!("remove eBPF state: {e}"))?;
+        println!("removed eBPF programs and maps pinned at {}", pins.display());
+    }
     // The Service proxy's table (absent is fine).
     let out = std::process::Command::new("nft")
         .args(["delete", "table", "ip", "keelson"])

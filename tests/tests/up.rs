@@ -120,6 +120,9 @@ fn leftovers(data_dir: &Path) -> Vec<String> {
             found.push(format!("cgroup {}", h.join("keelson").display()));
         }
     }
+    if Path::new("/sys/fs/bpf/keelson").exists() {
+        found.push("BPF pins /sys/fs/bpf/keelson".into());
+    }
     if Path::new("/run/keelson").exists() {
         found.push("/run/keelson".into());
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use keelson_proxy::backend::ProxyBackend;
 use keelson_proxy::model::{DesiredState, Endpoint, Protocol, ServicePort, ServicePortName};
+use keelson_proxy::nft::netlink::NetlinkSocket;
 use keelson_proxy::nft::render::{self, NftConfig};
 use keelson_proxy::nft::{NftBackend, NftCli};
 use keelson_proxy::plan::plan;
@@ -82,7 +83,12 @@ fn main() {
         .is_ok_and(|s| s.success());
     assert!(ok, "ip netns add {}", ns.0);
     let cfg = NftConfig::default();
-    println!("nftables backend (nft CLI, one transaction per sync), medians:");
+    // KEELSON_BENCH_CLI=1: element changes through the nft CLI too (the old path).
+    let netlink = std::env::var_os("KEELSON_BENCH_CLI").is_none();
+    println!(
+        "nftables backend (one transaction per sync; element changes via {}), medians:",
+        if netlink { "netlink" } else { "the nft CLI" }
+    );
     println!(
         "{:>8}  {:>10}  {:>14}  {:>16}  {:>16}  {:>16}",
         "services", "render", "full sync", "change endpoint", "add service", "remove service"
@@ -90,6 +96,10 @@ fn main() {
     for n in [1_000u32, 10_000, 30_000] {
         let base = state(n);
         let mut backend = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+        if netlink {
+            let sock = NetlinkSocket::open(Some(&ns.0)).expect("open netlink socket");
+            backend = backend.with_element_writer(Box::new(sock));
+        }
         let runs = if n >= 30_000 { 3 } else { 5 };
         let mut render_t = Vec::new();
         let mut full = Vec::new();

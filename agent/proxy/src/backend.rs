@@ -9,6 +9,8 @@ use crate::plan::Changes;
 pub enum BackendError {
     #[error(transparent)]
     Nft(#[from] crate::nft::NftError),
+    #[error(transparent)]
+    Ebpf(#[from] crate::ebpf::EbpfError),
     #[error("incremental sync before a full sync")]
     NotSynced,
 }

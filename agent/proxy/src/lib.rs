@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod conntrack;
+pub mod ebpf;
 pub mod metrics;
 pub mod model;
 pub mod nft;
@@ -68,6 +69,18 @@ pub struct ProxyArgs {
     /// named netns.
     #[arg(long)]
     pub netns: Option<String>,
+    /// bpffs directory for the eBPF backend's pinned maps and links (also
+    /// removed by the other modes).
+    #[arg(long, default_value = keelson_ebpf::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// cgroup2 directory the eBPF socket programs attach to (default: the
+    /// cgroup2 root, /sys/fs/cgroup or /sys/fs/cgroup/unified).
+    #[arg(long)]
+    pub cgroup2_path: Option<PathBuf>,
+    /// Node interfaces for the eBPF NodePort / external TC programs (comma
+    /// separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tc_interfaces: Vec<String>,
 }
 
 /// Parses `500ms`, `30s`, `5m` or a bare number of seconds.
@@ -101,9 +114,13 @@ pub struct ProxyConfig {
     pub nft: nft::render::NftConfig,
     /// Put before `nft` and `conntrack` (e.g. `ip netns exec X`); empty normally.
     pub exec_prefix: Vec<String>,
+    /// Named network namespace to program (its netlink sockets are opened
+    /// there); `None`: the current one. Goes with `exec_prefix`.
+    pub netns: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub sync_period: Duration,
     pub min_sync_interval: Duration,
+    pub ebpf: ebpf::EbpfConfig,
 }
 
 impl ProxyConfig {
@@ -120,9 +137,15 @@ impl ProxyConfig {
                 Some(n) => vec!["ip".into(), "netns".into(), "exec".into(), n.clone()],
                 None => Vec::new(),
             },
+            netns: args.netns.clone(),
             metrics_listen: Some(args.metrics_listen),
             sync_period: args.sync_period,
             min_sync_interval: args.min_sync_interval,
+            ebpf: ebpf::EbpfConfig {
+                pin_dir: args.bpf_pin_dir.clone(),
+                cgroup2: args.cgroup2_path.clone(),
+                tc_interfaces: args.tc_interfaces.clone(),
+            },
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::backend::ProxyBackend;
 use crate::conntrack::{Conntrack, ConntrackCli};
 use crate::metrics::{Metrics, SyncLabels};
 use crate::model::DesiredState;
+use crate::nft::netlink::NetlinkSocket;
 use crate::nft::{NftBackend, NftCli};
 use crate::plan::plan;
 use crate::{ProxyConfig, ProxyMode};
@@ -24,6 +25,8 @@ use crate::{ProxyConfig, ProxyMode};
 /// Runs the proxy against `client` until the future is dropped or a fatal
 /// error occurs. Sync errors are counted and retried; they are not fatal.
 pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Result<()> {
+    // ebpf falls back to nftables (one log line) where the kernel lacks it.
+    let (config, ebpf_cgroup) = crate::ebpf::select_mode(config);
     let mut nft = NftBackend::new(
         NftCli {
             prefix: config.exec_prefix.clone(),
@@ -31,8 +34,25 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         },
         config.nft.clone(),
     );
+    if config.mode == ProxyMode::Nftables {
+        let netns = config.netns.clone();
+        match tokio::task::spawn_blocking(move || NetlinkSocket::open(netns.as_deref()))
+            .await
+            .context("join netlink open")?
+        {
+            Ok(sock) => nft = nft.with_element_writer(Box::new(sock)),
+            Err(e) => tracing::warn!("{e}: element updates go through the nft CLI"),
+        }
+    }
     let mut backend: Box<dyn ProxyBackend> = match config.mode {
-        ProxyMode::Nftables => Box::new(nft),
+        ProxyMode::Nftables => {
+            // Leave nothing of the eBPF backend behind.
+            let pin_dir = config.ebpf.pin_dir.clone();
+            tokio::task::spawn_blocking(move || crate::ebpf::remove_state(&pin_dir))
+                .await
+                .context("join eBPF cleanup")??;
+            Box::new(nft)
+        }
         ProxyMode::Ebpf | ProxyMode::None => {
             // Leave nothing of the nftables backend behind.
             tokio::task::spawn_blocking(move || nft.cleanup())
@@ -40,13 +60,21 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
                 .context("join cleanup")?
                 .context("remove the nftables table of a previous run")?;
             tracing::info!(table = %config.nft.table, "removed nftables state (if any)");
-            if config.mode == ProxyMode::Ebpf {
-                anyhow::bail!(
-                    "--proxy-mode ebpf: the eBPF backend is not built yet, use --proxy-mode nftables"
-                );
+            if let Some(cg) = ebpf_cgroup {
+                let cfg = config.ebpf.clone();
+                Box::new(
+                    tokio::task::spawn_blocking(move || crate::ebpf::EbpfBackend::open(&cfg, cg))
+                        .await
+                        .context("join eBPF open")??,
+                )
+            } else {
+                let pin_dir = config.ebpf.pin_dir.clone();
+                tokio::task::spawn_blocking(move || crate::ebpf::remove_state(&pin_dir))
+                    .await
+                    .context("join eBPF cleanup")??;
+                tracing::info!("--proxy-mode none: not load-balancing Services");
+                return Ok(());
             }
-            tracing::info!("--proxy-mode none: not load-balancing Services");
-            return Ok(());
         }
     };
 

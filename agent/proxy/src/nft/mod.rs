@@ -1,6 +1,9 @@
 //! The nftables backend: renders with [`render`], applies one `nft -f -`
-//! transaction per sync through an [`NftRunner`].
+//! transaction per sync through an [`NftRunner`]; element-only changes go
+//! through an [`ElementWriter`] (nf_tables netlink, see [`netlink`]) when
+//! one is set, skipping the CLI's parser and cache.
 
+pub mod netlink;
 pub mod render;
 
 use std::io::Write as _;
@@ -9,7 +12,7 @@ use std::process::{Command, Stdio};
 use crate::backend::{BackendError, ProxyBackend};
 use crate::model::DesiredState;
 use crate::plan::Changes;
-use render::{NftConfig, Programmed};
+use render::{Element, NftConfig, Programmed};
 
 /// Errors of the nftables backend.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,32 @@ pub enum NftError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error(transparent)]
+    Encode(#[from] netlink::EncodeError),
+    #[error("table {table}: {source}")]
+    Netlink {
+        table: String,
+        #[source]
+        source: netlink::NetlinkError,
+    },
+}
+
+/// Writes set and map elements of a table in one transaction: deletes,
+/// then adds. The real one talks netlink ([`netlink::NetlinkSocket`]).
+pub trait ElementWriter: Send {
+    fn write(&mut self, table: &str, delete: &[Element], add: &[Element]) -> Result<(), NftError>;
+}
+
+impl ElementWriter for netlink::NetlinkSocket {
+    fn write(&mut self, table: &str, delete: &[Element], add: &[Element]) -> Result<(), NftError> {
+        let del: Vec<&Element> = delete.iter().collect();
+        let add: Vec<&Element> = add.iter().collect();
+        let batch = netlink::element_batch(self.next_seq(), table, &del, &add)?;
+        self.send_batch(batch).map_err(|source| NftError::Netlink {
+            table: table.to_string(),
+            source,
+        })
+    }
 }
 
 /// Runs `nft`. The real one spawns the CLI (optionally behind a prefix such
@@ -127,6 +156,7 @@ pub struct NftBackend<R: NftRunner> {
     cfg: NftConfig,
     generation: u32,
     programmed: Option<Programmed>,
+    elements: Option<Box<dyn ElementWriter>>,
 }
 
 impl<R: NftRunner> NftBackend<R> {
@@ -136,7 +166,14 @@ impl<R: NftRunner> NftBackend<R> {
             cfg,
             generation: 0,
             programmed: None,
+            elements: None,
         }
+    }
+
+    /// Sends element-only changes through `writer` instead of `nft -f`.
+    pub fn with_element_writer(mut self, writer: Box<dyn ElementWriter>) -> Self {
+        self.elements = Some(writer);
+        self
     }
 
     pub fn config(&self) -> &NftConfig {
@@ -186,8 +223,8 @@ impl<R: NftRunner> ProxyBackend for NftBackend<R> {
     fn full_sync(&mut self, desired: &DesiredState) -> Result<(), BackendError> {
         let objects = render::state_objects(desired, &self.cfg);
         let generation = self.next_generation();
-        let script = render::render_full(&objects, &self.cfg, generation);
         self.programmed = None;
+        let script = render::render_full(&objects, &self.cfg, generation);
         self.runner.apply(&script)?;
         self.programmed = Some(Programmed::from_objects(&objects));
         Ok(())
@@ -197,17 +234,22 @@ impl<R: NftRunner> ProxyBackend for NftBackend<R> {
         let Some(programmed) = &self.programmed else {
             return Err(BackendError::NotSynced);
         };
-        let Some((script, next)) = render::render_changes(changes, desired, programmed, &self.cfg)
+        let Some((set, next)) = render::plan_changes(changes, desired, programmed, &self.cfg)
         else {
             tracing::info!("a new endpoint count needs a new family chain: full sync");
             return self.full_sync(desired);
         };
-        if script.is_empty() {
+        if set.is_empty() {
             return Ok(());
         }
         // On failure the table is in an unknown state: force a full sync.
         self.programmed = None;
-        self.runner.apply(&script)?;
+        match &mut self.elements {
+            Some(w) if set.statements.is_empty() => {
+                w.write(&self.cfg.table, &set.delete, &set.add)?
+            }
+            _ => self.runner.apply(&set.script(&self.cfg.table))?,
+        }
         self.programmed = Some(next);
         Ok(())
     }

@@ -666,6 +666,33 @@ impl Programmed {
     }
 }
 
+/// An incremental sync, structured: element deletes, then other statements
+/// (chains and sets of affinity Services), then element adds — in this order
+/// in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub delete: Vec<Element>,
+    /// `nft` statements between the deletes and the adds ("" when the change
+    /// is elements only: then it can go through netlink).
+    pub statements: String,
+    pub add: Vec<Element>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty() && self.statements.is_empty() && self.add.is_empty()
+    }
+
+    /// The change as one `nft -f` script.
+    pub fn script(&self, table: &str) -> String {
+        let mut out = String::new();
+        write_elements(&mut out, table, "delete", &self.delete);
+        out.push_str(&self.statements);
+        write_elements(&mut out, table, "add", &self.add);
+        out
+    }
+}
+
 /// An incremental sync: element updates for the changed Service ports only
 /// (plus shared family chains that did not exist yet, and the chains and
 /// sets of affinity Services). Returns the script ("" when nothing to do)
@@ -680,6 +707,17 @@ pub fn render_changes(
     programmed: &Programmed,
     cfg: &NftConfig,
 ) -> Option<(String, Programmed)> {
+    let (set, next) = plan_changes(changes, desired, programmed, cfg)?;
+    Some((set.script(&cfg.table), next))
+}
+
+/// [`render_changes`] without the final rendering to text.
+pub fn plan_changes(
+    changes: &Changes,
+    desired: &DesiredState,
+    programmed: &Programmed,
+    cfg: &NftConfig,
+) -> Option<(ChangeSet, Programmed)> {
     let t = &cfg.table;
     let mut old = Objects::default();
     let mut new = Objects::default();
@@ -699,13 +737,12 @@ pub fn render_changes(
     } else {
         hairpin_elements(desired)
     };
-    let mut del: Vec<&Element> = old.elements.difference(&new.elements).collect();
-    del.extend(programmed.hairpin.difference(&hairpin));
-    let mut add: Vec<&Element> = new.elements.difference(&old.elements).collect();
-    add.extend(hairpin.difference(&programmed.hairpin));
+    let mut del: Vec<Element> = old.elements.difference(&new.elements).cloned().collect();
+    del.extend(programmed.hairpin.difference(&hairpin).cloned());
+    let mut add: Vec<Element> = new.elements.difference(&old.elements).cloned().collect();
+    add.extend(hairpin.difference(&programmed.hairpin).cloned());
 
     let mut out = String::new();
-    write_elements(&mut out, t, "delete", del);
     let mut next = programmed.clone();
     // Per-Service chains: flush changed ones, delete gone ones (dispatch
     // chains before the endpoint chains they jump to), then sets.
@@ -746,9 +783,15 @@ pub fn render_changes(
             let _ = writeln!(out, "add rule ip {t} {name} {r}");
         }
     }
-    write_elements(&mut out, t, "add", add);
     next.hairpin = hairpin;
-    Some((out, next))
+    Some((
+        ChangeSet {
+            delete: del,
+            statements: out,
+            add,
+        },
+        next,
+    ))
 }
 
 /// Deletes the table (idempotent).

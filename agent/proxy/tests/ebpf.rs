@@ -1,0 +1,734 @@
+//! Real-kernel tests of the eBPF backend (root): the real `keelson proxy
+//! --proxy-mode ebpf` process, talking to a real `keelson server` on
+//! loopback, loads the socket programs into a test cgroup2 and pins them in
+//! a test bpffs directory. Clients join that cgroup before entering their
+//! netns (`ip netns exec` remounts /sys). Topology as in tests/nftables.rs:
+//! a "node" netns routing between a client netns and three backend netns
+//! that run `keelson-proxy-testsrv serve`.
+//!
+//! Skips when not root or a tool, the keelson binary or kernel support is
+//! missing, unless KEELSON_REQUIRE_ALL=1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use keelson_e2e::ServerProcess;
+use kube::Api;
+use kube::api::PostParams;
+
+const TESTSRV: &str = env!("CARGO_BIN_EXE_keelson-proxy-testsrv");
+const NODE_NAME: &str = "node-a";
+const CLIENT_IP: &str = "10.250.0.2";
+const BACKEND_IPS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+fn require_all() -> bool {
+    std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+fn keelson_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KEELSON_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("keelson");
+    bin.is_file().then_some(bin)
+}
+
+/// Why this test cannot run here, if it cannot.
+fn skip_reason() -> Option<String> {
+    let mut missing = Vec::new();
+    if !nix_is_root() {
+        missing.push("root".to_string());
+    }
+    for tool in ["ip", "nft", "bpftool"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            missing.push(format!("the `{tool}` tool"));
+        }
+    }
+    if keelson_bin().is_none() {
+        missing.push("the keelson binary (cargo build -p keelson)".into());
+    }
+    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
+        missing.push(format!("a cgroup2 hierarchy at {CGROUP2}"));
+    } else if let Err(e) = keelson_ebpf::probe(Some(Path::new(CGROUP2))) {
+        missing.push(e.to_string());
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let reason = format!("needs {}", missing.join(", "));
+    assert!(
+        !require_all(),
+        "KEELSON_REQUIRE_ALL=1 but this test {reason}"
+    );
+    Some(reason)
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+macro_rules! skip_unless_ready {
+    () => {
+        if let Some(r) = skip_reason() {
+            eprintln!("skipping {}: {r}", module_path!());
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "ke{tag}{}x{}",
+        std::process::id() % 100000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns(name)
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut a = vec!["ip", "netns", "exec", &self.0];
+        a.extend(args);
+        sh(&a)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A background process, killed by PID on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A cgroup2 directory, removed on drop after killing what is left in it.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(name: &str) -> Cgroup {
+        let path = Path::new(CGROUP2).join(name);
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
+        Cgroup(path)
+    }
+
+    /// Ids of the programs attached to it (bpftool's view).
+    fn prog_ids(&self) -> Vec<u64> {
+        let out = sh(&["bpftool", "-j", "cgroup", "show", &self.0.to_string_lossy()]);
+        let mut ids: Vec<u64> = out
+            .split("\"id\":")
+            .skip(1)
+            .filter_map(|p| {
+                p.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A bpffs pin directory, everything under it removed on drop.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = keelson_ebpf::remove_all(&self.0);
+    }
+}
+
+fn link(node: &Netns, peer: &Netns, dev: &str, ip: &str) {
+    let ip32 = format!("{ip}/32");
+    sh(&[
+        "ip", "-n", &node.0, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns",
+        &peer.0,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &node.0,
+        "addr",
+        "add",
+        "169.254.1.1/32",
+        "dev",
+        dev,
+    ]);
+    sh(&["ip", "-n", &node.0, "link", "set", dev, "up"]);
+    sh(&["ip", "-n", &node.0, "route", "add", &ip32, "dev", dev]);
+    sh(&["ip", "-n", &peer.0, "addr", "add", &ip32, "dev", "eth0"]);
+    sh(&["ip", "-n", &peer.0, "link", "set", "eth0", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &peer.0,
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &peer.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+}
+
+/// Declaration order is drop order: processes die first, then the netns,
+/// then the cgroup, then the pins.
+struct Topology {
+    _procs: Vec<Proc>,
+    node: Netns,
+    client: Netns,
+    _backends: Vec<Netns>,
+    cg: Cgroup,
+    pins: Pins,
+    log: PathBuf,
+}
+
+impl Topology {
+    fn new(tag: &str, server: &ServerProcess) -> Topology {
+        let base = unique(tag);
+        let cg = Cgroup::new(&format!("{base}cg"));
+        let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/keelson-test-{base}")));
+        let node = Netns::new(format!("{base}n"));
+        let client = Netns::new(format!("{base}c"));
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        node.exec(&["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"]);
+        link(&node, &client, "vc", CLIENT_IP);
+        let mut backends = Vec::new();
+        let mut procs = Vec::new();
+        for (i, ip) in BACKEND_IPS.iter().enumerate() {
+            let b = Netns::new(format!("{base}b{i}"));
+            link(&node, &b, &format!("vb{i}"), ip);
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &b.0, TESTSRV, "serve"])
+                .args([format!("b{i}"), "0.0.0.0:80".into()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn backend");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready", "backend b{i} did not start");
+            procs.push(Proc(child));
+            backends.push(b);
+        }
+        let log = server.data_dir.join(format!("proxy-{base}.log"));
+        Topology {
+            _procs: procs,
+            node,
+            client,
+            _backends: backends,
+            cg,
+            pins,
+            log,
+        }
+    }
+
+    /// `keelson proxy` with the socket programs on the test cgroup, pins in
+    /// the test directory and nftables (for the other mode) in the node netns.
+    fn start_proxy(&self, server: &ServerProcess, mode: &str) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        Proc(
+            Command::new(keelson_bin().unwrap())
+                .args(["proxy", "--kubeconfig"])
+                .arg(&server.kubeconfig)
+                .args(["--node-name", NODE_NAME, "--proxy-mode", mode])
+                .args(["--netns", &self.node.0])
+                .arg("--bpf-pin-dir")
+                .arg(&self.pins.0)
+                .arg("--cgroup2-path")
+                .arg(&self.cg.0)
+                .args([
+                    "--metrics-listen",
+                    &format!("127.0.0.1:{}", keelson_e2e::free_port()),
+                ])
+                .args(["--sync-period", "1s"])
+                .env("KEELSON_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn keelson proxy"),
+        )
+    }
+
+    fn proxy_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The text dump of the pinned maps; `None` when there are none.
+    fn dump(&self) -> Option<String> {
+        let maps = keelson_ebpf::AyaMaps::open_pinned(&self.pins.0).ok()?;
+        keelson_ebpf::dump_maps(&maps).ok()
+    }
+
+    /// Waits until the pinned maps' dump satisfies `f`.
+    fn wait_dump(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some(d) = self.dump().filter(|d| f(d)) {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "maps never showed {what}: {:?}\nproxy log:\n{}",
+            self.dump(),
+            self.proxy_log()
+        );
+    }
+
+    fn wait_log_count(&self, needle: &str, n: usize) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if self.proxy_log().matches(needle).count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("proxy log never had {n}x {needle:?}:\n{}", self.proxy_log());
+    }
+
+    /// The test client, in the test cgroup, then in the client netns.
+    fn client_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} {TESTSRV} {}",
+            self.cg.0.display(),
+            self.client.0,
+            args.join(" ")
+        ));
+        c
+    }
+
+    /// One output line per attempt.
+    fn client(&self, args: &[&str]) -> Vec<String> {
+        let out = self.client_cmd(args).output().expect("run client");
+        assert!(
+            out.status.success(),
+            "client {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn link_pins(&self) -> usize {
+        std::fs::read_dir(self.pins.0.join("links")).map_or(0, |d| d.count())
+    }
+
+    fn nft_table(&self) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.node.0])
+            .args(["nft", "list", "table", "ip", "keelson"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+/// Backend name per reply line ("b1 10.250.0.2" -> "b1"; errors whole).
+fn names(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        let n = if l.starts_with("ERR") {
+            l.clone()
+        } else {
+            l.split_whitespace().next().unwrap_or("").to_string()
+        };
+        *m.entry(n).or_default() += 1;
+    }
+    m
+}
+
+async fn create_service(client: &kube::Client, svc: serde_json::Value) -> Service {
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(svc).unwrap();
+    api.create(&PostParams::default(), &svc)
+        .await
+        .expect("create Service")
+}
+
+fn slice(service: &str, ports: &[(&str, u16, &str)], ips: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<serde_json::Value> = ips
+        .iter()
+        .map(|ip| {
+            serde_json::json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": NODE_NAME})
+        })
+        .collect();
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|(n, p, proto)| serde_json::json!({"name": n, "port": p, "protocol": proto}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+async fn put_slice(client: &kube::Client, slice: EndpointSlice) {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let name = slice.metadata.name.clone().unwrap();
+    match api.get_opt(&name).await.expect("get EndpointSlice") {
+        Some(cur) => {
+            let mut s = slice;
+            s.metadata.resource_version = cur.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &s)
+                .await
+                .expect("replace EndpointSlice");
+        }
+        None => {
+            api.create(&PostParams::default(), &slice)
+                .await
+                .expect("create EndpointSlice");
+        }
+    }
+}
+
+fn cluster_ip(svc: &Service) -> String {
+    svc.spec
+        .as_ref()
+        .unwrap()
+        .cluster_ip
+        .clone()
+        .expect("clusterIP allocated")
+}
+
+/// Service "web" (TCP 80 and UDP 53 -> port 80 of the three backends).
+async fn web_service(kc: &kube::Client, affinity: bool) -> String {
+    let mut spec = serde_json::json!({"ports": [
+        {"name": "http", "port": 80, "protocol": "TCP"},
+        {"name": "echo", "port": 53, "protocol": "UDP"}]});
+    if affinity {
+        spec["sessionAffinity"] = "ClientIP".into();
+    }
+    let web = create_service(
+        kc,
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web"}, "spec": spec}),
+    )
+    .await;
+    put_slice(
+        kc,
+        slice(
+            "web",
+            &[("http", 80, "TCP"), ("echo", 80, "UDP")],
+            &BACKEND_IPS,
+        ),
+    )
+    .await;
+    cluster_ip(&web)
+}
+
+fn all_three(seen: &BTreeMap<String, usize>) -> bool {
+    seen.keys().cloned().collect::<BTreeSet<_>>()
+        == BTreeSet::from(["b0".into(), "b1".into(), "b2".into()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusterip_tcp_udp_removal_and_reject() {
+    skip_unless_ready!();
+    let server = ServerProcess::start(None);
+    let topo = Topology::new("a", &server);
+    let kc = server.client().await;
+    let vip = web_service(&kc, false).await;
+    let empty = create_service(
+        &kc,
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "empty"},
+            "spec": {"ports": [{"name": "t", "port": 80, "protocol": "TCP"},
+                               {"name": "u", "port": 53, "protocol": "UDP"}]}}),
+    )
+    .await;
+    let empty_vip = cluster_ip(&empty);
+    let _proxy = topo.start_proxy(&server, "ebpf");
+    topo.wait_dump("web and empty", |d| {
+        d.contains(&format!("tcp {vip}:80 flags=- count=3"))
+            && d.contains(&format!("udp {vip}:53 flags=- count=3"))
+            && d.contains(&format!("tcp {empty_vip}:80 flags=- count=0"))
+    });
+    assert!(
+        !topo.nft_table(),
+        "ebpf mode left an nftables table in the node netns"
+    );
+
+    // TCP and UDP reach all three backends; the client address is kept.
+    let tcp = topo.client(&["tcp", &format!("{vip}:80"), "60"]);
+    let seen = names(&tcp);
+    assert!(all_three(&seen), "TCP: {seen:?}\n{}", topo.proxy_log());
+    assert!(tcp.iter().all(|l| l.ends_with(CLIENT_IP)), "{tcp:?}");
+    let udp = topo.client(&["udp", &format!("{vip}:53"), "60"]);
+    let seen = names(&udp);
+    assert!(all_three(&seen), "UDP: {seen:?}");
+
+    // Removing an endpoint: no new connection reaches it 1 s later.
+    put_slice(
+        &kc,
+        slice(
+            "web",
+            &[("http", 80, "TCP"), ("echo", 80, "UDP")],
+            &BACKEND_IPS[1..],
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let tcp = topo.client(&["tcp", &format!("{vip}:80"), "40"]);
+    let seen = names(&tcp);
+    assert!(
+        !seen.contains_key("b0") && seen.len() == 2,
+        "TCP 1 s after removing b0: {seen:?}\n{:?}\n{}",
+        topo.dump(),
+        topo.proxy_log()
+    );
+    let udp = topo.client(&["udp", &format!("{vip}:53"), "40"]);
+    let seen = names(&udp);
+    assert!(
+        !seen.contains_key("b0") && seen.len() == 2,
+        "UDP 1 s after removing b0: {seen:?}"
+    );
+
+    // No endpoints: refused at once, not a timeout.
+    let start = Instant::now();
+    let tcp = topo.client(&["tcp", &format!("{empty_vip}:80"), "3"]);
+    let udp = topo.client(&["udp", &format!("{empty_vip}:53"), "3"]);
+    assert!(
+        tcp.iter().all(|l| l == "ERR connect ConnectionRefused"),
+        "{tcp:?}"
+    );
+    assert!(
+        udp.iter().all(|l| l.contains("ConnectionRefused")),
+        "{udp:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "rejects were slow"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_affinity_keeps_a_client_on_one_backend() {
+    skip_unless_ready!();
+    let server = ServerProcess::start(None);
+    let topo = Topology::new("s", &server);
+    let kc = server.client().await;
+    let vip = web_service(&kc, true).await;
+    let _proxy = topo.start_proxy(&server, "ebpf");
+    topo.wait_dump("affinity", |d| {
+        d.contains(&format!(
+            "tcp {vip}:80 flags=affinity count=3 affinity=10800s"
+        ))
+    });
+    for proto in ["tcp", "udp"] {
+        let port = if proto == "tcp" { 80 } else { 53 };
+        let lines = topo.client(&[proto, &format!("{vip}:{port}"), "30"]);
+        let seen = names(&lines);
+        assert_eq!(seen.len(), 1, "{proto} with ClientIP affinity: {seen:?}");
+        assert!(seen.keys().all(|k| k.starts_with('b')), "{seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keeps_traffic_and_reconciles() {
+    skip_unless_ready!();
+    let server = ServerProcess::start(None);
+    let topo = Topology::new("k", &server);
+    let kc = server.client().await;
+    let vip = web_service(&kc, false).await;
+    let mut proxy = topo.start_proxy(&server, "ebpf");
+    let before = topo.wait_dump("web", |d| {
+        d.contains(&format!("tcp {vip}:80 flags=- count=3"))
+            && d.contains(&format!("udp {vip}:53 flags=- count=3"))
+    });
+    topo.wait_log_count("synced", 1);
+    let progs = topo.cg.prog_ids();
+    let links = topo.link_pins();
+    assert_eq!(progs.len(), 4, "socket programs on the cgroup: {progs:?}");
+    assert_eq!(links, 4, "pinned links");
+
+    // A stream of connections (~4 s) across the kill and the restart.
+    let stream = topo
+        .client_cmd(&["tcp", &format!("{vip}:80"), "400", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn client stream");
+    let stream = Proc(stream);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sh(&["kill", "-9", &proxy.0.id().to_string()]);
+    let _ = proxy.0.wait();
+    // Dead for a while: the pinned programs keep balancing.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut p2 = topo.start_proxy(&server, "ebpf");
+    topo.wait_log_count("synced", 2);
+    let mut stream = stream;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stream.0.stdout.take().unwrap(), &mut out).unwrap();
+    let _ = stream.0.wait();
+    let lines: Vec<String> = out.lines().map(str::to_string).collect();
+    let seen = names(&lines);
+    assert_eq!(lines.len(), 400, "stream lines: {seen:?}");
+    assert!(
+        !seen.keys().any(|k| k.starts_with("ERR")),
+        "attempts failed across kill -9 and restart: {seen:?}\n{}",
+        topo.proxy_log()
+    );
+    assert!(all_three(&seen), "{seen:?}");
+
+    // Reconciled, not duplicated: same programs, links and maps.
+    assert_eq!(topo.cg.prog_ids(), progs, "cgroup programs after restart");
+    assert_eq!(topo.link_pins(), links, "pinned links after restart");
+    assert_eq!(topo.dump().as_deref(), Some(before.as_str()), "map dump");
+    assert!(topo.proxy_log().contains("adopted"), "{}", topo.proxy_log());
+    // And it keeps programming changes.
+    put_slice(
+        &kc,
+        slice(
+            "web",
+            &[("http", 80, "TCP"), ("echo", 80, "UDP")],
+            &BACKEND_IPS[..1],
+        ),
+    )
+    .await;
+    topo.wait_dump("one backend", |d| {
+        d.contains(&format!("tcp {vip}:80 flags=- count=1"))
+    });
+    assert!(!topo.dump().unwrap().contains("orphan"));
+    let _ = p2.0.kill();
+    let _ = p2.0.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_modes_removes_the_other_backend() {
+    skip_unless_ready!();
+    let server = ServerProcess::start(None);
+    let topo = Topology::new("m", &server);
+    let kc = server.client().await;
+    let vip = web_service(&kc, false).await;
+
+    // ebpf: programs attached and pinned.
+    let mut p = topo.start_proxy(&server, "ebpf");
+    topo.wait_dump("web", |d| {
+        d.contains(&format!("tcp {vip}:80 flags=- count=3"))
+    });
+    assert_eq!(topo.cg.prog_ids().len(), 4);
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+    drop(p);
+
+    // nftables after ebpf: pins and links gone, traffic through nftables.
+    let mut p = topo.start_proxy(&server, "nftables");
+    let start = Instant::now();
+    while !topo.nft_table() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(topo.nft_table(), "no nft table:\n{}", topo.proxy_log());
+    assert!(
+        !topo.pins.0.exists(),
+        "pin dir {} left by nftables mode",
+        topo.pins.0.display()
+    );
+    assert!(
+        topo.cg.prog_ids().is_empty(),
+        "socket programs still attached: {:?}",
+        topo.cg.prog_ids()
+    );
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+    drop(p);
+
+    // ebpf after nftables: the table goes.
+    let _p = topo.start_proxy(&server, "ebpf");
+    topo.wait_dump("web again", |d| {
+        d.contains(&format!("tcp {vip}:80 flags=- count=3"))
+    });
+    assert!(!topo.nft_table(), "nft table left by ebpf mode");
+    let tcp = topo.client(&["tcp", &format!("{vip}:80"), "30"]);
+    assert!(all_three(&names(&tcp)), "{tcp:?}");
+}
