@@ -162,7 +162,10 @@ async fn run_down(args: DownArgs) -> anyhow::Result<()> {
     if pins.exists() {
         keelson_proxy::ebpf::remove_state(pins)
             .map_err(|e| anyhow::anyhow!("remove eBPF state: {e}"))?;
-        println!("removed eBPF programs and maps pinned at {}", pins.display());
+        println!(
+            "removed eBPF programs and maps pinned at {}",
+            pins.display()
+        );
     }
     // The Service proxy's table (absent is fine).
     let out = std::process::Command::new("nft")
