@@ -1,6 +1,7 @@
 //! Golden tests (no root): Service/EndpointSlice YAML in tests/golden/*.yaml
-//! -> the full nftables ruleset, compared with the checked-in *.nft next to
-//! it. `KEELSON_UPDATE_GOLDEN=1 cargo test -p keelson-proxy --test golden`
+//! -> the full nftables ruleset and the eBPF backend's map contents (a text
+//! dump of the maps after a full sync into the in-memory maps), compared with
+//! the checked-in *.nft and *.bpf next to it. `KEELSON_UPDATE_GOLDEN=1 cargo test -p keelson-proxy --test golden`
 //! rewrites them. Also table tests of the planner and incremental rendering.
 
 use std::collections::BTreeSet;
@@ -52,6 +53,16 @@ pub fn render_fixture(path: &Path) -> String {
     render::render_full(&render::state_objects(&state, &cfg()), &cfg(), 0)
 }
 
+/// The eBPF maps of a fixture: a full sync into the in-memory maps, dumped.
+pub fn bpf_dump_fixture(path: &Path) -> String {
+    let state = load(path);
+    let mut table = keelson_ebpf::LbTable::new(keelson_ebpf::FakeMaps::default());
+    table
+        .full_sync(&keelson_proxy::ebpf::lb_services(&state))
+        .unwrap_or_else(|e| panic!("sync {}: {e}", path.display()));
+    keelson_ebpf::dump_maps(table.maps()).unwrap()
+}
+
 #[test]
 fn golden_rulesets() {
     let update = std::env::var_os("KEELSON_UPDATE_GOLDEN").is_some();
@@ -64,19 +75,20 @@ fn golden_rulesets() {
     assert!(fixtures.len() >= 7, "fixtures missing: {fixtures:?}");
     let mut failures = Vec::new();
     for f in &fixtures {
-        let got = render_fixture(f);
-        let want_path = f.with_extension("nft");
-        if update {
-            std::fs::write(&want_path, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&want_path).unwrap_or_default();
-        if got != want {
-            failures.push(format!(
-                "{} differs from {} (KEELSON_UPDATE_GOLDEN=1 rewrites):\n{got}",
-                f.display(),
-                want_path.display()
-            ));
+        for (ext, got) in [("nft", render_fixture(f)), ("bpf", bpf_dump_fixture(f))] {
+            let want_path = f.with_extension(ext);
+            if update {
+                std::fs::write(&want_path, &got).unwrap();
+                continue;
+            }
+            let want = std::fs::read_to_string(&want_path).unwrap_or_default();
+            if got != want {
+                failures.push(format!(
+                    "{} differs from {} (KEELSON_UPDATE_GOLDEN=1 rewrites):\n{got}",
+                    f.display(),
+                    want_path.display()
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
