@@ -4,7 +4,7 @@
 //! ```text
 //! cargo xtask setup   # apt packages and Python test client
 //! cargo xtask test    # setup, then every test (both tiers; root tests need root)
-//! cargo xtask up      # setup, build, start a single-node cluster on this machine
+//! cargo xtask up      # setup, build, `keelson up`: a single-node cluster on this machine
 //! cargo xtask bench   # the API server benchmark, both storage backends
 //! cargo xtask images  # build the busybox-static test images (OCI layout, cached)
 //! ```
@@ -150,18 +150,18 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
 
 fn up(extra: &[String]) -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "-p", "keelson"]))?;
+    run(cargo().args(["build", "--release", "-p", "keelson", "-p", "keelson-cni"]))?;
     let target = cargo_target_dir()?;
     let bin = target.join("release/keelson");
-    let data_dir =
-        std::env::var("KEELSON_DATA_DIR").unwrap_or_else(|_| "/var/lib/keelson/server".into());
-    eprintln!("starting the control plane; data in {data_dir}");
+    let data_dir = std::env::var("KEELSON_DATA_DIR").unwrap_or_else(|_| "/var/lib/keelson".into());
+    eprintln!("starting a single-node cluster; data in {data_dir}");
     eprintln!("when it is up:");
-    eprintln!("  export KUBECONFIG={data_dir}/admin.kubeconfig");
-    eprintln!("  kubectl get namespaces");
-    eprintln!("stop it with Ctrl-C");
+    eprintln!("  export KUBECONFIG={data_dir}/server/admin.kubeconfig");
+    eprintln!("  kubectl get nodes,pods -A -o wide");
+    eprintln!("stop it with Ctrl-C (pods keep running; a new start adopts them);");
+    eprintln!("remove everything with: {} down --data-dir {data_dir}", bin.display());
     run(Command::new(bin)
-        .args(["server", "--data-dir", &data_dir])
+        .args(["up", "--data-dir", &data_dir])
         .args(extra))
 }
 
@@ -218,7 +218,7 @@ fn main() -> anyhow::Result<()> {
         "images" => images(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | test [cargo test args] | up [server args] | bench | images [CACHE_DIR]"
+                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [CACHE_DIR]"
             );
             if cmd == "help" {
                 Ok(())
