@@ -159,7 +159,10 @@ fn up(extra: &[String]) -> anyhow::Result<()> {
     eprintln!("  export KUBECONFIG={data_dir}/server/admin.kubeconfig");
     eprintln!("  kubectl get nodes,pods -A -o wide");
     eprintln!("stop it with Ctrl-C (pods keep running; a new start adopts them);");
-    eprintln!("remove everything with: {} down --data-dir {data_dir}", bin.display());
+    eprintln!(
+        "remove everything with: {} down --data-dir {data_dir}",
+        bin.display()
+    );
     run(Command::new(bin)
         .args(["up", "--data-dir", &data_dir])
         .args(extra))
