@@ -1,6 +1,6 @@
 //! `keelson up` and `keelson down` on this machine: a single-node cluster in
 //! one process (API server, scheduler, controllers, agent with runc,
-//! keelson-cni, the nftables Service proxy and cluster DNS). A Deployment
+//! keelson-cni, the Service proxy in its default eBPF mode and cluster DNS). A Deployment
 //! behind a Service answers a pod by its DNS name; after `keelson down`
 //! nothing of the cluster is left on the host.
 //!
@@ -160,12 +160,7 @@ fn up_serves_a_deployment_by_dns_name_and_down_leaves_nothing() {
     let child = Command::new(&bin)
         .args(["up", "--data-dir"])
         .arg(&data_dir)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--proxy-mode",
-            "nftables",
-        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("KEELSON_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -305,12 +300,7 @@ spec:
         Command::new(&bin)
             .args(["up", "--data-dir"])
             .arg(&data_dir)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--proxy-mode",
-                "nftables",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
