@@ -110,3 +110,89 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+#[test]
+fn install_puts_binaries_units_cni_and_config_in_place() {
+    let bin = keelson_bin();
+    if !require_or_skip(
+        bin.with_file_name("keelson-cni").is_file(),
+        "keelson-cni not built next to keelson (cargo build --bins)",
+    ) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let install = || {
+        let out = Command::new(&bin)
+            .args(["install", "--pod-cidr", "10.244.7.0/24", "--root"])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    install();
+    let r = root.path();
+    let version = Command::new(r.join("usr/local/bin/keelson"))
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("keelson "));
+    // The plugin answers VERSION from the CNI bin dir.
+    let v = Command::new(r.join("opt/cni/bin/keelson-cni"))
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("1.1.0"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    let conflist: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.join("etc/cni/net.d/10-keelson.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(conflist["plugins"][0]["type"], "keelson-cni");
+    assert_eq!(conflist["plugins"][0]["subnet"], "10.244.7.0/24");
+    use std::os::unix::fs::PermissionsExt;
+    let env = r.join("etc/keelson/agent.env");
+    assert_eq!(
+        std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A second install keeps configuration an operator changed.
+    std::fs::write(&env, "KEELSON_AGENT_FLAGS=--proxy-mode nftables\n").unwrap();
+    install();
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        "KEELSON_AGENT_FLAGS=--proxy-mode nftables\n"
+    );
+    // The installed units verify against the installed binary.
+    if Path::new("/usr/bin/systemd-analyze").exists() {
+        let units = r.join("etc/systemd/system");
+        let mut names = Vec::new();
+        for n in ["keelson-server.service", "keelson-agent.service"] {
+            let text = std::fs::read_to_string(units.join(n)).unwrap();
+            let p = units.join(format!("check-{n}"));
+            std::fs::write(
+                &p,
+                text.replace(
+                    "/usr/local/bin/keelson",
+                    &r.join("usr/local/bin/keelson").display().to_string(),
+                ),
+            )
+            .unwrap();
+            names.push(p);
+        }
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .args(&names)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    }
+}
