@@ -183,6 +183,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("register node {}", args.node_name))?;
     let node_task = tokio::spawn(crate::node::heartbeat(client.clone(), node_cfg.clone()));
+    let routes_task = tokio::spawn(crate::node::routes::run(
+        client.clone(),
+        args.node_name.clone(),
+    ));
 
     let env = crate::pods::host::Host::new(crate::pods::host::HostConfig {
         root_dir: args.root_dir.clone(),
@@ -264,5 +268,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     manager.shutdown();
     server.abort();
     node_task.abort();
+    routes_task.abort();
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod fake;
+pub mod multinode;
 pub mod registry;
 
 use std::net::TcpListener;

@@ -13,7 +13,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -109,6 +109,7 @@ pub fn build_test_images() -> anyhow::Result<PathBuf> {
 /// A running `docker-registry`, killed by PID on drop.
 pub struct Registry {
     child: Option<Child>,
+    host: IpAddr,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -126,6 +127,13 @@ impl Registry {
     /// answers. The error is an `io::Error` of kind `NotFound` when the
     /// binary is missing.
     pub fn start() -> anyhow::Result<Registry> {
+        Self::start_on(Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Like [`Registry::start`], listening on `host` (an address of this
+    /// machine, e.g. a test bridge's that network namespaces reach) instead
+    /// of 127.0.0.1.
+    pub fn start_on(host: IpAddr) -> anyhow::Result<Registry> {
         let bin = registry_binary();
         if !bin.is_file() {
             return Err(std::io::Error::new(
@@ -139,7 +147,7 @@ impl Registry {
         }
         let mut last = None;
         for _ in 0..3 {
-            match Self::start_once(&bin) {
+            match Self::start_once(&bin, host) {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
             }
@@ -147,7 +155,7 @@ impl Registry {
         Err(last.expect("tried"))
     }
 
-    fn start_once(bin: &Path) -> anyhow::Result<Registry> {
+    fn start_once(bin: &Path, host: IpAddr) -> anyhow::Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("keelson-registry-")
             .tempdir()?;
@@ -160,8 +168,9 @@ impl Registry {
                  log:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
+                 http:\n  addr: {}\n",
+                dir.path().join("storage").display(),
+                std::net::SocketAddr::new(host, port)
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -175,6 +184,7 @@ impl Registry {
             .with_context(|| format!("spawn {}", bin.display()))?;
         let mut reg = Registry {
             child: Some(child),
+            host,
             port,
             dir,
         };
@@ -232,9 +242,9 @@ impl Registry {
         Some(reg)
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or the address given to [`Registry::start_on`]).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.host, self.port).to_string()
     }
 
     /// `127.0.0.1:PORT/<name>`.
@@ -337,7 +347,7 @@ impl Registry {
         path: &str,
         accept: Option<&str>,
     ) -> anyhow::Result<(u16, String, Vec<u8>)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        let mut s = TcpStream::connect((self.host, self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let accept = accept
             .map(|a| format!("Accept: {a}\r\n"))

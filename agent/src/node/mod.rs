@@ -1,5 +1,7 @@
 //! Node registration, Lease heartbeats and node status.
 
+pub mod routes;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,813 @@
+//! A cluster of one `keelson server` and several `keelson agent`s on one
+//! machine, each agent in its own network namespace standing for a node.
+//!
+//! Layout (S is picked per cluster so that clusters can run side by side):
+//!
+//! ```text
+//!  host: bridge kmb<tag> 10.250.S.1/24 ── server (10.250.S.1:PORT), registry (10.250.S.1:PORT)
+//!    ├─ veth ── netns kmn<tag>-1: eth0 10.250.S.11/24, agent node 1, pods 10.244.1.0/24
+//!    ├─ veth ── netns kmn<tag>-2: eth0 10.250.S.12/24, agent node 2, pods 10.244.2.0/24
+//!    ├─ ...
+//!    └─ veth ── netns kmn<tag>-c: eth0 10.250.S.100/24, an outside client (no agent)
+//! ```
+//!
+//! Each agent runs `unshare --mount` (its own mount namespace, with a tmpfs
+//! over /sys/fs/bpf so that the Service proxy's eBPF cleanup cannot touch the
+//! host's pins) and `nsenter --net` into its node's namespace, with its own
+//! root, run, log, CNI config and IPAM dirs and cgroup root; keelson-cni
+//! gives each node a pod CIDR and the agents' route watchers route between
+//! them over the shared link. The Service proxy runs in nftables mode (its
+//! table lives in the node's netns); cluster DNS answers on the node IP.
+//!
+//! Drop tears everything down: agents, their containers and shims, cgroups,
+//! network namespaces (with every veth in them), the bridge, the registry
+//! and the server.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::registry::{Registry, missing_image_tools};
+use crate::{free_port, keelson_bin, kubectl_path, require_all};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The kubectl minor version the harness uses.
+pub const KUBECTL: u32 = 33;
+
+/// Why a multi-node test cannot run here (None: it can).
+pub fn missing_prerequisites() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        return Some("not root".into());
+    }
+    for bin in [
+        "/usr/sbin/runc",
+        "/usr/sbin/ip",
+        "/usr/sbin/nft",
+        "/usr/bin/nsenter",
+        "/usr/bin/unshare",
+        "/usr/bin/curl",
+        "/usr/bin/pgrep",
+        "/usr/bin/timeout",
+    ] {
+        if !Path::new(bin).exists() {
+            return Some(format!("{bin} missing"));
+        }
+    }
+    if !kubectl_path(KUBECTL).is_file() {
+        return Some(format!("{} missing", kubectl_path(KUBECTL).display()));
+    }
+    let missing = missing_image_tools();
+    if !missing.is_empty() {
+        return Some(format!("test image tools missing: {missing:?}"));
+    }
+    if !crate::registry::registry_binary().is_file() {
+        return Some(format!(
+            "{} missing (docker-registry)",
+            crate::registry::registry_binary().display()
+        ));
+    }
+    let cni = keelson_bin().with_file_name("keelson-cni");
+    if !cni.is_file() {
+        return Some(format!(
+            "{} not built (cargo build -p keelson-cni)",
+            cni.display()
+        ));
+    }
+    None
+}
+
+/// `true` when the test should go on; prints why not (or panics under
+/// `KEELSON_REQUIRE_ALL=1`).
+pub fn can_run(test: &str) -> bool {
+    match missing_prerequisites() {
+        None => true,
+        Some(why) if require_all() => panic!("{test}: {why} (KEELSON_REQUIRE_ALL=1)"),
+        Some(why) => {
+            eprintln!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) -> Output {
+    run(Command::new("ip").args(args))
+}
+
+/// Waits until `f` holds, polling every 250 ms; panics naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+/// The shared link: the bridge in the host and one netns per endpoint.
+/// Drop deletes the namespaces (and so every veth in them) and the bridge.
+pub struct Link {
+    /// Tag in every name.
+    pub tag: String,
+    /// The bridge.
+    pub bridge: String,
+    /// The third octet: the link is 10.250.S.0/24.
+    pub subnet: u8,
+    /// Namespaces created (names under /run/netns).
+    pub netns: Vec<String>,
+}
+
+impl Link {
+    fn create(tag: &str) -> Link {
+        let seed = std::process::id().wrapping_mul(7919) ^ COUNTER.load(Ordering::SeqCst);
+        let subnet = (0..250u32)
+            .map(|i| ((seed + i * 37) % 250 + 1) as u8)
+            .find(|s| {
+                let r = Command::new("ip")
+                    .args([
+                        "-4",
+                        "route",
+                        "show",
+                        "to",
+                        "match",
+                        &format!("10.250.{s}.0/24"),
+                    ])
+                    .output();
+                r.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("10.250."))
+            })
+            .expect("a free 10.250.S.0/24 for the test link");
+        let link = Link {
+            tag: tag.to_string(),
+            bridge: format!("kmb{tag}"),
+            subnet,
+            netns: Vec::new(),
+        };
+        ip(&["link", "add", &link.bridge, "type", "bridge"]);
+        // Bridged frames must not meet the host's iptables (br_netfilter).
+        let _ = Command::new("ip")
+            .args(["link", "set", &link.bridge, "type", "bridge"])
+            .args(["nf_call_iptables", "0", "nf_call_arptables", "0"])
+            .output();
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", link.host_ip()),
+            "dev",
+            &link.bridge,
+        ]);
+        ip(&["link", "set", &link.bridge, "up"]);
+        link
+    }
+
+    /// 10.250.S.1: the host's address on the link.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 250, self.subnet, 1)
+    }
+
+    /// Adds a netns `kmn<tag>-<suffix>` plugged into the bridge with `addr`/24.
+    fn add_endpoint(&mut self, suffix: &str, addr: Ipv4Addr) -> String {
+        let ns = format!("kmn{}-{suffix}", self.tag);
+        ip(&["netns", "add", &ns]);
+        self.netns.push(ns.clone());
+        let host_end = format!("kmv{}{suffix}", self.tag);
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["link", "set", &host_end, "master", &self.bridge, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// A `keelson server` listening on the link's host address.
+pub struct Server {
+    /// Its admin kubeconfig (server URL on the link).
+    pub kubeconfig: PathBuf,
+    /// https://10.250.S.1:PORT.
+    pub url: String,
+    child: Option<Child>,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(host: Ipv4Addr, extra: &[&str]) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("keelson-mn-server-")
+            .tempdir()
+            .expect("server temp dir");
+        let data_dir = tmp.path().to_path_buf();
+        let kubeconfig = data_dir.join("admin.kubeconfig");
+        let log = data_dir.join("server.log");
+        for _ in 0..3 {
+            let port = free_port();
+            let url = format!("https://{host}:{port}");
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("server log");
+            let mut child = Command::new(keelson_bin())
+                .args(["server", "--data-dir"])
+                .arg(&data_dir)
+                .args(["--listen", &format!("{host}:{port}")])
+                .args(["--tls-san", &host.to_string()])
+                .args(extra)
+                .env("KEELSON_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(out)
+                .spawn()
+                .expect("spawn keelson server");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect((host, port)).is_ok()
+                    && std::fs::read_to_string(&kubeconfig).is_ok_and(|k| k.contains(&url))
+                {
+                    return Server {
+                        kubeconfig,
+                        url,
+                        child: Some(child),
+                        log,
+                        _tmp: tmp,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "keelson server on {host} did not become ready; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One node: a `keelson agent` in its own netns. Drop kills it and removes
+/// its containers, shims, cgroups and state.
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// Its netns (under /run/netns).
+    pub netns: String,
+    /// InternalIP on the link.
+    pub ip: Ipv4Addr,
+    /// Pod CIDR.
+    pub pod_cidr: String,
+    /// --cgroup-root.
+    pub cgroup_root: String,
+    /// --run-dir.
+    pub run_dir: PathBuf,
+    cmd: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    base: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(
+        tag: &str,
+        index: u8,
+        netns: &str,
+        ip: Ipv4Addr,
+        kubeconfig: &Path,
+        registry: &str,
+    ) -> Node {
+        let base = tempfile::Builder::new()
+            .prefix("keelson-mn-node-")
+            .tempdir()
+            .expect("node temp dir");
+        let b = base.path();
+        let pod_cidr = format!("10.244.{index}.0/24");
+        let cni_conf_dir = b.join("cni");
+        std::fs::create_dir_all(&cni_conf_dir).expect("create node cni dir");
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "keelson",
+            "plugins": [{"type": "keelson-cni", "subnet": pod_cidr, "dataDir": b.join("cni-data")}],
+        });
+        std::fs::write(
+            cni_conf_dir.join("10-keelson.conflist"),
+            serde_json::to_vec_pretty(&conf).unwrap(),
+        )
+        .expect("write node conflist");
+        let bin = keelson_bin();
+        let name = format!("mn{tag}-node{index}");
+        let cgroup_root = format!("keelson-mn-{tag}-{index}");
+        let s = |p: PathBuf| p.display().to_string();
+        // Own mount namespace (tmpfs over /sys/fs/bpf: the nftables proxy
+        // removes the eBPF pin dir it finds), then the node's netns.
+        let script =
+            "mount -t tmpfs keelson-mn-bpf /sys/fs/bpf && exec nsenter --net=\"$0\" \"$@\"";
+        let mut cmd: Vec<String> = vec![
+            "--mount".into(),
+            "--propagation".into(),
+            "slave".into(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            format!("/run/netns/{netns}"),
+            s(bin.clone()),
+            "agent".into(),
+        ];
+        let dns = ip.to_string();
+        cmd.extend(
+            [
+                "--kubeconfig",
+                &s(kubeconfig.to_path_buf()),
+                "--node-name",
+                &name,
+                "--root-dir",
+                &s(b.join("root")),
+                "--run-dir",
+                &s(b.join("run")),
+                "--pod-log-dir",
+                &s(b.join("logs")),
+                "--cni-conf-dir",
+                &s(cni_conf_dir),
+                "--cni-bin-dir",
+                &s(bin.parent().expect("bin dir").to_path_buf()),
+                "--cgroup-root",
+                &cgroup_root,
+                "--node-ip",
+                &dns,
+                "--node-api-listen",
+                &format!("{ip}:10250"),
+                "--pod-cidr",
+                &pod_cidr,
+                "--proxy-mode",
+                "nftables",
+                "--cluster-dns",
+                &dns,
+                "--dns-listen",
+                &format!("{ip}:53"),
+                "--insecure-registry",
+                registry,
+            ]
+            .map(str::to_string),
+        );
+        let mut n = Node {
+            name,
+            netns: netns.to_string(),
+            ip,
+            pod_cidr,
+            cgroup_root,
+            run_dir: b.join("run"),
+            cmd,
+            child: None,
+            log: b.join("agent.log"),
+            base,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new("unshare")
+            .args(&self.cmd)
+            .env(
+                "KEELSON_LOG",
+                std::env::var("KEELSON_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keelson agent");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "keelson agent {} exited ({st}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            let addr = (IpAddr::V4(self.ip), 10250).into();
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "keelson agent {} did not start; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// The agent's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9 the agent (its containers keep running, its Lease stops).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `args` in this node's netns (not in a pod).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(args)
+            .output()
+            .expect("run nsenter")
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        self.run_dir.join("runc-root")
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in crate::agent::cgroup_hierarchies() {
+            walk_dirs(&h.join(&self.cgroup_root), &mut out);
+        }
+        out
+    }
+
+    /// Kills the agent and everything its pods run, removes its cgroups.
+    /// Its mounts live in its own mount namespace, gone with its last process.
+    pub fn cleanup(&mut self) {
+        self.kill();
+        let root = self.runc_root();
+        let ids = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", id, "KILL"])
+                .output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", id])
+                .output();
+        }
+        let base = self.base.path().to_string_lossy().into_owned();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if pid == std::process::id() {
+                    continue;
+                }
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&base) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+        for d in self.cgroup_dirs() {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+        let mut dirs = self.cgroup_dirs();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for d in dirs {
+            // A cgroup empties a moment after its last process is reaped.
+            while std::fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// A server, a registry with the test images and `n` nodes on one link,
+/// plus an outside client netns. Fields drop in order: nodes, registry,
+/// server, link.
+pub struct Cluster {
+    /// The agents.
+    pub nodes: Vec<Node>,
+    /// The local registry (on the link's host address).
+    pub registry: Registry,
+    /// The server.
+    pub server: Server,
+    /// The outside client's netns (10.250.S.100).
+    pub client_netns: String,
+    /// The link.
+    pub link: Link,
+}
+
+impl Cluster {
+    /// Starts everything and waits until all nodes are Ready and routed.
+    /// `server_extra` goes to `keelson server`.
+    pub fn start(nodes: u8, server_extra: &[&str]) -> Cluster {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{:x}{:x}", std::process::id() & 0xfff, n & 0xf);
+        let mut link = Link::create(&tag);
+        let host = link.host_ip();
+        let client_netns = link.add_endpoint("c", Ipv4Addr::new(10, 250, link.subnet, 100));
+        let node_ns: Vec<(String, Ipv4Addr)> = (1..=nodes)
+            .map(|i| {
+                let addr = Ipv4Addr::new(10, 250, link.subnet, 10 + i);
+                (link.add_endpoint(&i.to_string(), addr), addr)
+            })
+            .collect();
+        let server = Server::start(host, server_extra);
+        let registry = Registry::start_on(host.into()).expect("start docker-registry on the link");
+        registry.push_test_images().expect("push test images");
+        let mut started = Vec::new();
+        for (i, (ns, addr)) in node_ns.iter().enumerate() {
+            started.push(Node::start(
+                &tag,
+                i as u8 + 1,
+                ns,
+                *addr,
+                &server.kubeconfig,
+                &registry.addr(),
+            ));
+        }
+        let c = Cluster {
+            nodes: started,
+            registry,
+            server,
+            client_netns,
+            link,
+        };
+        let want = nodes as usize;
+        c.wait_until("all nodes Ready", Duration::from_secs(60), || {
+            let ready = c.kubectl_ok(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            ready.split_whitespace().filter(|s| *s == "True").count() == want
+        });
+        // Every node routes to every other node's pod CIDR.
+        for node in &c.nodes {
+            c.wait_until(
+                &format!("cross-node routes on {}", node.name),
+                Duration::from_secs(30),
+                || {
+                    let out = node.exec(&["ip", "-4", "route", "show"]);
+                    let routes = String::from_utf8_lossy(&out.stdout).into_owned();
+                    c.nodes
+                        .iter()
+                        .filter(|o| o.name != node.name)
+                        .all(|o| routes.contains(&format!("{} via {}", o.pod_cidr, o.ip)))
+                },
+            );
+        }
+        c
+    }
+
+    /// kubectl with this cluster's kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl_path(KUBECTL))
+            .args(args)
+            .env("KUBECONFIG", &self.server.kubeconfig)
+            .env("HOME", self.server.kubeconfig.parent().expect("data dir"))
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// kubectl's stdout; panics with stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) {
+        use std::io::Write;
+        let mut child = Command::new(kubectl_path(KUBECTL))
+            .args(["apply", "-f", "-"])
+            .env("KUBECONFIG", &self.server.kubeconfig)
+            .env("HOME", self.server.kubeconfig.parent().expect("data dir"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl apply");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write manifest");
+        let out = child.wait_with_output().expect("kubectl apply");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The test busybox image in the link's registry.
+    pub fn busybox(&self) -> String {
+        self.registry.image(crate::registry::BUSYBOX)
+    }
+
+    /// [`wait_until`], with the cluster's state and logs in the panic.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("{what}: not within {timeout:?}\n{}", self.diagnostics());
+    }
+
+    /// Pods, nodes and the tail of every log, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        let pods = self.kubectl(&["get", "pods", "-A", "-o", "wide"]);
+        s += &format!("pods:\n{}\n", String::from_utf8_lossy(&pods.stdout));
+        let nodes = self.kubectl(&["get", "nodes", "-o", "wide"]);
+        s += &format!("nodes:\n{}\n", String::from_utf8_lossy(&nodes.stdout));
+        let tail = |t: String| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        for n in &self.nodes {
+            s += &format!("--- agent {} log (tail):\n{}\n", n.name, tail(n.log()));
+        }
+        s += &format!("--- server log (tail):\n{}\n", tail(self.server.log()));
+        s
+    }
+
+    /// Pods with label `app=<app>` that are Running and not being deleted,
+    /// as (name, node, IP).
+    pub fn running_pods(&self, app: &str) -> Vec<(String, String, String)> {
+        let out = self.kubectl_ok(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("pods json");
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| {
+                Some((
+                    p["metadata"]["name"].as_str()?.to_string(),
+                    p["spec"]["nodeName"].as_str()?.to_string(),
+                    p["status"]["podIP"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The PID of the httpd a pod made by [`httpd_command`] runs.
+    pub fn pod_pid(&self, pod: &str) -> Option<String> {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("^httpd -f -p 80 -h /srv/{pod}$")])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_string)
+    }
+
+    /// Runs `args` inside `pod` (its mount, net, UTS namespaces, root and
+    /// cwd), bounded to 5 s.
+    pub fn exec_in_pod(&self, pod: &str, args: &[&str]) -> Output {
+        let pid = self
+            .pod_pid(pod)
+            .unwrap_or_else(|| panic!("no httpd process of pod {pod}"));
+        Command::new("timeout")
+            .args(["5", "nsenter", "-t", &pid, "-m", "-n", "-u", "-r", "-w"])
+            .args(args)
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// `wget -qO- url` from inside `pod`: the body, when it answered.
+    pub fn wget_from_pod(&self, pod: &str, url: &str) -> Option<String> {
+        let out = self.exec_in_pod(pod, &["/bin/wget", "-qO-", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `curl url` from the outside client's netns: the body, when it answered.
+    pub fn curl_from_client(&self, url: &str) -> Option<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.client_netns))
+            .args(["curl", "-s", "--max-time", "5", url])
+            .output()
+            .expect("run curl");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+/// The container command of test pods: busybox httpd serving
+/// "hello from <pod name>" from /srv/<pod name> (the command line names the
+/// pod, so [`Cluster::pod_pid`] finds it).
+pub fn httpd_command() -> &'static str {
+    r#"["sh", "-c", "d=/srv/$(hostname) && mkdir -p $d && echo hello from $(hostname) > $d/index.html && exec httpd -f -p 80 -h $d"]"#
+}

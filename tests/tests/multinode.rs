@@ -1,0 +1,306 @@
+//! Multi-node, end to end: one `keelson server` and three `keelson agent`s,
+//! each agent in its own network namespace on a shared link (see
+//! `keelson_e2e::multinode`). Real everything: runc, keelson-cni, the
+//! agents' cross-node routes, the nftables Service proxy, cluster DNS, the
+//! scheduler and the node lifecycle controller.
+//!
+//! Needs root; skips (or fails under KEELSON_REQUIRE_ALL=1) otherwise. Each
+//! test prints its wall time (`--nocapture` to see it).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use keelson_e2e::multinode::{Cluster, can_run, httpd_command};
+
+/// Node lifecycle on a test scale: a node is NotReady 15 s after its last
+/// Lease renewal (agents renew every 10 s) and its pods are evicted 5 s later.
+const SERVER_FLAGS: &[&str] = &[
+    "--node-monitor-grace-period",
+    "15",
+    "--default-toleration-seconds",
+    "5",
+];
+
+/// Prints the test's wall time when it ends (pass or fail).
+struct WallTime(&'static str, Instant);
+
+impl Drop for WallTime {
+    fn drop(&mut self) {
+        println!(
+            "wall time {}: {:.1} s",
+            self.0,
+            self.1.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn deployment(name: &str, image: &str, service_type: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: {image}
+        command: {cmd}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  type: {service_type}
+  selector: {{app: {name}}}
+  ports: [{{port: 80}}]
+"#,
+        cmd = httpd_command()
+    )
+}
+
+/// Waits for 3 Running replicas of `app`, on 3 different nodes.
+fn three_spread(c: &Cluster, app: &str) -> Vec<(String, String, String)> {
+    let mut pods = Vec::new();
+    c.wait_until(
+        &format!("3 {app} pods Running"),
+        Duration::from_secs(90),
+        || {
+            pods = c.running_pods(app);
+            pods.len() == 3
+        },
+    );
+    let nodes: BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the scheduler did not spread {app} over the 3 nodes: {pods:?}"
+    );
+    pods
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other() {
+    if !can_run("pods_on_different_nodes_reach_each_other") {
+        return;
+    }
+    let _t = WallTime("pods_on_different_nodes_reach_each_other", Instant::now());
+    let c = Cluster::start(3, SERVER_FLAGS);
+    for (i, node) in c.nodes.iter().enumerate() {
+        c.apply(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: pa-{i}, labels: {{app: pa}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {image}
+    command: {cmd}
+"#,
+            node = node.name,
+            image = c.busybox(),
+            cmd = httpd_command()
+        ));
+    }
+    let mut pods = Vec::new();
+    c.wait_until("3 pods Running", Duration::from_secs(90), || {
+        pods = c.running_pods("pa");
+        pods.len() == 3
+    });
+    pods.sort();
+    println!("pods: {pods:?}");
+    // Each pod got its address from its own node's pod CIDR.
+    for (i, (name, node, ip)) in pods.iter().enumerate() {
+        assert_eq!(node, &c.nodes[i].name, "{name}");
+        let prefix = c.nodes[i].pod_cidr.trim_end_matches("0/24");
+        assert!(
+            ip.starts_with(prefix),
+            "{name} has {ip}, not in {prefix}0/24"
+        );
+    }
+    // Every pod reaches every other pod, across nodes, by pod IP.
+    for (from, from_node, _) in &pods {
+        for (to, to_node, to_ip) in &pods {
+            if from == to {
+                continue;
+            }
+            let mut last = None;
+            c.wait_until(
+                &format!("{from} ({from_node}) -> {to} ({to_node}, {to_ip}): last answer {last:?}"),
+                Duration::from_secs(20),
+                || {
+                    last = c.wget_from_pod(from, &format!("http://{to_ip}/"));
+                    last.as_deref() == Some(&format!("hello from {to}"))
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name() {
+    let name = "deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name";
+    if !can_run(name) {
+        return;
+    }
+    let _t = WallTime(name, Instant::now());
+    let c = Cluster::start(3, SERVER_FLAGS);
+    c.apply(&deployment("web", &c.busybox(), "ClusterIP"));
+    let pods = three_spread(&c, "web");
+    let cluster_ip = c.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(!cluster_ip.is_empty(), "Service web has no ClusterIP");
+    let mut backends = BTreeSet::new();
+    for (pod, node, _) in &pods {
+        for url in [
+            format!("http://{cluster_ip}/"),
+            "http://web.default.svc.cluster.local/".to_string(),
+        ] {
+            c.wait_until(
+                &format!("{url} from pod {pod} on {node}"),
+                Duration::from_secs(30),
+                || match c.wget_from_pod(pod, &url) {
+                    Some(body) if body.starts_with("hello from web-") => {
+                        backends.insert(body);
+                        true
+                    }
+                    _ => false,
+                },
+            );
+        }
+    }
+    // Load balancing crosses nodes: keep asking until all three answered.
+    let (pod, _, _) = &pods[0];
+    c.wait_until(
+        &format!("all 3 backends answer through {cluster_ip} (so far {backends:?})"),
+        Duration::from_secs(30),
+        || {
+            if let Some(body) = c.wget_from_pod(pod, &format!("http://{cluster_ip}/")) {
+                backends.insert(body);
+            }
+            backends.len() == 3
+        },
+    );
+}
+
+#[test]
+fn node_port_answers_an_outside_client_on_every_node() {
+    let name = "node_port_answers_an_outside_client_on_every_node";
+    if !can_run(name) {
+        return;
+    }
+    let _t = WallTime(name, Instant::now());
+    let c = Cluster::start(3, SERVER_FLAGS);
+    c.apply(&deployment("np", &c.busybox(), "NodePort"));
+    three_spread(&c, "np");
+    let port = c.kubectl_ok(&[
+        "get",
+        "svc",
+        "np",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    assert!(port.parse::<u16>().is_ok(), "nodePort {port:?}");
+    let mut backends = BTreeSet::new();
+    for node in &c.nodes {
+        let url = format!("http://{}:{port}/", node.ip);
+        c.wait_until(
+            &format!("NodePort {url} from the outside client"),
+            Duration::from_secs(30),
+            || match c.curl_from_client(&url) {
+                Some(body) if body.starts_with("hello from np-") => {
+                    backends.insert(body);
+                    true
+                }
+                _ => false,
+            },
+        );
+    }
+    // Through one node's NodePort, backends on the other nodes answer too.
+    let url = format!("http://{}:{port}/", c.nodes[0].ip);
+    c.wait_until(
+        &format!("all 3 backends answer through {url} (so far {backends:?})"),
+        Duration::from_secs(30),
+        || {
+            if let Some(b) = c.curl_from_client(&url) {
+                backends.insert(b);
+            }
+            backends.len() == 3
+        },
+    );
+}
+
+#[test]
+fn stopped_agent_gets_its_pods_rescheduled() {
+    let name = "stopped_agent_gets_its_pods_rescheduled";
+    if !can_run(name) {
+        return;
+    }
+    let _t = WallTime(name, Instant::now());
+    let mut c = Cluster::start(3, SERVER_FLAGS);
+    c.apply(&deployment("web", &c.busybox(), "ClusterIP"));
+    let before = three_spread(&c, "web");
+    let dead = c.nodes[2].name.clone();
+    let lost: Vec<String> = before
+        .iter()
+        .filter(|p| p.1 == dead)
+        .map(|p| p.0.clone())
+        .collect();
+    assert_eq!(lost.len(), 1, "{before:?}");
+    // Stop the agent: its Lease is no longer renewed.
+    let stopped = Instant::now();
+    c.nodes[2].kill();
+    let mut after = Vec::new();
+    c.wait_until(
+        &format!("pods of {dead} rescheduled on the other nodes"),
+        Duration::from_secs(60),
+        || {
+            after = c.running_pods("web");
+            after.len() == 3 && after.iter().all(|p| p.1 != dead)
+        },
+    );
+    println!(
+        "rescheduled {} s after the agent stopped: {after:?}",
+        stopped.elapsed().as_secs()
+    );
+    assert!(
+        after.iter().all(|p| !lost.contains(&p.0)),
+        "a replacement pod was expected: {after:?}"
+    );
+    let ready = c.kubectl_ok(&[
+        "get",
+        "node",
+        &dead,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_ne!(
+        ready, "True",
+        "node {dead} still Ready after its agent stopped"
+    );
+    // The replacement serves: reach it from a pod on another node.
+    let replacement = after
+        .iter()
+        .find(|p| !before.iter().any(|b| b.0 == p.0))
+        .expect("a new pod");
+    let from = after
+        .iter()
+        .find(|p| p.1 != replacement.1)
+        .expect("a pod on another node");
+    c.wait_until(
+        &format!(
+            "{} ({}) -> replacement {} ({}, {})",
+            from.0, from.1, replacement.0, replacement.1, replacement.2
+        ),
+        Duration::from_secs(20),
+        || {
+            c.wget_from_pod(&from.0, &format!("http://{}/", replacement.2))
+                .is_some_and(|b| b == format!("hello from {}", replacement.0))
+        },
+    );
+}
