@@ -157,12 +157,7 @@ fn install_files(pod_cidr: ipnet::Ipv4Net) -> Vec<(&'static str, u32, String, bo
         (
             "etc/cni/net.d/10-keelson.conflist",
             0o644,
-            serde_json::to_string_pretty(&serde_json::json!({
-                "cniVersion": "1.1.0",
-                "name": "keelson",
-                "plugins": [{"type": "keelson-cni", "subnet": pod_cidr.to_string()}],
-            }))
-            .unwrap_or_default(),
+            keelson_conflist(pod_cidr, None),
             true,
         ),
         (
@@ -223,11 +218,6 @@ fn install(args: InstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the Service proxy pins its eBPF state (its --bpf-pin-dir default).
-fn keelson_ebpf_pin_dir() -> &'static str {
-    "/sys/fs/bpf/keelson"
-}
-
 async fn run_down(args: DownArgs) -> anyhow::Result<()> {
     use keelson::pods::host::{Host, HostConfig};
     let exe = std::env::current_exe().context("find the keelson binary")?;
@@ -258,25 +248,13 @@ async fn run_down(args: DownArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("tear down pods: {e}"))?;
     println!("removed {pods} pods (containers, mounts, namespaces, cgroups, pod addresses)");
-    // The eBPF load balancer's programs, links and maps (absent is fine).
-    let pins = std::path::Path::new(keelson_ebpf_pin_dir());
-    if pins.exists() {
-        keelson_proxy::ebpf::remove_state(pins)
-            .map_err(|e| anyhow::anyhow!("remove eBPF state: {e}"))?;
-        println!(
-            "removed eBPF programs and maps pinned at {}",
-            pins.display()
-        );
-    }
-    // The Service proxy's table (absent is fine).
-    let out = std::process::Command::new("nft")
-        .args(["delete", "table", "ip", "keelson"])
-        .output();
-    if let Ok(o) = out
-        && o.status.success()
-    {
-        println!("removed nftables table ip keelson");
-    }
+    // The Service proxy's nftables table and eBPF pins (absent is fine).
+    keelson_proxy::remove_all_state(
+        &keelson_proxy::nft::render::NftConfig::default(),
+        std::path::Path::new(keelson_proxy::DEFAULT_PIN_DIR),
+    )
+    .context("remove the Service proxy's state")?;
+    println!("removed the Service proxy's nftables table and eBPF pins");
     let dns = format!("{}/32", args.dns_address);
     if std::process::Command::new("ip")
         .args(["addr", "del", &dns, "dev", "lo"])
@@ -302,18 +280,18 @@ async fn run_down(args: DownArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CNI config `keelson up` gives its agent: keelson-cni alone, at CNI
-/// 1.1 so that GC runs (Debian's portmap stops at 1.0, so no hostPorts here).
-fn up_conflist(pod_cidr: ipnet::Ipv4Net, ipam_dir: &std::path::Path) -> String {
-    let plugins = vec![serde_json::json!({
-        "type": "keelson-cni",
-        "subnet": pod_cidr.to_string(),
-        "dataDir": ipam_dir,
-    })];
+/// The keelson-cni conflist `keelson up` and `keelson install` write: the
+/// plugin alone, at CNI 1.1 so that GC runs (Debian's portmap stops at 1.0,
+/// so no hostPorts here). `ipam_dir` absent: the plugin's default.
+fn keelson_conflist(pod_cidr: ipnet::Ipv4Net, ipam_dir: Option<&std::path::Path>) -> String {
+    let mut plugin = serde_json::json!({"type": "keelson-cni", "subnet": pod_cidr.to_string()});
+    if let Some(dir) = ipam_dir {
+        plugin["dataDir"] = serde_json::json!(dir);
+    }
     serde_json::to_string_pretty(&serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "keelson",
-        "plugins": plugins,
+        "plugins": [plugin],
     }))
     .unwrap_or_default()
 }
@@ -344,7 +322,7 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let conflist = cni_conf_dir.join("10-keelson.conflist");
     std::fs::write(
         &conflist,
-        up_conflist(args.pod_cidr, &args.data_dir.join("cni/ipam")),
+        keelson_conflist(args.pod_cidr, Some(&args.data_dir.join("cni/ipam"))),
     )
     .with_context(|| format!("write {}", conflist.display()))?;
     // The cluster DNS listens on a node-local address that pods reach

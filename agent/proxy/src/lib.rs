@@ -20,7 +20,23 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
 
+pub use keelson_ebpf::DEFAULT_PIN_DIR;
 pub use sync::run_proxy;
+
+/// Removes what either backend programmed on this host: the nftables table
+/// of `nft` and the eBPF programs, links and maps pinned under `pin_dir`
+/// (what `--proxy-mode none` does; `keelson down` calls it). Idempotent.
+pub fn remove_all_state(
+    nft: &nft::render::NftConfig,
+    pin_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use backend::ProxyBackend as _;
+    nft::NftBackend::new(nft::NftCli::default(), nft.clone())
+        .cleanup()
+        .with_context(|| format!("remove the nftables table {}", nft.table))?;
+    ebpf::remove_state(pin_dir)?;
+    Ok(())
+}
 
 /// Which dataplane programs Services.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
