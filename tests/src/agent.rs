@@ -300,45 +300,11 @@ impl AgentProcess {
     /// Kills everything this agent's pods run and removes what they made.
     pub fn cleanup(&mut self) {
         self.kill9();
-        let root = self.runc_root();
-        for id in self.runc_containers() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["kill", &id, "KILL"])
-                .output();
-            std::thread::sleep(Duration::from_millis(20));
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", &id])
-                .output();
-        }
+        remove_runc_containers(&self.runc_root());
         // Shims and anything else started with our dirs on the command line.
-        let base = self._tmp.path().to_string_lossy().into_owned();
-        if let Ok(rd) = std::fs::read_dir("/proc") {
-            for e in rd.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                if pid == std::process::id() {
-                    continue;
-                }
-                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&base) {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                }
-            }
-        }
+        kill_processes_mentioning(&self._tmp.path().to_string_lossy());
         // Processes left in our cgroups.
-        for d in self.cgroup_dirs() {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            }
-        }
+        kill_cgroup_procs(&self.cgroup_dirs());
         std::thread::sleep(Duration::from_millis(100));
         let mut mounts = self.mounts();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -359,6 +325,62 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// Kills and deletes every container runc knows under `root` (its --root).
+pub fn remove_runc_containers(root: &Path) {
+    let ids = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["kill", id, "KILL"])
+            .output();
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "-f", id])
+            .output();
+    }
+}
+
+/// kill -9 of every process but this one whose command line mentions `text`
+/// (shims and agents started with a test's directories).
+pub fn kill_processes_mentioning(text: &str) {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(text) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// kill -9 of every process in these cgroup directories.
+pub fn kill_cgroup_procs(dirs: &[PathBuf]) {
+    for d in dirs {
+        for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
     }
 }
 

@@ -501,49 +501,9 @@ impl Node {
     /// Its mounts live in its own mount namespace, gone with its last process.
     pub fn cleanup(&mut self) {
         self.kill();
-        let root = self.runc_root();
-        let ids = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["list", "-q"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for id in ids.lines().filter(|l| !l.is_empty()) {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["kill", id, "KILL"])
-                .output();
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", id])
-                .output();
-        }
-        let base = self.base.path().to_string_lossy().into_owned();
-        if let Ok(rd) = std::fs::read_dir("/proc") {
-            for e in rd.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                if pid == std::process::id() {
-                    continue;
-                }
-                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&base) {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                }
-            }
-        }
-        for d in self.cgroup_dirs() {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            }
-        }
+        crate::agent::remove_runc_containers(&self.runc_root());
+        crate::agent::kill_processes_mentioning(&self.base.path().to_string_lossy());
+        crate::agent::kill_cgroup_procs(&self.cgroup_dirs());
         let mut dirs = self.cgroup_dirs();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
         let deadline = Instant::now() + Duration::from_secs(5);
