@@ -172,10 +172,12 @@ impl OciRuntime {
     }
 
     /// Reads the state; when the init is gone (or a zombie) but the shim is
-    /// still alive, waits briefly for the shim's exit file.
+    /// still alive, waits for the shim's exit file: the status is on its way
+    /// (a loaded machine can take seconds), and reporting it unknown would
+    /// lose the exit code. Bounded, in case the shim hangs.
     async fn read_state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
         let dir = self.container_dir(id);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if !dir.join("shim.json").exists() {
                 return Ok(None);
