@@ -624,6 +624,11 @@ impl ImageStore {
                 .await
                 .map_err(io_err("write", blob.path()))?;
         }
+        // A tokio File hands writes to a background task: without flush the
+        // last one may still be in flight when the unpacker opens the blob.
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(io_err("write", blob.path()))?;
         drop(file);
         let n = hasher.len();
         let actual = hasher.finish();
