@@ -9,9 +9,16 @@ use std::io::{Read, Write};
 use keelson_cni::error::{CniError, code};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "--delete-link" {
+        std::process::exit(keelson_cni::plugin::delete_link_helper(&args[2]));
+    }
+    let helper = std::env::current_exe().ok();
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => keelson_cni::plugin::run(|k| std::env::var(k).ok(), &stdin),
+        Ok(_) => {
+            keelson_cni::plugin::run_with(|k| std::env::var(k).ok(), &stdin, helper.as_deref())
+        }
         Err(e) => Err((
             CniError::new(
                 code::IO,

@@ -510,6 +510,26 @@ impl Socket {
         }
     }
 
+    /// Deletes the link with ifindex `index`; `Ok(false)` when there is none.
+    pub fn delete_link_index(&self, index: u32) -> Result<bool, NlError> {
+        let m = Msg::new(c::RTM_DELLINK, c::NLM_F_ACK, &ifinfomsg(index as i32, 0, 0));
+        match self.request(m, || format!("delete link #{index}")) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno == Errno::ENODEV => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a link with ifindex `index` is listed.
+    pub fn link_index_exists(&self, index: u32) -> Result<bool, NlError> {
+        let m = Msg::new(c::RTM_GETLINK, 0, &ifinfomsg(index as i32, 0, 0));
+        match self.fetch(m, || format!("get link #{index}")) {
+            Ok(msgs) => Ok(!msgs.is_empty()),
+            Err(e) if e.errno == Errno::ENODEV => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets the link up, and its alias if given.
     pub fn set_up(&self, index: u32, name: &str, alias: Option<&str>) -> Result<(), NlError> {
         let mut m = Msg::new(

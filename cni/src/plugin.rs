@@ -28,6 +28,17 @@ pub fn run(
     get_env: impl Fn(&str) -> Option<String>,
     stdin: &[u8],
 ) -> Result<Option<Value>, (CniError, String)> {
+    run_with(get_env, stdin, None)
+}
+
+/// [`run`], with DEL handing the veth's final teardown to `link_helper`
+/// (this binary, run as `keelson-cni --delete-link INDEX`; see
+/// [`delete_link_helper`]).
+pub fn run_with(
+    get_env: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    link_helper: Option<&Path>,
+) -> Result<Option<Value>, (CniError, String)> {
     let fallback = || {
         config::parse_version(stdin)
             .ok()
@@ -45,7 +56,7 @@ pub fn run(
     let version = conf.cni_version.clone();
     let out = match env.command {
         Command::Add => add(&env, &conf).map(Some),
-        Command::Del => del(&env, &conf).map(|()| None),
+        Command::Del => del(&env, &conf, link_helper).map(|()| None),
         Command::Check => check(&env, &conf).map(|()| None),
         Command::Status => status(&conf).map(|()| None),
         Command::Gc => gc(&conf).map(|()| None),
@@ -278,22 +289,78 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     ))
 }
 
-fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+fn del(env: &Env, conf: &NetConf, link_helper: Option<&Path>) -> Result<(), CniError> {
     let att = env.attachment.as_ref().expect("DEL has an attachment");
     let host = Socket::new()?;
     let store = Store::new(conf.state_dir(), conf.subnet);
     if !store.dir().exists() {
         // Nothing was ever allocated in this network on this node; the veth
         // (if any) still goes.
-        host.delete_link(&att.host_ifname())?;
+        delete_veth(&host, &att.host_ifname(), link_helper)?;
         return Ok(());
     }
     let locked = store.lock(LOCK_TIMEOUT)?;
     // Interface first, address second: an address is never free while an
     // interface still routes it.
-    host.delete_link(&att.host_ifname())?;
+    delete_veth(&host, &att.host_ifname(), link_helper)?;
     locked.release(att)?;
     Ok(())
+}
+
+/// How long DEL waits for a helper to make the veth disappear before
+/// deleting it itself.
+const HELPER_WAIT: Duration = Duration::from_secs(5);
+
+/// Deletes the veth `name` (both ends). With a helper, returns as soon as
+/// the link is gone from the namespace (the kernel unlists it, sends
+/// RTM_DELLINK and drops its routes first) and leaves the rest of the
+/// kernel's teardown, an RCU barrier of 15-20 ms on a small VM that every
+/// interface deletion waits for (`netdev_run_todo`), to the helper process,
+/// instead of making the runtime wait for it. Without a helper, or when the
+/// helper cannot run or is slow, deletes it here and waits.
+fn delete_veth(host: &Socket, name: &str, link_helper: Option<&Path>) -> Result<(), CniError> {
+    let Some(helper) = link_helper else {
+        host.delete_link(name)?;
+        return Ok(());
+    };
+    let Some(link) = host.link_by_name(name)? else {
+        return Ok(());
+    };
+    let spawned = std::process::Command::new(helper)
+        .arg("--delete-link")
+        .arg(link.index.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(child) = spawned {
+        // Not waited for: its parent's exit hands it to init (or the
+        // nearest subreaper), which reaps it.
+        drop(child);
+        let deadline = std::time::Instant::now() + HELPER_WAIT;
+        let mut pause = Duration::from_micros(50);
+        while std::time::Instant::now() < deadline {
+            if !host.link_index_exists(link.index)? {
+                return Ok(());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+    host.delete_link_index(link.index)?;
+    Ok(())
+}
+
+/// The `--delete-link INDEX` helper: deletes the link and waits for the
+/// kernel to finish with it. Exit code 0 when it is gone.
+pub fn delete_link_helper(index: &str) -> i32 {
+    let Ok(index) = index.parse::<u32>() else {
+        return 2;
+    };
+    match Socket::new().and_then(|s| s.delete_link_index(index)) {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
 }
 
 fn check_failed(msg: String) -> CniError {

@@ -90,4 +90,34 @@ fn add_del_cycles_leak_nothing() {
         entries(&data.path().join("cyc")),
         ["att", "ips", "last", "lock"]
     );
+    // DEL leaves the kernel's last step of a veth deletion to a helper
+    // process: every one of them finishes and is reaped, none piles up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !delete_link_helpers().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        delete_link_helpers(),
+        Vec::<u32>::new(),
+        "helpers left running"
+    );
+}
+
+/// PIDs of running (not zombie) `keelson-cni --delete-link` helpers.
+fn delete_link_helpers() -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && cmdline.split(|b| *b == 0).any(|a| a == b"--delete-link") {
+            out.push(pid);
+        }
+    }
+    out
 }
