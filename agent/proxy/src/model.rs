@@ -126,142 +126,49 @@ impl DesiredState {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         node_name: &str,
     ) -> DesiredState {
-        // (namespace, service) -> (port name, protocol) -> candidates
-        type PortKey = (String, Protocol);
-        let mut by_service: BTreeMap<(String, String), BTreeMap<PortKey, Vec<Candidate>>> =
-            BTreeMap::new();
+        let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
         for slice in slices {
-            if slice.address_type != "IPv4" {
-                continue;
-            }
-            let Some(svc) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
-                continue;
-            };
-            let ns = slice.metadata.namespace.clone().unwrap_or_default();
-            let ports = by_service.entry((ns, svc.clone())).or_default();
-            for sp in slice.ports.iter().flatten() {
-                let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
-                    continue;
-                };
-                let Some(port) = sp.port.and_then(|p| u16::try_from(p).ok()) else {
-                    continue;
-                };
-                let list = ports
-                    .entry((sp.name.clone().unwrap_or_default(), protocol))
-                    .or_default();
-                for e in slice.endpoints.iter().flatten() {
-                    let cond = e.conditions.as_ref();
-                    let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-                    let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-                    let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-                    let local = e.node_name.as_deref() == Some(node_name);
-                    for a in &e.addresses {
-                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                            list.push(Candidate {
-                                ep: Endpoint { ip, port, local },
-                                ready,
-                                serving,
-                                terminating,
-                            });
-                        }
-                    }
-                }
+            if let Some(key) = slice_service(slice) {
+                by_service.entry(key).or_default().push(slice);
             }
         }
-
         let mut out = DesiredState::default();
         for svc in services {
-            let Some(spec) = &svc.spec else { continue };
-            if spec.type_.as_deref() == Some("ExternalName") {
-                continue;
-            }
-            let ns = svc.metadata.namespace.clone().unwrap_or_default();
-            let name = svc.metadata.name.clone().unwrap_or_default();
-            let mut cluster_ips: Vec<Ipv4Addr> = spec
-                .cluster_ips
-                .iter()
-                .flatten()
-                .chain(spec.cluster_ip.iter())
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            cluster_ips.sort();
-            cluster_ips.dedup();
-            let mut external_ips: Vec<Ipv4Addr> = spec
-                .external_ips
-                .iter()
-                .flatten()
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            if let Some(lb) = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
-                external_ips.extend(
-                    lb.ingress
-                        .iter()
-                        .flatten()
-                        .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
-                );
-            }
-            external_ips.sort();
-            external_ips.dedup();
-            if cluster_ips.is_empty() {
-                // Headless (or IPv6-only): nothing to load-balance.
-                continue;
-            }
-            let affinity_timeout =
-                (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-                    spec.session_affinity_config
-                        .as_ref()
-                        .and_then(|c| c.client_ip.as_ref())
-                        .and_then(|c| c.timeout_seconds)
-                        .and_then(|t| u32::try_from(t).ok())
-                        .filter(|t| *t > 0)
-                        .unwrap_or(10800)
-                });
-            let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-            let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-            let ports = by_service.get(&(ns.clone(), name.clone()));
-            for p in spec.ports.iter().flatten() {
-                let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
-                    continue;
-                };
-                let Ok(port) = u16::try_from(p.port) else {
-                    continue;
-                };
-                let port_name = p.name.clone().unwrap_or_default();
-                let candidates: &[Candidate] = ports
-                    .and_then(|m| m.get(&(port_name.clone(), protocol)))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let node_port = p
-                    .node_port
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|n| *n != 0);
-                out.services.insert(
-                    ServicePortName {
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        port: port_name,
-                        protocol,
-                    },
-                    ServicePort {
-                        protocol,
-                        port,
-                        cluster_ips: cluster_ips.clone(),
-                        external_ips: external_ips.clone(),
-                        node_port,
-                        affinity_timeout,
-                        external_local,
-                        internal_endpoints: choose(candidates, internal_local),
-                        external_endpoints: choose(candidates, external_local),
-                    },
-                );
-            }
+            let key = service_key(svc);
+            let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            out.services
+                .extend(service_ports(svc, slices.iter().copied(), node_name));
         }
         out
+    }
+
+    /// The Service ports of Service `namespace`/`name` in this state.
+    pub fn ports_of(&self, namespace: &str, name: &str) -> Vec<ServicePortName> {
+        let from = ServicePortName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        self.services
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == namespace && k.name == name)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Replaces everything of Service `namespace`/`name` with `ports` (empty:
+    /// the Service is gone, or has nothing to load-balance).
+    pub fn set_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ports: impl IntoIterator<Item = (ServicePortName, ServicePort)>,
+    ) {
+        for k in self.ports_of(namespace, name) {
+            self.services.remove(&k);
+        }
+        self.services.extend(ports);
     }
 
     /// Total endpoints over all Service ports (for metrics).
@@ -271,6 +178,162 @@ impl DesiredState {
             .map(ServicePort::endpoint_count)
             .sum()
     }
+}
+
+/// (namespace, name) of a Service.
+pub fn service_key(svc: &Service) -> (String, String) {
+    (
+        svc.metadata.namespace.clone().unwrap_or_default(),
+        svc.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// (namespace, Service name) an EndpointSlice belongs to, from its
+/// `kubernetes.io/service-name` label.
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        svc.clone(),
+    ))
+}
+
+/// The Service ports of one Service, from the Service and its
+/// EndpointSlices (those labelled with its name). Empty for ExternalName and
+/// headless Services.
+pub fn service_ports<'a>(
+    svc: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+) -> Vec<(ServicePortName, ServicePort)> {
+    let mut out = Vec::new();
+    let Some(spec) = &svc.spec else {
+        return out;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let (ns, name) = service_key(svc);
+    let mut cluster_ips: Vec<Ipv4Addr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    cluster_ips.sort();
+    cluster_ips.dedup();
+    if cluster_ips.is_empty() {
+        // Headless (or IPv6-only): nothing to load-balance.
+        return out;
+    }
+    let mut external_ips: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if let Some(lb) = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
+        external_ips.extend(
+            lb.ingress
+                .iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+        );
+    }
+    external_ips.sort();
+    external_ips.dedup();
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(10800)
+    });
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let candidates = candidates(slices, node_name);
+    for p in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let port_name = p.name.clone().unwrap_or_default();
+        let cands: &[Candidate] = candidates
+            .get(&(port_name.clone(), protocol))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let node_port = p
+            .node_port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0);
+        out.push((
+            ServicePortName {
+                namespace: ns.clone(),
+                name: name.clone(),
+                port: port_name,
+                protocol,
+            },
+            ServicePort {
+                protocol,
+                port,
+                cluster_ips: cluster_ips.clone(),
+                external_ips: external_ips.clone(),
+                node_port,
+                affinity_timeout,
+                external_local,
+                internal_endpoints: choose(cands, internal_local),
+                external_endpoints: choose(cands, external_local),
+            },
+        ));
+    }
+    out
+}
+
+/// One Service's endpoints from its slices, per (port name, protocol).
+fn candidates<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+) -> BTreeMap<(String, Protocol), Vec<Candidate>> {
+    let mut ports: BTreeMap<(String, Protocol), Vec<Candidate>> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        for sp in slice.ports.iter().flatten() {
+            let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+                continue;
+            };
+            let Some(port) = sp.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            let list = ports
+                .entry((sp.name.clone().unwrap_or_default(), protocol))
+                .or_default();
+            for e in slice.endpoints.iter().flatten() {
+                let cond = e.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let local = e.node_name.as_deref() == Some(node_name);
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        list.push(Candidate {
+                            ep: Endpoint { ip, port, local },
+                            ready,
+                            serving,
+                            terminating,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    ports
 }
 
 /// Ready endpoints; when none are ready, serving terminating ones. With

@@ -2,7 +2,8 @@
 //! EndpointSlices, a debounced loop that plans and hands changes to the
 //! backend, drift checks on a timer, metrics.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -10,16 +11,17 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::Notify;
 
 use crate::backend::ProxyBackend;
 use crate::conntrack::{Conntrack, ConntrackCli};
 use crate::metrics::{Metrics, SyncLabels};
-use crate::model::DesiredState;
+use crate::model::{DesiredState, ServicePort, service_key, service_ports, slice_service};
 use crate::nft::netlink::NetlinkSocket;
 use crate::nft::{NftBackend, NftCli};
-use crate::plan::plan;
+use crate::plan::{plan, plan_services};
 use crate::{ProxyConfig, ProxyMode};
 
 /// Runs the proxy against `client` until the future is dropped or a fatal
@@ -107,8 +109,12 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
     }
 
     let notify = Arc::new(Notify::new());
+    // What changed since the last sync: Services named by watch events (a
+    // Service, or one of its EndpointSlices), or everything after a
+    // (re)list.
+    let dirty = Arc::new(Mutex::new(Dirty::default()));
+    let slices = Arc::new(Mutex::new(SliceIndex::default()));
     let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (slice_store, slice_writer) = reflector::store::<EndpointSlice>();
     let svc_stream = reflector(
         svc_writer,
         watcher(
@@ -117,30 +123,54 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         )
         .default_backoff(),
     );
-    let slice_stream = reflector(
-        slice_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
-    let n1 = notify.clone();
+    let slice_stream = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let (n1, d1) = (notify.clone(), dirty.clone());
     let watch_svc = tokio::spawn(async move {
         let mut s = std::pin::pin!(svc_stream);
         while let Some(ev) = s.next().await {
             match ev {
-                Ok(_) => n1.notify_one(),
+                Ok(ev) => {
+                    {
+                        let mut d = d1.lock().expect("dirty lock");
+                        match &ev {
+                            watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
+                                d.keys.insert(service_key(svc));
+                            }
+                            watcher::Event::InitDone => d.all = true,
+                            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                        }
+                    }
+                    n1.notify_one();
+                }
                 Err(e) => tracing::warn!("watch Services: {e}"),
             }
         }
     });
-    let n2 = notify.clone();
+    let (n2, d2, idx) = (notify.clone(), dirty.clone(), slices.clone());
+    let (slices_ready_tx, mut slices_ready) = tokio::sync::watch::channel(false);
     let watch_slices = tokio::spawn(async move {
         let mut s = std::pin::pin!(slice_stream);
         while let Some(ev) = s.next().await {
             match ev {
-                Ok(_) => n2.notify_one(),
+                Ok(ev) => {
+                    let done = matches!(ev, watcher::Event::InitDone);
+                    let touched = idx.lock().expect("slice index lock").apply(ev);
+                    {
+                        let mut d = d2.lock().expect("dirty lock");
+                        match touched {
+                            Touched::All => d.all = true,
+                            Touched::Services(keys) => d.keys.extend(keys),
+                        }
+                    }
+                    if done {
+                        let _ = slices_ready_tx.send(true);
+                    }
+                    n2.notify_one();
+                }
                 Err(e) => tracing::warn!("watch EndpointSlices: {e}"),
             }
         }
@@ -150,8 +180,8 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         .wait_until_ready()
         .await
         .context("wait for the initial Service list")?;
-    slice_store
-        .wait_until_ready()
+    slices_ready
+        .wait_for(|r| *r)
         .await
         .context("wait for the initial EndpointSlice list")?;
     tracing::info!(backend = backend.name(), node = %config.node_name, "proxy started");
@@ -159,7 +189,11 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
     let conntrack: Arc<dyn Conntrack> = Arc::new(ConntrackCli {
         prefix: config.exec_prefix.clone(),
     });
+    // `desired` follows the API objects (recomputed per changed Service);
+    // `programmed` is what the backend was last told.
+    let mut desired = DesiredState::default();
     let mut programmed = DesiredState::default();
+    let mut endpoints: i64 = 0;
     let mut need_full = true;
     let mut ticker = tokio::time::interval(config.sync_period);
     ticker.tick().await;
@@ -174,22 +208,38 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         // Batch whatever else arrives shortly after.
         tokio::time::sleep(config.min_sync_interval).await;
 
-        let services: Vec<Arc<Service>> = svc_store.state();
-        let slices: Vec<Arc<EndpointSlice>> = slice_store.state();
-        let desired = DesiredState::from_objects(
-            services.iter().map(|s| s.as_ref()),
-            slices.iter().map(|s| s.as_ref()),
-            &config.node_name,
-        );
+        let Dirty { all, keys } = std::mem::take(&mut *dirty.lock().expect("dirty lock"));
         let full = need_full;
-        let changes = plan(&programmed, &desired);
+        let changes = if full || all {
+            let services: Vec<Arc<Service>> = svc_store.state();
+            let all_slices = slices.lock().expect("slice index lock").all();
+            desired = DesiredState::from_objects(
+                services.iter().map(|s| s.as_ref()),
+                all_slices.iter().map(|s| s.as_ref()),
+                &config.node_name,
+            );
+            plan(&programmed, &desired)
+        } else {
+            for (ns, name) in &keys {
+                let ports = match svc_store.get(&ObjectRef::new(name).within(ns)) {
+                    Some(svc) => {
+                        let of = slices.lock().expect("slice index lock").of(ns, name);
+                        service_ports(&svc, of.iter().map(|s| s.as_ref()), &config.node_name)
+                    }
+                    None => Vec::new(),
+                };
+                desired.set_service(ns, name, ports);
+            }
+            plan_services(&programmed, &desired, &keys)
+        };
         if !full && !check_drift && changes.is_empty() {
             continue;
         }
         let start = Instant::now();
-        let d = desired.clone();
+        // Moved to the blocking thread and back, not copied.
+        let d = std::mem::take(&mut desired);
         let ch = changes.clone();
-        let (b, result) = tokio::task::spawn_blocking(move || {
+        let (b, d, result) = tokio::task::spawn_blocking(move || {
             let mut b = backend;
             let mut r = Ok(false);
             if !full && check_drift {
@@ -204,11 +254,12 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
                 Ok(false) => b.apply(&ch, &d).map(|()| false),
                 Err(e) => Err(e),
             };
-            (b, r)
+            (b, d, r)
         })
         .await
         .context("join sync")?;
         backend = b;
+        desired = d;
         match result {
             Ok(was_full) => {
                 let kind = if was_full { "full" } else { "partial" };
@@ -228,9 +279,20 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
                 }
                 let stale = changes.stale_udp_flows();
                 need_full = false;
-                programmed = desired;
+                if was_full {
+                    programmed = desired.clone();
+                    endpoints = programmed.endpoint_count() as i64;
+                } else {
+                    programmed.apply_changes(&changes);
+                    for c in &changes.services {
+                        let count = |sp: &Option<ServicePort>| {
+                            sp.as_ref().map_or(0, |s| s.endpoint_count() as i64)
+                        };
+                        endpoints += count(&c.new) - count(&c.old);
+                    }
+                }
                 metrics.services.set(programmed.services.len() as i64);
-                metrics.endpoints.set(programmed.endpoint_count() as i64);
+                metrics.endpoints.set(endpoints);
                 if !stale.is_empty() {
                     let ct = conntrack.clone();
                     let errs = tokio::task::spawn_blocking(move || {
@@ -263,5 +325,188 @@ impl Drop for AbortOnDrop {
         for h in &self.0 {
             h.abort();
         }
+    }
+}
+
+/// Services to recompute at the next sync.
+#[derive(Default)]
+struct Dirty {
+    /// Everything (after a list or relist).
+    all: bool,
+    /// (namespace, name) of Services whose object or slices changed.
+    keys: BTreeSet<(String, String)>,
+}
+
+/// What a slice event touched.
+enum Touched {
+    All,
+    Services(Vec<(String, String)>),
+}
+
+/// EndpointSlices by the Service they belong to, kept from watch events, so
+/// that one Service's slices are found without scanning all of them.
+#[derive(Default)]
+struct SliceIndex {
+    by_service: HashMap<(String, String), BTreeMap<String, Arc<EndpointSlice>>>,
+    /// (namespace, slice name) -> its Service, to follow a relabelled slice.
+    owner: HashMap<(String, String), (String, String)>,
+    /// Slices of a list in progress (between Init and InitDone).
+    relist: Option<Vec<EndpointSlice>>,
+}
+
+impl SliceIndex {
+    fn slice_id(slice: &EndpointSlice) -> (String, String) {
+        (
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            slice.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn remove(&mut self, id: &(String, String)) -> Option<(String, String)> {
+        let svc = self.owner.remove(id)?;
+        if let Some(m) = self.by_service.get_mut(&svc) {
+            m.remove(&id.1);
+            if m.is_empty() {
+                self.by_service.remove(&svc);
+            }
+        }
+        Some(svc)
+    }
+
+    fn insert(&mut self, slice: EndpointSlice) -> Vec<(String, String)> {
+        let id = Self::slice_id(&slice);
+        let mut touched: Vec<(String, String)> = self.remove(&id).into_iter().collect();
+        if let Some(svc) = slice_service(&slice) {
+            self.by_service
+                .entry(svc.clone())
+                .or_default()
+                .insert(id.1.clone(), Arc::new(slice));
+            self.owner.insert(id, svc.clone());
+            if !touched.contains(&svc) {
+                touched.push(svc);
+            }
+        }
+        touched
+    }
+
+    fn apply(&mut self, ev: watcher::Event<EndpointSlice>) -> Touched {
+        match ev {
+            watcher::Event::Apply(s) => Touched::Services(self.insert(s)),
+            watcher::Event::Delete(s) => {
+                Touched::Services(self.remove(&Self::slice_id(&s)).into_iter().collect())
+            }
+            watcher::Event::Init => {
+                self.relist = Some(Vec::new());
+                Touched::Services(Vec::new())
+            }
+            watcher::Event::InitApply(s) => {
+                self.relist.get_or_insert_with(Vec::new).push(s);
+                Touched::Services(Vec::new())
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                self.by_service.clear();
+                self.owner.clear();
+                for s in listed {
+                    self.insert(s);
+                }
+                Touched::All
+            }
+        }
+    }
+
+    fn of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        self.by_service
+            .get(&(namespace.to_string(), service.to_string()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<Arc<EndpointSlice>> {
+        self.by_service
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ns: &str, name: &str, svc: Option<&str>) -> EndpointSlice {
+        let mut s = EndpointSlice {
+            address_type: "IPv4".into(),
+            ..Default::default()
+        };
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.name = Some(name.into());
+        if let Some(svc) = svc {
+            s.metadata.labels = Some(
+                [(
+                    crate::model::SERVICE_NAME_LABEL.to_string(),
+                    svc.to_string(),
+                )]
+                .into(),
+            );
+        }
+        s
+    }
+
+    fn key(ns: &str, name: &str) -> (String, String) {
+        (ns.into(), name.into())
+    }
+
+    fn names(v: &[Arc<EndpointSlice>]) -> Vec<String> {
+        v.iter()
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    fn touched(t: Touched) -> Vec<(String, String)> {
+        match t {
+            Touched::All => panic!("expected named Services"),
+            Touched::Services(v) => v,
+        }
+    }
+
+    #[test]
+    fn slice_index_follows_events() {
+        let mut idx = SliceIndex::default();
+        let t = idx.apply(watcher::Event::Apply(slice("a", "web-1", Some("web"))));
+        assert_eq!(touched(t), [key("a", "web")]);
+        idx.apply(watcher::Event::Apply(slice("a", "web-2", Some("web"))));
+        idx.apply(watcher::Event::Apply(slice("b", "web-1", Some("web"))));
+        assert_eq!(names(&idx.of("a", "web")), ["web-1", "web-2"]);
+        assert_eq!(names(&idx.of("b", "web")), ["web-1"]);
+        // Relabelled to another Service: both are touched, it moves.
+        let t = idx.apply(watcher::Event::Apply(slice("a", "web-2", Some("api"))));
+        assert_eq!(touched(t), [key("a", "web"), key("a", "api")]);
+        assert_eq!(names(&idx.of("a", "web")), ["web-1"]);
+        assert_eq!(names(&idx.of("a", "api")), ["web-2"]);
+        // Label removed: it belongs to nothing.
+        let t = idx.apply(watcher::Event::Apply(slice("a", "web-2", None)));
+        assert_eq!(touched(t), [key("a", "api")]);
+        assert!(idx.of("a", "api").is_empty());
+        let t = idx.apply(watcher::Event::Delete(slice("a", "web-1", Some("web"))));
+        assert_eq!(touched(t), [key("a", "web")]);
+        assert!(idx.of("a", "web").is_empty());
+        // Deleting an unknown slice touches nothing.
+        let t = idx.apply(watcher::Event::Delete(slice("a", "nope", Some("web"))));
+        assert!(touched(t).is_empty());
+        assert_eq!(idx.all().len(), 1);
+    }
+
+    #[test]
+    fn relist_replaces_the_index_when_done() {
+        let mut idx = SliceIndex::default();
+        idx.apply(watcher::Event::Apply(slice("a", "old", Some("web"))));
+        assert!(touched(idx.apply(watcher::Event::Init)).is_empty());
+        idx.apply(watcher::Event::InitApply(slice("a", "new", Some("web"))));
+        // Until the list is complete the old view stays.
+        assert_eq!(names(&idx.of("a", "web")), ["old"]);
+        assert!(matches!(idx.apply(watcher::Event::InitDone), Touched::All));
+        assert_eq!(names(&idx.of("a", "web")), ["new"]);
+        assert_eq!(idx.all().len(), 1);
     }
 }

@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use keelson_proxy::model::{DesiredState, Endpoint, Protocol, ServicePort, ServicePortName};
+use keelson_proxy::model::{
+    DesiredState, Endpoint, Protocol, ServicePort, ServicePortName, service_key, service_ports,
+    slice_service,
+};
 use keelson_proxy::nft::render::{self, NftConfig, Programmed};
-use keelson_proxy::plan::{StaleFlow, plan};
+use keelson_proxy::plan::{Changes, StaleFlow, plan, plan_services};
 
 const NODE: &str = "node-a";
 
@@ -30,6 +33,11 @@ fn cfg() -> NftConfig {
 }
 
 fn load(path: &Path) -> DesiredState {
+    let (services, slices) = load_objects(path);
+    DesiredState::from_objects(&services, &slices, NODE)
+}
+
+fn load_objects(path: &Path) -> (Vec<Service>, Vec<EndpointSlice>) {
     let text = std::fs::read_to_string(path).unwrap();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
         .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
@@ -44,7 +52,71 @@ fn load(path: &Path) -> DesiredState {
             other => panic!("{}: unexpected kind {other:?}", path.display()),
         }
     }
-    DesiredState::from_objects(&services, &slices, NODE)
+    (services, slices)
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The event-driven path (one Service at a time: `set_service` from the
+/// Service and its own slices, `plan_services` over the named Services)
+/// gives exactly what the whole-state path gives, for every fixture, and
+/// from every fixture to every other.
+#[test]
+fn per_service_updates_match_the_whole_state() {
+    let paths = fixtures();
+    assert!(paths.len() >= 4, "{paths:?}");
+    let states: Vec<DesiredState> = paths.iter().map(|p| load(p)).collect();
+    for (path, whole) in paths.iter().zip(&states) {
+        let (services, slices) = load_objects(path);
+        let mut built = DesiredState::default();
+        let mut keys = BTreeSet::new();
+        for svc in &services {
+            let key = service_key(svc);
+            let own = slices
+                .iter()
+                .filter(|s| slice_service(s).as_ref() == Some(&key));
+            built.set_service(&key.0, &key.1, service_ports(svc, own, NODE));
+            keys.insert(key);
+        }
+        assert_eq!(&built, whole, "{}", path.display());
+        assert!(!whole.services.is_empty(), "{}", path.display());
+        // Removing every Service one by one empties the state.
+        let mut emptied = built.clone();
+        for (ns, name) in &keys {
+            emptied.set_service(ns, name, Vec::new());
+        }
+        assert!(emptied.services.is_empty());
+    }
+    for (a, pa) in states.iter().zip(&paths) {
+        for b in &states {
+            let keys: BTreeSet<(String, String)> = a
+                .services
+                .keys()
+                .chain(b.services.keys())
+                .map(|k| (k.namespace.clone(), k.name.clone()))
+                .collect();
+            let narrow = plan_services(a, b, &keys);
+            let by_name = |c: &Changes| {
+                let mut v = c.services.clone();
+                v.sort_by(|x, y| x.name.cmp(&y.name));
+                v
+            };
+            assert_eq!(by_name(&narrow), by_name(&plan(a, b)), "{}", pa.display());
+            let mut applied = a.clone();
+            applied.apply_changes(&narrow);
+            assert_eq!(&applied, b);
+            // Naming no Service plans nothing, whatever differs.
+            assert!(plan_services(a, b, &BTreeSet::new()).is_empty());
+        }
+    }
 }
 
 /// Rendered full ruleset of a fixture (generation 0).

@@ -409,17 +409,18 @@ pub fn service_objects(name: &ServicePortName, sp: &ServicePort, cfg: &NftConfig
 pub fn hairpin_elements(state: &DesiredState) -> BTreeSet<Element> {
     let mut out = BTreeSet::new();
     for sp in state.services.values() {
-        for ep in sp.internal_endpoints.iter().chain(&sp.external_endpoints) {
-            if ep.local {
-                out.insert(el(
-                    Container::Hairpin,
-                    format!("{} . {}", ep.ip, ep.ip),
-                    None,
-                ));
-            }
-        }
+        out.extend(service_hairpin(sp));
     }
     out
+}
+
+/// The hairpin elements one Service port needs (one per local endpoint).
+fn service_hairpin(sp: &ServicePort) -> impl Iterator<Item = Element> + '_ {
+    sp.internal_endpoints
+        .iter()
+        .chain(&sp.external_endpoints)
+        .filter(|ep| ep.local)
+        .map(|ep| el(Container::Hairpin, format!("{} . {}", ep.ip, ep.ip), None))
 }
 
 /// All objects of a state (what a full sync programs).
@@ -732,15 +733,44 @@ pub fn plan_changes(
     if !new.families.is_subset(&programmed.families) {
         return None;
     }
-    let hairpin = if changes.is_empty() {
-        programmed.hairpin.clone()
-    } else {
-        hairpin_elements(desired)
-    };
+    // Hairpin elements are shared by every Service port with that local
+    // endpoint: computed from the changed ports only, and one is removed
+    // only when no port of the whole state still needs it (the O(n) scan
+    // runs only when some port lost a local endpoint).
+    let old_h: BTreeSet<Element> = changes
+        .services
+        .iter()
+        .filter_map(|c| c.old.as_ref())
+        .flat_map(service_hairpin)
+        .collect();
+    let new_h: BTreeSet<Element> = changes
+        .services
+        .iter()
+        .filter_map(|c| c.new.as_ref())
+        .flat_map(service_hairpin)
+        .collect();
+    let mut gone: BTreeSet<Element> = old_h
+        .difference(&new_h)
+        .filter(|e| programmed.hairpin.contains(*e))
+        .cloned()
+        .collect();
+    if !gone.is_empty() {
+        let still = hairpin_elements(desired);
+        gone.retain(|e| !still.contains(e));
+    }
+    let fresh: Vec<Element> = new_h
+        .into_iter()
+        .filter(|e| !programmed.hairpin.contains(e))
+        .collect();
+    let mut hairpin = programmed.hairpin.clone();
+    for e in &gone {
+        hairpin.remove(e);
+    }
+    hairpin.extend(fresh.iter().cloned());
     let mut del: Vec<Element> = old.elements.difference(&new.elements).cloned().collect();
-    del.extend(programmed.hairpin.difference(&hairpin).cloned());
+    del.extend(gone);
     let mut add: Vec<Element> = new.elements.difference(&old.elements).cloned().collect();
-    add.extend(hairpin.difference(&programmed.hairpin).cloned());
+    add.extend(fresh);
 
     let mut out = String::new();
     let mut next = programmed.clone();
