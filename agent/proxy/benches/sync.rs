@@ -1,7 +1,11 @@
 //! Sync cost of the nftables backend at 1k / 10k / 30k Services (2 endpoints
-//! each), in a scratch network namespace: full sync (render + one `nft -f`
-//! transaction replacing the table) and one-Service changes (plan + render +
-//! one element-only transaction). Prints medians. Needs root.
+//! each), in a scratch network namespace. Full sync three ways (see
+//! `NftBackend::full_sync`): with no table (structure by `nft -f`, elements
+//! by one netlink transaction), with the table present (one netlink
+//! transaction replacing every element), and a whole-table rebuild (one
+//! `nft -f` transaction); then one-Service changes (plan of the named
+//! Service + render + one element-only transaction). Prints medians. Needs
+//! root.
 //!
 //! cargo bench -p keelson-proxy --bench sync
 
@@ -14,7 +18,7 @@ use keelson_proxy::backend::ProxyBackend;
 use keelson_proxy::model::{DesiredState, Endpoint, Protocol, ServicePort, ServicePortName};
 use keelson_proxy::nft::netlink::NetlinkSocket;
 use keelson_proxy::nft::render::{self, NftConfig};
-use keelson_proxy::nft::{NftBackend, NftCli};
+use keelson_proxy::nft::{FullSyncKind, NftBackend, NftCli};
 use keelson_proxy::plan::{plan, plan_services};
 
 fn state(n: u32) -> DesiredState {
@@ -91,10 +95,12 @@ fn main() {
         if netlink { "netlink" } else { "the nft CLI" }
     );
     println!(
-        "{:>8}  {:>10}  {:>14}  {:>16}  {:>16}  {:>16}  {:>10}",
+        "{:>8}  {:>10}  {:>14}  {:>14}  {:>14}  {:>16}  {:>16}  {:>16}  {:>10}",
         "services",
         "render",
-        "full sync",
+        "full: no table",
+        "full: present",
+        "full: rebuild",
         "change endpoint",
         "add service",
         "remove service",
@@ -109,17 +115,46 @@ fn main() {
         }
         let runs = if n >= 30_000 { 3 } else { 5 };
         let mut render_t = Vec::new();
-        let mut full = Vec::new();
+        let (mut created, mut present, mut rebuilt) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cli_only = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
         for _ in 0..runs {
             let t = Instant::now();
             let o = render::state_objects(&base, &cfg);
             let _ = render::render_full(&o, &cfg, 1);
             render_t.push(t.elapsed());
 
+            // Whole-table rebuild: one `nft -f` (also the path without netlink).
             let t = Instant::now();
-            backend.full_sync(&base).expect("full sync");
-            full.push(t.elapsed());
+            cli_only.full_sync(&base).expect("full sync (rebuild)");
+            rebuilt.push(t.elapsed());
+            assert_eq!(cli_only.last_full_sync(), FullSyncKind::Rebuilt);
+            if !netlink {
+                continue;
+            }
+            // First start: no table.
+            let _ = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns.0, "nft", "delete", "table", "ip", &cfg.table,
+                ])
+                .status();
+            let t = Instant::now();
+            backend.full_sync(&base).expect("full sync (no table)");
+            created.push(t.elapsed());
+            assert_eq!(backend.last_full_sync(), FullSyncKind::Created);
+            // Restart or resync: the table is there with this structure.
+            let t = Instant::now();
+            backend.full_sync(&base).expect("full sync (table present)");
+            present.push(t.elapsed());
+            assert_eq!(backend.last_full_sync(), FullSyncKind::Elements);
         }
+        let ms = |v: Vec<Duration>| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.1}ms", median(v).as_secs_f64() * 1e3)
+            }
+        };
+        let full = (ms(created), ms(present), ms(rebuilt));
         // One Service's endpoint replaced, then back: element updates only.
         let key = base.services.keys().nth(n as usize / 2).unwrap().clone();
         let mut changed = base.clone();
@@ -160,10 +195,12 @@ fn main() {
             results.push(median(times));
         }
         println!(
-            "{:>8}  {:>8.1}ms  {:>12.1}ms  {:>14.2}ms  {:>14.2}ms  {:>14.2}ms  {:>10.3}ms",
+            "{:>8}  {:>8.1}ms  {:>14}  {:>14}  {:>14}  {:>14.2}ms  {:>14.2}ms  {:>14.2}ms  {:>10.3}ms",
             n,
             median(render_t).as_secs_f64() * 1e3,
-            median(full).as_secs_f64() * 1e3,
+            full.0,
+            full.1,
+            full.2,
             results[0].as_secs_f64() * 1e3,
             results[1].as_secs_f64() * 1e3,
             results[2].as_secs_f64() * 1e3,

@@ -854,7 +854,7 @@ use keelson_proxy::backend::ProxyBackend as _;
 use keelson_proxy::model::{DesiredState, Endpoint, Protocol, ServicePort, ServicePortName};
 use keelson_proxy::nft::netlink::NetlinkSocket;
 use keelson_proxy::nft::render::NftConfig;
-use keelson_proxy::nft::{NftBackend, NftCli};
+use keelson_proxy::nft::{FullSyncKind, NftBackend, NftCli};
 use keelson_proxy::plan::plan;
 use std::net::Ipv4Addr;
 
@@ -936,4 +936,100 @@ fn netlink_element_changes_match_a_full_render() {
         .apply(&changes, states.last().unwrap())
         .expect_err("deleting missing elements must fail");
     assert!(err.to_string().contains("keelson"), "{err}");
+}
+
+/// The three ways a full sync writes the table (no table: structure by
+/// `nft -f` then elements by netlink; same structure: one netlink
+/// transaction; otherwise one `nft -f` rebuild) leave exactly what a
+/// whole-table `nft -f` of the same state leaves, and the element-only way
+/// is taken only when the kernel's table has this structure.
+#[test]
+fn full_sync_paths_leave_the_same_table() {
+    skip_unless_ready!(false);
+    let ns = Netns::new(unique("fs"));
+    let cfg = NftConfig {
+        prealloc_families: 3,
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        ..Default::default()
+    };
+    let netlink_backend = |cfg: &NftConfig| {
+        let sock = NetlinkSocket::open(Some(&ns.0)).expect("open netlink socket in the netns");
+        NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone()).with_element_writer(Box::new(sock))
+    };
+    let mut backend = netlink_backend(&cfg);
+    let mut reference = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+    let list = || ns.exec(&["nft", "list", "table", "ip", "keelson"]);
+
+    let mut s0 = DesiredState::default();
+    for i in 1..=4u8 {
+        s0.services.insert(
+            spn(&format!("s{i}")),
+            bench_like_service(i, i == 2, (i >= 3).then_some(30000 + u16::from(i))),
+        );
+    }
+    let mut aff = bench_like_service(6, false, Some(30006));
+    aff.affinity_timeout = Some(300);
+    s0.services.insert(spn("s6"), aff);
+    // Same structure, other elements: endpoints swapped, a Service gone,
+    // one added (with a local endpoint: hairpin).
+    let mut s1 = s0.clone();
+    s1.services.get_mut(&spn("s1")).unwrap().internal_endpoints[1].ip = Ipv4Addr::new(9, 9, 9, 9);
+    s1.services.remove(&spn("s2"));
+    s1.services
+        .insert(spn("s5"), bench_like_service(5, true, Some(30005)));
+
+    backend.full_sync(&s0).expect("full sync, no table");
+    assert_eq!(backend.last_full_sync(), FullSyncKind::Created);
+    let created = list();
+    reference.full_sync(&s0).expect("reference full sync");
+    assert_eq!(reference.last_full_sync(), FullSyncKind::Rebuilt);
+    assert_eq!(
+        canonical(&created),
+        canonical(&list()),
+        "created vs rebuilt"
+    );
+
+    backend.full_sync(&s1).expect("full sync, table present");
+    assert_eq!(backend.last_full_sync(), FullSyncKind::Elements);
+    let replaced = list();
+    assert!(!backend.drifted().expect("drift check"), "{replaced}");
+    reference.full_sync(&s1).expect("reference full sync");
+    assert_eq!(
+        canonical(&replaced),
+        canonical(&list()),
+        "elements vs rebuilt"
+    );
+    assert!(
+        canonical(&replaced) != canonical(&created),
+        "the states differ"
+    );
+
+    // Another structure (a NodePort address range) in the kernel: rebuilt.
+    let other = NftConfig {
+        nodeport_addresses: vec!["192.168.200.0/24".parse().unwrap()],
+        ..cfg.clone()
+    };
+    let mut b2 = netlink_backend(&other);
+    b2.full_sync(&s1).expect("full sync, other structure");
+    assert_eq!(b2.last_full_sync(), FullSyncKind::Rebuilt);
+    assert!(list().contains("192.168.200.0/24"));
+
+    // Drift (the table replaced behind the backend's back): the next full
+    // sync rebuilds even though the structure fingerprint matches.
+    backend.full_sync(&s1).expect("full sync");
+    assert_eq!(
+        backend.last_full_sync(),
+        FullSyncKind::Rebuilt,
+        "b2 changed the structure"
+    );
+    reference
+        .full_sync(&s1)
+        .expect("someone else writes the table");
+    assert!(backend.drifted().expect("drift check"));
+    backend.full_sync(&s1).expect("full sync after drift");
+    assert_eq!(backend.last_full_sync(), FullSyncKind::Rebuilt);
+    assert!(!backend.drifted().expect("drift check"));
+    backend.full_sync(&s0).expect("full sync");
+    assert_eq!(backend.last_full_sync(), FullSyncKind::Elements);
+    assert_eq!(canonical(&list()), canonical(&created));
 }

@@ -332,6 +332,20 @@ impl Batch {
         }
     }
 
+    /// Removes every element of set `set` (a DELSETELEM without a list).
+    pub fn flush(&mut self, family: u8, table: &str, set: &str) {
+        let at = self.header(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM,
+            NLM_F_REQUEST | NLM_F_ACK,
+            family,
+        );
+        self.last_seq = self.seq.wrapping_sub(1);
+        attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+        attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
+        self.finish(at);
+        self.messages += 1;
+    }
+
     /// Closes the batch: the bytes to send, the sequence number whose ack
     /// ends the reply, and the number of messages (0: nothing to send).
     pub fn end(mut self) -> (Vec<u8>, u32, usize) {
@@ -364,6 +378,42 @@ pub fn element_batch(
             if !encoded.is_empty() {
                 batch.elements(op, NFPROTO_IPV4, table, c.name(), &encoded);
             }
+        }
+    }
+    Ok(batch)
+}
+
+/// One batch that makes the element sets of table `table` hold exactly
+/// `elements`: each [`Container`] flushed, then filled, and the `generation`
+/// set's one element replaced by `generation` (a `type mark` element: four
+/// bytes in host order). What a full sync sends when the table's structure
+/// is already right.
+pub fn replace_batch(
+    seq: u32,
+    table: &str,
+    elements: &[&Element],
+    generation: u32,
+) -> Result<Batch, EncodeError> {
+    let mut batch = Batch::new(seq);
+    for c in Container::ALL {
+        batch.flush(NFPROTO_IPV4, table, c.name());
+    }
+    batch.flush(NFPROTO_IPV4, table, "generation");
+    batch.elements(
+        ElemOp::Add,
+        NFPROTO_IPV4,
+        table,
+        "generation",
+        &[(generation.to_ne_bytes().to_vec(), None)],
+    );
+    for c in Container::ALL {
+        let encoded = elements
+            .iter()
+            .filter(|e| e.container == c)
+            .map(|e| encode_element(e))
+            .collect::<Result<Vec<_>, EncodeError>>()?;
+        if !encoded.is_empty() {
+            batch.elements(ElemOp::Add, NFPROTO_IPV4, table, c.name(), &encoded);
         }
     }
     Ok(batch)

@@ -577,8 +577,18 @@ fn write_elements<'a>(
 /// delete succeed when it is missing). `generation` marks this sync so that
 /// drift (someone else replacing the table) is detectable.
 pub fn render_full(objects: &Objects, cfg: &NftConfig, generation: u32) -> String {
+    let mut out = render_structure(objects, cfg, generation);
+    write_elements(&mut out, &cfg.table, "add", &objects.elements);
+    out
+}
+
+/// [`render_full`] without the elements of the [`Container`] sets: the
+/// table, its chains and rules, set definitions, the `generation` element
+/// and the `structure` element (see [`structure`]).
+pub fn render_structure(objects: &Objects, cfg: &NftConfig, generation: u32) -> String {
     let t = &cfg.table;
-    let mut out = String::with_capacity(128 + objects.elements.len() * 48);
+    let (body, fingerprint) = structure(objects, cfg);
+    let mut out = String::with_capacity(256 + body.len() + objects.elements.len() * 48);
     let _ = writeln!(
         out,
         "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{"
@@ -587,6 +597,22 @@ pub fn render_full(objects: &Objects, cfg: &NftConfig, generation: u32) -> Strin
         out,
         "\tset generation {{\n\t\ttype mark\n\t\telements = {{ {generation:#x} }}\n\t}}"
     );
+    let _ = writeln!(
+        out,
+        "\tset structure {{\n\t\ttype mark\n\t\telements = {{ {fingerprint:#010x} }}\n\t}}"
+    );
+    out.push_str(&body);
+    out.push_str("}\n");
+    out
+}
+
+/// The body of the table for `objects` (set definitions, chains, rules:
+/// everything a full sync writes but the elements of the [`Container`]
+/// sets and the generation), and its fingerprint (32-bit FNV-1a), which the
+/// table carries in its `structure` set. A full sync that finds the same
+/// fingerprint in the kernel only has elements to replace.
+pub fn structure(objects: &Objects, cfg: &NftConfig) -> (String, u32) {
+    let mut out = String::with_capacity(4096);
     for c in Container::ALL {
         let _ = writeln!(out, "\t{}", c.definition());
     }
@@ -629,9 +655,11 @@ pub fn render_full(objects: &Objects, cfg: &NftConfig, generation: u32) -> Strin
     for (name, rules) in base_chain_bodies(cfg) {
         write_chain(&mut out, name, &rules);
     }
-    out.push_str("}\n");
-    write_elements(&mut out, t, "add", &objects.elements);
-    out
+    let mut h: u32 = 0x811c_9dc5;
+    for b in out.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (out, h)
 }
 
 /// Names of every chain a full sync of `objects` creates.
