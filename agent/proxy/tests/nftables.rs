@@ -1032,4 +1032,11 @@ fn full_sync_paths_leave_the_same_table() {
     backend.full_sync(&s0).expect("full sync");
     assert_eq!(backend.last_full_sync(), FullSyncKind::Elements);
     assert_eq!(canonical(&list()), canonical(&created));
+    // Drift by deletion: nothing left to keep consistent, so the fast
+    // creation path, and the same table again.
+    ns.exec(&["nft", "delete", "table", "ip", "keelson"]);
+    assert!(backend.drifted().expect("drift check"));
+    backend.full_sync(&s0).expect("full sync after deletion");
+    assert_eq!(backend.last_full_sync(), FullSyncKind::Created);
+    assert_eq!(canonical(&list()), canonical(&created));
 }

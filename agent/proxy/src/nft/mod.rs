@@ -316,25 +316,27 @@ impl<R: NftRunner> ProxyBackend for NftBackend<R> {
     /// this structure (same fingerprint: a restart, a periodic resync), one
     /// netlink transaction replaces the elements; with no table, `nft -f`
     /// writes the structure and netlink the elements (nothing to keep
-    /// consistent in between); otherwise (another structure, drift seen, no
-    /// netlink writer) one `nft -f` transaction replaces the whole table.
+    /// consistent in between); otherwise (another structure, a table
+    /// changed behind our back, no netlink writer) one `nft -f` transaction
+    /// replaces the whole table.
     /// nft's parser is the slow part at scale (~1 s for 30k Services).
     fn full_sync(&mut self, desired: &DesiredState) -> Result<(), BackendError> {
         let objects = render::state_objects(desired, &self.cfg);
         let generation = self.next_generation();
         self.programmed = None;
         let rebuild = std::mem::take(&mut self.rebuild);
-        let kind = match (&self.elements, rebuild) {
-            (Some(_), false) => {
-                let (exists, fingerprint) = self.kernel_structure()?;
-                let (_, want) = render::structure(&objects, &self.cfg);
-                match (exists, fingerprint) {
-                    (true, Some(f)) if f == want => FullSyncKind::Elements,
-                    (false, _) => FullSyncKind::Created,
-                    _ => FullSyncKind::Rebuilt,
-                }
+        let kind = if self.elements.is_some() {
+            let (exists, fingerprint) = self.kernel_structure()?;
+            let (_, want) = render::structure(&objects, &self.cfg);
+            match (exists, fingerprint) {
+                // A missing table (also one deleted behind our back) has
+                // nothing to keep consistent.
+                (false, _) => FullSyncKind::Created,
+                (true, Some(f)) if f == want && !rebuild => FullSyncKind::Elements,
+                _ => FullSyncKind::Rebuilt,
             }
-            _ => FullSyncKind::Rebuilt,
+        } else {
+            FullSyncKind::Rebuilt
         };
         let elements: Vec<&Element> = objects.elements.iter().collect();
         match (kind, &mut self.elements) {
