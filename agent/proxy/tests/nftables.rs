@@ -858,6 +858,22 @@ use keelson_proxy::nft::{FullSyncKind, NftBackend, NftCli};
 use keelson_proxy::plan::plan;
 use std::net::Ipv4Addr;
 
+/// Four Services (one with a local endpoint, two NodePorts) and one with
+/// affinity (per-Service chains, dynamic sets, an anonymous verdict map).
+fn mixed_state() -> DesiredState {
+    let mut s = DesiredState::default();
+    for i in 1..=4u8 {
+        s.services.insert(
+            spn(&format!("s{i}")),
+            bench_like_service(i, i == 2, (i >= 3).then_some(30000 + u16::from(i))),
+        );
+    }
+    let mut aff = bench_like_service(6, false, Some(30006));
+    aff.affinity_timeout = Some(300);
+    s.services.insert(spn("s6"), aff);
+    s
+}
+
 /// Element changes sent over netlink leave the kernel table exactly as a
 /// full `nft -f` render of the new state would: endpoint swaps, added and
 /// removed Services, NodePorts, hairpin elements, a Service losing all its
@@ -877,17 +893,7 @@ fn netlink_element_changes_match_a_full_render() {
         NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone()).with_element_writer(Box::new(sock));
     let mut reference = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
 
-    let mut s0 = DesiredState::default();
-    for i in 1..=4u8 {
-        s0.services.insert(
-            spn(&format!("s{i}")),
-            bench_like_service(i, i == 2, (i >= 3).then_some(30000 + u16::from(i))),
-        );
-    }
-    // Affinity: per-Service chains, dynamic sets, an anonymous verdict map.
-    let mut aff = bench_like_service(6, false, Some(30006));
-    aff.affinity_timeout = Some(300);
-    s0.services.insert(spn("s6"), aff);
+    let s0 = mixed_state();
     let mut states = vec![s0.clone()];
     let mut s = s0.clone();
     // One endpoint replaced.
@@ -960,16 +966,7 @@ fn full_sync_paths_leave_the_same_table() {
     let mut reference = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
     let list = || ns.exec(&["nft", "list", "table", "ip", "keelson"]);
 
-    let mut s0 = DesiredState::default();
-    for i in 1..=4u8 {
-        s0.services.insert(
-            spn(&format!("s{i}")),
-            bench_like_service(i, i == 2, (i >= 3).then_some(30000 + u16::from(i))),
-        );
-    }
-    let mut aff = bench_like_service(6, false, Some(30006));
-    aff.affinity_timeout = Some(300);
-    s0.services.insert(spn("s6"), aff);
+    let s0 = mixed_state();
     // Same structure, other elements: endpoints swapped, a Service gone,
     // one added (with a local endpoint: hairpin).
     let mut s1 = s0.clone();
