@@ -46,6 +46,16 @@ pub struct AgentArgs {
     /// The proxy's metrics address (none when absent).
     #[arg(long)]
     pub proxy_metrics_listen: Option<SocketAddr>,
+    /// bpffs directory for the eBPF proxy's pinned maps and links (the
+    /// proxy's --bpf-pin-dir; absent: /sys/fs/bpf/keelson). The other proxy
+    /// modes remove what is pinned there.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_bpf_pin_dir: Option<PathBuf>,
+    /// cgroup2 directory the eBPF proxy's socket programs attach to; only
+    /// processes in it or below it get Service load balancing (the proxy's
+    /// --cgroup2-path; absent: the cgroup2 root).
+    #[arg(long, value_name = "PATH")]
+    pub proxy_cgroup2_path: Option<PathBuf>,
     /// Cluster DNS server for pods with dnsPolicy ClusterFirst (kubelet's
     /// --cluster-dns). Absent: pods get the node's resolv.conf.
     #[arg(long)]
@@ -136,6 +146,12 @@ fn start_proxy(
     }
     if let Some(m) = args.proxy_metrics_listen {
         flags.extend(["--metrics-listen".into(), m.to_string()]);
+    }
+    if let Some(dir) = &args.proxy_bpf_pin_dir {
+        flags.extend(["--bpf-pin-dir".into(), dir.display().to_string()]);
+    }
+    if let Some(cg) = &args.proxy_cgroup2_path {
+        flags.extend(["--cgroup2-path".into(), cg.display().to_string()]);
     }
     let wrap = <Wrap as clap::Parser>::try_parse_from(&flags).context("proxy flags")?;
     let mut config = keelson_proxy::ProxyConfig::from_args(&wrap.proxy);

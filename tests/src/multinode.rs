@@ -11,13 +11,27 @@
 //!    └─ veth ── netns kmn<tag>-c: eth0 10.250.S.100/24, an outside client (no agent)
 //! ```
 //!
-//! Each agent runs `unshare --mount` (its own mount namespace, with a tmpfs
-//! over /sys/fs/bpf so that the Service proxy's eBPF cleanup cannot touch the
-//! host's pins) and `nsenter --net` into its node's namespace, with its own
-//! root, run, log, CNI config and IPAM dirs and cgroup root; keelson-cni
-//! gives each node a pod CIDR and the agents' route watchers route between
-//! them over the shared link. The Service proxy runs in nftables mode (its
-//! table lives in the node's netns); cluster DNS answers on the node IP.
+//! Each agent runs `unshare --mount` (its own mount namespace) and `nsenter
+//! --net` into its node's namespace, with its own root, run, log, CNI config
+//! and IPAM dirs and cgroup root; keelson-cni gives each node a pod CIDR and
+//! the agents' route watchers route between them over the shared link.
+//! Cluster DNS answers on the node IP.
+//!
+//! The Service proxy runs in the [`ProxyMode`] the cluster was started with:
+//! - [`ProxyMode::Nftables`] ([`Cluster::start`]): its table lives in the
+//!   node's netns; a tmpfs over /sys/fs/bpf in the agent's mount namespace
+//!   keeps the proxy's eBPF cleanup away from the host's pins.
+//! - [`ProxyMode::Ebpf`] (`Cluster::start_with(.., ProxyMode::Ebpf)`): a
+//!   fresh bpffs over /sys/fs/bpf in the agent's mount namespace (each bpffs
+//!   mount is its own instance) holds the node's pins under
+//!   `--proxy-bpf-pin-dir /sys/fs/bpf/<cgroup root>`, and the socket programs
+//!   attach to the node's own cgroup2 subtree (`--proxy-cgroup2-path`, the
+//!   `--cgroup-root` directory in the cgroup2 hierarchy, created by the
+//!   harness), so a node's pods get that node's load balancer only. The
+//!   pins (and with them the links) go when the agent's mount namespace
+//!   does; the cgroups are removed by the harness like in nftables mode.
+//!   [`Cluster::exec_in_pod`] then also joins the pod's cgroup2 cgroup, the
+//!   socket programs' scope.
 //!
 //! Drop tears everything down: agents, their containers and shims, cgroups,
 //! network namespaces (with every veth in them), the bridge, the registry
@@ -87,7 +101,12 @@ pub fn missing_prerequisites() -> Option<String> {
 /// `true` when the test should go on; prints why not (or panics under
 /// `KEELSON_REQUIRE_ALL=1`).
 pub fn can_run(test: &str) -> bool {
-    match missing_prerequisites() {
+    can_run_with(test, ProxyMode::Nftables)
+}
+
+/// [`can_run`] for a cluster whose proxy runs in `mode`.
+pub fn can_run_with(test: &str, mode: ProxyMode) -> bool {
+    match missing_prerequisites_for(mode) {
         None => true,
         Some(why) if require_all() => panic!("{test}: {why} (KEELSON_REQUIRE_ALL=1)"),
         Some(why) => {
@@ -95,6 +114,58 @@ pub fn can_run(test: &str) -> bool {
             false
         }
     }
+}
+
+/// How the agents run the Service proxy (`keelson agent --proxy-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// nftables in each node's netns.
+    Nftables,
+    /// eBPF socket programs on each node's cgroup2 subtree, pins in a
+    /// bpffs of the agent's own.
+    Ebpf,
+}
+
+impl ProxyMode {
+    /// The `--proxy-mode` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Ebpf => "ebpf",
+        }
+    }
+}
+
+/// The line the proxy logs when it runs eBPF (with `pin_dir=` and
+/// `attached=`).
+pub const EBPF_LOADED: &str = "eBPF load balancer loaded";
+/// The start of what the proxy logs when `--proxy-mode ebpf` cannot load
+/// its programs and it runs nftables instead.
+pub const EBPF_FALLBACK: &str = "falling back to --proxy-mode nftables";
+
+/// The cgroup2 hierarchy: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified
+/// (hybrid); None on a v1-only host.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    [base.to_path_buf(), base.join("unified")]
+        .into_iter()
+        .find(|p| p.join("cgroup.controllers").is_file())
+}
+
+/// Why a multi-node test in `mode` cannot run here (None: it can).
+pub fn missing_prerequisites_for(mode: ProxyMode) -> Option<String> {
+    if let Some(why) = missing_prerequisites() {
+        return Some(why);
+    }
+    if mode == ProxyMode::Ebpf {
+        if cgroup2_mount().is_none() {
+            return Some("no cgroup2 hierarchy (eBPF proxy mode)".into());
+        }
+        if !Path::new("/sys/fs/bpf").is_dir() {
+            return Some("/sys/fs/bpf missing (eBPF proxy mode)".into());
+        }
+    }
+    None
 }
 
 /// Runs a command, panicking with its stderr when it fails.
@@ -320,6 +391,12 @@ pub struct Node {
     pub cgroup_root: String,
     /// --run-dir.
     pub run_dir: PathBuf,
+    /// --proxy-mode.
+    pub proxy_mode: ProxyMode,
+    /// eBPF mode: --proxy-bpf-pin-dir (in the agent's own bpffs).
+    pub bpf_pin_dir: Option<PathBuf>,
+    /// eBPF mode: --proxy-cgroup2-path (the node's cgroup2 subtree).
+    pub proxy_cgroup2: Option<PathBuf>,
     cmd: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -334,6 +411,7 @@ impl Node {
         ip: Ipv4Addr,
         kubeconfig: &Path,
         registry: &str,
+        proxy_mode: ProxyMode,
     ) -> Node {
         let base = tempfile::Builder::new()
             .prefix("keelson-mn-node-")
@@ -357,10 +435,29 @@ impl Node {
         let name = format!("mn{tag}-node{index}");
         let cgroup_root = format!("keelson-mn-{tag}-{index}");
         let s = |p: PathBuf| p.display().to_string();
-        // Own mount namespace (tmpfs over /sys/fs/bpf: the nftables proxy
-        // removes the eBPF pin dir it finds), then the node's netns.
-        let script =
-            "mount -t tmpfs keelson-mn-bpf /sys/fs/bpf && exec nsenter --net=\"$0\" \"$@\"";
+        // Own mount namespace, then the node's netns. nftables: a tmpfs over
+        // /sys/fs/bpf (the nftables proxy removes the eBPF pin dir it finds).
+        // eBPF: a bpffs of this node's own there (a new instance, gone with
+        // the mount namespace, and the pinned links with it).
+        let script = match proxy_mode {
+            ProxyMode::Nftables => {
+                "mount -t tmpfs keelson-mn-bpf /sys/fs/bpf && exec nsenter --net=\"$0\" \"$@\""
+            }
+            ProxyMode::Ebpf => {
+                "mount -t bpf keelson-mn-bpf /sys/fs/bpf && exec nsenter --net=\"$0\" \"$@\""
+            }
+        };
+        let (bpf_pin_dir, proxy_cgroup2) = match proxy_mode {
+            ProxyMode::Nftables => (None, None),
+            ProxyMode::Ebpf => (
+                Some(Path::new("/sys/fs/bpf").join(&cgroup_root)),
+                Some(
+                    cgroup2_mount()
+                        .expect("a cgroup2 hierarchy (eBPF proxy mode)")
+                        .join(&cgroup_root),
+                ),
+            ),
+        };
         let mut cmd: Vec<String> = vec![
             "--mount".into(),
             "--propagation".into(),
@@ -398,7 +495,7 @@ impl Node {
                 "--pod-cidr",
                 &pod_cidr,
                 "--proxy-mode",
-                "nftables",
+                proxy_mode.flag(),
                 "--cluster-dns",
                 &dns,
                 "--dns-listen",
@@ -408,6 +505,14 @@ impl Node {
             ]
             .map(str::to_string),
         );
+        if let (Some(pins), Some(cg)) = (&bpf_pin_dir, &proxy_cgroup2) {
+            cmd.extend([
+                "--proxy-bpf-pin-dir".into(),
+                s(pins.clone()),
+                "--proxy-cgroup2-path".into(),
+                s(cg.clone()),
+            ]);
+        }
         let mut n = Node {
             name,
             netns: netns.to_string(),
@@ -415,11 +520,21 @@ impl Node {
             pod_cidr,
             cgroup_root,
             run_dir: b.join("run"),
+            proxy_mode,
+            bpf_pin_dir,
+            proxy_cgroup2,
             cmd,
             child: None,
             log: b.join("agent.log"),
             base,
         };
+        // The proxy checks and attaches to its cgroup when it starts, before
+        // the agent creates the root for its first pod. Removed by cleanup
+        // (the root in every hierarchy), also when the start fails.
+        if let Some(cg) = &n.proxy_cgroup2 {
+            std::fs::create_dir_all(cg)
+                .unwrap_or_else(|e| panic!("create cgroup {}: {e}", cg.display()));
+        }
         n.spawn();
         n
     }
@@ -550,12 +665,20 @@ pub struct Cluster {
     pub client_netns: String,
     /// The link.
     pub link: Link,
+    /// How the agents run the Service proxy.
+    pub proxy_mode: ProxyMode,
 }
 
 impl Cluster {
-    /// Starts everything and waits until all nodes are Ready and routed.
-    /// `server_extra` goes to `keelson server`.
+    /// Starts everything, the Service proxy in nftables mode, and waits
+    /// until all nodes are Ready and routed. `server_extra` goes to
+    /// `keelson server`.
     pub fn start(nodes: u8, server_extra: &[&str]) -> Cluster {
+        Cluster::start_with(nodes, server_extra, ProxyMode::Nftables)
+    }
+
+    /// [`Cluster::start`] with the agents' Service proxy in `proxy_mode`.
+    pub fn start_with(nodes: u8, server_extra: &[&str], proxy_mode: ProxyMode) -> Cluster {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{:x}{:x}", std::process::id() & 0xfff, n & 0xf);
         let mut link = Link::create(&tag);
@@ -579,6 +702,7 @@ impl Cluster {
                 *addr,
                 &server.kubeconfig,
                 &registry.addr(),
+                proxy_mode,
             ));
         }
         let c = Cluster {
@@ -587,6 +711,7 @@ impl Cluster {
             server,
             client_netns,
             link,
+            proxy_mode,
         };
         let want = nodes as usize;
         c.wait_until("all nodes Ready", Duration::from_secs(60), || {
@@ -731,17 +856,41 @@ impl Cluster {
             .map(str::to_string)
     }
 
+    /// The cgroup2 directory the httpd of `pod` runs in.
+    pub fn pod_cgroup2(&self, pod: &str) -> Option<PathBuf> {
+        cgroup2_of(&self.pod_pid(pod)?)
+    }
+
     /// Runs `args` inside `pod` (its mount, net, UTS namespaces, root and
-    /// cwd), bounded to 5 s.
+    /// cwd; in eBPF proxy mode also its cgroup2 cgroup, where the socket
+    /// programs see it), bounded to 5 s.
     pub fn exec_in_pod(&self, pod: &str, args: &[&str]) -> Output {
         let pid = self
             .pod_pid(pod)
             .unwrap_or_else(|| panic!("no httpd process of pod {pod}"));
-        Command::new("timeout")
-            .args(["5", "nsenter", "-t", &pid, "-m", "-n", "-u", "-r", "-w"])
-            .args(args)
-            .output()
-            .expect("run nsenter")
+        let nsenter = ["nsenter", "-t", &pid, "-m", "-n", "-u", "-r", "-w"];
+        match self.proxy_mode {
+            ProxyMode::Nftables => Command::new("timeout")
+                .arg("5")
+                .args(nsenter)
+                .args(args)
+                .output()
+                .expect("run nsenter"),
+            ProxyMode::Ebpf => {
+                let procs = cgroup2_of(&pid)
+                    .unwrap_or_else(|| panic!("no cgroup2 cgroup of pod {pod} (pid {pid})"))
+                    .join("cgroup.procs");
+                // The shell moves itself into the pod's cgroup, then becomes
+                // nsenter (and that the command).
+                Command::new("timeout")
+                    .args(["5", "sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .args(nsenter)
+                    .args(args)
+                    .output()
+                    .expect("run nsenter")
+            }
+        }
     }
 
     /// `wget -qO- url` from inside `pod`: the body, when it answered.
@@ -763,6 +912,19 @@ impl Cluster {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
+
+/// The cgroup2 directory of process `pid` (from the `0::` line of
+/// /proc/PID/cgroup); None for the root.
+fn cgroup2_of(pid: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return None; // the root: not a pod's
+    }
+    let dir = cgroup2_mount()?.join(rel);
+    dir.is_dir().then_some(dir)
 }
 
 /// The container command of test pods: busybox httpd serving

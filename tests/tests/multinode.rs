@@ -1,8 +1,9 @@
 //! Multi-node, end to end: one `keelson server` and three `keelson agent`s,
 //! each agent in its own network namespace on a shared link (see
 //! `keelson_e2e::multinode`). Real everything: runc, keelson-cni, the
-//! agents' cross-node routes, the nftables Service proxy, cluster DNS, the
-//! scheduler and the node lifecycle controller.
+//! agents' cross-node routes, the Service proxy (nftables; eBPF for the
+//! `_ebpf` test), cluster DNS, the scheduler and the node lifecycle
+//! controller.
 //!
 //! Needs root; skips (or fails under KEELSON_REQUIRE_ALL=1) otherwise. Each
 //! test prints its wall time (`--nocapture` to see it).
@@ -10,7 +11,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use keelson_e2e::multinode::{Cluster, can_run, httpd_command};
+use keelson_e2e::multinode::{
+    Cluster, EBPF_FALLBACK, EBPF_LOADED, ProxyMode, can_run, can_run_with, httpd_command,
+};
 
 /// Node lifecycle on a test scale: a node is NotReady 15 s after its last
 /// Lease renewal (agents renew every 10 s) and its pods are evicted 5 s later.
@@ -143,16 +146,139 @@ spec:
     }
 }
 
+/// `log` without its ANSI colour sequences (ESC [ ... letter).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Every agent runs the eBPF proxy, not the nftables fallback: the programs
+/// loaded into the node's own pin dir with the socket hooks attached to the
+/// node's cgroup2 subtree, no fallback line, no nftables table in the node.
+fn assert_ebpf_proxies(c: &Cluster) {
+    for node in &c.nodes {
+        let pins = node.bpf_pin_dir.as_ref().expect("eBPF pin dir");
+        let cgroup = node.proxy_cgroup2.as_ref().expect("eBPF cgroup2 path");
+        let want = format!("pin_dir={}", pins.display());
+        let mut loaded = String::new();
+        c.wait_until(
+            &format!("{EBPF_LOADED} ({want}) in the log of {}", node.name),
+            Duration::from_secs(30),
+            || {
+                let log = plain(&node.log());
+                assert!(
+                    !log.contains(EBPF_FALLBACK),
+                    "the proxy of {} fell back to nftables:\n{log}",
+                    node.name
+                );
+                match log
+                    .lines()
+                    .find(|l| l.contains(EBPF_LOADED) && l.contains(&want))
+                {
+                    Some(l) => {
+                        loaded = l.to_string();
+                        true
+                    }
+                    None => false,
+                }
+            },
+        );
+        // A first start attaches all four socket hooks (none adopted).
+        for hook in ["connect4", "sendmsg4", "recvmsg4", "getpeer4"] {
+            assert!(
+                loaded.contains(&format!("\"{hook}\"")) && loaded.contains("adopted=[]"),
+                "{} did not attach {hook} itself: {loaded}",
+                node.name
+            );
+        }
+        // Where bpftool is installed: the programs sit on the node's cgroup.
+        if std::path::Path::new("/usr/sbin/bpftool").is_file() {
+            let out = std::process::Command::new("/usr/sbin/bpftool")
+                .args(["cgroup", "show"])
+                .arg(cgroup)
+                .output()
+                .expect("run bpftool");
+            let shown = String::from_utf8_lossy(&out.stdout);
+            for prog in [
+                "klb_connect4",
+                "klb_sendmsg4",
+                "klb_recvmsg4",
+                "klb_getpeer4",
+            ] {
+                assert!(
+                    shown.contains(prog),
+                    "{prog} not attached to {} ({}):\n{shown}",
+                    cgroup.display(),
+                    node.name
+                );
+            }
+        }
+        let tables = node.exec(&["nft", "list", "tables"]);
+        let tables = String::from_utf8_lossy(&tables.stdout);
+        assert!(
+            !tables.contains("table ip keelson"),
+            "{} has the nftables proxy's table in eBPF mode:\n{tables}",
+            node.name
+        );
+    }
+}
+
 #[test]
 fn deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name() {
-    let name = "deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name";
-    if !can_run(name) {
+    service_answers_on_every_node_by_cluster_ip_and_dns_name(
+        "deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name",
+        ProxyMode::Nftables,
+    );
+}
+
+#[test]
+fn deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name_ebpf() {
+    service_answers_on_every_node_by_cluster_ip_and_dns_name(
+        "deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name_ebpf",
+        ProxyMode::Ebpf,
+    );
+}
+
+/// A 3-replica Deployment spread over the 3 nodes behind a ClusterIP
+/// Service answers a pod on every node by ClusterIP and by DNS name, and all
+/// three backends answer, with every agent's proxy in `mode`.
+fn service_answers_on_every_node_by_cluster_ip_and_dns_name(name: &'static str, mode: ProxyMode) {
+    if !can_run_with(name, mode) {
         return;
     }
     let _t = WallTime(name, Instant::now());
-    let c = Cluster::start(3, SERVER_FLAGS);
+    let c = Cluster::start_with(3, SERVER_FLAGS, mode);
+    if mode == ProxyMode::Ebpf {
+        assert_ebpf_proxies(&c);
+    }
     c.apply(&deployment("web", &c.busybox(), "ClusterIP"));
     let pods = three_spread(&c, "web");
+    if mode == ProxyMode::Ebpf {
+        // Each pod lives in its node's cgroup2 subtree, under that node's
+        // socket programs.
+        for (pod, node, _) in &pods {
+            let n = c.nodes.iter().find(|n| &n.name == node).expect("node");
+            let cg = c.pod_cgroup2(pod);
+            assert!(
+                cg.as_ref()
+                    .is_some_and(|cg| cg.starts_with(n.proxy_cgroup2.as_ref().expect("cgroup"))),
+                "pod {pod} on {node} is in cgroup2 {cg:?}, not under {:?}",
+                n.proxy_cgroup2
+            );
+        }
+    }
     let cluster_ip = c.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     assert!(!cluster_ip.is_empty(), "Service web has no ClusterIP");
     let mut backends = BTreeSet::new();
@@ -186,6 +312,15 @@ fn deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name(
             backends.len() == 3
         },
     );
+    if mode == ProxyMode::Ebpf {
+        for node in &c.nodes {
+            assert!(
+                !plain(&node.log()).contains(EBPF_FALLBACK),
+                "the proxy of {} fell back to nftables",
+                node.name
+            );
+        }
+    }
 }
 
 #[test]
