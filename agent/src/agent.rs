@@ -56,6 +56,14 @@ pub struct AgentArgs {
     /// --cgroup2-path; absent: the cgroup2 root).
     #[arg(long, value_name = "PATH")]
     pub proxy_cgroup2_path: Option<PathBuf>,
+    /// Node interfaces (comma separated) for the eBPF proxy's TC program,
+    /// which serves NodePorts and external IPs to clients outside the node
+    /// (the proxy's --tc-interfaces; absent: none, and only this node's own
+    /// processes reach NodePorts in eBPF mode). It does not SNAT: replies
+    /// must route back through this node (backends on this node, or
+    /// externalTrafficPolicy: Local).
+    #[arg(long, value_delimiter = ',', value_name = "IFACES")]
+    pub proxy_tc_interfaces: Vec<String>,
     /// Cluster DNS server for pods with dnsPolicy ClusterFirst (kubelet's
     /// --cluster-dns). Absent: pods get the node's resolv.conf.
     #[arg(long)]
@@ -152,6 +160,9 @@ fn start_proxy(
     }
     if let Some(cg) = &args.proxy_cgroup2_path {
         flags.extend(["--cgroup2-path".into(), cg.display().to_string()]);
+    }
+    if !args.proxy_tc_interfaces.is_empty() {
+        flags.extend(["--tc-interfaces".into(), args.proxy_tc_interfaces.join(",")]);
     }
     let wrap = <Wrap as clap::Parser>::try_parse_from(&flags).context("proxy flags")?;
     let mut config = keelson_proxy::ProxyConfig::from_args(&wrap.proxy);

@@ -31,7 +31,8 @@
 //!   pins (and with them the links) go when the agent's mount namespace
 //!   does; the cgroups are removed by the harness like in nftables mode.
 //!   [`Cluster::exec_in_pod`] then also joins the pod's cgroup2 cgroup, the
-//!   socket programs' scope.
+//!   socket programs' scope. The TC program (NodePorts for outside clients)
+//!   sits on the node's eth0 (`--proxy-tc-interfaces`).
 //!
 //! Drop tears everything down: agents, their containers and shims, cgroups,
 //! network namespaces (with every veth in them), the bridge, the registry
@@ -511,6 +512,10 @@ impl Node {
                 s(pins.clone()),
                 "--proxy-cgroup2-path".into(),
                 s(cg.clone()),
+                // NodePorts for the outside client: the TC program on the
+                // node's link.
+                "--proxy-tc-interfaces".into(),
+                "eth0".into(),
             ]);
         }
         let mut n = Node {

@@ -370,6 +370,59 @@ fn node_port_answers_an_outside_client_on_every_node() {
     );
 }
 
+/// eBPF mode: the TC program on each node's link serves a NodePort with
+/// externalTrafficPolicy: Local to the outside client; each node answers
+/// with its own backend (the TC program does not SNAT, so Local is the
+/// policy whose replies always come back through the node).
+#[test]
+fn node_port_with_local_policy_answers_an_outside_client_ebpf() {
+    let name = "node_port_with_local_policy_answers_an_outside_client_ebpf";
+    if !can_run_with(name, ProxyMode::Ebpf) {
+        return;
+    }
+    let _t = WallTime(name, Instant::now());
+    let c = Cluster::start_with(3, SERVER_FLAGS, ProxyMode::Ebpf);
+    assert_ebpf_proxies(&c);
+    let manifest = deployment("npl", &c.busybox(), "NodePort").replace(
+        "  type: NodePort\n",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+    );
+    assert!(manifest.contains("externalTrafficPolicy: Local"));
+    c.apply(&manifest);
+    let pods = three_spread(&c, "npl");
+    let port = c.kubectl_ok(&[
+        "get",
+        "svc",
+        "npl",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    assert!(port.parse::<u16>().is_ok(), "nodePort {port:?}");
+    for node in &c.nodes {
+        let local = pods
+            .iter()
+            .find(|p| p.1 == node.name)
+            .map(|p| format!("hello from {}", p.0))
+            .expect("a pod on every node");
+        let url = format!("http://{}:{port}/", node.ip);
+        c.wait_until(
+            &format!("NodePort {url} from the outside client answered by {local}"),
+            Duration::from_secs(30),
+            || c.curl_from_client(&url).as_deref() == Some(local.as_str()),
+        );
+        // Local policy: only that node's backend, every time.
+        for _ in 0..5 {
+            assert_eq!(
+                c.curl_from_client(&url).as_deref(),
+                Some(local.as_str()),
+                "{url}"
+            );
+        }
+    }
+    // No nftables table in eBPF mode: the TC program did this.
+    assert_ebpf_proxies(&c);
+}
+
 #[test]
 fn stopped_agent_gets_its_pods_rescheduled() {
     let name = "stopped_agent_gets_its_pods_rescheduled";
