@@ -25,6 +25,12 @@
 #define KLB_F_EXT_LOCAL 0x4     /* externalTrafficPolicy: Local */
 #define KLB_F_AFFINITY 0x8      /* sessionAffinity: ClientIP */
 
+/* Packet mark the TC program sets on the first packet of a NodePort /
+ * external connection with externalTrafficPolicy: Cluster; the proxy's
+ * nftables table keelson_ebpf masquerades marked packets (keep in sync with
+ * keelson_ebpf::layout::MASQ_MARK). */
+#define KLB_MASQ_MARK 0x4000
+
 /* klb_services: one entry per Service frontend (VIP, port, protocol). */
 struct lb_svc_key {
 	__u32 addr;  /* VIP; 0 for a NodePort (any node address) */

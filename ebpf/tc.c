@@ -3,8 +3,11 @@
  * NodePort and external-IP load balancing on a node interface (TC/tcx):
  * ingress DNATs a packet for a frontend to a backend and records the flow in
  * klb_ct; egress reverse-NATs the backend's replies back to the frontend.
- * The client's address is kept (no SNAT): replies must route back through
- * this node, which holds for backends on this node.
+ * With externalTrafficPolicy: Local the client's address is kept (the
+ * backends are on this node, their replies route back through it). With
+ * Cluster policy the first packet is marked KLB_MASQ_MARK and the host's
+ * nftables (table keelson_ebpf, installed by the proxy) masquerades it, so
+ * a backend on another node replies to this node too.
  */
 #include <stddef.h>
 #include <linux/bpf.h>
@@ -138,6 +141,11 @@ int klb_tc_ingress(struct __sk_buff *skb)
 		if (bpf_map_update_elem(&klb_ct, &rk, &rv, BPF_ANY) ||
 		    bpf_map_update_elem(&klb_ct, &fk, &fv, BPF_ANY))
 			return TC_ACT_SHOT;
+		/* Cluster policy: the backend may be on another node, whose
+		 * replies would not come back here. Ask the host to masquerade
+		 * (conntrack then keeps the SNAT for the rest of the flow). */
+		if (!(svc->flags & KLB_F_EXT_LOCAL))
+			skb->mark |= KLB_MASQ_MARK;
 	}
 	if (rewrite(skb, &f, 1, be.addr, be.port) < 0)
 		return TC_ACT_SHOT;

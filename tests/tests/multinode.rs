@@ -227,9 +227,16 @@ fn assert_ebpf_proxies(c: &Cluster) {
         }
         let tables = node.exec(&["nft", "list", "tables"]);
         let tables = String::from_utf8_lossy(&tables.stdout);
+        let has = |t: &str| tables.lines().any(|l| l.trim() == t);
         assert!(
-            !tables.contains("table ip keelson"),
+            !has("table ip keelson"),
             "{} has the nftables proxy's table in eBPF mode:\n{tables}",
+            node.name
+        );
+        // With TC interfaces: the masquerade table for Cluster-policy NodePorts.
+        assert!(
+            has("table ip keelson_ebpf"),
+            "{} lacks the eBPF proxy's masquerade table:\n{tables}",
             node.name
         );
     }
@@ -325,12 +332,32 @@ fn service_answers_on_every_node_by_cluster_ip_and_dns_name(name: &'static str, 
 
 #[test]
 fn node_port_answers_an_outside_client_on_every_node() {
-    let name = "node_port_answers_an_outside_client_on_every_node";
-    if !can_run(name) {
+    node_port_answers_on_every_node(
+        "node_port_answers_an_outside_client_on_every_node",
+        ProxyMode::Nftables,
+    );
+}
+
+/// eBPF mode, externalTrafficPolicy: Cluster: the TC program DNATs and marks,
+/// the node masquerades, so backends on the other nodes answer through any
+/// node's NodePort too.
+#[test]
+fn node_port_answers_an_outside_client_on_every_node_ebpf() {
+    node_port_answers_on_every_node(
+        "node_port_answers_an_outside_client_on_every_node_ebpf",
+        ProxyMode::Ebpf,
+    );
+}
+
+fn node_port_answers_on_every_node(name: &'static str, mode: ProxyMode) {
+    if !can_run_with(name, mode) {
         return;
     }
     let _t = WallTime(name, Instant::now());
-    let c = Cluster::start(3, SERVER_FLAGS);
+    let c = Cluster::start_with(3, SERVER_FLAGS, mode);
+    if mode == ProxyMode::Ebpf {
+        assert_ebpf_proxies(&c);
+    }
     c.apply(&deployment("np", &c.busybox(), "NodePort"));
     three_spread(&c, "np");
     let port = c.kubectl_ok(&[
@@ -372,8 +399,8 @@ fn node_port_answers_an_outside_client_on_every_node() {
 
 /// eBPF mode: the TC program on each node's link serves a NodePort with
 /// externalTrafficPolicy: Local to the outside client; each node answers
-/// with its own backend (the TC program does not SNAT, so Local is the
-/// policy whose replies always come back through the node).
+/// with its own backend, and only that one (no masquerade: the client's
+/// address is kept).
 #[test]
 fn node_port_with_local_policy_answers_an_outside_client_ebpf() {
     let name = "node_port_with_local_policy_answers_an_outside_client_ebpf";

@@ -29,6 +29,11 @@ pub const F_EXTERNAL: u16 = 0x2;
 pub const F_EXT_LOCAL: u16 = 0x4;
 pub const F_AFFINITY: u16 = 0x8;
 
+/// The packet mark the TC program sets on the first packet of a NodePort /
+/// external connection with externalTrafficPolicy: Cluster (lb.h
+/// `KLB_MASQ_MARK`): the proxy masquerades packets carrying it.
+pub const MASQ_MARK: u32 = 0x4000;
+
 /// Transport protocol of a frontend (IP protocol numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -321,6 +326,15 @@ impl AffKey {
 mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn masq_mark_matches_lb_h() {
+        let lb_h = include_str!("../../../ebpf/lb.h");
+        assert!(
+            lb_h.contains(&format!("#define KLB_MASQ_MARK {MASQ_MARK:#x}")),
+            "KLB_MASQ_MARK in ebpf/lb.h differs from layout::MASQ_MARK"
+        );
+    }
 
     #[test]
     fn sizes_and_offsets_match_lb_h() {

@@ -21,6 +21,7 @@ use keelson_ebpf::{AyaMaps, Backend, EbpfLb, Frontend, LbConfig, LbService, LbTa
 
 use crate::backend::{BackendError, ProxyBackend};
 use crate::model::{DesiredState, Endpoint, Protocol, ServicePort};
+use crate::nft::{NftCli, NftRunner};
 use crate::plan::Changes;
 use crate::{ProxyConfig, ProxyMode};
 
@@ -41,6 +42,34 @@ pub enum EbpfError {
     },
     #[error("program BPF maps: {0}")]
     Maps(#[from] keelson_ebpf::MapsError),
+    #[error("the eBPF backend's masquerade table: {0}")]
+    Masquerade(#[from] crate::nft::NftError),
+}
+
+/// The one nftables table of the eBPF backend: masquerading for NodePort and
+/// external-IP connections with externalTrafficPolicy: Cluster, which the
+/// TC program marks with [`MASQ_MARK`] (it rewrites destinations only; the
+/// host's conntrack then SNATs to the node's address, so replies come back
+/// through this node whichever node the backend is on, and reverses it).
+pub const MASQ_TABLE: &str = "keelson_ebpf";
+
+/// The packet mark the TC program sets (`KLB_MASQ_MARK` in ebpf/lb.h).
+pub use keelson_ebpf::layout::MASQ_MARK;
+
+/// The masquerade table, replacing any earlier one (one transaction).
+pub fn masquerade_script() -> String {
+    let t = MASQ_TABLE;
+    let keep = !MASQ_MARK;
+    format!(
+        "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark & {keep:#x} masquerade fully-random\n\t}}\n}}\n"
+    )
+}
+
+/// Removes the masquerade table (idempotent).
+pub fn remove_masquerade(nft: &impl NftRunner) -> Result<(), EbpfError> {
+    let t = MASQ_TABLE;
+    nft.apply(&format!("add table ip {t}\ndelete table ip {t}\n"))?;
+    Ok(())
 }
 
 /// Where the eBPF load balancer lives and attaches.
@@ -185,12 +214,20 @@ pub struct EbpfBackend {
     pin_dir: PathBuf,
     table: Option<LbTable<AyaMaps>>,
     synced: bool,
+    nft: NftCli,
 }
 
 impl EbpfBackend {
     /// Loads the programs (or adopts the pinned ones of a previous run) and
     /// attaches the socket hooks to `cgroup2`. Programs nothing yet.
-    pub fn open(cfg: &EbpfConfig, cgroup2: PathBuf) -> Result<EbpfBackend, EbpfError> {
+    /// With TC interfaces, also installs the masquerade table through `nft`
+    /// (removes it without).
+    pub fn open(cfg: &EbpfConfig, cgroup2: PathBuf, nft: NftCli) -> Result<EbpfBackend, EbpfError> {
+        if cfg.tc_interfaces.is_empty() {
+            remove_masquerade(&nft)?;
+        } else {
+            nft.apply(&masquerade_script())?;
+        }
         let lb = EbpfLb::open(&LbConfig {
             pin_dir: cfg.pin_dir.clone(),
             cgroup: Some(cgroup2),
@@ -210,6 +247,7 @@ impl EbpfBackend {
             pin_dir: cfg.pin_dir.clone(),
             table: Some(LbTable::new(lb.into_maps())),
             synced: false,
+            nft,
         })
     }
 
@@ -273,6 +311,7 @@ impl ProxyBackend for EbpfBackend {
         self.table = None;
         self.synced = false;
         remove_state(&self.pin_dir)?;
+        remove_masquerade(&self.nft)?;
         Ok(())
     }
 }

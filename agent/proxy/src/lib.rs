@@ -35,6 +35,7 @@ pub fn remove_all_state(
         .cleanup()
         .with_context(|| format!("remove the nftables table {}", nft.table))?;
     ebpf::remove_state(pin_dir)?;
+    ebpf::remove_masquerade(&nft::NftCli::default())?;
     Ok(())
 }
 

@@ -29,13 +29,7 @@ use crate::{ProxyConfig, ProxyMode};
 pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Result<()> {
     // ebpf falls back to nftables (one log line) where the kernel lacks it.
     let (config, ebpf_cgroup) = crate::ebpf::select_mode(config);
-    let mut nft = NftBackend::new(
-        NftCli {
-            prefix: config.exec_prefix.clone(),
-            ..Default::default()
-        },
-        config.nft.clone(),
-    );
+    let mut nft = NftBackend::new(nft_cli(&config), config.nft.clone());
     if config.mode == ProxyMode::Nftables {
         let netns = config.netns.clone();
         match tokio::task::spawn_blocking(move || NetlinkSocket::open(netns.as_deref()))
@@ -50,9 +44,13 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         ProxyMode::Nftables => {
             // Leave nothing of the eBPF backend behind.
             let pin_dir = config.ebpf.pin_dir.clone();
-            tokio::task::spawn_blocking(move || crate::ebpf::remove_state(&pin_dir))
-                .await
-                .context("join eBPF cleanup")??;
+            let cli = nft_cli(&config);
+            tokio::task::spawn_blocking(move || {
+                crate::ebpf::remove_state(&pin_dir)?;
+                crate::ebpf::remove_masquerade(&cli)
+            })
+            .await
+            .context("join eBPF cleanup")??;
             Box::new(nft)
         }
         ProxyMode::Ebpf | ProxyMode::None => {
@@ -64,16 +62,23 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
             tracing::info!(table = %config.nft.table, "removed nftables state (if any)");
             if let Some(cg) = ebpf_cgroup {
                 let cfg = config.ebpf.clone();
+                let cli = nft_cli(&config);
                 Box::new(
-                    tokio::task::spawn_blocking(move || crate::ebpf::EbpfBackend::open(&cfg, cg))
-                        .await
-                        .context("join eBPF open")??,
+                    tokio::task::spawn_blocking(move || {
+                        crate::ebpf::EbpfBackend::open(&cfg, cg, cli)
+                    })
+                    .await
+                    .context("join eBPF open")??,
                 )
             } else {
                 let pin_dir = config.ebpf.pin_dir.clone();
-                tokio::task::spawn_blocking(move || crate::ebpf::remove_state(&pin_dir))
-                    .await
-                    .context("join eBPF cleanup")??;
+                let cli = nft_cli(&config);
+                tokio::task::spawn_blocking(move || {
+                    crate::ebpf::remove_state(&pin_dir)?;
+                    crate::ebpf::remove_masquerade(&cli)
+                })
+                .await
+                .context("join eBPF cleanup")??;
                 tracing::info!("--proxy-mode none: not load-balancing Services");
                 return Ok(());
             }
@@ -315,6 +320,14 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// The nft CLI in the proxy's namespace.
+fn nft_cli(config: &ProxyConfig) -> NftCli {
+    NftCli {
+        prefix: config.exec_prefix.clone(),
+        ..Default::default()
     }
 }
 
