@@ -59,9 +59,9 @@ pub struct AgentArgs {
     /// Node interfaces (comma separated) for the eBPF proxy's TC program,
     /// which serves NodePorts and external IPs to clients outside the node
     /// (the proxy's --tc-interfaces; absent: none, and only this node's own
-    /// processes reach NodePorts in eBPF mode). It does not SNAT: replies
-    /// must route back through this node (backends on this node, or
-    /// externalTrafficPolicy: Local).
+    /// processes reach NodePorts in eBPF mode). With externalTrafficPolicy:
+    /// Cluster the node masquerades those connections (nftables table
+    /// keelson_ebpf); with Local the client's address is kept.
     #[arg(long, value_delimiter = ',', value_name = "IFACES")]
     pub proxy_tc_interfaces: Vec<String>,
     /// Cluster DNS server for pods with dnsPolicy ClusterFirst (kubelet's
