@@ -682,6 +682,11 @@ impl Cluster {
         Cluster::start_with(nodes, server_extra, ProxyMode::Nftables)
     }
 
+    /// The outside client's address.
+    pub fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 250, self.link.subnet, 100)
+    }
+
     /// [`Cluster::start`] with the agents' Service proxy in `proxy_mode`.
     pub fn start_with(nodes: u8, server_extra: &[&str], proxy_mode: ProxyMode) -> Cluster {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -933,8 +938,9 @@ fn cgroup2_of(pid: &str) -> Option<PathBuf> {
 }
 
 /// The container command of test pods: busybox httpd serving
-/// "hello from <pod name>" from /srv/<pod name> (the command line names the
-/// pod, so [`Cluster::pod_pid`] finds it).
+/// "hello from <pod name>" from /srv/<pod name>, and at /cgi-bin/ip the
+/// address the request came from (the command line names the pod, so
+/// [`Cluster::pod_pid`] finds it).
 pub fn httpd_command() -> &'static str {
-    r#"["sh", "-c", "d=/srv/$(hostname) && mkdir -p $d && echo hello from $(hostname) > $d/index.html && exec httpd -f -p 80 -h $d"]"#
+    r#"["sh", "-c", "d=/srv/$(hostname) && mkdir -p $d/cgi-bin && echo hello from $(hostname) > $d/index.html && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n' > $d/cgi-bin/ip && chmod 755 $d/cgi-bin/ip && exec httpd -f -p 80 -h $d"]"#
 }

@@ -349,6 +349,14 @@ fn node_port_answers_an_outside_client_on_every_node_ebpf() {
     );
 }
 
+/// The address in httpd's REMOTE_ADDR ("[::ffff:10.0.0.1]" or "10.0.0.1").
+fn peer_ip(remote_addr: &str) -> &str {
+    remote_addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_start_matches("::ffff:")
+}
+
 fn node_port_answers_on_every_node(name: &'static str, mode: ProxyMode) {
     if !can_run_with(name, mode) {
         return;
@@ -395,6 +403,15 @@ fn node_port_answers_on_every_node(name: &'static str, mode: ProxyMode) {
             backends.len() == 3
         },
     );
+    // Cluster policy: the backends see the node, not the client (masquerade).
+    for _ in 0..3 {
+        let seen = c.curl_from_client(&format!("{url}cgi-bin/ip"));
+        let seen = seen.as_deref().map(peer_ip).unwrap_or_default().to_string();
+        assert!(
+            !seen.is_empty() && seen != c.client_ip().to_string(),
+            "a backend saw {seen:?} through {url}"
+        );
+    }
 }
 
 /// eBPF mode: the TC program on each node's link serves a NodePort with
@@ -445,6 +462,13 @@ fn node_port_with_local_policy_answers_an_outside_client_ebpf() {
                 "{url}"
             );
         }
+        // ... and it sees the client's own address (no masquerade).
+        let seen = c.curl_from_client(&format!("{url}cgi-bin/ip"));
+        assert_eq!(
+            seen.as_deref().map(peer_ip),
+            Some(c.client_ip().to_string().as_str()),
+            "{url}cgi-bin/ip"
+        );
     }
     // No nftables table in eBPF mode: the TC program did this.
     assert_ebpf_proxies(&c);
