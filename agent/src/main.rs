@@ -101,6 +101,11 @@ struct UpArgs {
     /// Service load balancing: ebpf (falls back to nftables), nftables, none.
     #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "nftables", "none"])]
     proxy_mode: String,
+    /// eBPF mode: interfaces (comma separated) whose outside clients reach
+    /// NodePorts (the agent's --proxy-tc-interfaces). Absent: NodePorts
+    /// answer this machine's own clients only in eBPF mode.
+    #[arg(long, value_delimiter = ',', value_name = "IFACES")]
+    proxy_tc_interfaces: Vec<String>,
     /// Node-local address the cluster DNS answers on (added to `lo`).
     #[arg(long, default_value = "169.254.20.10")]
     dns_address: std::net::Ipv4Addr,
@@ -373,7 +378,7 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         #[command(flatten)]
         agent: keelson::agent::AgentArgs,
     }
-    let flags: Vec<String> = vec![
+    let mut flags: Vec<String> = vec![
         "agent".into(),
         "--kubeconfig".into(),
         kubeconfig.display().to_string(),
@@ -398,6 +403,12 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         "--dns-listen".into(),
         format!("{dns}:53"),
     ];
+    if !args.proxy_tc_interfaces.is_empty() {
+        flags.extend([
+            "--proxy-tc-interfaces".into(),
+            args.proxy_tc_interfaces.join(","),
+        ]);
+    }
     let agent = Wrap::try_parse_from(&flags).context("agent flags")?.agent;
     // The agent returns on SIGTERM or Ctrl-C; pods keep running.
     let result = keelson::agent::run(agent).await;
