@@ -10,77 +10,27 @@
 //! missing, unless KEELSON_REQUIRE_ALL=1.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_e2e::ServerProcess;
-use kube::Api;
-use kube::api::PostParams;
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_keelson-proxy-testsrv");
-const NODE_NAME: &str = "node-a";
-const CLIENT_IP: &str = "10.250.0.2";
-const BACKEND_IPS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
+mod common;
+use common::*;
+
 const CGROUP2: &str = "/sys/fs/cgroup/unified";
-
-fn require_all() -> bool {
-    std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
-fn keelson_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KEELSON_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("keelson");
-    bin.is_file().then_some(bin)
-}
 
 /// Why this test cannot run here, if it cannot.
 fn skip_reason() -> Option<String> {
-    let mut missing = Vec::new();
-    if !nix_is_root() {
-        missing.push("root".to_string());
-    }
-    for tool in ["ip", "nft", "bpftool"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            missing.push(format!("the `{tool}` tool"));
-        }
-    }
-    if keelson_bin().is_none() {
-        missing.push("the keelson binary (cargo build -p keelson)".into());
-    }
+    let mut missing = missing(&["ip", "nft", "bpftool"], true);
     if !Path::new(CGROUP2).join("cgroup.procs").exists() {
         missing.push(format!("a cgroup2 hierarchy at {CGROUP2}"));
     } else if let Err(e) = keelson_ebpf::probe(Some(Path::new(CGROUP2))) {
         missing.push(e.to_string());
     }
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = format!("needs {}", missing.join(", "));
-    assert!(
-        !require_all(),
-        "KEELSON_REQUIRE_ALL=1 but this test {reason}"
-    );
-    Some(reason)
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    skip_verdict(missing)
 }
 
 macro_rules! skip_unless_ready {
@@ -90,61 +40,6 @@ macro_rules! skip_unless_ready {
             return;
         }
     };
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "ke{tag}{}x{}",
-        std::process::id() % 100000,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "netns", "exec", &self.0];
-        a.extend(args);
-        sh(&a)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A background process, killed by PID on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A cgroup2 directory, removed on drop after killing what is left in it.
@@ -203,50 +98,6 @@ impl Drop for Pins {
     }
 }
 
-fn link(node: &Netns, peer: &Netns, dev: &str, ip: &str) {
-    let ip32 = format!("{ip}/32");
-    sh(&[
-        "ip", "-n", &node.0, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns",
-        &peer.0,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "addr",
-        "add",
-        "169.254.1.1/32",
-        "dev",
-        dev,
-    ]);
-    sh(&["ip", "-n", &node.0, "link", "set", dev, "up"]);
-    sh(&["ip", "-n", &node.0, "route", "add", &ip32, "dev", dev]);
-    sh(&["ip", "-n", &peer.0, "addr", "add", &ip32, "dev", "eth0"]);
-    sh(&["ip", "-n", &peer.0, "link", "set", "eth0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-}
-
 /// Declaration order is drop order: processes die first, then the netns,
 /// then the cgroup, then the pins.
 struct Topology {
@@ -261,7 +112,7 @@ struct Topology {
 
 impl Topology {
     fn new(tag: &str, server: &ServerProcess) -> Topology {
-        let base = unique(tag);
+        let base = unique("ke", tag);
         let cg = Cgroup::new(&format!("{base}cg"));
         let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/keelson-test-{base}")));
         let node = Netns::new(format!("{base}n"));
@@ -269,25 +120,7 @@ impl Topology {
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         node.exec(&["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"]);
         link(&node, &client, "vc", CLIENT_IP);
-        let mut backends = Vec::new();
-        let mut procs = Vec::new();
-        for (i, ip) in BACKEND_IPS.iter().enumerate() {
-            let b = Netns::new(format!("{base}b{i}"));
-            link(&node, &b, &format!("vb{i}"), ip);
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &b.0, TESTSRV, "serve"])
-                .args([format!("b{i}"), "0.0.0.0:80".into()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn backend");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "ready", "backend b{i} did not start");
-            procs.push(Proc(child));
-            backends.push(b);
-        }
+        let (procs, backends) = start_backends(&node, &base);
         let log = server.data_dir.join(format!("proxy-{base}.log"));
         Topology {
             _procs: procs,
@@ -409,77 +242,8 @@ impl Topology {
     }
 }
 
-/// Backend name per reply line ("b1 10.250.0.2" -> "b1"; errors whole).
-fn names(lines: &[String]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for l in lines {
-        let n = if l.starts_with("ERR") {
-            l.clone()
-        } else {
-            l.split_whitespace().next().unwrap_or("").to_string()
-        };
-        *m.entry(n).or_default() += 1;
-    }
-    m
-}
-
-async fn create_service(client: &kube::Client, svc: serde_json::Value) -> Service {
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    let svc: Service = serde_json::from_value(svc).unwrap();
-    api.create(&PostParams::default(), &svc)
-        .await
-        .expect("create Service")
-}
-
 fn slice(service: &str, ports: &[(&str, u16, &str)], ips: &[&str]) -> EndpointSlice {
-    let endpoints: Vec<serde_json::Value> = ips
-        .iter()
-        .map(|ip| {
-            serde_json::json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": NODE_NAME})
-        })
-        .collect();
-    let ports: Vec<serde_json::Value> = ports
-        .iter()
-        .map(|(n, p, proto)| serde_json::json!({"name": n, "port": p, "protocol": proto}))
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": ports,
-        "endpoints": endpoints,
-    }))
-    .unwrap()
-}
-
-async fn put_slice(client: &kube::Client, slice: EndpointSlice) {
-    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let name = slice.metadata.name.clone().unwrap();
-    match api.get_opt(&name).await.expect("get EndpointSlice") {
-        Some(cur) => {
-            let mut s = slice;
-            s.metadata.resource_version = cur.metadata.resource_version;
-            api.replace(&name, &PostParams::default(), &s)
-                .await
-                .expect("replace EndpointSlice");
-        }
-        None => {
-            api.create(&PostParams::default(), &slice)
-                .await
-                .expect("create EndpointSlice");
-        }
-    }
-}
-
-fn cluster_ip(svc: &Service) -> String {
-    svc.spec
-        .as_ref()
-        .unwrap()
-        .cluster_ip
-        .clone()
-        .expect("clusterIP allocated")
+    slice_json(service, &format!("{service}-1"), ports, ips)
 }
 
 /// Service "web" (TCP 80 and UDP 53 -> port 80 of the three backends).

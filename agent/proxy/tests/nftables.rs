@@ -8,73 +8,23 @@
 //!
 //! Skips when not root or a binary is missing, unless KEELSON_REQUIRE_ALL=1.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_e2e::ServerProcess;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_keelson-proxy-testsrv");
-const NODE_NAME: &str = "node-a";
+mod common;
+use common::*;
+
 const NODE_IP: &str = "192.168.200.1";
-const CLIENT_IP: &str = "10.250.0.2";
-const BACKEND_IPS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
-
-fn require_all() -> bool {
-    std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn keelson_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KEELSON_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("keelson");
-    bin.is_file().then_some(bin)
-}
 
 /// Why this test cannot run here, if it cannot.
 fn skip_reason(need_keelson: bool) -> Option<String> {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("root".to_string());
-    }
-    for tool in ["ip", "nft", "conntrack"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            missing.push(format!("the `{tool}` tool"));
-        }
-    }
-    if need_keelson && keelson_bin().is_none() {
-        missing.push("the keelson binary (cargo build -p keelson)".into());
-    }
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = format!("needs {}", missing.join(", "));
-    assert!(
-        !require_all(),
-        "KEELSON_REQUIRE_ALL=1 but this test {reason}"
-    );
-    Some(reason)
+    skip_verdict(missing(&["ip", "nft", "conntrack"], need_keelson))
 }
 
 macro_rules! skip_unless_ready {
@@ -86,61 +36,6 @@ macro_rules! skip_unless_ready {
     };
 }
 
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "kp{tag}{}x{}",
-        std::process::id() % 100000,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "netns", "exec", &self.0];
-        a.extend(args);
-        sh(&a)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A background process, killed by PID on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Topology {
     // Processes first: they die before their netns go.
     procs: Vec<Proc>,
@@ -149,72 +44,9 @@ struct Topology {
     _backends: Vec<Netns>,
 }
 
-/// Joins `peer` (address `ip`) to the node netns with a veth `dev` on the
-/// node side; routed /32s through 169.254.1.1.
-fn link(node: &Netns, peer: &Netns, dev: &str, ip: &str) {
-    sh(&[
-        "ip", "-n", &node.0, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns",
-        &peer.0,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "addr",
-        "add",
-        "169.254.1.1/32",
-        "dev",
-        dev,
-    ]);
-    sh(&["ip", "-n", &node.0, "link", "set", dev, "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "route",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        dev,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "addr",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        "eth0",
-    ]);
-    sh(&["ip", "-n", &peer.0, "link", "set", "eth0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &peer.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-}
-
 impl Topology {
     fn new(tag: &str) -> Topology {
-        let base = unique(tag);
+        let base = unique("kp", tag);
         let node = Netns::new(format!("{base}n"));
         let client = Netns::new(format!("{base}c"));
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -230,32 +62,7 @@ impl Topology {
         // route to Service VIPs the node would answer "network unreachable"
         // before any hook that can reject.
         sh(&["ip", "-n", &node.0, "route", "add", "default", "dev", "vc"]);
-        let mut backends = Vec::new();
-        let mut procs = Vec::new();
-        for (i, ip) in BACKEND_IPS.iter().enumerate() {
-            let b = Netns::new(format!("{base}b{i}"));
-            link(&node, &b, &format!("vb{i}"), ip);
-            let mut child = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &b.0,
-                    TESTSRV,
-                    "serve",
-                    &format!("b{i}"),
-                    "0.0.0.0:80",
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn backend");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "ready", "backend b{i} did not start");
-            procs.push(Proc(child));
-            backends.push(b);
-        }
+        let (procs, backends) = start_backends(&node, &base);
         Topology {
             procs,
             node,
@@ -340,84 +147,6 @@ impl Topology {
             self.proxy_log(server)
         );
     }
-}
-
-/// Backend name per reply line ("b1 10.250.0.2" -> "b1").
-fn names(lines: &[String]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for l in lines {
-        let n = if l.starts_with("ERR") {
-            l.clone()
-        } else {
-            l.split_whitespace().next().unwrap_or("").to_string()
-        };
-        *m.entry(n).or_default() += 1;
-    }
-    m
-}
-
-async fn create_service(client: &kube::Client, svc: serde_json::Value) -> Service {
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
-    let svc: Service = serde_json::from_value(svc).unwrap();
-    api.create(&PostParams::default(), &svc)
-        .await
-        .expect("create Service")
-}
-
-fn slice_json(
-    service: &str,
-    name: &str,
-    ports: &[(&str, u16, &str)],
-    ips: &[&str],
-) -> EndpointSlice {
-    let endpoints: Vec<serde_json::Value> = ips
-        .iter()
-        .map(|ip| {
-            serde_json::json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": NODE_NAME})
-        })
-        .collect();
-    let ports: Vec<serde_json::Value> = ports
-        .iter()
-        .map(|(n, p, proto)| serde_json::json!({"name": n, "port": p, "protocol": proto}))
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": ports,
-        "endpoints": endpoints,
-    }))
-    .unwrap()
-}
-
-async fn put_slice(client: &kube::Client, slice: EndpointSlice) {
-    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let name = slice.metadata.name.clone().unwrap();
-    match api.get_opt(&name).await.expect("get EndpointSlice") {
-        Some(cur) => {
-            let mut s = slice;
-            s.metadata.resource_version = cur.metadata.resource_version;
-            api.replace(&name, &PostParams::default(), &s)
-                .await
-                .expect("replace EndpointSlice");
-        }
-        None => {
-            api.create(&PostParams::default(), &slice)
-                .await
-                .expect("create EndpointSlice");
-        }
-    }
-}
-
-fn cluster_ip(svc: &Service) -> String {
-    svc.spec
-        .as_ref()
-        .unwrap()
-        .cluster_ip
-        .clone()
-        .expect("clusterIP allocated")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,7 +491,7 @@ async fn kill9_restart_reconciles_and_mode_switch_removes_table() {
 #[test]
 fn golden_rulesets_load_into_the_kernel() {
     skip_unless_ready!(false);
-    let ns = Netns::new(unique("g"));
+    let ns = Netns::new(unique("kp", "g"));
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap() {
@@ -881,7 +610,7 @@ fn mixed_state() -> DesiredState {
 #[test]
 fn netlink_element_changes_match_a_full_render() {
     skip_unless_ready!(false);
-    let ns = Netns::new(unique("nl"));
+    let ns = Netns::new(unique("kp", "nl"));
     let cfg = NftConfig {
         prealloc_families: 3,
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
@@ -952,7 +681,7 @@ fn netlink_element_changes_match_a_full_render() {
 #[test]
 fn full_sync_paths_leave_the_same_table() {
     skip_unless_ready!(false);
-    let ns = Netns::new(unique("fs"));
+    let ns = Netns::new(unique("kp", "fs"));
     let cfg = NftConfig {
         prealloc_families: 3,
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
