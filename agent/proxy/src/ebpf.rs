@@ -40,6 +40,12 @@ pub enum EbpfError {
         #[source]
         source: keelson_ebpf::LoadError,
     },
+    #[error("enter network namespace {netns} to attach the TC programs: {source}")]
+    Netns {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program BPF maps: {0}")]
     Maps(#[from] keelson_ebpf::MapsError),
     #[error("the eBPF backend's masquerade table: {0}")]
@@ -221,22 +227,52 @@ impl EbpfBackend {
     /// Loads the programs (or adopts the pinned ones of a previous run) and
     /// attaches the socket hooks to `cgroup2`. Programs nothing yet.
     /// With TC interfaces, also installs the masquerade table through `nft`
-    /// (removes it without).
-    pub fn open(cfg: &EbpfConfig, cgroup2: PathBuf, nft: NftCli) -> Result<EbpfBackend, EbpfError> {
+    /// (removes it without). The TC interfaces are those of the named
+    /// network namespace `netns` (`--netns`, like `nft`'s prefix), else of
+    /// the current one.
+    pub fn open(
+        cfg: &EbpfConfig,
+        cgroup2: PathBuf,
+        netns: Option<&str>,
+        nft: NftCli,
+    ) -> Result<EbpfBackend, EbpfError> {
         if cfg.tc_interfaces.is_empty() {
             remove_masquerade(&nft)?;
         } else {
             nft.apply(&masquerade_script())?;
         }
-        let lb = EbpfLb::open(&LbConfig {
+        let lb_cfg = LbConfig {
             pin_dir: cfg.pin_dir.clone(),
             cgroup: Some(cgroup2),
             tc_interfaces: cfg.tc_interfaces.clone(),
-        })
-        .map_err(|source| EbpfError::Open {
-            pin_dir: cfg.pin_dir.clone(),
-            source,
-        })?;
+        };
+        let open = || {
+            EbpfLb::open(&lb_cfg).map_err(|source| EbpfError::Open {
+                pin_dir: cfg.pin_dir.clone(),
+                source,
+            })
+        };
+        let lb = match netns.filter(|_| !cfg.tc_interfaces.is_empty()) {
+            None => open()?,
+            // Interface names resolve, and tcx links attach, in the calling
+            // thread's network namespace: attach from a short-lived thread
+            // that entered `/run/netns/NAME` (pins and cgroups do not depend
+            // on it).
+            Some(name) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    let err = |source| EbpfError::Netns {
+                        netns: name.to_string(),
+                        source,
+                    };
+                    let ns = std::fs::File::open(format!("/run/netns/{name}")).map_err(err)?;
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| err(e.into()))?;
+                    open()
+                })
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })?,
+        };
         tracing::info!(
             pin_dir = %cfg.pin_dir.display(),
             attached = ?lb.attached(),

@@ -81,9 +81,9 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub min_sync_interval: Duration,
     /// Program the dataplane of this named network namespace (runs nft and
-    /// conntrack under `ip netns exec NAME`) while talking to the API server
-    /// from the current one. For tests and for nodes whose host network is a
-    /// named netns.
+    /// conntrack under `ip netns exec NAME`, attaches the eBPF TC programs to
+    /// its --tc-interfaces) while talking to the API server from the current
+    /// one. For tests and for nodes whose host network is a named netns.
     #[arg(long)]
     pub netns: Option<String>,
     /// bpffs directory for the eBPF backend's pinned maps and links (also

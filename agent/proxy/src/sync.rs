@@ -62,10 +62,11 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
             tracing::info!(table = %config.nft.table, "removed nftables state (if any)");
             if let Some(cg) = ebpf_cgroup {
                 let cfg = config.ebpf.clone();
+                let netns = config.netns.clone();
                 let cli = nft_cli(&config);
                 Box::new(
                     tokio::task::spawn_blocking(move || {
-                        crate::ebpf::EbpfBackend::open(&cfg, cg, cli)
+                        crate::ebpf::EbpfBackend::open(&cfg, cg, netns.as_deref(), cli)
                     })
                     .await
                     .context("join eBPF open")??,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_e2e::ServerProcess;
 
@@ -21,6 +22,9 @@ mod common;
 use common::*;
 
 const CGROUP2: &str = "/sys/fs/cgroup/unified";
+/// The node's address for outside clients (on the node netns' lo, as in
+/// tests/nftables.rs); the client's default route goes through the node.
+const NODE_IP: &str = "192.168.200.1";
 
 /// Why this test cannot run here, if it cannot.
 fn skip_reason() -> Option<String> {
@@ -136,6 +140,11 @@ impl Topology {
     /// `keelson proxy` with the socket programs on the test cgroup, pins in
     /// the test directory and nftables (for the other mode) in the node netns.
     fn start_proxy(&self, server: &ServerProcess, mode: &str) -> Proc {
+        self.start_proxy_with(server, mode, &[])
+    }
+
+    /// [`Topology::start_proxy`] with `extra` flags.
+    fn start_proxy_with(&self, server: &ServerProcess, mode: &str, extra: &[&str]) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,6 +165,7 @@ impl Topology {
                     &format!("127.0.0.1:{}", keelson_e2e::free_port()),
                 ])
                 .args(["--sync-period", "1s"])
+                .args(extra)
                 .env("KEELSON_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -225,6 +235,14 @@ impl Topology {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The test client in the client netns but outside the test cgroup (no
+    /// socket programs): a client outside the cluster. One line per attempt.
+    fn outside_client(&self, args: &[&str]) -> Vec<String> {
+        let mut a = vec![TESTSRV];
+        a.extend(args);
+        self.client.exec(&a).lines().map(str::to_string).collect()
     }
 
     fn link_pins(&self) -> usize {
@@ -495,4 +513,86 @@ async fn switching_modes_removes_the_other_backend() {
     assert!(!topo.nft_table(), "nft table left by ebpf mode");
     let tcp = topo.client(&["tcp", &format!("{vip}:80"), "30"]);
     assert!(all_three(&names(&tcp)), "{tcp:?}");
+}
+
+/// NodePorts through the TC programs on the node's client-facing veth
+/// (`--tc-interfaces vc`, looked up in the `--netns` node netns), reached
+/// by a client outside the cluster (not in the test cgroup, so no socket
+/// programs) at the node's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodeport_from_outside_cluster_and_local_policy() {
+    skip_unless_ready!();
+    let server = ServerProcess::start(None);
+    let topo = Topology::new("n", &server);
+    let addr = format!("{NODE_IP}/32");
+    sh(&["ip", "-n", &topo.node.0, "addr", "add", &addr, "dev", "lo"]);
+    let kc = server.client().await;
+    let svc = |name: &str, policy: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"type": "NodePort", "externalTrafficPolicy": policy,
+                     "ports": [{"port": 80, "protocol": "TCP"}]}})
+    };
+    let cluster = create_service(&kc, svc("np-cluster", "Cluster")).await;
+    let local = create_service(&kc, svc("np-local", "Local")).await;
+    let np = |s: &Service| {
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .node_port
+            .unwrap()
+    };
+    let (np_cluster, np_local) = (np(&cluster), np(&local));
+    put_slice(
+        &kc,
+        slice_json("np-cluster", "npc-1", &[("", 80, "TCP")], &BACKEND_IPS),
+    )
+    .await;
+    // Local policy: b0 and b1 are on this node (nodeName = --node-name),
+    // b2 on another one; outside clients must reach only b0 and b1.
+    let mut local_slice = slice_json("np-local", "npl-1", &[("", 80, "TCP")], &BACKEND_IPS);
+    local_slice.endpoints.as_mut().unwrap()[2].node_name = Some("node-b".into());
+    put_slice(&kc, local_slice).await;
+
+    // Control: without the proxy the node port is closed.
+    let r = topo.outside_client(&["tcp", &format!("{NODE_IP}:{np_local}"), "1"]);
+    assert_eq!(r, ["ERR connect ConnectionRefused"], "before the proxy");
+
+    let _proxy = topo.start_proxy_with(&server, "ebpf", &["--tc-interfaces", "vc"]);
+    topo.wait_dump("the node ports", |d| {
+        d.contains(&format!("tcp 0.0.0.0:{np_cluster} flags=nodeport count=3"))
+            && d.contains(&format!(
+                "tcp 0.0.0.0:{np_local} flags=nodeport,ext-local count=2"
+            ))
+    });
+    for pin in ["tc-ingress-vc", "tc-egress-vc"] {
+        assert!(
+            topo.pins.0.join("links").join(pin).exists(),
+            "no {pin} link pinned:\n{}",
+            topo.proxy_log()
+        );
+    }
+
+    // Local policy: the local backends only, and they see the client's own
+    // address.
+    let r = topo.outside_client(&["tcp", &format!("{NODE_IP}:{np_local}"), "30"]);
+    let seen = names(&r);
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["b0", "b1"],
+        "Local policy: {r:?}\n{:?}\n{}",
+        topo.dump(),
+        topo.proxy_log()
+    );
+    assert!(
+        r.iter().all(|l| l.ends_with(&format!(" {CLIENT_IP}"))),
+        "Local policy must keep the client address: {r:?}"
+    );
+    // Cluster policy: all three, masqueraded to the node's address toward
+    // the backends (169.254.1.1 on their veths).
+    let r = topo.outside_client(&["tcp", &format!("{NODE_IP}:{np_cluster}"), "30"]);
+    assert!(
+        all_three(&names(&r)),
+        "Cluster policy: {r:?}\n{}",
+        topo.proxy_log()
+    );
+    assert!(r.iter().all(|l| l.ends_with(" 169.254.1.1")), "{r:?}");
 }
