@@ -258,18 +258,27 @@ fn deployment_behind_a_service_answers_on_every_node_by_cluster_ip_and_dns_name_
     );
 }
 
-/// A 3-replica Deployment spread over the 3 nodes behind a ClusterIP
-/// Service answers a pod on every node by ClusterIP and by DNS name, and all
-/// three backends answer, with every agent's proxy in `mode`.
-fn service_answers_on_every_node_by_cluster_ip_and_dns_name(name: &'static str, mode: ProxyMode) {
+/// A 3-node cluster with the proxy in `mode` (its eBPF programs checked),
+/// timed; `None` when the test cannot run here.
+fn cluster(name: &'static str, mode: ProxyMode) -> Option<(WallTime, Cluster)> {
     if !can_run_with(name, mode) {
-        return;
+        return None;
     }
-    let _t = WallTime(name, Instant::now());
+    let t = WallTime(name, Instant::now());
     let c = Cluster::start_with(3, SERVER_FLAGS, mode);
     if mode == ProxyMode::Ebpf {
         assert_ebpf_proxies(&c);
     }
+    Some((t, c))
+}
+
+/// A 3-replica Deployment spread over the 3 nodes behind a ClusterIP
+/// Service answers a pod on every node by ClusterIP and by DNS name, and all
+/// three backends answer, with every agent's proxy in `mode`.
+fn service_answers_on_every_node_by_cluster_ip_and_dns_name(name: &'static str, mode: ProxyMode) {
+    let Some((_t, c)) = cluster(name, mode) else {
+        return;
+    };
     c.apply(&deployment("web", &c.busybox(), "ClusterIP"));
     let pods = three_spread(&c, "web");
     if mode == ProxyMode::Ebpf {
@@ -358,14 +367,9 @@ fn peer_ip(remote_addr: &str) -> &str {
 }
 
 fn node_port_answers_on_every_node(name: &'static str, mode: ProxyMode) {
-    if !can_run_with(name, mode) {
+    let Some((_t, c)) = cluster(name, mode) else {
         return;
-    }
-    let _t = WallTime(name, Instant::now());
-    let c = Cluster::start_with(3, SERVER_FLAGS, mode);
-    if mode == ProxyMode::Ebpf {
-        assert_ebpf_proxies(&c);
-    }
+    };
     c.apply(&deployment("np", &c.busybox(), "NodePort"));
     three_spread(&c, "np");
     let port = c.kubectl_ok(&[
@@ -421,12 +425,9 @@ fn node_port_answers_on_every_node(name: &'static str, mode: ProxyMode) {
 #[test]
 fn node_port_with_local_policy_answers_an_outside_client_ebpf() {
     let name = "node_port_with_local_policy_answers_an_outside_client_ebpf";
-    if !can_run_with(name, ProxyMode::Ebpf) {
+    let Some((_t, c)) = cluster(name, ProxyMode::Ebpf) else {
         return;
-    }
-    let _t = WallTime(name, Instant::now());
-    let c = Cluster::start_with(3, SERVER_FLAGS, ProxyMode::Ebpf);
-    assert_ebpf_proxies(&c);
+    };
     let manifest = deployment("npl", &c.busybox(), "NodePort").replace(
         "  type: NodePort\n",
         "  type: NodePort\n  externalTrafficPolicy: Local\n",

@@ -71,6 +71,13 @@ pub fn masquerade_script() -> String {
     )
 }
 
+/// Removes all the eBPF backend ever made: its pins under `pin_dir` and its
+/// masquerade table (through `nft`). Idempotent.
+pub fn remove_all(pin_dir: &Path, nft: &impl NftRunner) -> Result<(), EbpfError> {
+    remove_state(pin_dir)?;
+    remove_masquerade(nft)
+}
+
 /// Removes the masquerade table (idempotent).
 pub fn remove_masquerade(nft: &impl NftRunner) -> Result<(), EbpfError> {
     let t = MASQ_TABLE;
@@ -346,8 +353,7 @@ impl ProxyBackend for EbpfBackend {
         // Close our map fds before the pins go.
         self.table = None;
         self.synced = false;
-        remove_state(&self.pin_dir)?;
-        remove_masquerade(&self.nft)?;
+        remove_all(&self.pin_dir, &self.nft)?;
         Ok(())
     }
 }

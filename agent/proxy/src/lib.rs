@@ -34,8 +34,7 @@ pub fn remove_all_state(
     nft::NftBackend::new(nft::NftCli::default(), nft.clone())
         .cleanup()
         .with_context(|| format!("remove the nftables table {}", nft.table))?;
-    ebpf::remove_state(pin_dir)?;
-    ebpf::remove_masquerade(&nft::NftCli::default())?;
+    ebpf::remove_all(pin_dir, &nft::NftCli::default())?;
     Ok(())
 }
 

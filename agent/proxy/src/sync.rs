@@ -45,12 +45,9 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
             // Leave nothing of the eBPF backend behind.
             let pin_dir = config.ebpf.pin_dir.clone();
             let cli = nft_cli(&config);
-            tokio::task::spawn_blocking(move || {
-                crate::ebpf::remove_state(&pin_dir)?;
-                crate::ebpf::remove_masquerade(&cli)
-            })
-            .await
-            .context("join eBPF cleanup")??;
+            tokio::task::spawn_blocking(move || crate::ebpf::remove_all(&pin_dir, &cli))
+                .await
+                .context("join eBPF cleanup")??;
             Box::new(nft)
         }
         ProxyMode::Ebpf | ProxyMode::None => {
@@ -74,12 +71,9 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
             } else {
                 let pin_dir = config.ebpf.pin_dir.clone();
                 let cli = nft_cli(&config);
-                tokio::task::spawn_blocking(move || {
-                    crate::ebpf::remove_state(&pin_dir)?;
-                    crate::ebpf::remove_masquerade(&cli)
-                })
-                .await
-                .context("join eBPF cleanup")??;
+                tokio::task::spawn_blocking(move || crate::ebpf::remove_all(&pin_dir, &cli))
+                    .await
+                    .context("join eBPF cleanup")??;
                 tracing::info!("--proxy-mode none: not load-balancing Services");
                 return Ok(());
             }
