@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use crate::health::{NodeHealth, Part, State};
+use crate::supervise::supervise;
+
 /// Flags of `keelson agent` (see DESIGN.md "Interfaces").
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -36,9 +39,16 @@ pub struct AgentArgs {
     /// Address of the node API (TLS).
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub node_api_listen: SocketAddr,
-    /// The node's pod CIDR (written to spec.podCIDR when set).
+    /// The node's pod CIDR (written to spec.podCIDR when set). Where the
+    /// CNI config dir holds no configuration, the agent networks pods in it
+    /// with keelson-cni (else in the Node's spec.podCIDR).
     #[arg(long)]
-    pub pod_cidr: Option<String>,
+    pub pod_cidr: Option<ipnet::Ipv4Net>,
+    /// The cluster's Service CIDR: traffic to an address in it that no
+    /// Service rule load-balances is refused on the node, never routed out
+    /// (the Service proxy's --service-cidr).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: ipnet::Ipv4Net,
     /// Service load balancing: ebpf (falls back to nftables with a log line
     /// where the kernel lacks what it needs), nftables or none.
     #[arg(long, default_value = "none", value_parser = ["ebpf", "nftables", "none"])]
@@ -86,8 +96,11 @@ pub struct AgentArgs {
     pub insecure_registry: Vec<String>,
 }
 
-/// Resolves `--runtime` to a binary path.
+/// Resolves `--runtime` to a binary path: a path as it is; runc and crun
+/// through the tool registry (a missing one names its Debian package); any
+/// other name in `PATH`.
 pub fn resolve_runtime(name: &str) -> anyhow::Result<PathBuf> {
+    use keelson_host::tools::{self, Tool, Use};
     if name.contains('/') {
         let p = PathBuf::from(name);
         if !p.is_file() {
@@ -98,20 +111,17 @@ pub fn resolve_runtime(name: &str) -> anyhow::Result<PathBuf> {
     if name == "containerd" {
         bail!("--runtime containerd: the containerd backend is not available in this build");
     }
-    for dir in [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ] {
-        let p = PathBuf::from(dir).join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!("--runtime {name}: not found in /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin")
+    let tool = match name {
+        "runc" => tools::RUNC,
+        "crun" => tools::CRUN,
+        other => Tool {
+            name: other.to_string().leak(),
+            package: "(none: install it by hand)",
+            used_by: Use::Product,
+            why: "--runtime",
+        },
+    };
+    tool.find().with_context(|| format!("--runtime {name}"))
 }
 
 async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
@@ -123,11 +133,8 @@ async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Clien
     kube::Client::try_from(cfg).context("build API client")
 }
 
-/// Starts the Service proxy in this process for `--proxy-mode`.
-fn start_proxy(
-    client: &kube::Client,
-    args: &AgentArgs,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+/// The Service proxy's settings for `--proxy-mode` (None: no proxy).
+fn proxy_config(args: &AgentArgs) -> anyhow::Result<Option<keelson_proxy::ProxyConfig>> {
     // ebpf: the proxy probes the kernel and falls back to nftables with a
     // log line when it cannot load its programs.
     let mode = match args.proxy_mode.as_str() {
@@ -148,6 +155,8 @@ fn start_proxy(
         args.node_name.clone(),
         "--proxy-mode".into(),
         mode.into(),
+        "--service-cidr".into(),
+        args.service_cluster_ip_range.to_string(),
     ];
     if let Some(IpAddr::V4(ip)) = args.node_ip {
         flags.extend(["--node-ip".into(), ip.to_string()]);
@@ -169,17 +178,106 @@ fn start_proxy(
     if args.proxy_metrics_listen.is_none() {
         config.metrics_listen = None;
     }
-    let client = client.clone();
-    Ok(Some(tokio::spawn(async move {
-        if let Err(e) = keelson_proxy::run_proxy(client, config).await {
-            tracing::error!("service proxy: {e:#}");
+    Ok(Some(config))
+}
+
+/// Runs the Service proxy under [`supervise`]: restarted with back-off when
+/// it stops, its state in `health` (Ready once it has synced, Failed with
+/// the error while a sync fails or it is down).
+async fn supervised_proxy(
+    client: kube::Client,
+    config: keelson_proxy::ProxyConfig,
+    health: NodeHealth,
+) {
+    use keelson_proxy::ProxyHealth;
+    let h = health.clone();
+    supervise(
+        health,
+        Part::ServiceProxy,
+        "ServiceProxyFailed",
+        move || {
+            let (client, config, health) = (client.clone(), config.clone(), h.clone());
+            async move {
+                let (tx, mut rx) = tokio::sync::watch::channel(ProxyHealth::Starting);
+                let forward = async {
+                    while rx.changed().await.is_ok() {
+                        let state = match &*rx.borrow_and_update() {
+                            ProxyHealth::Starting => State::Starting,
+                            ProxyHealth::Synced { .. } => State::Ready,
+                            ProxyHealth::SyncFailing { backend, error } => State::Failed {
+                                reason: "ServiceProxySyncFailed".into(),
+                                message: format!("{backend}: {error}"),
+                            },
+                        };
+                        health.set(Part::ServiceProxy, state);
+                    }
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    r = keelson_proxy::run_proxy_reporting(client, config, &tx) => r,
+                    () = forward => Ok(()),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Runs cluster DNS under [`supervise`]: Ready once it listens.
+async fn supervised_dns(client: kube::Client, config: keelson_dns::DnsConfig, health: NodeHealth) {
+    let h = health.clone();
+    supervise(health, Part::ClusterDns, "ClusterDNSFailed", move || {
+        let (client, config, health) = (client.clone(), config.clone(), h.clone());
+        async move {
+            keelson_dns::run_with(client, config, |_| {
+                health.set(Part::ClusterDns, State::Ready)
+            })
+            .await?;
+            Ok(())
         }
-    })))
+    })
+    .await;
+}
+
+/// A running agent: its health, and what [`Agent::stop`] stops.
+pub struct Agent {
+    /// The agent's health (what the Node conditions and /healthz show).
+    pub health: NodeHealth,
+    /// The node's name.
+    pub node_name: String,
+    manager: crate::pods::Manager,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Stops the agent's tasks; containers keep running in their shims.
+    pub fn stop(self) {
+        self.manager.shutdown();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C. Containers keep running in their
 /// shims when the agent stops; a restarted agent adopts them.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let agent = start(args).await?;
+    crate::systemd::ready();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping (containers keep running)");
+    crate::systemd::stopping();
+    agent.stop();
+    Ok(())
+}
+
+/// Starts the agent: registers the Node, then runs its parts in the
+/// background (pods, node API, network check, Service proxy, cluster DNS).
+pub async fn start(args: AgentArgs) -> anyhow::Result<Agent> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime_bin = resolve_runtime(&args.runtime)?;
     if args.node_name.is_empty() {
@@ -188,6 +286,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     for d in [&args.root_dir, &args.run_dir, &args.pod_log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
+    let proxy = proxy_config(&args)?;
     let client = client_from(&args.kubeconfig).await?;
     let node_ip = match args.node_ip {
         Some(ip) => ip,
@@ -199,21 +298,53 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "oci".into());
 
+    let health = NodeHealth::default();
+    let events = crate::events::Recorder::new(client.clone(), &args.node_name);
+    // The pod network: the operator's config dir, then the agent's own.
+    let own_cni = crate::network::ready::OwnConfig::under(&args.root_dir);
+    let cni = crate::network::Cni {
+        conf_dirs: vec![args.cni_conf_dir.clone(), own_cni.conf_dir.clone()],
+        bin_dirs: crate::network::default_bin_dirs(&args.cni_bin_dir),
+    };
+    // Known before the Node is registered, so that its first status says it.
+    let cidr = args.pod_cidr;
+    health.set(
+        Part::Network,
+        crate::network::ready::check(&cni, &own_cni, cidr).await,
+    );
+
     let node_cfg = crate::node::NodeConfig {
         name: args.node_name.clone(),
         node_ip,
-        pod_cidr: args.pod_cidr.clone(),
+        pod_cidr: args.pod_cidr.map(|c| c.to_string()),
         api_port: args.node_api_listen.port(),
         runtime_version: format!("{runtime_name}://{runtime_version}"),
     };
-    crate::node::register(&client, &node_cfg)
+    let mut clock = crate::node::ConditionClock::default();
+    crate::node::register(&client, &node_cfg, &health, &mut clock)
         .await
         .with_context(|| format!("register node {}", args.node_name))?;
-    let node_task = tokio::spawn(crate::node::heartbeat(client.clone(), node_cfg.clone()));
-    let routes_task = tokio::spawn(crate::node::routes::run(
-        client.clone(),
-        args.node_name.clone(),
-    ));
+    let mut tasks = vec![
+        tokio::spawn(crate::node::heartbeat(
+            client.clone(),
+            node_cfg.clone(),
+            health.clone(),
+            events.clone(),
+            clock,
+        )),
+        tokio::spawn(crate::node::routes::run(
+            client.clone(),
+            args.node_name.clone(),
+        )),
+        tokio::spawn(crate::network::ready::monitor(
+            health.clone(),
+            client.clone(),
+            args.node_name.clone(),
+            cni.clone(),
+            own_cni,
+            cidr,
+        )),
+    ];
 
     let env = crate::pods::host::Host::new(crate::pods::host::HostConfig {
         root_dir: args.root_dir.clone(),
@@ -222,10 +353,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         runtime_bin: runtime_bin.clone(),
         runtime_name,
         cgroup_root: args.cgroup_root.clone(),
-        cni: crate::network::Cni::new(
-            args.cni_conf_dir.clone(),
-            crate::network::default_bin_dirs(&args.cni_bin_dir),
-        ),
+        cni,
         insecure_registries: args.insecure_registry.clone(),
         node_name: args.node_name.clone(),
         node_ip,
@@ -238,63 +366,61 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     })
     .context("set up the pod host (images, runtime, cgroups)")?;
     let env = Arc::new(env);
-    let manager = crate::pods::Manager::start(client.clone(), env.clone())
+    tasks.push(tokio::spawn(crate::imports::watch(
+        env.images.clone(),
+        args.root_dir.join(crate::imports::IMPORT_DIR),
+        events.clone(),
+    )));
+    let manager =
+        crate::pods::Manager::start(client.clone(), env.clone(), events.clone(), health.clone())
+            .await
+            .context("start pod manager")?;
+
+    tasks.push(
+        crate::server::serve(crate::server::ServerConfig {
+            listen: args.node_api_listen,
+            pki_dir: args.root_dir.join("pki"),
+            node_name: args.node_name.clone(),
+            node_ip,
+            pods: manager.store(),
+            host: env.clone(),
+            health: health.clone(),
+        })
         .await
-        .context("start pod manager")?;
+        .context("start node API")?,
+    );
 
-    let server = crate::server::serve(crate::server::ServerConfig {
-        listen: args.node_api_listen,
-        pki_dir: args.root_dir.join("pki"),
-        node_name: args.node_name.clone(),
-        node_ip,
-        pods: manager.store(),
-        host: env.clone(),
-    })
-    .await
-    .context("start node API")?;
-
-    let proxy_task = start_proxy(&client, &args)?;
-    let dns_task = match args.dns_listen {
-        Some(listen) => {
-            let upstreams = keelson_dns::upstreams_from_resolv_conf(
-                std::path::Path::new("/etc/resolv.conf"),
-                &[listen.ip()],
-            )
-            .unwrap_or_default();
-            let config = keelson_dns::DnsConfig {
-                listen,
-                domain: args.cluster_domain.clone(),
-                upstreams,
-            };
-            let client = client.clone();
-            Some(tokio::spawn(async move {
-                if let Err(e) = keelson_dns::run(client, config).await {
-                    tracing::error!("cluster DNS: {e}");
-                }
-            }))
-        }
-        None => None,
-    };
+    if let Some(config) = proxy {
+        tasks.push(tokio::spawn(supervised_proxy(
+            client.clone(),
+            config,
+            health.clone(),
+        )));
+    }
+    if let Some(listen) = args.dns_listen {
+        let upstreams = keelson_dns::upstreams_from_resolv_conf(
+            std::path::Path::new("/etc/resolv.conf"),
+            &[listen.ip()],
+        )
+        .unwrap_or_default();
+        let config = keelson_dns::DnsConfig {
+            listen,
+            domain: args.cluster_domain.clone(),
+            upstreams,
+        };
+        tasks.push(tokio::spawn(supervised_dns(
+            client.clone(),
+            config,
+            health.clone(),
+        )));
+    }
 
     tracing::info!(node = %args.node_name, %node_ip, api = %args.node_api_listen,
         proxy_mode = %args.proxy_mode, "agent running");
-    crate::systemd::ready();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("stopping (containers keep running)");
-    crate::systemd::stopping();
-    if let Some(t) = proxy_task {
-        t.abort();
-    }
-    if let Some(t) = dns_task {
-        t.abort();
-    }
-    manager.shutdown();
-    server.abort();
-    node_task.abort();
-    routes_task.abort();
-    Ok(())
+    Ok(Agent {
+        health,
+        node_name: args.node_name.clone(),
+        manager,
+        tasks,
+    })
 }

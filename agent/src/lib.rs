@@ -10,8 +10,12 @@
 //! modules that make syscalls, each block with a `// SAFETY:` comment.
 
 pub mod agent;
+pub mod events;
+pub mod health;
+pub mod imports;
 pub mod network;
 pub mod node;
 pub mod pods;
 pub mod server;
+pub mod supervise;
 pub mod systemd;

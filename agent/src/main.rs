@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use keelson::health::Part;
 use keelson_control_plane::api::registry::ApiConfig;
 use keelson_control_plane::controllers::ControllerConfig;
 use keelson_control_plane::server::{self, ServerConfig};
@@ -162,7 +163,7 @@ fn install_files(pod_cidr: ipnet::Ipv4Net) -> Vec<(&'static str, u32, String, bo
         (
             "etc/cni/net.d/10-keelson.conflist",
             0o644,
-            keelson_conflist(pod_cidr, None),
+            keelson::network::conf::keelson_conflist(pod_cidr, None),
             true,
         ),
         (
@@ -260,13 +261,12 @@ async fn run_down(args: DownArgs) -> anyhow::Result<()> {
     )
     .context("remove the Service proxy's state")?;
     println!("removed the Service proxy's nftables table and eBPF pins");
-    let dns = format!("{}/32", args.dns_address);
-    if std::process::Command::new("ip")
-        .args(["addr", "del", &dns, "dev", "lo"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    let nl = keelson_host::netlink::Socket::new().context("open a netlink socket")?;
+    if nl
+        .delete_addr(nl.link_index("lo")?, "lo", args.dns_address, 32)
+        .context("remove the cluster DNS address")?
     {
-        println!("removed {dns} from lo");
+        println!("removed {}/32 from lo", args.dns_address);
     }
     for dir in [run_dir.clone()] {
         match std::fs::remove_dir_all(&dir) {
@@ -283,22 +283,6 @@ async fn run_down(args: DownArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The keelson-cni conflist `keelson up` and `keelson install` write: the
-/// plugin alone, at CNI 1.1 so that GC runs (Debian's portmap stops at 1.0,
-/// so no hostPorts here). `ipam_dir` absent: the plugin's default.
-fn keelson_conflist(pod_cidr: ipnet::Ipv4Net, ipam_dir: Option<&std::path::Path>) -> String {
-    let mut plugin = serde_json::json!({"type": "keelson-cni", "subnet": pod_cidr.to_string()});
-    if let Some(dir) = ipam_dir {
-        plugin["dataDir"] = serde_json::json!(dir);
-    }
-    serde_json::to_string_pretty(&serde_json::json!({
-        "cniVersion": "1.1.0",
-        "name": "keelson",
-        "plugins": [plugin],
-    }))
-    .unwrap_or_default()
 }
 
 async fn run_up(args: UpArgs) -> anyhow::Result<()> {
@@ -327,30 +311,21 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let conflist = cni_conf_dir.join("10-keelson.conflist");
     std::fs::write(
         &conflist,
-        keelson_conflist(args.pod_cidr, Some(&args.data_dir.join("cni/ipam"))),
+        keelson::network::conf::keelson_conflist(
+            args.pod_cidr,
+            Some(&args.data_dir.join("cni/ipam")),
+        ),
     )
     .with_context(|| format!("write {}", conflist.display()))?;
     // The cluster DNS listens on a node-local address that pods reach
     // through their gateway (the host).
     let dns = args.dns_address.to_string();
-    let have = std::process::Command::new("ip")
-        .args(["-4", "addr", "show", "dev", "lo"])
-        .output()
-        .context("run ip addr show dev lo")?;
-    if !String::from_utf8_lossy(&have.stdout).contains(&format!("inet {dns}/")) {
-        let out = std::process::Command::new("ip")
-            .args(["addr", "add", &format!("{dns}/32"), "dev", "lo"])
-            .output()
-            .context("run ip addr add")?;
-        if !out.status.success() {
-            bail!(
-                "add the cluster DNS address {dns} to lo: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
+    keelson_host::netlink::Socket::new()
+        .and_then(|nl| nl.add_addr(nl.link_index("lo")?, "lo", args.dns_address, 32))
+        .with_context(|| format!("add the cluster DNS address {dns} to lo"))?;
 
     let service_cidr: ipnet::IpNet = "10.96.0.0/12".parse().expect("valid CIDR");
+    let proxy_mode = args.proxy_mode.clone();
     let config = ServerConfig {
         data_dir: server_dir.clone(),
         listen: args.listen,
@@ -397,7 +372,7 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         "--pod-cidr".into(),
         args.pod_cidr.to_string(),
         "--proxy-mode".into(),
-        args.proxy_mode,
+        proxy_mode.clone(),
         "--cluster-dns".into(),
         dns.clone(),
         "--dns-listen".into(),
@@ -409,11 +384,72 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             args.proxy_tc_interfaces.join(","),
         ]);
     }
-    let agent = Wrap::try_parse_from(&flags).context("agent flags")?.agent;
-    // The agent returns on SIGTERM or Ctrl-C; pods keep running.
-    let result = keelson::agent::run(agent).await;
+    let agent_args = Wrap::try_parse_from(&flags).context("agent flags")?.agent;
+    let agent = match keelson::agent::start(agent_args).await {
+        Ok(a) => a,
+        Err(e) => {
+            handle.shutdown().await;
+            return Err(e);
+        }
+    };
+    let mut expected = vec![Part::Network, Part::ClusterDns];
+    if proxy_mode != "none" {
+        expected.push(Part::ServiceProxy);
+    }
+    let status = tokio::spawn(report_up_status(
+        agent.health.clone(),
+        expected,
+        format!(
+            "node {} (proxy {proxy_mode}, cluster DNS {dns}); export KUBECONFIG={}",
+            agent.node_name,
+            kubeconfig.display()
+        ),
+    ));
+    keelson::systemd::ready();
+    // Returns on SIGTERM or Ctrl-C; pods keep running.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping (containers keep running)");
+    keelson::systemd::stopping();
+    status.abort();
+    agent.stop();
     handle.shutdown().await;
-    result
+    Ok(())
+}
+
+/// How long `keelson up` waits before it says a part is not ready.
+const UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Prints one line when the cluster is ready, and one naming each part
+/// that is not (a failure at once; a part still starting after
+/// [`UP_PATIENCE`]); again whenever that changes.
+async fn report_up_status(health: keelson::health::NodeHealth, expected: Vec<Part>, what: String) {
+    let mut rx = health.subscribe();
+    let patience = tokio::time::sleep(UP_PATIENCE);
+    tokio::pin!(patience);
+    let mut impatient = false;
+    let mut last: Option<Result<(), Vec<String>>> = None;
+    loop {
+        let now = keelson::health::summary(&rx.borrow_and_update(), &expected);
+        let say = match &now {
+            Ok(()) => true,
+            Err(lines) => impatient || lines.iter().any(|l| !l.ends_with(": starting")),
+        };
+        if say && last.as_ref() != Some(&now) {
+            match &now {
+                Ok(()) => println!("keelson up: cluster ready: {what}"),
+                Err(lines) => println!("keelson up: not ready: {}", lines.join("; ")),
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            () = &mut patience, if !impatient => impatient = true,
+        }
+    }
 }
 
 fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {

@@ -4,14 +4,13 @@
 //! - [`config`], [`result`], [`error`]: pure parsing and rendering of what the
 //!   spec exchanges (environment, stdin, stdout).
 //! - [`ipam`]: the address store under `dataDir/NAME`.
-//! - [`netlink`]: a small synchronous rtnetlink client.
+//! - netlink: keelson-host's rtnetlink client (`keelson_host::netlink`).
 //! - [`plugin`]: the six verbs, executed.
 //! - [`routes`]: cross-node routes to other nodes' pod CIDRs (called by the agent).
 
 pub mod config;
 pub mod error;
 pub mod ipam;
-pub mod netlink;
 pub mod plugin;
 pub mod result;
 pub mod routes;

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::config::{self, Attachment, Command, Env, GATEWAY, NetConf, SUPPORTED_VERSIONS};
 use crate::error::{CniError, code};
 use crate::ipam::{IpamError, Locked, Store};
-use crate::netlink::{NlError, RTPROT_KEELSON_CNI, Route, Socket, c};
 use crate::result::{self, Attached, Iface};
+use keelson_host::netlink::{NlError, RTPROT_KEELSON_CNI, Route, Socket, c};
 
 /// How long an operation waits for the network's IPAM lock before "try again later".
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -245,6 +245,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         oif: Some(hl.index),
         protocol: RTPROT_KEELSON_CNI,
         scope: c::RT_SCOPE_LINK,
+        ..Default::default()
     })?;
 
     let pod = container_socket(&netns, netns_path, &conf.sysctls)?;
@@ -264,6 +265,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         oif: Some(pl.index),
         protocol: c::RTPROT_STATIC,
         scope: c::RT_SCOPE_UNIVERSE,
+        ..Default::default()
     })?;
 
     undo.disarm();

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::netlink::{NlError, RTPROT_KEELSON_NODES, Route, Socket, c};
+use keelson_host::netlink::{NlError, RTPROT_KEELSON_NODES, Route, Socket, c};
 
 /// What the agent knows of a node (from Node.status.addresses and Node.spec.podCIDR).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,7 @@ fn to_route(w: &Wanted) -> Route {
         oif: None,
         protocol: RTPROT_KEELSON_NODES,
         scope: c::RT_SCOPE_UNIVERSE,
+        ..Default::default()
     }
 }
 

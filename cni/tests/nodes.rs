@@ -7,8 +7,8 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use keelson_cni::netlink::Socket;
 use keelson_cni::routes::{Node, reconcile};
+use keelson_host::netlink::Socket;
 
 #[test]
 fn pods_on_two_nodes_reach_each_other() {

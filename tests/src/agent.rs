@@ -78,10 +78,33 @@ pub struct AgentProcess {
     _tmp: tempfile::TempDir,
 }
 
+/// How a test agent's pods are networked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// A conflist in `--cni-conf-dir`: Debian's bridge + host-local, with
+    /// the agent's own bridge and subnet.
+    Bridge,
+    /// No CNI configuration at all; `--pod-cidr` is the agent's subnet (the
+    /// agent writes keelson-cni's conflist into its own dir).
+    Own,
+    /// No CNI configuration and no pod CIDR: the network is not ready.
+    Nothing,
+}
+
 impl AgentProcess {
     /// Starts an agent for `server`, named after `test`; images from
     /// `registry` (host:port) are pulled over plain HTTP.
     pub fn start(server: &ServerProcess, test: &str, extra: &[&str]) -> AgentProcess {
+        Self::start_with(server, test, extra, Network::Bridge)
+    }
+
+    /// [`AgentProcess::start`] with its pods networked as `network` says.
+    pub fn start_with(
+        server: &ServerProcess,
+        test: &str,
+        extra: &[&str],
+        network: Network,
+    ) -> AgentProcess {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let tag = format!("{:x}{:02x}", pid & 0xffff, n & 0xff);
@@ -109,6 +132,18 @@ impl AgentProcess {
             _tmp: tmp,
         };
         std::fs::create_dir_all(&a.cni_conf_dir).expect("cni dir");
+        match network {
+            Network::Bridge => {}
+            Network::Own => {
+                a.extra.extend(["--pod-cidr".to_string(), a.subnet.clone()]);
+                a.spawn();
+                return a;
+            }
+            Network::Nothing => {
+                a.spawn();
+                return a;
+            }
+        }
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("keelson-{tag}"),

@@ -399,6 +399,8 @@ pub struct Node {
     /// eBPF mode: --proxy-cgroup2-path (the node's cgroup2 subtree).
     pub proxy_cgroup2: Option<PathBuf>,
     cmd: Vec<String>,
+    /// `PATH` of the agent (None: the test's).
+    path: Option<String>,
     child: Option<Child>,
     log: PathBuf,
     base: tempfile::TempDir,
@@ -412,8 +414,9 @@ impl Node {
         ip: Ipv4Addr,
         kubeconfig: &Path,
         registry: &str,
-        proxy_mode: ProxyMode,
+        o: &ClusterOptions<'_>,
     ) -> Node {
+        let (proxy_mode, path) = (o.proxy_mode, o.agent_path.as_deref());
         let base = tempfile::Builder::new()
             .prefix("keelson-mn-node-")
             .tempdir()
@@ -529,6 +532,7 @@ impl Node {
             bpf_pin_dir,
             proxy_cgroup2,
             cmd,
+            path: path.map(str::to_string),
             child: None,
             log: b.join("agent.log"),
             base,
@@ -550,16 +554,18 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = Command::new("unshare")
-            .args(&self.cmd)
+        let mut cmd = Command::new("unshare");
+        cmd.args(&self.cmd)
             .env(
                 "KEELSON_LOG",
                 std::env::var("KEELSON_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn keelson agent");
+            .stderr(log);
+        if let Some(p) = &self.path {
+            cmd.env("PATH", p);
+        }
+        let child = cmd.spawn().expect("spawn keelson agent");
         self.child = Some(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
@@ -656,6 +662,19 @@ fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// What [`Cluster::start_opts`] starts.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions<'a> {
+    /// How many agent nodes.
+    pub nodes: u8,
+    /// Extra `keelson server` flags.
+    pub server_extra: &'a [&'a str],
+    /// The agents' Service proxy mode.
+    pub proxy_mode: ProxyMode,
+    /// The agents' `PATH` (None: the test's), to take programs away.
+    pub agent_path: Option<String>,
+}
+
 /// A server, a registry with the test images and `n` nodes on one link,
 /// plus an outside client netns. Fields drop in order: nodes, registry,
 /// server, link.
@@ -689,6 +708,17 @@ impl Cluster {
 
     /// [`Cluster::start`] with the agents' Service proxy in `proxy_mode`.
     pub fn start_with(nodes: u8, server_extra: &[&str], proxy_mode: ProxyMode) -> Cluster {
+        Cluster::start_opts(&ClusterOptions {
+            nodes,
+            server_extra,
+            proxy_mode,
+            agent_path: None,
+        })
+    }
+
+    /// A cluster as `o` says.
+    pub fn start_opts(o: &ClusterOptions<'_>) -> Cluster {
+        let (nodes, server_extra, proxy_mode) = (o.nodes, o.server_extra, o.proxy_mode);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{:x}{:x}", std::process::id() & 0xfff, n & 0xf);
         let mut link = Link::create(&tag);
@@ -712,7 +742,7 @@ impl Cluster {
                 *addr,
                 &server.kubeconfig,
                 &registry.addr(),
-                proxy_mode,
+                o,
             ));
         }
         let c = Cluster {

@@ -691,3 +691,178 @@ async fn missing_image_reports_err_image_pull_and_others_run() {
     eprintln!("bad command status: {:?}", main_status(&p).state);
     wait_pod(&e, "good", "still Running", Duration::from_secs(5), running).await;
 }
+
+/// An [`Env`] whose agent networks its pods as `network` says (None: skip).
+async fn env_with(test: &str, network: keelson_e2e::agent::Network) -> Option<Env> {
+    if !can_run(test) {
+        return None;
+    }
+    let cni = keelson_e2e::keelson_bin().with_file_name("keelson-cni");
+    if !keelson_e2e::require_or_skip(cni.is_file(), &format!("{} not built", cni.display())) {
+        return None;
+    }
+    let reg = Registry::with_test_images_or_skip()?;
+    let server = ServerProcess::start(None);
+    let client = server.client().await;
+    let agent = AgentProcess::start_with(&server, test, &[], network);
+    Some(Env {
+        agent,
+        reg,
+        server,
+        client,
+    })
+}
+
+/// A pod serving "hello from <name>" on port 8080 of its address.
+fn web_pod(e: &Env, name: &str) -> serde_json::Value {
+    pod_json(
+        name,
+        &e.agent.node_name,
+        &e.reg.image(BUSYBOX),
+        "mkdir -p /www && echo hello from $MY_POD > /www/index.html && exec httpd -f -p 8080 -h /www",
+        json!({}),
+    )
+}
+
+fn curl(url: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", url])
+        .output()
+        .expect("run curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn ready_condition(node: &Node) -> (String, String, String) {
+    let c = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .cloned()
+        .expect("a Ready condition");
+    (
+        c.status,
+        c.reason.unwrap_or_default(),
+        c.message.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn without_cni_configuration_the_agent_networks_pods_itself() {
+    let Some(e) = env_with("agent-own-cni", keelson_e2e::agent::Network::Own).await else {
+        return;
+    };
+    create(&e.client, web_pod(&e, "web")).await;
+    let p = wait_pod(&e, "web", "Running", Duration::from_secs(60), running).await;
+    let ip: std::net::Ipv4Addr = p.status.unwrap().pod_ip.expect("pod IP").parse().unwrap();
+    let net: ipnet_check::Net = e.agent.subnet.parse().unwrap();
+    assert!(net.contains(ip), "pod IP {ip} not in {}", e.agent.subnet);
+    // It answers on that address, from the host (keelson-cni's routed veth).
+    let start = Instant::now();
+    let mut body = None;
+    while body.is_none() && start.elapsed() < Duration::from_secs(20) {
+        body = curl(&format!("http://{ip}:8080/"));
+    }
+    assert_eq!(body.as_deref(), Some("hello from web"), "{}", e.agent.log());
+    // The configuration it made for itself, in its own dir.
+    let own = std::fs::read_to_string(e.agent.root_dir.join("cni/net.d/10-keelson.conflist"))
+        .expect("the agent's own conflist");
+    assert!(own.contains("\"keelson-cni\""), "{own}");
+    assert!(own.contains(&e.agent.subnet), "{own}");
+    let node = Api::<Node>::all(e.client.clone())
+        .get(&e.agent.node_name)
+        .await
+        .unwrap();
+    assert_eq!(ready_condition(&node).0, "True");
+}
+
+#[tokio::test]
+async fn without_a_pod_network_the_node_is_not_ready_until_it_has_a_pod_cidr() {
+    let Some(e) = env_with("agent-no-cni", keelson_e2e::agent::Network::Nothing).await else {
+        return;
+    };
+    let nodes: Api<Node> = Api::all(e.client.clone());
+    let name = e.agent.node_name.clone();
+    let (status, reason, message) = ready_condition(&nodes.get(&name).await.unwrap());
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "KubeletNotReady"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with(
+            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("no pod CIDR"), "{message}");
+    // The node API's health check says the same.
+    let (code, body) = e.agent.node_api("/healthz");
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body.contains("[-]network failed: NetworkPluginNotReady"),
+        "{body}"
+    );
+
+    // A pod bound to it waits, with the kubelet's Event.
+    create(&e.client, web_pod(&e, "waiting")).await;
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(e.client.clone(), "default");
+    let start = Instant::now();
+    loop {
+        let list = events
+            .list(&kube::api::ListParams::default().fields("involvedObject.name=waiting"))
+            .await
+            .unwrap();
+        if let Some(ev) = list
+            .items
+            .iter()
+            .find(|ev| ev.reason.as_deref() == Some("NetworkNotReady"))
+        {
+            assert_eq!(ev.type_.as_deref(), Some("Warning"));
+            assert!(
+                ev.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("NetworkPluginNotReady"),
+                "{ev:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no NetworkNotReady event: {:?}\n{}",
+            list.items.iter().map(|e| &e.reason).collect::<Vec<_>>(),
+            e.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = Api::<Pod>::namespaced(e.client.clone(), "default")
+        .get("waiting")
+        .await
+        .unwrap();
+    assert!(p.status.and_then(|s| s.pod_ip).is_none());
+
+    // The control plane gives the Node a pod CIDR: the agent networks pods
+    // in it, the Node turns Ready and the pod runs.
+    e.server.kubectl_ok(
+        33,
+        &[
+            "patch",
+            "node",
+            &name,
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"podCIDR": e.agent.subnet, "podCIDRs": [e.agent.subnet]}}).to_string(),
+        ],
+    );
+    let p = wait_pod(&e, "waiting", "Running", Duration::from_secs(60), running).await;
+    let ip: std::net::Ipv4Addr = p.status.unwrap().pod_ip.expect("pod IP").parse().unwrap();
+    let net: ipnet_check::Net = e.agent.subnet.parse().unwrap();
+    assert!(net.contains(ip), "pod IP {ip} not in {}", e.agent.subnet);
+    assert_eq!(ready_condition(&nodes.get(&name).await.unwrap()).0, "True");
+    let (code, body) = e.agent.node_api("/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok"));
+}

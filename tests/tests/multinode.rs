@@ -544,3 +544,137 @@ fn stopped_agent_gets_its_pods_rescheduled() {
         },
     );
 }
+
+/// The condition `type_` of node `name`: (status, reason, message).
+fn node_condition(c: &Cluster, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.kubectl_ok(&["get", "node", name, "-o", "json"])).ok()?;
+    let cond = v["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    let s = |k: &str| cond[k].as_str().unwrap_or_default().to_string();
+    Some((s("status"), s("reason"), s("message")))
+}
+
+/// The reasons of the Events about node `name`.
+fn node_event_reasons(c: &Cluster, name: &str) -> Vec<String> {
+    let out = c.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        &format!("involvedObject.kind=Node,involvedObject.name={name}"),
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn a_failed_proxy_is_visible_refuses_cluster_ips_and_recovers() {
+    if !can_run("a_failed_proxy_is_visible_refuses_cluster_ips_and_recovers") {
+        return;
+    }
+    let _t = WallTime(
+        "a_failed_proxy_is_visible_refuses_cluster_ips_and_recovers",
+        Instant::now(),
+    );
+    // The agent's PATH lacks nft and conntrack (Debian has them in
+    // /usr/sbin; runc from there is linked in); `bin` is where the fault is
+    // removed later.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/usr/sbin/runc", bin.path().join("runc")).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let c = Cluster::start_opts(&keelson_e2e::multinode::ClusterOptions {
+        nodes: 1,
+        server_extra: SERVER_FLAGS,
+        proxy_mode: ProxyMode::Nftables,
+        agent_path: Some(path),
+    });
+    let node = &c.nodes[0];
+    c.apply(&deployment("web", &c.busybox(), "ClusterIP"));
+    c.wait_until("3 web pods Running", Duration::from_secs(90), || {
+        c.running_pods("web").len() == 3
+    });
+    let vip = c
+        .kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .trim()
+        .to_string();
+
+    // The Node says the proxy is down, and why; an Event says so too.
+    c.wait_until("ServiceProxyReady=False", Duration::from_secs(30), || {
+        node_condition(&c, &node.name, "ServiceProxyReady")
+            .is_some_and(|(s, r, _)| s == "False" && r == "ServiceProxyFailed")
+    });
+    let (_, _, message) = node_condition(&c, &node.name, "ServiceProxyReady").unwrap();
+    assert!(
+        message.contains("nft not found") && message.contains("Debian package nftables"),
+        "{message}"
+    );
+    c.wait_until(
+        "a ServiceProxyFailed Event",
+        Duration::from_secs(20),
+        || node_event_reasons(&c, &node.name).contains(&"ServiceProxyFailed".to_string()),
+    );
+    // So does the node API's health check.
+    let healthz = |verbose: bool| {
+        let q = if verbose { "?verbose" } else { "" };
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"])
+            .arg(format!("https://{}:10250/healthz{q}", node.ip))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let h = healthz(false);
+    assert!(h.ends_with("\n500"), "{h}");
+    assert!(
+        h.contains("[-]service-proxy failed: ServiceProxyFailed"),
+        "{h}"
+    );
+
+    // The ClusterIP is refused on the node at once, not routed out of it.
+    let curl_vip = || node.exec(&["curl", "-s", "--max-time", "5", &format!("http://{vip}/")]);
+    let start = Instant::now();
+    let out = curl_vip();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl {vip}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let routes = node.exec(&["ip", "route", "show", "exact", "10.96.0.0/12"]);
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).starts_with("unreachable 10.96.0.0/12"),
+        "{}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
+
+    // The fault removed, the agent's restart of the proxy finds nft: the
+    // Service answers from the node and the Node says the proxy is ready.
+    for tool in ["nft", "conntrack"] {
+        std::os::unix::fs::symlink(format!("/usr/sbin/{tool}"), bin.path().join(tool)).unwrap();
+    }
+    c.wait_until("ServiceProxyReady=True", Duration::from_secs(90), || {
+        node_condition(&c, &node.name, "ServiceProxyReady").is_some_and(|(s, _, _)| s == "True")
+    });
+    c.wait_until(
+        "the Service answers on the node",
+        Duration::from_secs(20),
+        || String::from_utf8_lossy(&curl_vip().stdout).starts_with("hello from web-"),
+    );
+    c.wait_until("a ServiceProxyReady Event", Duration::from_secs(20), || {
+        node_event_reasons(&c, &node.name).contains(&"ServiceProxyReady".to_string())
+    });
+    let h = healthz(false);
+    assert_eq!(h, "ok\n200");
+    assert!(healthz(true).contains("[+]service-proxy ok"));
+}

@@ -6,11 +6,16 @@
 //!
 //! Uses the host's /run/keelson, the `keelson` cgroup root, 169.254.20.10 on
 //! `lo`, the node API port 10250 and the nftables table `ip keelson`, as an
-//! installed `keelson up` does: one such test at a time on a machine.
+//! installed `keelson up` does: one such test at a time on a machine (the
+//! tests here take [`ONE_AT_A_TIME`]).
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// `keelson up` owns host-wide names: the tests here run one after another.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 use keelson_e2e::registry::{BUSYBOX, Registry};
 use keelson_e2e::{free_port, keelson_bin, kubectl_path, require_or_skip};
@@ -39,17 +44,17 @@ impl Up {
 }
 
 /// Stops `keelson up` and runs `keelson down` even when the test fails.
-struct Cleanup<'a> {
+struct Cleanup {
     up: Up,
-    data_dir: &'a Path,
+    data_dir: PathBuf,
 }
 
-impl Drop for Cleanup<'_> {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         self.up.stop();
         let _ = Command::new(keelson_bin())
             .args(["down", "--data-dir"])
-            .arg(self.data_dir)
+            .arg(&self.data_dir)
             .status();
     }
 }
@@ -108,6 +113,16 @@ fn leftovers(data_dir: &Path) -> Vec<String> {
     if String::from_utf8_lossy(&nft.stdout).contains("keelson") {
         found.push("nftables table keelson".into());
     }
+    let svc = Command::new("ip")
+        .args(["route", "show", "proto", "0x4d"])
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&svc.stdout).lines() {
+        found.push(format!("Service CIDR route {l}"));
+    }
+    if Path::new("/sys/class/net/keelson-svc").exists() {
+        found.push("link keelson-svc".into());
+    }
     let lo = Command::new("ip")
         .args(["-4", "addr", "show", "dev", "lo"])
         .output()
@@ -138,54 +153,115 @@ fn leftovers(data_dir: &Path) -> Vec<String> {
     found
 }
 
-#[test]
-fn up_serves_a_deployment_by_dns_name_and_down_leaves_nothing() {
+/// Whether `keelson up` can run here (root, keelson-cni built); prints why
+/// not, or panics under KEELSON_REQUIRE_ALL=1.
+fn can_run() -> bool {
     let root = Command::new("id").arg("-u").output().unwrap();
     if !require_or_skip(
         String::from_utf8_lossy(&root.stdout).trim() == "0",
         "keelson up needs root",
     ) {
+        return false;
+    }
+    let cni = keelson_bin().with_file_name("keelson-cni");
+    assert!(cni.is_file(), "{} not built", cni.display());
+    true
+}
+
+/// A `keelson up` started for a test, with its logs, data dir and
+/// kubeconfig; Drop stops it and runs `keelson down`.
+struct Started {
+    // Before `tmp`: it runs `keelson down` on the data dir.
+    cleanup: Cleanup,
+    data_dir: PathBuf,
+    kubeconfig: PathBuf,
+    port: u16,
+    tmp: tempfile::TempDir,
+}
+
+impl Started {
+    /// `keelson up --data-dir <tmp>/cluster --listen 127.0.0.1:<free>`; waits
+    /// until the node is Ready.
+    fn start() -> Started {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("cluster");
+        let port = free_port();
+        let mut s = Started {
+            cleanup: Cleanup {
+                up: Up { child: None },
+                data_dir: data_dir.clone(),
+            },
+            kubeconfig: data_dir.join("server/admin.kubeconfig"),
+            data_dir,
+            port,
+            tmp,
+        };
+        s.spawn("up");
+        wait_until("node Ready", Duration::from_secs(60), || {
+            s.kubeconfig.exists()
+                && Command::new(kubectl_path(33))
+                    .arg("--kubeconfig")
+                    .arg(&s.kubeconfig)
+                    .args([
+                        "get",
+                        "nodes",
+                        "-o",
+                        "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+                    ])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "True")
+        });
+        s
+    }
+
+    /// Starts `keelson up` (stdout to `<log>.out`, stderr to `<log>.log`).
+    fn spawn(&mut self, log: &str) {
+        let out = std::fs::File::create(self.tmp.path().join(format!("{log}.out"))).unwrap();
+        let err = std::fs::File::create(self.tmp.path().join(format!("{log}.log"))).unwrap();
+        self.cleanup.up.child = Some(
+            Command::new(keelson_bin())
+                .args(["up", "--data-dir"])
+                .arg(&self.data_dir)
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .env("KEELSON_LOG", "info")
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// What `keelson up` printed (`log` as given to [`Started::spawn`]).
+    fn stdout(&self, log: &str) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("{log}.out"))).unwrap_or_default()
+    }
+
+    /// Its log.
+    fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("{log}.log"))).unwrap_or_default()
+    }
+}
+
+#[test]
+fn up_serves_a_deployment_by_dns_name_and_down_leaves_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
         return;
     }
     let Some(reg) = Registry::with_test_images_or_skip() else {
         return;
     };
-    let bin = keelson_bin();
-    let cni = bin.with_file_name("keelson-cni");
-    assert!(cni.is_file(), "{} not built", cni.display());
-    let tmp = tempfile::tempdir().unwrap();
-    let data_dir = tmp.path().join("cluster");
-    let port = free_port();
-    let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(["up", "--data-dir"])
-        .arg(&data_dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("KEELSON_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut cleanup = Cleanup {
-        up: Up { child: Some(child) },
-        data_dir: &data_dir,
-    };
-    let kubeconfig = data_dir.join("server/admin.kubeconfig");
-    let up_log = || std::fs::read_to_string(tmp.path().join("up.log")).unwrap_or_default();
-    wait_until("node Ready", Duration::from_secs(60), || {
-        kubeconfig.exists()
-            && Command::new(kubectl_path(33))
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args([
-                    "get",
-                    "nodes",
-                    "-o",
-                    "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
-                ])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "True")
+    let mut up = Started::start();
+    let kubeconfig = up.kubeconfig.clone();
+    // The one-line status once every part works.
+    wait_until("the ready line", Duration::from_secs(30), || {
+        up.stdout("up").contains("keelson up: cluster ready: node ")
     });
+    assert!(
+        !up.stdout("up").contains("not ready"),
+        "{}",
+        up.stdout("up")
+    );
     let manifest = format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -211,7 +287,7 @@ spec:
 "#,
         image = reg.image(BUSYBOX)
     );
-    let file = tmp.path().join("web.yaml");
+    let file = up.tmp.path().join("web.yaml");
     std::fs::write(&file, manifest).unwrap();
     kubectl(&kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
     wait_until("3 pods Running", Duration::from_secs(90), || {
@@ -294,18 +370,8 @@ spec:
             "jsonpath={.items[*].status.containerStatuses[0].containerID}",
         ],
     );
-    cleanup.up.stop();
-    let log = std::fs::File::create(tmp.path().join("up2.log")).unwrap();
-    cleanup.up.child = Some(
-        Command::new(&bin)
-            .args(["up", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    up.cleanup.up.stop();
+    up.spawn("up2");
     wait_until("API back", Duration::from_secs(60), || {
         Command::new(kubectl_path(33))
             .arg("--kubeconfig")
@@ -330,12 +396,13 @@ spec:
         before,
         after,
         "containers replaced across the restart: {}",
-        up_log()
+        up.log("up")
     );
 
     // Down: nothing left on the host.
-    cleanup.up.stop();
-    let out = Command::new(&bin)
+    up.cleanup.up.stop();
+    let data_dir = up.data_dir.clone();
+    let out = Command::new(keelson_bin())
         .args(["down", "--data-dir"])
         .arg(&data_dir)
         .output()
@@ -347,4 +414,73 @@ spec:
     );
     let left = leftovers(&data_dir);
     assert!(left.is_empty(), "left after keelson down: {left:#?}");
+}
+
+/// The shell commands of the README's example (between the
+/// `example:begin` and `example:end` markers).
+fn readme_example() -> String {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    let start = text
+        .find("<!-- example:begin")
+        .expect("example:begin in README.md");
+    let end = text
+        .find("<!-- example:end -->")
+        .expect("example:end in README.md");
+    let block = &text[start..end];
+    let code = block
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(code, _)| code)
+        .expect("a ```sh block in the README example");
+    code.to_string()
+}
+
+#[test]
+fn the_readme_example_runs_as_written() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let script = readme_example();
+    assert!(script.contains("cargo xtask images"), "{script}");
+    let up = Started::start();
+    // As written, but on this test's cluster instead of /var/lib/keelson.
+    let data_dir = up.data_dir.display().to_string();
+    let script = script.replace("/var/lib/keelson", &data_dir);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("timeout")
+        .args(["300", "sh", "-ec", &script])
+        .current_dir(&workspace)
+        .env("KEELSON_DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the README example failed ({}):\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        up.log("up")
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("hello from hello-"),
+        "the Service answered {last:?}:\n{stdout}"
+    );
+    // The agent said it imported the image.
+    let events = kubectl(
+        &up.kubeconfig,
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "reason=ImageImported",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+    );
+    assert!(events.contains("keelson.local/busybox:v1"), "{events:?}");
 }

@@ -6,7 +6,7 @@
 //! cargo xtask test    # setup, then every test (both tiers; root tests need root)
 //! cargo xtask up      # setup, build, `keelson up`: a single-node cluster on this machine
 //! cargo xtask bench   # the API server benchmark, both storage backends
-//! cargo xtask images  # build the busybox-static test images (OCI layout, cached)
+//! cargo xtask images  # test images into the import dir of `keelson up`'s agent
 //! ```
 
 #![forbid(unsafe_code)]
@@ -15,33 +15,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-
-/// Debian packages the build and the tests need.
-const APT_PACKAGES: &[&str] = &[
-    "etcd-server",       // the etcd storage backend and its tests
-    "protobuf-compiler", // etcd-client and containerd-client build scripts
-    "build-essential",   // bundled SQLite and ring
-    "pkg-config",
-    "python3-pip", // the Python kubernetes client test
-    "conntrack",   // keelson-proxy flushes stale UDP conntrack entries
-    // Image tests: a local registry, the busybox-static test images built
-    // with umoci (cargo xtask images) and pushed with skopeo.
-    "docker-registry",
-    "umoci",
-    "skopeo",
-    "busybox-static",
-    "runc",     // keelson-runtime: the default OCI runtime and its tests
-    "iproute2", // keelson-runtime: `ip link set lo up` in pod sandboxes
-    // keelson-cni tests and bench: Debian's reference ptp/host-local/portmap,
-    // the iptables portmap drives, ping between pods.
-    "containernetworking-plugins",
-    "iptables",
-    "iputils-ping",
-    // keelson-ebpf: the C programs (clang, libbpf headers); bpftool in its tests.
-    "clang-19",
-    "libbpf-dev",
-    "bpftool",
-];
 
 /// Python packages the tests use (from PyPI).
 const PIP_PACKAGES: &[&str] = &["kubernetes"];
@@ -91,9 +64,10 @@ fn python() -> &'static str {
 }
 
 fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
+    // Every program the product, the tests and the build run, with its
+    // package, is listed in keelson-host's tool registry (one home).
+    let missing: Vec<&str> = keelson_host::tools::setup_packages()
+        .into_iter()
         .filter(|p| !installed(p))
         .collect();
     if !missing.is_empty() {
@@ -194,17 +168,83 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
         .env("KEELSON_REQUIRE_ALL", "1"))
 }
 
-/// Builds the busybox-static test images (an OCI layout with tags `busybox`
-/// and `whiteout`) into the cache, the same script the tests run
-/// (agent/images/testdata/build-test-images.sh); reused while the script and
-/// /bin/busybox are unchanged.
+/// The names the test images get in the node's image store.
+const IMAGE_NAMES: &[(&str, &str)] = &[
+    ("busybox", "keelson.local/busybox:v1"),
+    ("whiteout", "keelson.local/whiteout:v1"),
+];
+
+/// `cargo xtask images [--data-dir DIR]`: builds the busybox-static test
+/// images (agent/images/testdata/build-test-images.sh, cached under
+/// /var/cache/keelson/images) and puts them, as an OCI archive with the names
+/// of [`IMAGE_NAMES`], into the image import dir of the agent of `keelson
+/// up --data-dir DIR` (default `$KEELSON_DATA_DIR`, else /var/lib/keelson).
+/// A running agent imports it within seconds; one started later, at start.
+/// No registry and no network.
 fn images(extra: &[String]) -> anyhow::Result<()> {
-    let cache = extra
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "/var/cache/keelson/images".into());
+    let data_dir = match extra {
+        [] => std::env::var("KEELSON_DATA_DIR").unwrap_or_else(|_| "/var/lib/keelson".into()),
+        [flag, dir] if flag == "--data-dir" => dir.clone(),
+        _ => bail!("usage: cargo xtask images [--data-dir DIR]"),
+    };
+    let cache = PathBuf::from("/var/cache/keelson/images");
     let script = workspace_root().join("agent/images/testdata/build-test-images.sh");
-    run(Command::new("sh").arg(&script).arg(&cache))
+    eprintln!("+ sh {} {}", script.display(), cache.display());
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(&cache)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let layout = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // A copy of the layout whose index names each image in full.
+    let work = cache.join(format!(".archive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    run(Command::new("cp").arg("-a").arg(&layout).arg(&work))?;
+    let index_path = work.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&index_path).with_context(|| format!("read {}", index_path.display()))?,
+    )
+    .context("parse the layout's index.json")?;
+    let mut named = Vec::new();
+    for m in index["manifests"].as_array_mut().into_iter().flatten() {
+        let tag = m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some((_, name)) = IMAGE_NAMES.iter().find(|(t, _)| *t == tag) {
+            m["annotations"]["io.containerd.image.name"] = serde_json::json!(name);
+            named.push(*name);
+        }
+    }
+    std::fs::write(&index_path, serde_json::to_vec(&index)?)
+        .with_context(|| format!("write {}", index_path.display()))?;
+    let import = PathBuf::from(&data_dir).join("agent/images/import");
+    std::fs::create_dir_all(&import).with_context(|| format!("create {}", import.display()))?;
+    // Written under a dot name, then renamed: the agent skips dot files.
+    let tmp = import.join(".keelson-test-images.tar");
+    let result = run(Command::new("tar")
+        .arg("-C")
+        .arg(&work)
+        .arg("-cf")
+        .arg(&tmp)
+        .arg("."));
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    let archive = import.join("keelson-test-images.tar");
+    std::fs::rename(&tmp, &archive).with_context(|| format!("rename to {}", archive.display()))?;
+    println!(
+        "{}: {} (the agent of keelson up --data-dir {data_dir} imports it)",
+        archive.display(),
+        named.join(", ")
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         "images" => images(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [CACHE_DIR]"
+                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [--data-dir DIR]"
             );
             if cmd == "help" {
                 Ok(())

@@ -83,9 +83,19 @@ pub fn parse_resolv_conf(text: &str) -> Vec<std::net::IpAddr> {
 /// Serves cluster DNS until the future is dropped: binds, then keeps the zone
 /// current from Services and EndpointSlices watched through `client`.
 pub async fn run(client: kube::Client, config: DnsConfig) -> Result<(), DnsError> {
+    run_with(client, config, |_| {}).await
+}
+
+/// [`run`], calling `serving` with the bound address once it listens.
+pub async fn run_with(
+    client: kube::Client,
+    config: DnsConfig,
+    serving: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), DnsError> {
     let zone = ZoneHandle::new(Zone::build(&config.domain, [], []));
     let server = DnsServer::bind(config.listen, zone.clone(), config.upstreams.clone()).await?;
     tracing::info!(listen = %server.local_addr(), domain = %config.domain, "cluster DNS serving");
+    serving(server.local_addr());
     let serving = server.serve();
     let watching = keep_zone_current(client, config.domain.clone(), zone);
     tokio::select! {

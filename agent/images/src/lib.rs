@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
+pub mod layout;
 pub mod manifest;
 pub mod mount;
 pub mod reference;

@@ -427,12 +427,12 @@ impl ImageStore {
 
     async fn fetch_manifest(
         &self,
+        remote: &dyn Remote,
         reference: &str,
         r: &ImageRef,
     ) -> Result<(Digest, Vec<u8>), ImageError> {
         self.counters.manifests.fetch_add(1, Ordering::Relaxed);
-        let bytes = self
-            .remote
+        let bytes = remote
             .manifest(r, manifest::ACCEPTED)
             .await
             .map_err(|e| remote_err(reference, "manifest", e))?;
@@ -457,11 +457,68 @@ impl ImageStore {
     }
 
     async fn pull(&self, reference: &str, r: &ImageRef) -> Result<PulledImage, ImageError> {
+        self.pull_from(self.remote.as_ref(), reference, r).await
+    }
+
+    /// Makes `reference` present from `source` (an image layout on disk, a
+    /// registry) exactly as a pull does: digests verified, then indexed.
+    pub async fn import(
+        &self,
+        source: &dyn Remote,
+        reference: &str,
+    ) -> Result<PulledImage, ImageError> {
+        let r = parse(reference)?;
+        let _gc = self.gc_lock.read().await;
+        let lock = self.locks.get(&format!("ref {r}"));
+        let _held = lock.lock().await;
+        self.pull_from(source, reference, &r).await
+    }
+
+    /// Imports every named image of an OCI layout directory or of a tar
+    /// archive of one; returns their references.
+    pub async fn import_path(&self, path: &Path) -> Result<Vec<String>, ImageError> {
+        let bad = |detail: String| ImageError::Unsupported {
+            reference: path.display().to_string(),
+            detail,
+        };
+        let unpacked = if path.is_dir() {
+            None
+        } else {
+            let dir = TmpGuard(Some(self.tmp_path("import")));
+            let (src, dst) = (path.to_path_buf(), dir.path().to_path_buf());
+            tokio::task::spawn_blocking(move || crate::layout::unpack_archive(&src, &dst))
+                .await
+                .map_err(|e| bad(format!("unpack task: {e}")))?
+                .map_err(bad)?;
+            Some(dir)
+        };
+        let dir = unpacked.as_ref().map_or(path, |d| d.path());
+        let layout = crate::layout::OciLayout::open(dir).map_err(bad)?;
+        let names = layout.names();
+        if names.is_empty() {
+            return Err(bad(format!(
+                "no image in it is named (index annotation {} or a full {})",
+                crate::layout::CONTAINERD_NAME,
+                crate::layout::OCI_REF_NAME
+            )));
+        }
+        for name in &names {
+            self.import(&layout, name).await?;
+        }
+        Ok(names)
+    }
+
+    async fn pull_from(
+        &self,
+        remote: &dyn Remote,
+        reference: &str,
+        r: &ImageRef,
+    ) -> Result<PulledImage, ImageError> {
         let unsupported = |detail: String| ImageError::Unsupported {
             reference: reference.to_string(),
             detail,
         };
-        let (top, top_bytes) = self.fetch_manifest(reference, r).await?;
+        let (top, top_bytes) = self.fetch_manifest(remote, reference, r).await?;
         // Already complete under this digest (Always on an unchanged tag).
         if let Some(img) = self.load(reference, r, &top)? {
             self.set_index(r, &top)?;
@@ -477,7 +534,7 @@ impl ImageStore {
             child.digest = Some(d.digest.clone());
             let (digest, bytes) = match self.read_blob(&d.digest)? {
                 Some(b) => (d.digest.clone(), b),
-                None => self.fetch_manifest(reference, &child).await?,
+                None => self.fetch_manifest(remote, reference, &child).await?,
             };
             m = Manifest::parse(&bytes).map_err(unsupported)?;
             new_blobs.push((digest, bytes));
@@ -487,7 +544,7 @@ impl ImageStore {
         };
         let cfg = match self.read_blob(&config.digest)? {
             Some(b) => b,
-            None => self.fetch_small_blob(reference, r, &config).await?,
+            None => self.fetch_small_blob(remote, reference, r, &config).await?,
         };
         let parsed = manifest::parse_config(&cfg).map_err(unsupported)?;
         if parsed.diff_ids.len() != layers.len() {
@@ -504,7 +561,7 @@ impl ImageStore {
         let jobs: Vec<_> = layers
             .iter()
             .zip(&parsed.diff_ids)
-            .map(|(l, diff_id)| self.ensure_layer(reference, r, l, diff_id))
+            .map(|(l, diff_id)| self.ensure_layer(remote, reference, r, l, diff_id))
             .collect();
         futures::stream::iter(jobs)
             .buffer_unordered(LAYER_CONCURRENCY)
@@ -548,6 +605,7 @@ impl ImageStore {
     /// Downloads a manifest-sized blob into memory and verifies it.
     async fn fetch_small_blob(
         &self,
+        remote: &dyn Remote,
         reference: &str,
         r: &ImageRef,
         d: &Descriptor,
@@ -559,8 +617,7 @@ impl ImageStore {
             });
         }
         self.counters.blobs.fetch_add(1, Ordering::Relaxed);
-        let mut stream = self
-            .remote
+        let mut stream = remote
             .blob(r, d)
             .await
             .map_err(|e| remote_err(reference, "config", e))?;
@@ -591,6 +648,7 @@ impl ImageStore {
     /// (verified), unpack to a temp dir (diff_id verified), rename into place.
     async fn ensure_layer(
         &self,
+        remote: &dyn Remote,
         reference: &str,
         r: &ImageRef,
         d: &Descriptor,
@@ -605,8 +663,7 @@ impl ImageStore {
         let what = format!("layer {}", d.digest);
         self.counters.blobs.fetch_add(1, Ordering::Relaxed);
         let blob = TmpGuard(Some(self.tmp_path("layer.blob")));
-        let mut stream = self
-            .remote
+        let mut stream = remote
             .blob(r, d)
             .await
             .map_err(|e| remote_err(reference, &what, e))?;

@@ -413,3 +413,86 @@ fn ensure_future_is_send(store: &ImageStore) {
     fn is_send<T: Send>(_: T) {}
     is_send(store.ensure("x", PullPolicy::Always));
 }
+
+/// An OCI archive (a tar of the test images' layout) whose index names the
+/// busybox image `name`.
+fn test_archive(dir: &Path, name: &str) -> std::path::PathBuf {
+    let layout = keelson_e2e::registry::build_test_images().expect("build the test images");
+    let copy = dir.join("layout");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&layout)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let index_path = copy.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    for m in index["manifests"].as_array_mut().unwrap() {
+        if m["annotations"]["org.opencontainers.image.ref.name"] == "busybox" {
+            m["annotations"]["io.containerd.image.name"] = serde_json::json!(name);
+        }
+    }
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let archive = dir.join("images.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&copy)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    archive
+}
+
+#[tokio::test]
+async fn imports_an_oci_archive_with_no_registry_at_all() {
+    if !root_or_skip() {
+        return;
+    }
+    if !keelson_e2e::require_or_skip(
+        keelson_e2e::registry::missing_image_tools().is_empty(),
+        "test image tools missing",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&dir.path().join("images"), vec![]).unwrap();
+    let archive = test_archive(dir.path(), "keelson.local/busybox:v1");
+    let names = store.import_path(&archive).await.unwrap();
+    assert_eq!(names, ["keelson.local/busybox:v1"]);
+    // Present for IfNotPresent and Never, with nothing to pull from.
+    let img = store
+        .ensure("keelson.local/busybox:v1", PullPolicy::Never)
+        .await
+        .unwrap();
+    assert!(img.layers[0].join("bin/busybox").is_file());
+    assert_eq!(img.config.cmd, ["sh"]);
+    assert!(img.repo_digest.starts_with("keelson.local/busybox@sha256:"));
+    // Nothing of the unpacked archive is left in the store's tmp.
+    assert!(
+        entries(&store, "tmp").is_empty(),
+        "{:?}",
+        entries(&store, "tmp")
+    );
+    // A second import of the same archive is a no-op that succeeds.
+    assert_eq!(
+        store.import_path(&archive).await.unwrap(),
+        ["keelson.local/busybox:v1"]
+    );
+    // An archive with no named image is an error saying so.
+    let unnamed = dir.path().join("unnamed");
+    let layout = keelson_e2e::registry::build_test_images().unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&layout)
+        .arg(&unnamed)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let err = store.import_path(&unnamed).await.unwrap_err().to_string();
+    assert!(err.contains("io.containerd.image.name"), "{err}");
+}

@@ -28,9 +28,20 @@ pub trait Conntrack: Send + Sync {
 }
 
 /// The `conntrack` CLI, optionally behind a prefix (`ip netns exec X`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ConntrackCli {
     pub prefix: Vec<String>,
+    /// The conntrack binary.
+    pub conntrack: String,
+}
+
+impl Default for ConntrackCli {
+    fn default() -> Self {
+        ConntrackCli {
+            prefix: Vec::new(),
+            conntrack: keelson_host::tools::CONNTRACK.name.into(),
+        }
+    }
 }
 
 /// Arguments selecting the entries of `flow`.
@@ -51,7 +62,7 @@ pub fn delete_args(flow: &StaleFlow) -> Vec<String> {
 impl Conntrack for ConntrackCli {
     fn delete_udp(&self, flow: &StaleFlow) -> Result<(), ConntrackError> {
         let mut all: Vec<String> = self.prefix.clone();
-        all.push("conntrack".into());
+        all.push(self.conntrack.clone());
         all.extend(delete_args(flow));
         let command = all.join(" ");
         let out = Command::new(&all[0])

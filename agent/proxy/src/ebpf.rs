@@ -592,6 +592,7 @@ mod tests {
                 cgroup2: Some(PathBuf::from("/nonexistent/keelson-cgroup")),
                 ..Default::default()
             },
+            node_ip: None,
         };
         let (c, cg) = select_mode(config.clone());
         assert_eq!(c.mode, ProxyMode::Nftables);

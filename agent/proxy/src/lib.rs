@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod conntrack;
 pub mod ebpf;
+pub mod guard;
 pub mod metrics;
 pub mod model;
 pub mod nft;
@@ -21,21 +22,84 @@ use anyhow::Context as _;
 use ipnet::Ipv4Net;
 
 pub use keelson_ebpf::DEFAULT_PIN_DIR;
-pub use sync::run_proxy;
+pub use sync::{run_proxy, run_proxy_reporting};
 
 /// Removes what either backend programmed on this host: the nftables table
-/// of `nft` and the eBPF programs, links and maps pinned under `pin_dir`
-/// (what `--proxy-mode none` does; `keelson down` calls it). Idempotent.
+/// of `nft`, the eBPF programs, links and maps pinned under `pin_dir`, and
+/// the Service CIDR guard's route and drop link (what `--proxy-mode none`
+/// does; `keelson down` calls it). Idempotent.
 pub fn remove_all_state(
     nft: &nft::render::NftConfig,
     pin_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use backend::ProxyBackend as _;
-    nft::NftBackend::new(nft::NftCli::default(), nft.clone())
+    let cli = nft::NftCli {
+        nft: keelson_host::tools::NFT.find()?.display().to_string(),
+        ..Default::default()
+    };
+    nft::NftBackend::new(cli.clone(), nft.clone())
         .cleanup()
         .with_context(|| format!("remove the nftables table {}", nft.table))?;
-    ebpf::remove_all(pin_dir, &nft::NftCli::default())?;
+    ebpf::remove_all(pin_dir, &cli)?;
+    guard::remove(None).context("remove the Service CIDR route")?;
     Ok(())
+}
+
+/// What the proxy says about itself while it runs ([`run_proxy_reporting`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyHealth {
+    /// Starting: finding its programs, opening its backend, listing
+    /// Services and EndpointSlices.
+    Starting,
+    /// The last sync programmed the dataplane.
+    Synced {
+        /// `nftables` or `ebpf`.
+        backend: &'static str,
+    },
+    /// The last sync failed; the next one is a full sync, a second later.
+    SyncFailing {
+        /// `nftables` or `ebpf`.
+        backend: &'static str,
+        /// Why.
+        error: String,
+    },
+}
+
+/// `ip netns exec NAME` with `ip` at `ip`.
+pub fn netns_prefix(ip: &str, netns: &str) -> Vec<String> {
+    vec![ip.into(), "netns".into(), "exec".into(), netns.into()]
+}
+
+/// The programs the proxy runs, found once when it starts.
+#[derive(Clone, Debug)]
+pub struct ProxyTools {
+    /// `nft` (behind `ip netns exec` with `--netns`).
+    pub nft: nft::NftCli,
+    /// `conntrack` (likewise).
+    pub conntrack: conntrack::ConntrackCli,
+}
+
+impl ProxyTools {
+    /// Finds `nft`, `conntrack` and, with `--netns`, `ip` in `PATH`. Both
+    /// modes need `nft` (the nftables table; eBPF mode's masquerade table
+    /// and the removal of the other mode's table). A missing one is an
+    /// error naming the Debian package.
+    pub fn find(config: &ProxyConfig) -> Result<ProxyTools, keelson_host::tools::MissingTool> {
+        use keelson_host::tools::{CONNTRACK, IP, NFT};
+        let nft = NFT.find()?.display().to_string();
+        let conntrack = CONNTRACK.find()?.display().to_string();
+        let prefix = match &config.netns {
+            Some(n) => netns_prefix(&IP.find()?.display().to_string(), n),
+            None => Vec::new(),
+        };
+        Ok(ProxyTools {
+            nft: nft::NftCli {
+                prefix: prefix.clone(),
+                nft,
+            },
+            conntrack: conntrack::ConntrackCli { prefix, conntrack },
+        })
+    }
 }
 
 /// Which dataplane programs Services.
@@ -67,6 +131,11 @@ pub struct ProxyArgs {
     /// Pod CIDR of the cluster: ClusterIP traffic from outside it is masqueraded.
     #[arg(long)]
     pub cluster_cidr: Option<Ipv4Net>,
+    /// The cluster's Service CIDR: traffic to an address in it that no
+    /// Service rule matches is refused on the node, never routed out
+    /// (absent: not guarded).
+    #[arg(long)]
+    pub service_cidr: Option<Ipv4Net>,
     /// CIDRs whose local addresses serve NodePorts (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<Ipv4Net>,
@@ -137,6 +206,8 @@ pub struct ProxyConfig {
     pub sync_period: Duration,
     pub min_sync_interval: Duration,
     pub ebpf: ebpf::EbpfConfig,
+    /// The node's address: the source of locally sent Service traffic.
+    pub node_ip: Option<Ipv4Addr>,
 }
 
 impl ProxyConfig {
@@ -146,11 +217,12 @@ impl ProxyConfig {
             mode: args.proxy_mode,
             nft: nft::render::NftConfig {
                 cluster_cidr: args.cluster_cidr,
+                service_cidr: args.service_cidr,
                 nodeport_addresses: args.nodeport_addresses.clone(),
                 ..Default::default()
             },
             exec_prefix: match &args.netns {
-                Some(n) => vec!["ip".into(), "netns".into(), "exec".into(), n.clone()],
+                Some(n) => netns_prefix(keelson_host::tools::IP.name, n),
                 None => Vec::new(),
             },
             netns: args.netns.clone(),
@@ -162,6 +234,7 @@ impl ProxyConfig {
                 cgroup2: args.cgroup2_path.clone(),
                 tc_interfaces: args.tc_interfaces.clone(),
             },
+            node_ip: args.node_ip,
         }
     }
 }

@@ -16,20 +16,50 @@ use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::Notify;
 
 use crate::backend::ProxyBackend;
-use crate::conntrack::{Conntrack, ConntrackCli};
+use crate::conntrack::Conntrack;
+use crate::guard::{GuardState, ServiceCidrGuard};
 use crate::metrics::{Metrics, SyncLabels};
 use crate::model::{DesiredState, ServicePort, service_key, service_ports, slice_service};
+use crate::nft::NftBackend;
 use crate::nft::netlink::NetlinkSocket;
-use crate::nft::{NftBackend, NftCli};
 use crate::plan::{plan, plan_services};
-use crate::{ProxyConfig, ProxyMode};
+use crate::{ProxyConfig, ProxyHealth, ProxyMode, ProxyTools};
 
 /// Runs the proxy against `client` until the future is dropped or a fatal
 /// error occurs. Sync errors are counted and retried; they are not fatal.
 pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Result<()> {
+    let (health, _) = tokio::sync::watch::channel(ProxyHealth::Starting);
+    run_proxy_reporting(client, config, &health).await
+}
+
+/// [`run_proxy`], telling `health` how it goes: `Starting`, then after each
+/// sync whether the dataplane is programmed.
+pub async fn run_proxy_reporting(
+    client: kube::Client,
+    config: ProxyConfig,
+    health: &tokio::sync::watch::Sender<ProxyHealth>,
+) -> anyhow::Result<()> {
+    health.send_replace(ProxyHealth::Starting);
+    // First, before anything that can fail: traffic to the Service CIDR
+    // is refused on the node until a backend load-balances it.
+    let guard = config.nft.service_cidr.map(|cidr| ServiceCidrGuard {
+        cidr,
+        netns: config
+            .netns
+            .as_ref()
+            .map(|n| std::path::PathBuf::from("/run/netns").join(n)),
+        prefsrc: config.node_ip,
+    });
+    if let Some(g) = guard.clone() {
+        tokio::task::spawn_blocking(move || g.refuse_unless_present())
+            .await
+            .context("join Service CIDR guard")?
+            .context("route the Service CIDR")?;
+    }
     // ebpf falls back to nftables (one log line) where the kernel lacks it.
     let (config, ebpf_cgroup) = crate::ebpf::select_mode(config);
-    let mut nft = NftBackend::new(nft_cli(&config), config.nft.clone());
+    let tools = ProxyTools::find(&config)?;
+    let mut nft = NftBackend::new(tools.nft.clone(), config.nft.clone());
     if config.mode == ProxyMode::Nftables {
         let netns = config.netns.clone();
         match tokio::task::spawn_blocking(move || NetlinkSocket::open(netns.as_deref()))
@@ -44,7 +74,7 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         ProxyMode::Nftables => {
             // Leave nothing of the eBPF backend behind.
             let pin_dir = config.ebpf.pin_dir.clone();
-            let cli = nft_cli(&config);
+            let cli = tools.nft.clone();
             tokio::task::spawn_blocking(move || crate::ebpf::remove_all(&pin_dir, &cli))
                 .await
                 .context("join eBPF cleanup")??;
@@ -60,7 +90,7 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
             if let Some(cg) = ebpf_cgroup {
                 let cfg = config.ebpf.clone();
                 let netns = config.netns.clone();
-                let cli = nft_cli(&config);
+                let cli = tools.nft.clone();
                 Box::new(
                     tokio::task::spawn_blocking(move || {
                         crate::ebpf::EbpfBackend::open(&cfg, cg, netns.as_deref(), cli)
@@ -70,10 +100,20 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
                 )
             } else {
                 let pin_dir = config.ebpf.pin_dir.clone();
-                let cli = nft_cli(&config);
-                tokio::task::spawn_blocking(move || crate::ebpf::remove_all(&pin_dir, &cli))
-                    .await
-                    .context("join eBPF cleanup")??;
+                let cli = tools.nft.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::ebpf::remove_all(&pin_dir, &cli)?;
+                    crate::guard::remove(
+                        config
+                            .netns
+                            .as_ref()
+                            .map(|n| std::path::PathBuf::from("/run/netns").join(n))
+                            .as_deref(),
+                    )
+                    .context("remove the Service CIDR route")
+                })
+                .await
+                .context("join eBPF cleanup")??;
                 tracing::info!("--proxy-mode none: not load-balancing Services");
                 return Ok(());
             }
@@ -186,9 +226,14 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         .context("wait for the initial EndpointSlice list")?;
     tracing::info!(backend = backend.name(), node = %config.node_name, "proxy started");
 
-    let conntrack: Arc<dyn Conntrack> = Arc::new(ConntrackCli {
-        prefix: config.exec_prefix.clone(),
-    });
+    let conntrack: Arc<dyn Conntrack> = Arc::new(tools.conntrack.clone());
+    // The guard's route follows the backend: forward once the nftables
+    // table rejects what it does not DNAT; refuse with eBPF.
+    let guard_state = match backend.name() {
+        "nftables" => GuardState::Forward,
+        _ => GuardState::Refuse,
+    };
+    let mut guard = guard.map(|g| (g, false));
     // `desired` follows the API objects (recomputed per changed Service);
     // `programmed` is what the backend was last told.
     let mut desired = DesiredState::default();
@@ -262,6 +307,22 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
         desired = d;
         match result {
             Ok(was_full) => {
+                if let Some((g, done @ false)) = &mut guard {
+                    let g = g.clone();
+                    tokio::task::spawn_blocking(move || g.set(guard_state))
+                        .await
+                        .context("join Service CIDR guard")?
+                        .context("route the Service CIDR")?;
+                    *done = true;
+                }
+                health.send_if_modified(|h| {
+                    let now = ProxyHealth::Synced {
+                        backend: backend.name(),
+                    };
+                    let changed = *h != now;
+                    *h = now;
+                    changed
+                });
                 let kind = if was_full { "full" } else { "partial" };
                 let took = start.elapsed();
                 metrics
@@ -311,18 +372,14 @@ pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Res
             Err(e) => {
                 metrics.sync_errors.inc();
                 tracing::error!("sync Services ({}): {e}", backend.name());
+                health.send_replace(ProxyHealth::SyncFailing {
+                    backend: backend.name(),
+                    error: e.to_string(),
+                });
                 need_full = true;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
-    }
-}
-
-/// The nft CLI in the proxy's namespace.
-fn nft_cli(config: &ProxyConfig) -> NftCli {
-    NftCli {
-        prefix: config.exec_prefix.clone(),
-        ..Default::default()
     }
 }
 

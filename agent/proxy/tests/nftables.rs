@@ -73,6 +73,17 @@ impl Topology {
 
     /// `keelson proxy` programming the node netns.
     fn start_proxy(&self, server: &ServerProcess, mode: &str) -> Child {
+        self.start_proxy_with(server, mode, &[], None)
+    }
+
+    /// [`Topology::start_proxy`] with extra flags and, if given, `PATH`.
+    fn start_proxy_with(
+        &self,
+        server: &ServerProcess,
+        mode: &str,
+        extra: &[&str],
+        path: Option<&str>,
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -94,11 +105,32 @@ impl Topology {
                 &format!("127.0.0.1:{}", keelson_e2e::free_port()),
             ])
             .args(["--sync-period", "1s"])
+            .args(extra)
             .env("KEELSON_LOG", "info")
+            .env(
+                "PATH",
+                path.map(str::to_string)
+                    .unwrap_or_else(|| std::env::var("PATH").unwrap_or_default()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn keelson proxy")
+    }
+
+    /// The node's routes to `cidr` (`ip route show exact`).
+    fn route(&self, cidr: &str) -> String {
+        self.node
+            .exec(&["ip", "route", "show", "exact", cidr])
+            .trim()
+            .to_string()
+    }
+
+    /// The test client, run in the node netns itself.
+    fn node_client(&self, args: &[&str]) -> Vec<String> {
+        let mut a = vec![TESTSRV];
+        a.extend(args);
+        self.node.exec(&a).lines().map(str::to_string).collect()
     }
 
     fn proxy_log(&self, server: &ServerProcess) -> String {
@@ -277,6 +309,114 @@ async fn clusterip_tcp_udp_removal_and_reject() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(proxy.0.try_wait().unwrap().is_none(), "proxy exited");
+    drop(topo);
+}
+
+/// The Service CIDR of `keelson server`'s default configuration.
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_cidr_is_refused_until_the_table_balances_it() {
+    skip_unless_ready!(true);
+    let topo = Topology::new("g");
+    let server = ServerProcess::start(None);
+    let kc = server.client().await;
+    let web = create_service(
+        &kc,
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}),
+    )
+    .await;
+    let vip = cluster_ip(&web);
+    put_slice(
+        &kc,
+        slice_json("web", "web-1", &[("http", 80, "TCP")], &BACKEND_IPS),
+    )
+    .await;
+    // No address of the CIDR is allocated but the VIP (and 10.96.0.1).
+    let unallocated = "10.111.222.111";
+    assert_ne!(vip, unallocated);
+
+    // nft is not on the proxy's PATH (Debian has it in /usr/sbin): the proxy
+    // stops at once, naming the package, and the Service CIDR is refused on
+    // the node, not sent out of its default route (which leads to the client).
+    let mut failed = Proc(topo.start_proxy_with(
+        &server,
+        "nftables",
+        &["--service-cidr", SERVICE_CIDR],
+        Some("/usr/bin:/bin"),
+    ));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = failed.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "proxy kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = topo.proxy_log(&server);
+    assert!(
+        log.contains("nft not found in PATH=/usr/bin:/bin (install the Debian package nftables"),
+        "{log}"
+    );
+    assert!(
+        topo.route(SERVICE_CIDR)
+            .starts_with("unreachable 10.96.0.0/12"),
+        "{}",
+        topo.route(SERVICE_CIDR)
+    );
+    assert!(topo.table().is_none());
+    for target in [&vip, unallocated] {
+        let addr = format!("{target}:80");
+        assert_eq!(
+            topo.node_client(&["tcp", &addr, "1"]),
+            ["ERR connect HostUnreachable"],
+            "from the node to {addr}"
+        );
+        assert_eq!(
+            topo.client(&["tcp", &addr, "1"]),
+            ["ERR connect HostUnreachable"],
+            "from the client to {addr}"
+        );
+    }
+
+    // With nft: the Service is balanced, the rest of the CIDR rejected by
+    // the table (reset), from the node and from outside.
+    let _proxy =
+        Proc(topo.start_proxy_with(&server, "nftables", &["--service-cidr", SERVICE_CIDR], None));
+    topo.wait_table(&format!("{vip} . tcp . 80 : goto lb_3"), &server);
+    let start = Instant::now();
+    while !topo.route(SERVICE_CIDR).contains("dev keelson-svc") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "route never forwarded: {}
+{}",
+            topo.route(SERVICE_CIDR),
+            topo.proxy_log(&server)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = names(&topo.client(&["tcp", &format!("{vip}:80"), "30"]));
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let seen = names(&topo.node_client(&["tcp", &format!("{vip}:80"), "10"]));
+    assert!(
+        seen.keys().all(|k| k.starts_with('b')),
+        "from the node: {seen:?}"
+    );
+    let addr = format!("{unallocated}:80");
+    assert_eq!(
+        topo.node_client(&["tcp", &addr, "1"]),
+        ["ERR connect ConnectionRefused"]
+    );
+    assert_eq!(
+        topo.client(&["tcp", &addr, "1"]),
+        ["ERR connect ConnectionRefused"]
+    );
     drop(topo);
 }
 

@@ -178,21 +178,12 @@ pub fn create(run_dir: &Path, pod_uid: &str, hostname: &str) -> Result<Sandbox, 
                 )
                 .map_err(|e| failed(format!("bind mount {src} onto {}: {e}", target.display())))?;
             }
-            // A child forked from this thread starts in its namespaces.
-            let out = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .output()
-                .map_err(|err| RuntimeError::Io {
-                    op: format!("run `ip link set lo up` in sandbox {uid}"),
-                    err,
-                })?;
-            if !out.status.success() {
-                return Err(failed(format!(
-                    "ip link set lo up in sandbox {uid}: {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+            // A netlink socket opened on this thread lives in the new netns.
+            let nl = keelson_host::netlink::Socket::new()
+                .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
+            nl.link_index("lo")
+                .and_then(|lo| nl.set_up(lo, "lo", None))
+                .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
             Ok(())
         })
         .map_err(|err| RuntimeError::Io {

@@ -237,6 +237,22 @@ pub fn pick_config(mut names: Vec<String>) -> Option<String> {
         .find(|n| n.ends_with(".conflist") || n.ends_with(".conf") || n.ends_with(".json"))
 }
 
+/// The keelson-cni conflist for a node's pod CIDR (`keelson up`, `keelson
+/// install` and the agent's own configuration write it): the plugin alone,
+/// at CNI 1.1 so that GC runs. `ipam_dir` absent: the plugin's default.
+pub fn keelson_conflist(pod_cidr: ipnet::Ipv4Net, ipam_dir: Option<&std::path::Path>) -> String {
+    let mut plugin = json!({"type": "keelson-cni", "subnet": pod_cidr.to_string()});
+    if let Some(dir) = ipam_dir {
+        plugin["dataDir"] = json!(dir);
+    }
+    serde_json::to_string_pretty(&json!({
+        "cniVersion": "1.1.0",
+        "name": "keelson",
+        "plugins": [plugin],
+    }))
+    .unwrap_or_default()
+}
+
 /// CNI_ARGS for a Kubernetes pod.
 pub fn k8s_args(namespace: &str, name: &str, uid: &str) -> String {
     format!(

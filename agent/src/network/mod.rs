@@ -4,6 +4,7 @@
 //! namespace, so the agent never enters it.
 
 pub mod conf;
+pub mod ready;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,7 +21,7 @@ pub enum CniError {
     /// No usable configuration in the config dir.
     #[error("load CNI config from {dir}: {reason}")]
     NoConfig {
-        /// The config dir.
+        /// The config dir(s).
         dir: PathBuf,
         /// Why.
         reason: String,
@@ -83,8 +84,10 @@ pub struct Attachment {
 /// The CNI runtime: where configs and plugins are.
 #[derive(Debug, Clone)]
 pub struct Cni {
-    /// Config dir (the first config file in lexical order is used).
-    pub conf_dir: PathBuf,
+    /// Config dirs, in order: the first one holding a config file is used
+    /// (in it, the first file in lexical order). The operator's dir comes
+    /// first, the agent's own (see [`ready`]) after it.
+    pub conf_dirs: Vec<PathBuf>,
     /// Plugin dirs, searched in order.
     pub bin_dirs: Vec<PathBuf>,
 }
@@ -92,16 +95,45 @@ pub struct Cni {
 impl Cni {
     /// A CNI runtime reading `conf_dir` and searching `bin_dirs`.
     pub fn new(conf_dir: PathBuf, bin_dirs: Vec<PathBuf>) -> Self {
-        Self { conf_dir, bin_dirs }
+        Self {
+            conf_dirs: vec![conf_dir],
+            bin_dirs,
+        }
     }
 
     /// Loads the network configuration list to use now.
     pub async fn load(&self) -> Result<NetworkConfigList, CniError> {
+        let mut why = Vec::new();
+        for dir in &self.conf_dirs {
+            match Self::load_from(dir).await {
+                Ok(list) => return Ok(list),
+                Err(CniError::NoConfig { reason, .. }) if self.conf_dirs.len() == 1 => {
+                    why.push(reason)
+                }
+                Err(CniError::NoConfig { reason, .. }) => {
+                    why.push(format!("{}: {reason}", dir.display()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CniError::NoConfig {
+            dir: PathBuf::from(
+                self.conf_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            reason: why.join("; "),
+        })
+    }
+
+    async fn load_from(dir: &Path) -> Result<NetworkConfigList, CniError> {
         let no = |reason: String| CniError::NoConfig {
-            dir: self.conf_dir.clone(),
+            dir: dir.to_path_buf(),
             reason,
         };
-        let mut rd = tokio::fs::read_dir(&self.conf_dir)
+        let mut rd = tokio::fs::read_dir(dir)
             .await
             .map_err(|e| no(e.to_string()))?;
         let mut names = Vec::new();
@@ -110,7 +142,7 @@ impl Cni {
         }
         let name = conf::pick_config(names)
             .ok_or_else(|| no("no *.conflist, *.conf or *.json file".into()))?;
-        let path = self.conf_dir.join(&name);
+        let path = dir.join(&name);
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| no(format!("read {}: {e}", path.display())))?;
@@ -120,7 +152,8 @@ impl Cni {
         )?)
     }
 
-    fn find_plugin(&self, plugin: &str) -> Option<PathBuf> {
+    /// The plugin binary `plugin` in the bin dirs.
+    pub fn find_plugin(&self, plugin: &str) -> Option<PathBuf> {
         if plugin.contains('/') {
             return None;
         }
@@ -279,12 +312,21 @@ impl Cni {
     }
 }
 
-/// The default bin dirs: the flag's dir, then Debian's /usr/lib/cni.
+/// The default bin dirs: the flag's dir, then Debian's /usr/lib/cni, then
+/// the directory of the running `keelson` binary (where `keelson-cni` is
+/// built and installed beside it).
 pub fn default_bin_dirs(flag: &Path) -> Vec<PathBuf> {
     let mut dirs = vec![flag.to_path_buf()];
-    let debian = PathBuf::from("/usr/lib/cni");
-    if flag != debian {
-        dirs.push(debian);
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    for d in [Some(PathBuf::from("/usr/lib/cni")), exe_dir]
+        .into_iter()
+        .flatten()
+    {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
     }
     dirs
 }

@@ -2,9 +2,13 @@
 
 pub mod routes;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::events::{EventType, Recorder};
+use crate::health::{NodeHealth, Snapshot, remember_failures, transitions};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
@@ -132,8 +136,63 @@ fn arch() -> &'static str {
     }
 }
 
-/// The Node's status as a merge-patch body (pure).
-pub fn status_body(cfg: &NodeConfig, facts: &HostFacts, now: &str, since: &str) -> Value {
+/// Each Node condition's `lastTransitionTime`: the time its status last
+/// changed, as this agent saw it.
+#[derive(Debug, Default, Clone)]
+pub struct ConditionClock {
+    since: BTreeMap<&'static str, (&'static str, String)>,
+}
+
+impl ConditionClock {
+    /// The conditions as status JSON: `health`'s, then the pressure
+    /// conditions the agent does not measure yet (always False), stamped
+    /// with `now` and their transition times.
+    pub fn render(&mut self, health: &[crate::health::Condition], now: &str) -> Vec<Value> {
+        let fixed = [
+            (
+                "MemoryPressure",
+                "KeelsonHasSufficientMemory",
+                "keelson agent has sufficient memory available",
+            ),
+            (
+                "DiskPressure",
+                "KeelsonHasNoDiskPressure",
+                "keelson agent has no disk pressure",
+            ),
+            (
+                "PIDPressure",
+                "KeelsonHasSufficientPID",
+                "keelson agent has sufficient PID available",
+            ),
+        ]
+        .map(|(type_, reason, message)| crate::health::Condition {
+            type_,
+            status: "False",
+            reason: reason.into(),
+            message: message.into(),
+        });
+        health
+            .iter()
+            .chain(fixed.iter())
+            .map(|c| {
+                let since = match self.since.get(c.type_) {
+                    Some((status, t)) if *status == c.status => t.clone(),
+                    _ => {
+                        self.since.insert(c.type_, (c.status, now.to_string()));
+                        now.to_string()
+                    }
+                };
+                json!({"type": c.type_, "status": c.status, "reason": c.reason,
+                       "message": c.message, "lastHeartbeatTime": now,
+                       "lastTransitionTime": since})
+            })
+            .collect()
+    }
+}
+
+/// The Node's status as a merge-patch body (pure); `conditions` from
+/// [`ConditionClock::render`].
+pub fn status_body(cfg: &NodeConfig, facts: &HostFacts, conditions: Vec<Value>) -> Value {
     let mem_ki = facts.memory_bytes / 1024;
     let capacity = json!({
         "cpu": facts.cpus.to_string(),
@@ -161,20 +220,7 @@ pub fn status_body(cfg: &NodeConfig, facts: &HostFacts, now: &str, since: &str) 
             "operatingSystem": "linux",
             "architecture": arch(),
         },
-        "conditions": [
-            {"type": "Ready", "status": "True", "reason": "KeelsonReady",
-             "message": "keelson agent is posting ready status",
-             "lastHeartbeatTime": now, "lastTransitionTime": since},
-            {"type": "MemoryPressure", "status": "False", "reason": "KeelsonHasSufficientMemory",
-             "message": "keelson agent has sufficient memory available",
-             "lastHeartbeatTime": now, "lastTransitionTime": since},
-            {"type": "DiskPressure", "status": "False", "reason": "KeelsonHasNoDiskPressure",
-             "message": "keelson agent has no disk pressure",
-             "lastHeartbeatTime": now, "lastTransitionTime": since},
-            {"type": "PIDPressure", "status": "False", "reason": "KeelsonHasSufficientPID",
-             "message": "keelson agent has sufficient PID available",
-             "lastHeartbeatTime": now, "lastTransitionTime": since},
-        ],
+        "conditions": conditions,
     }})
 }
 
@@ -188,7 +234,12 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 }
 
 /// Creates the Node (or updates an existing one) and posts its status.
-pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), NodeError> {
+pub async fn register(
+    client: &kube::Client,
+    cfg: &NodeConfig,
+    health: &NodeHealth,
+    clock: &mut ConditionClock,
+) -> Result<(), NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let labels = json!({
         "kubernetes.io/hostname": cfg.name,
@@ -220,17 +271,19 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<(), Nod
         }
         Err(e) => return Err(api_err("create", &cfg.name)(e)),
     }
-    post_status(client, cfg, &now_rfc3339()).await?;
+    post_status(client, cfg, &health.snapshot(), clock).await?;
     renew_lease(client, cfg).await
 }
 
 async fn post_status(
     client: &kube::Client,
     cfg: &NodeConfig,
-    since: &str,
+    health: &Snapshot,
+    clock: &mut ConditionClock,
 ) -> Result<(), NodeError> {
     let facts = HostFacts::read(Path::new("/proc"), Path::new("/etc"));
-    let body = status_body(cfg, &facts, &now_rfc3339(), since);
+    let conditions = clock.render(&crate::health::conditions(health), &now_rfc3339());
+    let body = status_body(cfg, &facts, conditions);
     Api::<Node>::all(client.clone())
         .patch_status(&cfg.name, &PatchParams::default(), &Patch::Merge(&body))
         .await
@@ -264,25 +317,47 @@ pub async fn renew_lease(client: &kube::Client, cfg: &NodeConfig) -> Result<(), 
 }
 
 /// Renews the Lease every 10 s and refreshes node status every 30 s, until
-/// aborted. Failures are logged and retried on the next tick.
-pub async fn heartbeat(client: kube::Client, cfg: NodeConfig) {
-    let since = now_rfc3339();
+/// aborted; a change of the agent's health is posted at once, with a Node
+/// Event for each failure and recovery. Failures are logged and retried on
+/// the next tick.
+pub async fn heartbeat(
+    client: kube::Client,
+    cfg: NodeConfig,
+    health: NodeHealth,
+    events: Recorder,
+    mut clock: ConditionClock,
+) {
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_REFRESH);
     lease_tick.tick().await;
     status_tick.tick().await;
+    let mut changes = health.subscribe();
+    // What the conditions show: a part restarting after a failure keeps
+    // showing the failure until it is ready.
+    let mut shown = changes.borrow_and_update().clone();
     loop {
         tokio::select! {
             _ = lease_tick.tick() => {
                 if let Err(e) = renew_lease(&client, &cfg).await {
                     tracing::warn!("{e}");
                 }
+                continue;
             }
-            _ = status_tick.tick() => {
-                if let Err(e) = post_status(&client, &cfg, &since).await {
-                    tracing::warn!("{e}");
+            _ = status_tick.tick() => {}
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
                 }
+                let now = remember_failures(&shown, &changes.borrow_and_update());
+                for ev in transitions(&shown, &now) {
+                    let type_ = if ev.warning { EventType::Warning } else { EventType::Normal };
+                    events.node(type_, &ev.reason, &ev.message);
+                }
+                shown = now;
             }
+        }
+        if let Err(e) = post_status(&client, &cfg, &shown, &mut clock).await {
+            tracing::warn!("{e}");
         }
     }
 }
@@ -358,6 +433,34 @@ mod tests {
     }
 
     #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        use crate::health::{Part, Snapshot, State, conditions};
+        let mut clock = ConditionClock::default();
+        let mut s = Snapshot::new();
+        s.insert(Part::ServiceProxy, State::Starting);
+        let c = clock.render(&conditions(&s), "t0");
+        assert_eq!(c[1]["type"], "ServiceProxyReady");
+        assert_eq!(c[1]["lastTransitionTime"], "t0");
+        s.insert(
+            Part::ServiceProxy,
+            State::Failed {
+                reason: "ServiceProxyFailed".into(),
+                message: "m".into(),
+            },
+        );
+        // Still False: the time stays.
+        let c = clock.render(&conditions(&s), "t1");
+        assert_eq!(c[1]["reason"], "ServiceProxyFailed");
+        assert_eq!(c[1]["lastTransitionTime"], "t0");
+        assert_eq!(c[1]["lastHeartbeatTime"], "t1");
+        s.insert(Part::ServiceProxy, State::Ready);
+        let c = clock.render(&conditions(&s), "t2");
+        assert_eq!(c[1]["status"], "True");
+        assert_eq!(c[1]["lastTransitionTime"], "t2");
+        assert_eq!(c[0]["lastTransitionTime"], "t0");
+    }
+
+    #[test]
     fn status_body_has_what_the_scheduler_and_kubectl_read() {
         let cfg = NodeConfig {
             name: "n1".into(),
@@ -375,7 +478,11 @@ mod tests {
             machine_id: "m".into(),
             boot_id: "b".into(),
         };
-        let b = status_body(&cfg, &facts, "2024-01-01T00:00:01Z", "2024-01-01T00:00:00Z");
+        let mut clock = ConditionClock::default();
+        let health = crate::health::conditions(&Default::default());
+        clock.render(&health, "2024-01-01T00:00:00Z");
+        let conditions = clock.render(&health, "2024-01-01T00:00:01Z");
+        let b = status_body(&cfg, &facts, conditions);
         let s = &b["status"];
         assert_eq!(s["capacity"]["cpu"], "2");
         assert_eq!(s["capacity"]["memory"], "2048Ki");
@@ -388,6 +495,11 @@ mod tests {
             s["conditions"][0]["lastTransitionTime"],
             "2024-01-01T00:00:00Z"
         );
+        assert_eq!(
+            s["conditions"][0]["lastHeartbeatTime"],
+            "2024-01-01T00:00:01Z"
+        );
+        assert_eq!(s["conditions"][3]["type"], "PIDPressure");
         assert!(
             s["nodeInfo"]["kubeletVersion"]
                 .as_str()

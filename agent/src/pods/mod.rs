@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use keelson_runtime::{ContainerInfo, ContainerState};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::events::{EventType, Recorder};
+use crate::health::NodeHealth;
 use host::{Host, PodState, labels};
 use plan::{Action, FailureKind, History, Instance, Observed, StartFailure};
 
@@ -47,7 +48,12 @@ fn uid_of(p: &Pod) -> String {
 impl Manager {
     /// Cleans up after pods deleted while the agent was down, then watches
     /// this node's pods and runs a worker per pod (adopting running containers).
-    pub async fn start(client: kube::Client, host: Arc<Host>) -> anyhow::Result<Self> {
+    pub async fn start(
+        client: kube::Client,
+        host: Arc<Host>,
+        events: Recorder,
+        health: NodeHealth,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let node = host.cfg.node_name.clone();
         let selector = format!("spec.nodeName={node}");
@@ -109,7 +115,12 @@ impl Manager {
         let stream = watcher(api, watcher::Config::default().fields(&selector))
             .default_backoff()
             .reflect(writer);
-        let ctx = Arc::new(Ctx { client, host });
+        let ctx = Arc::new(Ctx {
+            client,
+            host,
+            events,
+            health,
+        });
         let dispatcher = tokio::spawn(dispatch(ctx, stream.boxed(), reader.clone(), by_pod));
         Ok(Self {
             store: reader,
@@ -133,6 +144,8 @@ impl Manager {
 struct Ctx {
     client: kube::Client,
     host: Arc<Host>,
+    events: Recorder,
+    health: NodeHealth,
 }
 
 type PodStream = futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>;
@@ -211,6 +224,8 @@ struct Worker {
     last_status: Option<serde_json::Value>,
     last_waiting: BTreeMap<String, String>,
     start_time: SystemTime,
+    /// A NetworkNotReady Event was posted for the current wait.
+    network_event_sent: bool,
 }
 
 fn now() -> SystemTime {
@@ -242,6 +257,7 @@ impl Worker {
             last_status: None,
             last_waiting: BTreeMap::new(),
             start_time: now(),
+            network_event_sent: false,
         }
     }
 
@@ -370,7 +386,24 @@ impl Worker {
             for a in p.actions {
                 match a {
                     Action::Teardown { grace } => return self.teardown(pod, grace).await,
-                    Action::CreateSandbox => self.create_sandbox(pod).await,
+                    Action::CreateSandbox => {
+                        if let Err(why) = self.network_ready(pod) {
+                            if !self.network_event_sent {
+                                self.ctx.events.pod(
+                                    pod,
+                                    EventType::Warning,
+                                    "NetworkNotReady",
+                                    &format!("network is not ready: {why}"),
+                                );
+                                self.network_event_sent = true;
+                            }
+                            let obs = self.observe().await;
+                            self.report(pod, &obs, &plan::plan(pod, &obs, now())).await;
+                            return Step::Wait(crate::network::ready::RECHECK_NOT_READY);
+                        }
+                        self.network_event_sent = false;
+                        self.create_sandbox(pod).await
+                    }
                     Action::RemoveContainer { id } => {
                         let info = self.known.values().flatten().find(|c| c.id == id).cloned();
                         if let Some(info) = info {
@@ -395,6 +428,19 @@ impl Worker {
         Step::Wait(Duration::from_millis(200))
     }
 
+    /// Pods on the host network need no pod network; others wait for it.
+    fn network_ready(&self, pod: &Pod) -> Result<(), String> {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_network {
+            return Ok(());
+        }
+        self.ctx.health.network()
+    }
+
     async fn create_sandbox(&mut self, pod: &Pod) {
         match self.ctx.host.create_sandbox(pod).await {
             Ok(st) => {
@@ -404,13 +450,9 @@ impl Worker {
             Err(e) => {
                 let count = self.sandbox_failure.as_ref().map_or(1, |f| f.count + 1);
                 let message = format!("create pod sandbox: {e}");
-                event(
-                    &self.ctx.client,
-                    pod,
-                    "Warning",
-                    "FailedCreatePodSandBox",
-                    &message,
-                );
+                self.ctx
+                    .events
+                    .pod(pod, EventType::Warning, "FailedCreatePodSandBox", &message);
                 tracing::warn!(pod = %self.uid, "{message}");
                 self.sandbox_failure = Some(StartFailure {
                     kind: FailureKind::Create,
@@ -444,14 +486,13 @@ impl Worker {
             let host = host.clone();
             let st = &st;
             let lookup = &lookup;
-            let client = &self.ctx.client;
+            let events = &self.ctx.events;
             async move {
                 let c = c?;
                 let image = c.image.clone().unwrap_or_default();
-                event(
-                    client,
+                events.pod(
                     pod,
-                    "Normal",
+                    EventType::Normal,
                     "Pulling",
                     &format!("Pulling image \"{image}\""),
                 );
@@ -461,31 +502,28 @@ impl Worker {
                     .await;
                 match &r {
                     Ok(_) => {
-                        event(
-                            client,
+                        events.pod(
                             pod,
-                            "Normal",
+                            EventType::Normal,
                             "Pulled",
                             &format!("Container image \"{image}\" ready in {:?}", t0.elapsed()),
                         );
-                        event(
-                            client,
+                        events.pod(
                             pod,
-                            "Normal",
+                            EventType::Normal,
                             "Created",
                             &format!("Created container {}", c.name),
                         );
-                        event(
-                            client,
+                        events.pod(
                             pod,
-                            "Normal",
+                            EventType::Normal,
                             "Started",
                             &format!("Started container {}", c.name),
                         );
                     }
                     Err(e) => {
                         let reason = "Failed";
-                        event(client, pod, "Warning", reason, &e.message);
+                        events.pod(pod, EventType::Warning, reason, &e.message);
                     }
                 }
                 Some((c.name.clone(), r))
@@ -528,10 +566,9 @@ impl Worker {
             .collect();
         for c in &running {
             let name = c.labels.get(labels::CONTAINER).cloned().unwrap_or_default();
-            event(
-                &self.ctx.client,
+            self.ctx.events.pod(
                 pod,
-                "Normal",
+                EventType::Normal,
                 "Killing",
                 &format!("Stopping container {name}"),
             );
@@ -585,17 +622,15 @@ impl Worker {
         for (name, reason) in &waiting {
             if self.last_waiting.get(name) != Some(reason) {
                 match reason.as_str() {
-                    "CrashLoopBackOff" => event(
-                        &self.ctx.client,
+                    "CrashLoopBackOff" => self.ctx.events.pod(
                         pod,
-                        "Warning",
+                        EventType::Warning,
                         "BackOff",
                         &format!("Back-off restarting failed container {name}"),
                     ),
-                    "ImagePullBackOff" => event(
-                        &self.ctx.client,
+                    "ImagePullBackOff" => self.ctx.events.pod(
                         pod,
-                        "Normal",
+                        EventType::Normal,
                         "BackOff",
                         &format!("Back-off pulling image for container {name}"),
                     ),
@@ -673,55 +708,4 @@ async fn fetch_refs(client: &kube::Client, pod: &Pod) -> HashMap<(String, String
         }
     }
     out
-}
-
-/// Posts a core/v1 Event about the pod (fire and forget).
-fn event(client: &kube::Client, pod: &Pod, type_: &str, reason: &str, message: &str) {
-    let ns = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let ts = k8s_openapi::jiff::Timestamp::now();
-    let ev = Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}.{nanos:x}")),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: Some(name),
-            namespace: Some(ns.clone()),
-            uid: pod.metadata.uid.clone(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        type_: Some(type_.into()),
-        count: Some(1),
-        first_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)),
-        last_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)),
-        event_time: Some(MicroTime(ts)),
-        reporting_component: Some("keelson-agent".into()),
-        reporting_instance: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        action: Some(reason.into()),
-        source: Some(k8s_openapi::api::core::v1::EventSource {
-            component: Some("keelson-agent".into()),
-            host: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        }),
-        ..Default::default()
-    };
-    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-    tokio::spawn(async move {
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::debug!("post event: {e}");
-        }
-    });
 }

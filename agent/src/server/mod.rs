@@ -64,12 +64,15 @@ pub struct ServerConfig {
     pub pods: Store<Pod>,
     /// The node side (log dir, runtime state).
     pub host: Arc<Host>,
+    /// The agent's health (`/healthz`).
+    pub health: crate::health::NodeHealth,
 }
 
 #[derive(Clone)]
 struct App {
     pods: Store<Pod>,
     host: Arc<Host>,
+    health: crate::health::NodeHealth,
 }
 
 /// Loads `pki_dir/node.{crt,key}`, generating a self-signed pair if absent.
@@ -132,7 +135,7 @@ fn tls_config(cert: &str, key: &str, dir: &Path) -> Result<Arc<rustls::ServerCon
 /// The router (no TLS; for tests and for the TLS loop).
 fn router(app: App) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/pods", get(pods))
         .route("/pods/", get(pods))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
@@ -152,6 +155,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<tokio::task::JoinHandle<()>, Ser
     let app = router(App {
         pods: cfg.pods,
         host: cfg.host,
+        health: cfg.health,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     Ok(tokio::spawn(async move {
@@ -187,6 +191,23 @@ pub async fn serve(cfg: ServerConfig) -> Result<tokio::task::JoinHandle<()>, Ser
             });
         }
     }))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct HealthzQuery {
+    verbose: Option<String>,
+}
+
+/// 200 `ok`, or 500 naming each failed part (see `health::healthz`).
+async fn healthz(State(app): State<App>, Query(q): Query<HealthzQuery>) -> Response {
+    let verbose = truthy(&q.verbose);
+    let (healthy, body) = crate::health::healthz(&app.health.snapshot(), verbose);
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    text(code, body)
 }
 
 async fn pods(State(app): State<App>) -> Response {

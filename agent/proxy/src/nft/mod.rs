@@ -100,7 +100,7 @@ impl Default for NftCli {
     fn default() -> Self {
         NftCli {
             prefix: Vec::new(),
-            nft: "nft".into(),
+            nft: keelson_host::tools::NFT.name.into(),
         }
     }
 }
@@ -109,8 +109,8 @@ impl NftCli {
     /// Runs nft inside the named network namespace (`ip netns exec`).
     pub fn in_netns(netns: &str) -> NftCli {
         NftCli {
-            prefix: vec!["ip".into(), "netns".into(), "exec".into(), netns.into()],
-            nft: "nft".into(),
+            prefix: crate::netns_prefix(keelson_host::tools::IP.name, netns),
+            nft: keelson_host::tools::NFT.name.into(),
         }
     }
 

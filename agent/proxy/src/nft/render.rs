@@ -24,6 +24,9 @@ pub struct NftConfig {
     pub masq_mark: u32,
     /// Traffic to ClusterIPs from outside this range is masqueraded.
     pub cluster_cidr: Option<Ipv4Net>,
+    /// New connections to this range that no Service rule DNATed are
+    /// rejected (see `guard`).
+    pub service_cidr: Option<Ipv4Net>,
     /// Addresses NodePorts answer on; empty: every local address but 127/8.
     pub nodeport_addresses: Vec<Ipv4Net>,
     /// Family chains for endpoint counts 1..=this are created by every full
@@ -38,6 +41,7 @@ impl Default for NftConfig {
             table: "keelson".into(),
             masq_mark: 0x4000,
             cluster_cidr: None,
+            service_cidr: None,
             nodeport_addresses: Vec::new(),
             prealloc_families: 32,
         }
@@ -476,13 +480,18 @@ fn base_chain_bodies(cfg: &NftConfig) -> Vec<(&'static str, Vec<String>)> {
                 format!("{np} meta l4proto . th dport vmap @nodeports"),
             ],
         ),
-        (
-            "noep",
-            vec![
+        ("noep", {
+            let mut rules = vec![
                 "ip daddr . meta l4proto . th dport @noep_services goto reject_new".into(),
                 format!("{np} meta l4proto . th dport @noep_nodeports goto reject_new"),
-            ],
-        ),
+            ];
+            // In the filter hooks, after DNAT: what still goes to the Service
+            // CIDR matched no Service.
+            if let Some(cidr) = cfg.service_cidr {
+                rules.push(format!("ip daddr {cidr} goto reject_new"));
+            }
+            rules
+        }),
         (
             "reject_new",
             vec![

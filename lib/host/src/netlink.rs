@@ -32,6 +32,7 @@ pub mod c {
     pub const RTM_GETLINK: u16 = 18;
     pub const RTM_SETLINK: u16 = 19;
     pub const RTM_NEWADDR: u16 = 20;
+    pub const RTM_DELADDR: u16 = 21;
     pub const RTM_GETADDR: u16 = 22;
     pub const RTM_NEWROUTE: u16 = 24;
     pub const RTM_DELROUTE: u16 = 25;
@@ -61,9 +62,11 @@ pub mod c {
     pub const RTA_DST: u16 = 1;
     pub const RTA_OIF: u16 = 4;
     pub const RTA_GATEWAY: u16 = 5;
+    pub const RTA_PREFSRC: u16 = 7;
     pub const RTA_TABLE: u16 = 15;
     pub const RT_TABLE_MAIN: u8 = 254;
     pub const RTN_UNICAST: u8 = 1;
+    pub const RTN_UNREACHABLE: u8 = 7;
     pub const RT_SCOPE_UNIVERSE: u8 = 0;
     pub const RT_SCOPE_LINK: u8 = 253;
     pub const RTPROT_STATIC: u8 = 4;
@@ -72,8 +75,10 @@ pub mod c {
 
 /// Protocol tag of the routes this plugin's host side installs.
 pub const RTPROT_KEELSON_CNI: u8 = 0x4b; // 'K'
-/// Protocol tag of cross-node routes ([`crate::routes`]).
+/// Protocol tag of cross-node routes (keelson-cni's `routes`).
 pub const RTPROT_KEELSON_NODES: u8 = 0x4c;
+/// Protocol tag of the Service CIDR route the Service proxy owns.
+pub const RTPROT_KEELSON_SERVICES: u8 = 0x4d;
 
 /// A netlink message under construction.
 #[derive(Debug, Clone)]
@@ -181,15 +186,15 @@ pub fn ifaddrmsg(prefix: u8, scope: u8, index: u32) -> [u8; 8] {
     b
 }
 
-/// rtmsg for an IPv4 unicast route in the main table.
-pub fn rtmsg(dst_len: u8, protocol: u8, scope: u8, flags: u32) -> [u8; 12] {
+/// rtmsg for an IPv4 route of `kind` (`c::RTN_*`) in the main table.
+pub fn rtmsg(dst_len: u8, protocol: u8, scope: u8, kind: u8, flags: u32) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[0] = c::AF_INET;
     b[1] = dst_len;
     b[4] = c::RT_TABLE_MAIN;
     b[5] = protocol;
     b[6] = scope;
-    b[7] = c::RTN_UNICAST;
+    b[7] = kind;
     b[8..12].copy_from_slice(&flags.to_ne_bytes());
     b
 }
@@ -297,9 +302,33 @@ pub struct Addr {
     pub prefix: u8,
 }
 
+/// What a route does with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteKind {
+    /// Forwards it (through `oif`, `gateway`).
+    #[default]
+    Unicast,
+    /// Refuses it: a local sender gets EHOSTUNREACH, a forwarded packet's
+    /// sender an ICMP host unreachable. Nothing leaves the host.
+    Unreachable,
+}
+
+impl RouteKind {
+    fn rtn(self) -> u8 {
+        match self {
+            RouteKind::Unicast => c::RTN_UNICAST,
+            RouteKind::Unreachable => c::RTN_UNREACHABLE,
+        }
+    }
+}
+
 /// An IPv4 route of the main table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
+    /// Unicast or unreachable.
+    pub kind: RouteKind,
+    /// Preferred source address for locally sent packets.
+    pub prefsrc: Option<Ipv4Addr>,
     /// Destination (0.0.0.0 for default).
     pub dst: Ipv4Addr,
     /// Destination prefix length.
@@ -312,6 +341,22 @@ pub struct Route {
     pub protocol: u8,
     /// rtm_scope.
     pub scope: u8,
+}
+
+impl Default for Route {
+    /// A unicast route to 0.0.0.0/0 with nothing else set.
+    fn default() -> Self {
+        Route {
+            kind: RouteKind::Unicast,
+            prefsrc: None,
+            dst: Ipv4Addr::UNSPECIFIED,
+            dst_len: 0,
+            gateway: None,
+            oif: None,
+            protocol: 0,
+            scope: c::RT_SCOPE_UNIVERSE,
+        }
+    }
 }
 
 /// A NETLINK_ROUTE socket in the namespace it was created in.
@@ -479,6 +524,38 @@ impl Socket {
         self.request(m, || format!("create veth {host} (peer {peer})"))
     }
 
+    /// Creates a link `name` that drops whatever is sent to it (one already
+    /// there is success) and sets it up; returns its ifindex. A `dummy`
+    /// link, or an `ifb` one where the kernel has no dummy driver (an ifb
+    /// link drops what no traffic-control redirect brought to it).
+    pub fn ensure_drop_link(&self, name: &str) -> Result<u32, NlError> {
+        let create = |kind: &str| {
+            let m = Msg::new(
+                c::RTM_NEWLINK,
+                c::NLM_F_ACK | c::NLM_F_CREATE | c::NLM_F_EXCL,
+                &ifinfomsg(0, 0, 0),
+            )
+            .attr_str(c::IFLA_IFNAME, name)
+            .begin(c::IFLA_LINKINFO)
+            .attr_str(c::IFLA_INFO_KIND, kind)
+            .end();
+            match self.request(m, || format!("create {kind} link {name}")) {
+                Err(e) if e.errno == Errno::EEXIST => Ok(()),
+                r => r,
+            }
+        };
+        match create("dummy") {
+            Err(e) if e.errno == Errno::EOPNOTSUPP => create("ifb")?,
+            r => r?,
+        }
+        let link = self.link_by_name(name)?.ok_or_else(|| NlError {
+            op: format!("find link {name} after creating it"),
+            errno: Errno::ENODEV,
+        })?;
+        self.set_up(link.index, name, None)?;
+        Ok(link.index)
+    }
+
     /// The link called `name`, or `None`.
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, NlError> {
         let m = Msg::new(c::RTM_GETLINK, 0, &ifinfomsg(0, 0, 0)).attr_str(c::IFLA_IFNAME, name);
@@ -563,6 +640,39 @@ impl Socket {
         self.request(m, || format!("add address {addr}/{prefix} to {name}"))
     }
 
+    /// Removes `addr/prefix` from link `index`; `Ok(false)` when it is not
+    /// there.
+    pub fn delete_addr(
+        &self,
+        index: u32,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<bool, NlError> {
+        let m = Msg::new(
+            c::RTM_DELADDR,
+            c::NLM_F_ACK,
+            &ifaddrmsg(prefix, c::RT_SCOPE_UNIVERSE, index),
+        )
+        .attr(c::IFA_LOCAL, &addr.octets())
+        .attr(c::IFA_ADDRESS, &addr.octets());
+        match self.request(m, || format!("delete address {addr}/{prefix} from {name}")) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno == Errno::EADDRNOTAVAIL || e.errno == Errno::ENODEV => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The index of link `name`; `ENODEV` when there is none.
+    pub fn link_index(&self, name: &str) -> Result<u32, NlError> {
+        self.link_by_name(name)?
+            .map(|l| l.index)
+            .ok_or_else(|| NlError {
+                op: format!("find link {name}"),
+                errno: Errno::ENODEV,
+            })
+    }
+
     /// Every IPv4 address.
     pub fn addrs(&self) -> Result<Vec<Addr>, NlError> {
         let m = Msg::new(c::RTM_GETADDR, c::NLM_F_DUMP, &ifaddrmsg(0, 0, 0));
@@ -601,8 +711,12 @@ impl Socket {
         } else {
             0
         };
-        let mut m = Msg::new(ty, flags, &rtmsg(r.dst_len, r.protocol, r.scope, rflags))
-            .attr_u32(c::RTA_TABLE, c::RT_TABLE_MAIN as u32);
+        let mut m = Msg::new(
+            ty,
+            flags,
+            &rtmsg(r.dst_len, r.protocol, r.scope, r.kind.rtn(), rflags),
+        )
+        .attr_u32(c::RTA_TABLE, c::RT_TABLE_MAIN as u32);
         if r.dst_len > 0 {
             m = m.attr(c::RTA_DST, &r.dst.octets());
         }
@@ -611,6 +725,9 @@ impl Socket {
         }
         if let Some(oif) = r.oif {
             m = m.attr_u32(c::RTA_OIF, oif);
+        }
+        if let Some(src) = r.prefsrc {
+            m = m.attr(c::RTA_PREFSRC, &src.octets());
         }
         m
     }
@@ -637,16 +754,23 @@ impl Socket {
         }
     }
 
-    /// The IPv4 routes of the main table.
+    /// The IPv4 unicast and unreachable routes of the main table.
     pub fn routes(&self) -> Result<Vec<Route>, NlError> {
-        let m = Msg::new(c::RTM_GETROUTE, c::NLM_F_DUMP, &rtmsg(0, 0, 0, 0));
+        let m = Msg::new(c::RTM_GETROUTE, c::NLM_F_DUMP, &rtmsg(0, 0, 0, 0, 0));
         let mut out = Vec::new();
         for p in self.fetch(m, || "list routes".into())? {
             if p.len() < 12 || p[0] != c::AF_INET {
                 continue;
             }
             let mut table = p[4] as u32;
+            let kind = match p[7] {
+                c::RTN_UNICAST => RouteKind::Unicast,
+                c::RTN_UNREACHABLE => RouteKind::Unreachable,
+                _ => continue,
+            };
             let mut r = Route {
+                kind,
+                prefsrc: None,
                 dst: Ipv4Addr::UNSPECIFIED,
                 dst_len: p[1],
                 gateway: None,
@@ -654,13 +778,11 @@ impl Socket {
                 protocol: p[5],
                 scope: p[6],
             };
-            if p[7] != c::RTN_UNICAST {
-                continue;
-            }
             for (ty, d) in parse_attrs(&p[12..]) {
                 match ty {
                     c::RTA_DST => r.dst = attr_ip(d).unwrap_or(r.dst),
                     c::RTA_GATEWAY => r.gateway = attr_ip(d),
+                    c::RTA_PREFSRC => r.prefsrc = attr_ip(d),
                     c::RTA_OIF if d.len() == 4 => {
                         r.oif = Some(u32::from_ne_bytes(d.try_into().unwrap_or([0; 4])))
                     }
