@@ -865,3 +865,42 @@ pub fn plan_changes(
 pub fn render_delete(cfg: &NftConfig) -> String {
     format!("add table ip {0}\ndelete table ip {0}\n", cfg.table)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_cidr_is_rejected_after_dnat_only_when_set() {
+        let objects = state_objects(&DesiredState::default(), &NftConfig::default());
+        let plain = render_full(&objects, &NftConfig::default(), 1);
+        assert!(!plain.contains("10.96.0.0/12"), "{plain}");
+        let cfg = NftConfig {
+            service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+            ..Default::default()
+        };
+        let guarded = render_full(&objects, &cfg, 1);
+        let noep = guarded
+            .split("chain noep {")
+            .nth(1)
+            .and_then(|c| c.split('}').next())
+            .expect("a noep chain");
+        let rules: Vec<&str> = noep
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        // Last, after the per-Service rejects; noep is jumped to from the
+        // filter hooks, which run after the nat hooks' DNAT.
+        assert_eq!(
+            rules.last(),
+            Some(&"ip daddr 10.96.0.0/12 goto reject_new"),
+            "{noep}"
+        );
+        // A different ruleset structure: a full sync rebuilds the table.
+        assert_ne!(
+            structure(&objects, &cfg).0,
+            structure(&objects, &NftConfig::default()).0
+        );
+    }
+}
