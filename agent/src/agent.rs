@@ -1,4 +1,5 @@
-//! `keelson agent`: the node agent's entry point (flags and wiring).
+//! The node agent's entry point: [`AgentConfig`] in, a running [`Agent`]
+//! out (`keelson agent` and `keelson up` build the config from their flags).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,91 +10,76 @@ use anyhow::{Context, bail};
 use crate::health::{NodeHealth, Part, State};
 use crate::supervise::supervise;
 
-/// Flags of `keelson agent` (see DESIGN.md "Interfaces").
-#[derive(clap::Args, Debug, Clone)]
-pub struct AgentArgs {
+/// Everything [`start`] needs. `Default` holds every default of `keelson
+/// agent` (its flags start from it); `kubeconfig` and `node_name` have none.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
     /// Kubeconfig for the API server.
-    #[arg(long)]
     pub kubeconfig: PathBuf,
     /// This node's name.
-    #[arg(long)]
     pub node_name: String,
     /// Agent state: images, per-pod state, container state, certificates.
-    #[arg(long, default_value = "/var/lib/keelson")]
     pub root_dir: PathBuf,
     /// OCI runtime: runc, crun, youki, or a path to any OCI runtime CLI.
-    #[arg(long, default_value = "runc")]
     pub runtime: String,
-    /// CNI configuration dir (the first config file in lexical order is used).
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    /// The operator's CNI configuration dir (the first config file in
+    /// lexical order is used); when it holds none, the agent's own.
     pub cni_conf_dir: PathBuf,
-    /// CNI plugin dir (/usr/lib/cni is searched after it).
-    #[arg(long, default_value = "/opt/cni/bin")]
+    /// CNI plugin dir (/usr/lib/cni and the keelson binary's dir are
+    /// searched after it).
     pub cni_bin_dir: PathBuf,
     /// Name of the top cgroup for pods (kubelet's kubepods).
-    #[arg(long, default_value = "kubepods")]
     pub cgroup_root: String,
-    /// The node's InternalIP (default: the first non-loopback address).
-    #[arg(long)]
+    /// The node's InternalIP (None: the first non-loopback address).
     pub node_ip: Option<IpAddr>,
     /// Address of the node API (TLS).
-    #[arg(long, default_value = "0.0.0.0:10250")]
     pub node_api_listen: SocketAddr,
-    /// The node's pod CIDR (written to spec.podCIDR when set). Where the
-    /// CNI config dir holds no configuration, the agent networks pods in it
-    /// with keelson-cni (else in the Node's spec.podCIDR).
-    #[arg(long)]
+    /// The node's pod CIDR (written to spec.podCIDR when set).
     pub pod_cidr: Option<ipnet::Ipv4Net>,
-    /// The cluster's Service CIDR: traffic to an address in it that no
-    /// Service rule load-balances is refused on the node, never routed out
-    /// (the Service proxy's --service-cidr).
-    #[arg(long, default_value = "10.96.0.0/12")]
-    pub service_cluster_ip_range: ipnet::Ipv4Net,
-    /// Service load balancing: ebpf (falls back to nftables with a log line
-    /// where the kernel lacks what it needs), nftables or none.
-    #[arg(long, default_value = "none", value_parser = ["ebpf", "nftables", "none"])]
-    pub proxy_mode: String,
-    /// The proxy's metrics address (none when absent).
-    #[arg(long)]
-    pub proxy_metrics_listen: Option<SocketAddr>,
-    /// bpffs directory for the eBPF proxy's pinned maps and links (the
-    /// proxy's --bpf-pin-dir; absent: /sys/fs/bpf/keelson). The other proxy
-    /// modes remove what is pinned there.
-    #[arg(long, value_name = "PATH")]
-    pub proxy_bpf_pin_dir: Option<PathBuf>,
-    /// cgroup2 directory the eBPF proxy's socket programs attach to; only
-    /// processes in it or below it get Service load balancing (the proxy's
-    /// --cgroup2-path; absent: the cgroup2 root).
-    #[arg(long, value_name = "PATH")]
-    pub proxy_cgroup2_path: Option<PathBuf>,
-    /// Node interfaces (comma separated) for the eBPF proxy's TC program,
-    /// which serves NodePorts and external IPs to clients outside the node
-    /// (the proxy's --tc-interfaces; absent: none, and only this node's own
-    /// processes reach NodePorts in eBPF mode). With externalTrafficPolicy:
-    /// Cluster the node masquerades those connections (nftables table
-    /// keelson_ebpf); with Local the client's address is kept.
-    #[arg(long, value_delimiter = ',', value_name = "IFACES")]
-    pub proxy_tc_interfaces: Vec<String>,
-    /// Cluster DNS server for pods with dnsPolicy ClusterFirst (kubelet's
-    /// --cluster-dns). Absent: pods get the node's resolv.conf.
-    #[arg(long)]
+    /// The Service proxy (mode `None`: no proxy). The agent fills in its
+    /// node name and IP.
+    pub proxy: keelson_proxy::ProxyConfig,
+    /// Cluster DNS server for pods with dnsPolicy ClusterFirst (None: the
+    /// node's resolv.conf).
     pub cluster_dns: Option<IpAddr>,
     /// Cluster domain.
-    #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Serve cluster DNS (UDP and TCP) on this address from the Services
-    /// the agent watches, forwarding other names to the node's resolvers.
-    #[arg(long)]
+    /// Serve cluster DNS here (None: don't).
     pub dns_listen: Option<SocketAddr>,
     /// Runtime dir: pod namespaces and sockets.
-    #[arg(long, default_value = "/run/keelson")]
     pub run_dir: PathBuf,
     /// Root of the container log files (<ns>_<name>_<uid>/<container>/<n>.log).
-    #[arg(long, default_value = "/var/log/pods")]
     pub pod_log_dir: PathBuf,
     /// Registries reached over plain HTTP (host or host:port; loopback always is).
-    #[arg(long, value_delimiter = ',')]
-    pub insecure_registry: Vec<String>,
+    pub insecure_registries: Vec<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            kubeconfig: PathBuf::new(),
+            node_name: String::new(),
+            root_dir: PathBuf::from("/var/lib/keelson"),
+            runtime: "runc".into(),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            cni_bin_dir: PathBuf::from("/opt/cni/bin"),
+            cgroup_root: "kubepods".into(),
+            node_ip: None,
+            node_api_listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            pod_cidr: None,
+            proxy: keelson_proxy::ProxyConfig {
+                mode: keelson_proxy::ProxyMode::None,
+                metrics_listen: None,
+                ..Default::default()
+            },
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
+            dns_listen: None,
+            run_dir: PathBuf::from("/run/keelson"),
+            pod_log_dir: PathBuf::from("/var/log/pods"),
+            insecure_registries: Vec::new(),
+        }
+    }
 }
 
 /// Resolves `--runtime` to a binary path: a path as it is; runc and crun
@@ -124,61 +110,13 @@ pub fn resolve_runtime(name: &str) -> anyhow::Result<PathBuf> {
     tool.find().with_context(|| format!("--runtime {name}"))
 }
 
-async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+pub async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("read kubeconfig {}", kubeconfig.display()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .with_context(|| format!("load kubeconfig {}", kubeconfig.display()))?;
     kube::Client::try_from(cfg).context("build API client")
-}
-
-/// The Service proxy's settings for `--proxy-mode` (None: no proxy).
-fn proxy_config(args: &AgentArgs) -> anyhow::Result<Option<keelson_proxy::ProxyConfig>> {
-    // ebpf: the proxy probes the kernel and falls back to nftables with a
-    // log line when it cannot load its programs.
-    let mode = match args.proxy_mode.as_str() {
-        "none" => return Ok(None),
-        other => other,
-    };
-    // Parsed like `keelson proxy` flags, so the proxy's defaults apply.
-    #[derive(clap::Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        proxy: keelson_proxy::ProxyArgs,
-    }
-    let mut flags = vec![
-        "proxy".to_string(),
-        "--kubeconfig".into(),
-        args.kubeconfig.display().to_string(),
-        "--node-name".into(),
-        args.node_name.clone(),
-        "--proxy-mode".into(),
-        mode.into(),
-        "--service-cidr".into(),
-        args.service_cluster_ip_range.to_string(),
-    ];
-    if let Some(IpAddr::V4(ip)) = args.node_ip {
-        flags.extend(["--node-ip".into(), ip.to_string()]);
-    }
-    if let Some(m) = args.proxy_metrics_listen {
-        flags.extend(["--metrics-listen".into(), m.to_string()]);
-    }
-    if let Some(dir) = &args.proxy_bpf_pin_dir {
-        flags.extend(["--bpf-pin-dir".into(), dir.display().to_string()]);
-    }
-    if let Some(cg) = &args.proxy_cgroup2_path {
-        flags.extend(["--cgroup2-path".into(), cg.display().to_string()]);
-    }
-    if !args.proxy_tc_interfaces.is_empty() {
-        flags.extend(["--tc-interfaces".into(), args.proxy_tc_interfaces.join(",")]);
-    }
-    let wrap = <Wrap as clap::Parser>::try_parse_from(&flags).context("proxy flags")?;
-    let mut config = keelson_proxy::ProxyConfig::from_args(&wrap.proxy);
-    if args.proxy_metrics_listen.is_none() {
-        config.metrics_listen = None;
-    }
-    Ok(Some(config))
 }
 
 /// Runs the Service proxy under [`supervise`]: restarted with back-off when
@@ -259,25 +197,9 @@ impl Agent {
     }
 }
 
-/// Runs the agent until SIGTERM or Ctrl-C. Containers keep running in their
-/// shims when the agent stops; a restarted agent adopts them.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let agent = start(args).await?;
-    crate::systemd::ready();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("stopping (containers keep running)");
-    crate::systemd::stopping();
-    agent.stop();
-    Ok(())
-}
-
 /// Starts the agent: registers the Node, then runs its parts in the
 /// background (pods, node API, network check, Service proxy, cluster DNS).
-pub async fn start(args: AgentArgs) -> anyhow::Result<Agent> {
+pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime_bin = resolve_runtime(&args.runtime)?;
     if args.node_name.is_empty() {
@@ -286,12 +208,19 @@ pub async fn start(args: AgentArgs) -> anyhow::Result<Agent> {
     for d in [&args.root_dir, &args.run_dir, &args.pod_log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
-    let proxy = proxy_config(&args)?;
     let client = client_from(&args.kubeconfig).await?;
     let node_ip = match args.node_ip {
         Some(ip) => ip,
         None => crate::node::first_non_loopback_ip().context("find the node IP (set --node-ip)")?,
     };
+    let proxy = (args.proxy.mode != keelson_proxy::ProxyMode::None).then(|| {
+        let mut p = args.proxy.clone();
+        p.node_name = args.node_name.clone();
+        if let (None, IpAddr::V4(ip)) = (p.node_ip, node_ip) {
+            p.node_ip = Some(ip);
+        }
+        p
+    });
     let runtime_version = crate::node::runtime_version(&runtime_bin).await;
     let runtime_name = runtime_bin
         .file_name()
@@ -354,7 +283,7 @@ pub async fn start(args: AgentArgs) -> anyhow::Result<Agent> {
         runtime_name,
         cgroup_root: args.cgroup_root.clone(),
         cni,
-        insecure_registries: args.insecure_registry.clone(),
+        insecure_registries: args.insecure_registries.clone(),
         node_name: args.node_name.clone(),
         node_ip,
         cluster_dns: args
@@ -377,7 +306,7 @@ pub async fn start(args: AgentArgs) -> anyhow::Result<Agent> {
             .context("start pod manager")?;
 
     tasks.push(
-        crate::server::serve(crate::server::ServerConfig {
+        crate::node_api::serve(crate::node_api::NodeApiConfig {
             listen: args.node_api_listen,
             pki_dir: args.root_dir.join("pki"),
             node_name: args.node_name.clone(),
@@ -416,7 +345,7 @@ pub async fn start(args: AgentArgs) -> anyhow::Result<Agent> {
     }
 
     tracing::info!(node = %args.node_name, %node_ip, api = %args.node_api_listen,
-        proxy_mode = %args.proxy_mode, "agent running");
+        proxy_mode = ?args.proxy.mode, "agent running");
     Ok(Agent {
         health,
         node_name: args.node_name.clone(),

@@ -15,7 +15,6 @@ pub mod health;
 pub mod imports;
 pub mod network;
 pub mod node;
+pub mod node_api;
 pub mod pods;
-pub mod server;
 pub mod supervise;
-pub mod systemd;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keelson::network::{Attachment, Cni};
+use keelson_agent::network::{Attachment, Cni};
 
 fn skip(why: &str) -> bool {
     if std::env::var("KEELSON_REQUIRE_ALL").as_deref() == Ok("1") {
@@ -83,7 +83,7 @@ async fn add_check_del_with_reference_plugins() {
         container_id: format!("c-{tag}"),
         netns: PathBuf::from(format!("/run/netns/{}", ns.0)),
         ifname: "eth0".into(),
-        args: keelson::network::conf::k8s_args("default", "p", "u"),
+        args: keelson_agent::network::conf::k8s_args("default", "p", "u"),
     };
     let r = cni.add(&list, &att).await.unwrap();
     assert_eq!(r.ips.len(), 1);

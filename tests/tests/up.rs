@@ -90,7 +90,12 @@ fn leftovers(data_dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let links = Command::new("ip").args(["-br", "link"]).output().unwrap();
     for l in String::from_utf8_lossy(&links.stdout).lines() {
-        if l.starts_with("kc") {
+        // keelson-cni's host veths: "kc" and 11 hex digits (another
+        // test's links may start with "kc" too).
+        let name = l.split_whitespace().next().unwrap_or_default();
+        let name = name.split('@').next().unwrap_or_default();
+        let hex = name.strip_prefix("kc").unwrap_or_default();
+        if hex.len() == 11 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
             found.push(format!("link {l}"));
         }
     }

@@ -581,18 +581,12 @@ mod tests {
         let mut config = ProxyConfig {
             node_name: "n".into(),
             mode: ProxyMode::Ebpf,
-            nft: Default::default(),
-            exec_prefix: Vec::new(),
-            netns: None,
-            metrics_listen: None,
-            sync_period: std::time::Duration::from_secs(1),
-            min_sync_interval: std::time::Duration::from_millis(1),
             ebpf: EbpfConfig {
                 // Not a cgroup2 directory: the probe always fails.
                 cgroup2: Some(PathBuf::from("/nonexistent/keelson-cgroup")),
                 ..Default::default()
             },
-            node_ip: None,
+            ..Default::default()
         };
         let (c, cg) = select_mode(config.clone());
         assert_eq!(c.mode, ProxyMode::Nftables);

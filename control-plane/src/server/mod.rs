@@ -32,6 +32,22 @@ pub struct ServerConfig {
     pub controller_config: crate::controllers::ControllerConfig,
 }
 
+impl Default for ServerConfig {
+    /// `keelson server`'s defaults: `/var/lib/keelson/server`, 127.0.0.1:6443,
+    /// the embedded store, [`ApiConfig::default`], the controllers on.
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("/var/lib/keelson/server"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            etcd_servers: Vec::new(),
+            api: ApiConfig::default(),
+            extra_sans: Vec::new(),
+            controllers: true,
+            controller_config: crate::controllers::ControllerConfig::default(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("open store: {0}")]

@@ -1,4 +1,4 @@
-//! Compiles the eBPF programs in ../../ebpf with clang (default `clang-19`,
+//! Compiles the eBPF programs beside this file (*.c) with clang (default `clang-19`,
 //! override with KEELSON_CLANG) into OUT_DIR; src/loader.rs embeds them.
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ const HEADERS: &[&str] = &["lb.h", "maps.h"];
 fn main() {
     let manifest =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let src = manifest.join("../../ebpf");
+    let src = manifest.clone();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let clang = std::env::var("KEELSON_CLANG").unwrap_or_else(|_| "clang-19".to_string());
     println!("cargo:rerun-if-env-changed=KEELSON_CLANG");

@@ -30,7 +30,7 @@ use crate::pods::host::{self, Host};
 
 /// Errors starting the node API.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub enum NodeApiError {
     /// Certificate handling failed.
     #[error("node API certificate in {dir}: {reason}")]
     Pki {
@@ -51,7 +51,7 @@ pub enum ServerError {
 }
 
 /// What the node API serves.
-pub struct ServerConfig {
+pub struct NodeApiConfig {
     /// --node-api-listen.
     pub listen: SocketAddr,
     /// Where the serving certificate lives (generated if absent).
@@ -80,8 +80,8 @@ pub fn load_or_create_cert(
     pki_dir: &Path,
     node_name: &str,
     node_ip: IpAddr,
-) -> Result<(String, String), ServerError> {
-    let err = |reason: String| ServerError::Pki {
+) -> Result<(String, String), NodeApiError> {
+    let err = |reason: String| NodeApiError::Pki {
         dir: pki_dir.to_path_buf(),
         reason,
     };
@@ -110,8 +110,12 @@ pub fn load_or_create_cert(
     Ok((c, k))
 }
 
-fn tls_config(cert: &str, key: &str, dir: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let err = |reason: String| ServerError::Pki {
+fn tls_config(
+    cert: &str,
+    key: &str,
+    dir: &Path,
+) -> Result<Arc<rustls::ServerConfig>, NodeApiError> {
+    let err = |reason: String| NodeApiError::Pki {
         dir: dir.to_path_buf(),
         reason,
     };
@@ -143,12 +147,12 @@ fn router(app: App) -> Router {
 }
 
 /// Binds and serves the node API over TLS in a background task.
-pub async fn serve(cfg: ServerConfig) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, NodeApiError> {
     let (cert, key) = load_or_create_cert(&cfg.pki_dir, &cfg.node_name, cfg.node_ip)?;
     let tls = tls_config(&cert, &key, &cfg.pki_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| ServerError::Listen {
+        .map_err(|source| NodeApiError::Listen {
             addr: cfg.listen,
             source,
         })?;

@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn masq_mark_matches_lb_h() {
-        let lb_h = include_str!("../../../ebpf/lb.h");
+        let lb_h = include_str!("../lb.h");
         assert!(
             lb_h.contains(&format!("#define KLB_MASQ_MARK {MASQ_MARK:#x}")),
             "KLB_MASQ_MARK in ebpf/lb.h differs from layout::MASQ_MARK"

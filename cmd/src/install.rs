@@ -1,0 +1,100 @@
+//! `keelson install`: binaries, systemd units, CNI plugin and conflist, and
+//! default configuration in the standard places.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+/// Flags of `keelson install`.
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    /// Root to install under (a staging dir for packaging; / on a node).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Pod CIDR written into the CNI conflist (the node's podCIDR).
+    #[arg(long, default_value_t = crate::up::DEFAULT_POD_CIDR.parse().expect("a CIDR"))]
+    pub pod_cidr: ipnet::Ipv4Net,
+}
+
+const SERVER_UNIT: &str = include_str!("../../systemd/keelson-server.service");
+const AGENT_UNIT: &str = include_str!("../../systemd/keelson-agent.service");
+
+/// What `keelson install` writes: (path under the root, mode, contents).
+/// Configuration files already present are kept.
+fn install_files(pod_cidr: ipnet::Ipv4Net) -> Vec<(&'static str, u32, String, bool)> {
+    vec![
+        (
+            "etc/systemd/system/keelson-server.service",
+            0o644,
+            SERVER_UNIT.into(),
+            false,
+        ),
+        (
+            "etc/systemd/system/keelson-agent.service",
+            0o644,
+            AGENT_UNIT.into(),
+            false,
+        ),
+        (
+            "etc/cni/net.d/10-keelson.conflist",
+            0o644,
+            keelson_agent::network::conf::keelson_conflist(pod_cidr, None),
+            true,
+        ),
+        (
+            "etc/keelson/agent.env",
+            0o600,
+            format!(
+                "# keelson agent configuration (read by keelson-agent.service)\n\
+                 KEELSON_KUBECONFIG=/etc/keelson/agent.kubeconfig\n\
+                 KEELSON_AGENT_FLAGS=--proxy-mode ebpf --pod-cidr {pod_cidr} --cluster-dns 169.254.20.10 --dns-listen 169.254.20.10:53\n"
+            ),
+            true,
+        ),
+        (
+            "etc/keelson/server.env",
+            0o600,
+            "# keelson server configuration (read by keelson-server.service)\n\
+             KEELSON_SERVER_FLAGS=--listen 0.0.0.0:6443\n"
+                .into(),
+            true,
+        ),
+    ]
+}
+
+pub fn run(args: InstallArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().context("find the keelson binary")?;
+    let cni = exe.with_file_name("keelson-cni");
+    if !cni.is_file() {
+        bail!("keelson-cni not found next to {}", exe.display());
+    }
+    let put = |rel: &str, mode: u32, write: &dyn Fn(&std::path::Path) -> std::io::Result<()>| {
+        let path = args.root.join(rel);
+        let dir = path.parent().context("install path has a parent")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Write beside, then rename: a running binary is replaced, not overwritten.
+        let tmp = path.with_extension("keelson-new");
+        write(&tmp).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("install {}", path.display()))?;
+        println!("installed {}", path.display());
+        anyhow::Ok(())
+    };
+    for (rel, src) in [
+        ("usr/local/bin/keelson", &exe),
+        ("usr/local/bin/keelson-cni", &cni),
+        ("opt/cni/bin/keelson-cni", &cni),
+    ] {
+        put(rel, 0o755, &|p| std::fs::copy(src, p).map(|_| ()))?;
+    }
+    for (rel, mode, text, keep) in install_files(args.pod_cidr) {
+        if keep && args.root.join(rel).exists() {
+            println!("kept {}", args.root.join(rel).display());
+            continue;
+        }
+        put(rel, mode, &|p| std::fs::write(p, &text))?;
+    }
+    Ok(())
+}

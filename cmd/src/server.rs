@@ -1,0 +1,159 @@
+//! `keelson server`: flags -> [`ServerConfig`] -> `keelson_control_plane::server::start`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use keelson_control_plane::server::{self, ServerConfig};
+
+fn d() -> ServerConfig {
+    ServerConfig::default()
+}
+
+/// A NodePort range on the command line: `A-B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: expected A-B"))?;
+        let a: u16 = a.trim().parse().map_err(|_| format!("{s:?}: bad start"))?;
+        let b: u16 = b.trim().parse().map_err(|_| format!("{s:?}: bad end"))?;
+        if a == 0 || a > b {
+            return Err(format!("{s:?}: start must be between 1 and the end"));
+        }
+        Ok(PortRange(a, b))
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// Flags of `keelson server`; defaults are [`ServerConfig::default`]'s.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Directory for certificates, credentials and the embedded store.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value_t = d().listen)]
+    pub listen: SocketAddr,
+    /// etcd endpoints (comma-separated); absent: the embedded store in --data-dir.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+    /// CIDR that Service ClusterIPs come from.
+    #[arg(long, default_value_t = d().api.service_cidr)]
+    pub service_cluster_ip_range: ipnet::IpNet,
+    /// Range (A-B) that Service NodePorts come from.
+    #[arg(long, default_value_t = PortRange(d().api.node_port_range.0, d().api.node_port_range.1))]
+    pub service_node_port_range: PortRange,
+    /// Extra DNS names or IPs for the serving certificate (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Do not run the scheduler and controllers.
+    #[arg(long)]
+    pub disable_controllers: bool,
+    /// Seconds without a Lease renewal before a node is marked Ready=Unknown.
+    #[arg(long, default_value_t = d().controller_config.node_monitor_grace_period.as_secs())]
+    pub node_monitor_grace_period: u64,
+    /// Toleration seconds for the not-ready/unreachable NoExecute taints when a pod sets none.
+    #[arg(long, default_value_t = d().controller_config.default_toleration_seconds)]
+    pub default_toleration_seconds: i64,
+    /// Identity for leader election (default: hostname and PID).
+    #[arg(long)]
+    pub identity: Option<String>,
+}
+
+/// This machine's name and our PID: a leader-election identity.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+impl ServerArgs {
+    /// The typed config these flags describe.
+    pub fn config(self) -> anyhow::Result<ServerConfig> {
+        let cidr = self.service_cluster_ip_range;
+        if cidr.max_prefix_len() - cidr.prefix_len() < 2 {
+            bail!("--service-cluster-ip-range {cidr}: too small");
+        }
+        Ok(ServerConfig {
+            data_dir: self.data_dir,
+            listen: self.listen,
+            etcd_servers: self.etcd_servers,
+            api: keelson_control_plane::api::registry::ApiConfig {
+                service_cidr: cidr,
+                node_port_range: (
+                    self.service_node_port_range.0,
+                    self.service_node_port_range.1,
+                ),
+            },
+            extra_sans: self.tls_san,
+            controllers: !self.disable_controllers,
+            controller_config: keelson_control_plane::controllers::ControllerConfig {
+                node_monitor_grace_period: std::time::Duration::from_secs(
+                    self.node_monitor_grace_period,
+                ),
+                default_toleration_seconds: self.default_toleration_seconds,
+                identity: self.identity.unwrap_or_else(default_identity),
+            },
+        })
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let handle = server::start(args.config()?)
+        .await
+        .context("start API server")?;
+    println!("kubeconfig: {}", handle.kubeconfig.display());
+    crate::systemd::ready();
+    crate::until_signal().await?;
+    tracing::info!("shutting down");
+    crate::systemd::stopping();
+    handle.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_print() {
+        assert_eq!("30000-32767".parse(), Ok(PortRange(30000, 32767)));
+        assert_eq!(PortRange(1, 2).to_string(), "1-2");
+        assert!("0-5".parse::<PortRange>().is_err());
+        assert!("9-5".parse::<PortRange>().is_err());
+        assert!("x".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_configs() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            s: ServerArgs,
+        }
+        let c = Wrap::parse_from(["x", "--data-dir", "/tmp/x"])
+            .s
+            .config()
+            .unwrap();
+        let d = ServerConfig::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.api.service_cidr, d.api.service_cidr);
+        assert_eq!(c.api.node_port_range, d.api.node_port_range);
+        assert_eq!(
+            c.controller_config.node_monitor_grace_period,
+            d.controller_config.node_monitor_grace_period
+        );
+        assert!(c.controllers);
+    }
+}
