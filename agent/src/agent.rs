@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use keelson_informers::Informers;
+
 use crate::health::{NodeHealth, Part, State};
 use crate::supervise::supervise;
 
@@ -123,7 +125,7 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::C
 /// it stops, its state in `health` (Ready once it has synced, Failed with
 /// the error while a sync fails or it is down).
 async fn supervised_proxy(
-    client: kube::Client,
+    informers: Informers,
     config: keelson_proxy::ProxyConfig,
     health: NodeHealth,
 ) {
@@ -134,7 +136,7 @@ async fn supervised_proxy(
         Part::ServiceProxy,
         "ServiceProxyFailed",
         move || {
-            let (client, config, health) = (client.clone(), config.clone(), h.clone());
+            let (informers, config, health) = (informers.clone(), config.clone(), h.clone());
             async move {
                 let (tx, mut rx) = tokio::sync::watch::channel(ProxyHealth::Starting);
                 let forward = async {
@@ -152,7 +154,7 @@ async fn supervised_proxy(
                     std::future::pending::<()>().await
                 };
                 tokio::select! {
-                    r = keelson_proxy::run_proxy_reporting(client, config, &tx) => r,
+                    r = keelson_proxy::run_proxy_reporting(&informers, config, &tx) => r,
                     () = forward => Ok(()),
                 }
             }
@@ -162,12 +164,12 @@ async fn supervised_proxy(
 }
 
 /// Runs cluster DNS under [`supervise`]: Ready once it listens.
-async fn supervised_dns(client: kube::Client, config: keelson_dns::DnsConfig, health: NodeHealth) {
+async fn supervised_dns(informers: Informers, config: keelson_dns::DnsConfig, health: NodeHealth) {
     let h = health.clone();
     supervise(health, Part::ClusterDns, "ClusterDNSFailed", move || {
-        let (client, config, health) = (client.clone(), config.clone(), h.clone());
+        let (informers, config, health) = (informers.clone(), config.clone(), h.clone());
         async move {
-            keelson_dns::run_with(client, config, |_| {
+            keelson_dns::run_with(&informers, config, |_| {
                 health.set(Part::ClusterDns, State::Ready)
             })
             .await?;
@@ -228,6 +230,9 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
         .unwrap_or_else(|| "oci".into());
 
     let health = NodeHealth::default();
+    // One watch per resource type for the whole agent (pods, Nodes,
+    // Services, EndpointSlices), shared by every part.
+    let informers = Informers::new(client.clone());
     let events = crate::events::Recorder::new(client.clone(), &args.node_name);
     // The pod network: the operator's config dir, then the agent's own.
     let own_cni = crate::network::ready::OwnConfig::under(&args.root_dir);
@@ -262,12 +267,12 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
             clock,
         )),
         tokio::spawn(crate::node::routes::run(
-            client.clone(),
+            informers.clone(),
             args.node_name.clone(),
         )),
         tokio::spawn(crate::network::ready::monitor(
             health.clone(),
-            client.clone(),
+            informers.clone(),
             args.node_name.clone(),
             cni.clone(),
             own_cni,
@@ -301,7 +306,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
         events.clone(),
     )));
     let manager =
-        crate::pods::Manager::start(client.clone(), env.clone(), events.clone(), health.clone())
+        crate::pods::Manager::start(&informers, env.clone(), events.clone(), health.clone())
             .await
             .context("start pod manager")?;
 
@@ -321,7 +326,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
 
     if let Some(config) = proxy {
         tasks.push(tokio::spawn(supervised_proxy(
-            client.clone(),
+            informers.clone(),
             config,
             health.clone(),
         )));
@@ -338,7 +343,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
             upstreams,
         };
         tasks.push(tokio::spawn(supervised_dns(
-            client.clone(),
+            informers.clone(),
             config,
             health.clone(),
         )));

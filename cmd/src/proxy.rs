@@ -146,9 +146,9 @@ impl ProxyArgs {
 /// next start).
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = args.config();
-    let client = crate::client_from(&args.kubeconfig).await?;
+    let informers = keelson_informers::Informers::new(crate::client_from(&args.kubeconfig).await?);
     tokio::select! {
-        r = keelson_proxy::run_proxy(client, config) => r,
+        r = keelson_proxy::run_proxy(&informers, config) => r,
         r = crate::until_signal() => {
             tracing::info!("proxy stopping (rules stay in place for the next start)");
             r

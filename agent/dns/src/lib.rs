@@ -12,13 +12,12 @@ pub mod server;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use keelson_informers::Informers;
 
 pub use records::Zone;
 pub use server::{DnsServer, ZoneHandle};
@@ -82,13 +81,13 @@ pub fn parse_resolv_conf(text: &str) -> Vec<std::net::IpAddr> {
 
 /// Serves cluster DNS until the future is dropped: binds, then keeps the zone
 /// current from Services and EndpointSlices watched through `client`.
-pub async fn run(client: kube::Client, config: DnsConfig) -> Result<(), DnsError> {
-    run_with(client, config, |_| {}).await
+pub async fn run(informers: &Informers, config: DnsConfig) -> Result<(), DnsError> {
+    run_with(informers, config, |_| {}).await
 }
 
 /// [`run`], calling `serving` with the bound address once it listens.
 pub async fn run_with(
-    client: kube::Client,
+    informers: &Informers,
     config: DnsConfig,
     serving: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), DnsError> {
@@ -97,7 +96,7 @@ pub async fn run_with(
     tracing::info!(listen = %server.local_addr(), domain = %config.domain, "cluster DNS serving");
     serving(server.local_addr());
     let serving = server.serve();
-    let watching = keep_zone_current(client, config.domain.clone(), zone);
+    let watching = keep_zone_current(informers, config.domain.clone(), zone);
     tokio::select! {
         () = serving => {}
         () = watching => {}
@@ -106,55 +105,29 @@ pub async fn run_with(
 }
 
 /// Rebuilds the zone whenever a Service or EndpointSlice changes (changes
-/// within 20 ms are folded into one rebuild).
-pub async fn keep_zone_current(client: kube::Client, domain: String, zone: ZoneHandle) {
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (slice_store, slice_writer) = reflector::store::<EndpointSlice>();
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let svc_events = reflector(
-        svc_writer,
-        watcher(
-            kube::Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let slice_events = reflector(
-        slice_writer,
-        watcher(
-            kube::Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let n1 = changed.clone();
-    let n2 = changed.clone();
-    let drive_svc = svc_events.for_each(move |ev| {
-        if let Err(e) = ev {
-            tracing::warn!("watch services for DNS: {e}");
-        }
-        n1.notify_one();
+/// within 20 ms are folded into one rebuild), from the shared informers.
+pub async fn keep_zone_current(informers: &Informers, domain: String, zone: ZoneHandle) {
+    let services = informers.all::<Service>();
+    let slices = informers.all::<EndpointSlice>();
+    let changed = tokio::sync::Notify::new();
+    let drive_svc = services.subscribe().for_each(|_| {
+        changed.notify_one();
         futures::future::ready(())
     });
-    let drive_slices = slice_events.for_each(move |ev| {
-        if let Err(e) = ev {
-            tracing::warn!("watch endpointslices for DNS: {e}");
-        }
-        n2.notify_one();
+    let drive_slices = slices.subscribe().for_each(|_| {
+        changed.notify_one();
         futures::future::ready(())
     });
-    let rebuild = async move {
+    let rebuild = async {
         loop {
             changed.notified().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let services = svc_store.state();
-            let slices = slice_store.state();
+            let svcs = services.store().state();
+            let eps = slices.store().state();
             zone.set(Zone::build(
                 &domain,
-                services.iter().map(|s| s.as_ref()),
-                slices.iter().map(|s| s.as_ref()),
+                svcs.iter().map(|s| s.as_ref()),
+                eps.iter().map(|s| s.as_ref()),
             ));
         }
     };

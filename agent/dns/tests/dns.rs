@@ -117,11 +117,10 @@ async fn cluster_names_from_the_api_and_forwarding() {
         .unwrap();
     let dns = server.local_addr();
     tokio::spawn(server.serve());
-    tokio::spawn(keelson_dns::keep_zone_current(
-        client.clone(),
-        "cluster.local".into(),
-        zone,
-    ));
+    let informers = keelson_informers::Informers::new(client.clone());
+    tokio::spawn(async move {
+        keelson_dns::keep_zone_current(&informers, "cluster.local".into(), zone).await
+    });
 
     let services: kube::Api<Service> = kube::Api::namespaced(client.clone(), "default");
     let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");

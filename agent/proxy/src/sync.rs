@@ -10,9 +10,8 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
+use keelson_informers::{Event, Informers};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio::sync::Notify;
 
 use crate::backend::ProxyBackend;
@@ -25,17 +24,18 @@ use crate::nft::netlink::NetlinkSocket;
 use crate::plan::{plan, plan_services};
 use crate::{ProxyConfig, ProxyHealth, ProxyMode, ProxyTools};
 
-/// Runs the proxy against `client` until the future is dropped or a fatal
-/// error occurs. Sync errors are counted and retried; they are not fatal.
-pub async fn run_proxy(client: kube::Client, config: ProxyConfig) -> anyhow::Result<()> {
+/// Runs the proxy on the Services and EndpointSlices of `informers` until
+/// the future is dropped or a fatal error occurs. Sync errors are counted and
+/// retried; they are not fatal.
+pub async fn run_proxy(informers: &Informers, config: ProxyConfig) -> anyhow::Result<()> {
     let (health, _) = tokio::sync::watch::channel(ProxyHealth::Starting);
-    run_proxy_reporting(client, config, &health).await
+    run_proxy_reporting(informers, config, &health).await
 }
 
 /// [`run_proxy`], telling `health` how it goes: `Starting`, then after each
 /// sync whether the dataplane is programmed.
 pub async fn run_proxy_reporting(
-    client: kube::Client,
+    informers: &Informers,
     config: ProxyConfig,
     health: &tokio::sync::watch::Sender<ProxyHealth>,
 ) -> anyhow::Result<()> {
@@ -154,72 +154,47 @@ pub async fn run_proxy_reporting(
     // (re)list.
     let dirty = Arc::new(Mutex::new(Dirty::default()));
     let slices = Arc::new(Mutex::new(SliceIndex::default()));
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let svc_stream = reflector(
-        svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
-    let slice_stream = watcher(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff();
+    let services = informers.all::<Service>();
+    let svc_store = services.store();
+    let mut svc_events = services.subscribe();
+    let mut slice_events = informers.all::<EndpointSlice>().subscribe();
     let (n1, d1) = (notify.clone(), dirty.clone());
     let watch_svc = tokio::spawn(async move {
-        let mut s = std::pin::pin!(svc_stream);
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    {
-                        let mut d = d1.lock().expect("dirty lock");
-                        match &ev {
-                            watcher::Event::Apply(svc) | watcher::Event::Delete(svc) => {
-                                d.keys.insert(service_key(svc));
-                            }
-                            watcher::Event::InitDone => d.all = true,
-                            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-                        }
+        while let Some(ev) = svc_events.next().await {
+            {
+                let mut d = d1.lock().expect("dirty lock");
+                match &ev {
+                    Event::Apply(svc) | Event::Delete(svc) => {
+                        d.keys.insert(service_key(svc));
                     }
-                    n1.notify_one();
+                    Event::InitDone => d.all = true,
+                    Event::Init | Event::InitApply(_) => {}
                 }
-                Err(e) => tracing::warn!("watch Services: {e}"),
             }
+            n1.notify_one();
         }
     });
     let (n2, d2, idx) = (notify.clone(), dirty.clone(), slices.clone());
     let (slices_ready_tx, mut slices_ready) = tokio::sync::watch::channel(false);
     let watch_slices = tokio::spawn(async move {
-        let mut s = std::pin::pin!(slice_stream);
-        while let Some(ev) = s.next().await {
-            match ev {
-                Ok(ev) => {
-                    let done = matches!(ev, watcher::Event::InitDone);
-                    let touched = idx.lock().expect("slice index lock").apply(ev);
-                    {
-                        let mut d = d2.lock().expect("dirty lock");
-                        match touched {
-                            Touched::All => d.all = true,
-                            Touched::Services(keys) => d.keys.extend(keys),
-                        }
-                    }
-                    if done {
-                        let _ = slices_ready_tx.send(true);
-                    }
-                    n2.notify_one();
+        while let Some(ev) = slice_events.next().await {
+            let done = matches!(ev, Event::InitDone);
+            let touched = idx.lock().expect("slice index lock").apply(ev);
+            {
+                let mut d = d2.lock().expect("dirty lock");
+                match touched {
+                    Touched::All => d.all = true,
+                    Touched::Services(keys) => d.keys.extend(keys),
                 }
-                Err(e) => tracing::warn!("watch EndpointSlices: {e}"),
             }
+            if done {
+                let _ = slices_ready_tx.send(true);
+            }
+            n2.notify_one();
         }
     });
     let _abort = AbortOnDrop(vec![watch_svc, watch_slices]);
-    svc_store
-        .wait_until_ready()
-        .await
-        .context("wait for the initial Service list")?;
+    services.wait_until_ready().await;
     slices_ready
         .wait_for(|r| *r)
         .await
@@ -416,7 +391,7 @@ struct SliceIndex {
     /// (namespace, slice name) -> its Service, to follow a relabelled slice.
     owner: HashMap<(String, String), (String, String)>,
     /// Slices of a list in progress (between Init and InitDone).
-    relist: Option<Vec<EndpointSlice>>,
+    relist: Option<Vec<Arc<EndpointSlice>>>,
 }
 
 impl SliceIndex {
@@ -438,14 +413,14 @@ impl SliceIndex {
         Some(svc)
     }
 
-    fn insert(&mut self, slice: EndpointSlice) -> Vec<(String, String)> {
+    fn insert(&mut self, slice: Arc<EndpointSlice>) -> Vec<(String, String)> {
         let id = Self::slice_id(&slice);
         let mut touched: Vec<(String, String)> = self.remove(&id).into_iter().collect();
         if let Some(svc) = slice_service(&slice) {
             self.by_service
                 .entry(svc.clone())
                 .or_default()
-                .insert(id.1.clone(), Arc::new(slice));
+                .insert(id.1.clone(), slice);
             self.owner.insert(id, svc.clone());
             if !touched.contains(&svc) {
                 touched.push(svc);
@@ -454,21 +429,21 @@ impl SliceIndex {
         touched
     }
 
-    fn apply(&mut self, ev: watcher::Event<EndpointSlice>) -> Touched {
+    fn apply(&mut self, ev: Event<EndpointSlice>) -> Touched {
         match ev {
-            watcher::Event::Apply(s) => Touched::Services(self.insert(s)),
-            watcher::Event::Delete(s) => {
+            Event::Apply(s) => Touched::Services(self.insert(s)),
+            Event::Delete(s) => {
                 Touched::Services(self.remove(&Self::slice_id(&s)).into_iter().collect())
             }
-            watcher::Event::Init => {
+            Event::Init => {
                 self.relist = Some(Vec::new());
                 Touched::Services(Vec::new())
             }
-            watcher::Event::InitApply(s) => {
+            Event::InitApply(s) => {
                 self.relist.get_or_insert_with(Vec::new).push(s);
                 Touched::Services(Vec::new())
             }
-            watcher::Event::InitDone => {
+            Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
                 self.by_service.clear();
                 self.owner.clear();
@@ -499,7 +474,7 @@ impl SliceIndex {
 mod tests {
     use super::*;
 
-    fn slice(ns: &str, name: &str, svc: Option<&str>) -> EndpointSlice {
+    fn slice(ns: &str, name: &str, svc: Option<&str>) -> Arc<EndpointSlice> {
         let mut s = EndpointSlice {
             address_type: "IPv4".into(),
             ..Default::default()
@@ -515,7 +490,7 @@ mod tests {
                 .into(),
             );
         }
-        s
+        Arc::new(s)
     }
 
     fn key(ns: &str, name: &str) -> (String, String) {
@@ -538,26 +513,26 @@ mod tests {
     #[test]
     fn slice_index_follows_events() {
         let mut idx = SliceIndex::default();
-        let t = idx.apply(watcher::Event::Apply(slice("a", "web-1", Some("web"))));
+        let t = idx.apply(Event::Apply(slice("a", "web-1", Some("web"))));
         assert_eq!(touched(t), [key("a", "web")]);
-        idx.apply(watcher::Event::Apply(slice("a", "web-2", Some("web"))));
-        idx.apply(watcher::Event::Apply(slice("b", "web-1", Some("web"))));
+        idx.apply(Event::Apply(slice("a", "web-2", Some("web"))));
+        idx.apply(Event::Apply(slice("b", "web-1", Some("web"))));
         assert_eq!(names(&idx.of("a", "web")), ["web-1", "web-2"]);
         assert_eq!(names(&idx.of("b", "web")), ["web-1"]);
         // Relabelled to another Service: both are touched, it moves.
-        let t = idx.apply(watcher::Event::Apply(slice("a", "web-2", Some("api"))));
+        let t = idx.apply(Event::Apply(slice("a", "web-2", Some("api"))));
         assert_eq!(touched(t), [key("a", "web"), key("a", "api")]);
         assert_eq!(names(&idx.of("a", "web")), ["web-1"]);
         assert_eq!(names(&idx.of("a", "api")), ["web-2"]);
         // Label removed: it belongs to nothing.
-        let t = idx.apply(watcher::Event::Apply(slice("a", "web-2", None)));
+        let t = idx.apply(Event::Apply(slice("a", "web-2", None)));
         assert_eq!(touched(t), [key("a", "api")]);
         assert!(idx.of("a", "api").is_empty());
-        let t = idx.apply(watcher::Event::Delete(slice("a", "web-1", Some("web"))));
+        let t = idx.apply(Event::Delete(slice("a", "web-1", Some("web"))));
         assert_eq!(touched(t), [key("a", "web")]);
         assert!(idx.of("a", "web").is_empty());
         // Deleting an unknown slice touches nothing.
-        let t = idx.apply(watcher::Event::Delete(slice("a", "nope", Some("web"))));
+        let t = idx.apply(Event::Delete(slice("a", "nope", Some("web"))));
         assert!(touched(t).is_empty());
         assert_eq!(idx.all().len(), 1);
     }
@@ -565,12 +540,12 @@ mod tests {
     #[test]
     fn relist_replaces_the_index_when_done() {
         let mut idx = SliceIndex::default();
-        idx.apply(watcher::Event::Apply(slice("a", "old", Some("web"))));
-        assert!(touched(idx.apply(watcher::Event::Init)).is_empty());
-        idx.apply(watcher::Event::InitApply(slice("a", "new", Some("web"))));
+        idx.apply(Event::Apply(slice("a", "old", Some("web"))));
+        assert!(touched(idx.apply(Event::Init)).is_empty());
+        idx.apply(Event::InitApply(slice("a", "new", Some("web"))));
         // Until the list is complete the old view stays.
         assert_eq!(names(&idx.of("a", "web")), ["old"]);
-        assert!(matches!(idx.apply(watcher::Event::InitDone), Touched::All));
+        assert!(matches!(idx.apply(Event::InitDone), Touched::All));
         assert_eq!(names(&idx.of("a", "web")), ["new"]);
         assert_eq!(idx.all().len(), 1);
     }

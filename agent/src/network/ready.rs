@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::{Cni, CniError};
 use crate::health::{NodeHealth, Part, State};
@@ -99,27 +99,29 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The pod CIDR to configure: the flag's, else the Node's `spec.podCIDR`.
-async fn pod_cidr(client: &kube::Client, node: &str, flag: Option<Ipv4Net>) -> Option<Ipv4Net> {
+/// The pod CIDR to configure: the flag's, else the Node's `spec.podCIDR`
+/// (from the shared Node informer).
+fn pod_cidr(nodes: &Store<Node>, node: &str, flag: Option<Ipv4Net>) -> Option<Ipv4Net> {
     if flag.is_some() {
         return flag;
     }
-    let n = Api::<Node>::all(client.clone()).get(node).await.ok()?;
-    n.spec?.pod_cidr?.parse().ok()
+    let n = nodes.get(&ObjectRef::new(node))?;
+    n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()
 }
 
 /// Keeps [`Part::Network`] current for ever: checks at once, then every
 /// [`RECHECK_NOT_READY`] while not ready and [`RECHECK_READY`] while ready.
 pub async fn monitor(
     health: NodeHealth,
-    client: kube::Client,
+    informers: keelson_informers::Informers,
     node: String,
     cni: Cni,
     own: OwnConfig,
     flag_cidr: Option<Ipv4Net>,
 ) {
+    let nodes = informers.cluster::<Node>().store();
     loop {
-        let cidr = pod_cidr(&client, &node, flag_cidr).await;
+        let cidr = pod_cidr(&nodes, &node, flag_cidr);
         let state = check(&cni, &own, cidr).await;
         let wait = if state == State::Ready {
             RECHECK_READY

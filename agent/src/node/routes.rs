@@ -12,9 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use keelson_cni::routes::{Node as RouteNode, Plan};
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use keelson_informers::{Event, Informers};
+use kube::runtime::reflector::Store;
 
 /// How often routes are reconciled even when no Node changed.
 pub const RESYNC: Duration = Duration::from_secs(30);
@@ -103,15 +102,13 @@ pub async fn reconcile_once(me: &str, nodes: Vec<RouteNode>) -> Result<Plan, Rou
     })
 }
 
-/// Watches Nodes and keeps the cross-node routes in sync until aborted.
-/// Failures are logged and retried on the next change or resync.
-pub async fn run(client: kube::Client, me: String) {
-    let api: Api<Node> = Api::all(client);
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    futures::pin_mut!(stream);
+/// Follows the Nodes (the shared informer) and keeps the cross-node routes
+/// in sync until aborted. Failures are logged and retried on the next change
+/// or resync.
+pub async fn run(informers: Informers, me: String) {
+    let nodes = informers.cluster::<Node>();
+    let reader = nodes.store();
+    let mut stream = nodes.subscribe();
     let mut resync = tokio::time::interval(RESYNC);
     let mut last: Option<Vec<RouteNode>> = None;
     let mut last_skipped: Vec<(String, String)> = Vec::new();
@@ -120,16 +117,12 @@ pub async fn run(client: kube::Client, me: String) {
     loop {
         let forced = tokio::select! {
             ev = stream.next() => match ev {
-                Some(Err(e)) => {
-                    tracing::warn!("watch nodes for cross-node routes: {e}");
-                    continue;
-                }
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
-                Some(Ok(watcher::Event::InitDone)) => {
+                Some(Event::Init | Event::InitApply(_)) => continue,
+                Some(Event::InitDone) => {
                     listed = true;
                     false
                 }
-                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => false,
+                Some(Event::Apply(_) | Event::Delete(_)) => false,
                 None => return,
             },
             _ = resync.tick() => true,

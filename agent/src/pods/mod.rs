@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use keelson_informers::{Event, Informers};
 use keelson_runtime::{ContainerInfo, ContainerState};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -49,11 +49,12 @@ impl Manager {
     /// Cleans up after pods deleted while the agent was down, then watches
     /// this node's pods and runs a worker per pod (adopting running containers).
     pub async fn start(
-        client: kube::Client,
+        informers: &Informers,
         host: Arc<Host>,
         events: Recorder,
         health: NodeHealth,
     ) -> anyhow::Result<Self> {
+        let client = informers.client().clone();
         use anyhow::Context;
         let node = host.cfg.node_name.clone();
         let selector = format!("spec.nodeName={node}");
@@ -111,10 +112,9 @@ impl Manager {
             }
             Err(e) => tracing::warn!("CNI GC skipped: {e}"),
         }
-        let (reader, writer) = reflector::store();
-        let stream = watcher(api, watcher::Config::default().fields(&selector))
-            .default_backoff()
-            .reflect(writer);
+        let pods = informers.with_fields::<Pod>(&selector);
+        let reader = pods.store();
+        let stream = pods.subscribe();
         let ctx = Arc::new(Ctx {
             client,
             host,
@@ -148,7 +148,7 @@ struct Ctx {
     health: NodeHealth,
 }
 
-type PodStream = futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>;
+type PodStream = futures::stream::BoxStream<'static, Event<Pod>>;
 
 async fn dispatch(
     ctx: Arc<Ctx>,
@@ -165,17 +165,9 @@ async fn dispatch(
             }
             ev = stream.next() => {
                 let Some(ev) = ev else { break };
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::warn!("watch pods: {e}");
-                        continue;
-                    }
-                };
                 match ev {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                    Event::Apply(p) | Event::InitApply(p) => {
                         let uid = uid_of(&p);
-                        let p = Arc::new(p);
                         if let Some((tx, _)) = workers.get(&uid) {
                             let _ = tx.send(Msg::Pod(p));
                         } else {
@@ -190,12 +182,12 @@ async fn dispatch(
                             workers.insert(uid, (tx, h));
                         }
                     }
-                    watcher::Event::Delete(p) => {
+                    Event::Delete(p) => {
                         if let Some((tx, _)) = workers.get(&uid_of(&p)) {
                             let _ = tx.send(Msg::Gone);
                         }
                     }
-                    watcher::Event::InitDone => {
+                    Event::InitDone => {
                         let present: HashSet<String> = store.state().iter().map(|p| uid_of(p)).collect();
                         for (uid, (tx, _)) in &workers {
                             if !present.contains(uid) {
@@ -203,7 +195,7 @@ async fn dispatch(
                             }
                         }
                     }
-                    watcher::Event::Init => {}
+                    Event::Init => {}
                 }
             }
         }
