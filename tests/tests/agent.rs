@@ -658,6 +658,38 @@ async fn missing_image_reports_err_image_pull_and_others_run() {
     assert!(w.message.unwrap_or_default().contains("does-not-exist"));
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
     wait_pod(&e, "good", "Running", Duration::from_secs(60), running).await;
+    // The image store's typed errors reach the status as the kubelet's
+    // reasons: a reference that does not parse, and Never with no image.
+    let waiting_reason = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs[0].state.as_ref()?.waiting.as_ref()?.reason.clone())
+    };
+    create(
+        &e.client,
+        pod_json(
+            "invalid",
+            &e.agent.node_name,
+            "Not A::Valid//Name",
+            "true",
+            json!({}),
+        ),
+    )
+    .await;
+    let mut never = pod_json("never", &e.agent.node_name, &bad, "true", json!({}));
+    never["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
+    create(&e.client, never).await;
+    for (name, reason) in [
+        ("invalid", "InvalidImageName"),
+        ("never", "ErrImageNeverPull"),
+    ] {
+        let p = wait_pod(&e, name, reason, Duration::from_secs(60), |p| {
+            waiting_reason(p).as_deref() == Some(reason)
+        })
+        .await;
+        assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
+    }
     // A bad command: CreateContainerError or a crash, with a reason.
     let mut cmd = pod_json(
         "badcmd",

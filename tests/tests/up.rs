@@ -363,46 +363,55 @@ spec:
         },
     );
     eprintln!("answers: {answers:?}");
-    // A second start on the same data dir adopts the running pods.
-    let before = kubectl(
-        &kubeconfig,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[*].status.containerStatuses[0].containerID}",
-        ],
-    );
+    // A second start on the same data dir adopts the running pods: the
+    // same processes (runtime PIDs) keep running under the same IDs.
+    let ids = || -> Vec<String> {
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].status.containerStatuses[0].containerID}",
+            ],
+        );
+        let mut v: Vec<String> = out
+            .split_whitespace()
+            .map(|id| id.trim_start_matches("runc://").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let runc_pid = |id: &str| -> u64 {
+        let out = Command::new("runc")
+            .args(["--root", "/run/keelson/runc-root", "state", id])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["pid"].as_u64().unwrap_or(0)
+    };
+    let before = ids();
+    assert_eq!(before.len(), 3, "{before:?}");
+    let pids: Vec<u64> = before.iter().map(|id| runc_pid(id)).collect();
+    assert!(pids.iter().all(|p| *p > 0), "runtime PIDs {pids:?}");
     up.cleanup.up.stop();
     up.spawn("up2");
-    wait_until("API back", Duration::from_secs(60), || {
-        Command::new(kubectl_path(33))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["get", "pods"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+    // The new agent says so once per pod it adopted.
+    wait_until("the 3 pods adopted", Duration::from_secs(60), || {
+        up.log("up2").matches("adopted running pod").count() == 3
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let after = kubectl(
-        &kubeconfig,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[*].status.containerStatuses[0].containerID}",
-        ],
-    );
-    assert_eq!(
-        before,
-        after,
-        "containers replaced across the restart: {}",
-        up.log("up")
-    );
+    let after = ids();
+    assert_eq!(before, after, "containers replaced: {}", up.log("up2"));
+    let pids_after: Vec<u64> = after.iter().map(|id| runc_pid(id)).collect();
+    assert_eq!(pids, pids_after, "processes replaced: {}", up.log("up2"));
+    for pid in &pids {
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} gone after the restart"
+        );
+    }
 
     // Down: nothing left on the host.
     up.cleanup.up.stop();

@@ -339,14 +339,20 @@ impl Host {
     /// Makes the image present. The pull future of keelson-images is not
     /// provably `Send` (a higher-ranked lifetime in its layer download
     /// closure), so it runs on a blocking thread with `block_on`.
-    pub async fn pull(&self, reference: &str, policy: PullPolicy) -> Result<PulledImage, String> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<PulledImage, keelson_images::ImageError> {
         let images = self.images.clone();
         let r = reference.to_string();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || handle.block_on(images.ensure(&r, policy)))
             .await
-            .map_err(|e| format!("pull {reference}: {e}"))?
-            .map_err(|e| e.to_string())
+            .map_err(|e| keelson_images::ImageError::Pull {
+                reference: reference.to_string(),
+                detail: format!("pull task: {e}"),
+            })?
     }
 
     /// Pulls the image, builds the config and starts the container.
@@ -365,9 +371,9 @@ impl Host {
         let image = self
             .pull(&image_ref, pull_policy(c))
             .await
-            .map_err(|message| StartError {
-                kind: FailureKind::Pull,
-                message,
+            .map_err(|e| StartError {
+                kind: FailureKind::of_image_error(&e),
+                message: e.to_string(),
             })?;
         let create = |message: String| StartError {
             kind: FailureKind::Create,
@@ -396,10 +402,14 @@ impl Host {
             host_ip: self.cfg.node_ip.to_string(),
             node_name: self.cfg.node_name.clone(),
         };
+        let config_err = |message: String| StartError {
+            kind: FailureKind::Config,
+            message,
+        };
         let env = spec::env(pod, c, &image.config, &fields, secrets)
-            .map_err(|e| create(e.to_string()))?;
+            .map_err(|e| config_err(e.to_string()))?;
         let args = spec::resolve_args(c, &image.config, &spec::env_map(&env))
-            .map_err(|e| create(e.to_string()))?;
+            .map_err(|e| config_err(e.to_string()))?;
         let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
         let (uid_n, gid_n) =
             spec::user(pod, c, &image.config, &|n| spec::passwd_lookup(&passwd, n));

@@ -34,8 +34,45 @@ pub struct Instance {
 pub enum FailureKind {
     /// The image could not be pulled (ErrImagePull / ImagePullBackOff).
     Pull,
+    /// The image reference does not parse (InvalidImageName).
+    InvalidImageName,
+    /// Pull policy Never and the image is not on the node (ErrImageNeverPull).
+    NeverPull,
+    /// The container's configuration cannot be built: a missing ConfigMap or
+    /// Secret key, a bad `$(VAR)` (CreateContainerConfigError).
+    Config,
     /// The container could not be created (CreateContainerError).
     Create,
+}
+
+impl FailureKind {
+    /// The kind of a failed image pull, from the image store's typed error.
+    pub fn of_image_error(e: &keelson_images::ImageError) -> FailureKind {
+        match e.reason() {
+            "InvalidImageName" => FailureKind::InvalidImageName,
+            "ErrImageNeverPull" => FailureKind::NeverPull,
+            _ => FailureKind::Pull,
+        }
+    }
+
+    /// The waiting reason right after the failure (the kubelet's words).
+    pub fn reason(self) -> &'static str {
+        match self {
+            FailureKind::Pull => "ErrImagePull",
+            FailureKind::InvalidImageName => "InvalidImageName",
+            FailureKind::NeverPull => "ErrImageNeverPull",
+            FailureKind::Config => "CreateContainerConfigError",
+            FailureKind::Create => "CreateContainerError",
+        }
+    }
+
+    /// The waiting reason while the next attempt is held back.
+    pub fn backoff_reason(self) -> &'static str {
+        match self {
+            FailureKind::Pull => "ImagePullBackOff",
+            other => other.reason(),
+        }
+    }
 }
 
 /// A failed start attempt, kept by the worker for backoff.
@@ -275,14 +312,10 @@ fn gate(
                         streak: 0,
                     }
                 } else {
-                    let reason = match f.kind {
-                        FailureKind::Pull => "ImagePullBackOff",
-                        FailureKind::Create => "CreateContainerError",
-                    };
                     Gate::Wait(
                         delay - elapsed,
                         Waiting {
-                            reason: reason.into(),
+                            reason: f.kind.backoff_reason().into(),
                             message: f.message.clone(),
                         },
                     )

@@ -95,10 +95,7 @@ fn container_status(
         ..Default::default()
     };
     let failure_wait = h.and_then(|h| h.failure.as_ref()).map(|f| Waiting {
-        reason: match f.kind {
-            plan::FailureKind::Pull => "ErrImagePull".into(),
-            plan::FailureKind::Create => "CreateContainerError".into(),
-        },
+        reason: f.kind.reason().into(),
         message: f.message.clone(),
     });
     match (cur, wait) {
@@ -553,5 +550,73 @@ mod tests {
             .unwrap();
         assert_eq!(w.reason.as_deref(), Some("ErrImagePull"));
         assert_eq!(st.phase.as_deref(), Some("Pending"));
+    }
+
+    #[test]
+    fn image_errors_keep_the_kubelets_reason_through_status_and_backoff() {
+        use keelson_images::ImageError;
+        let cases = [
+            (
+                ImageError::InvalidReference {
+                    reference: "Bad::name".into(),
+                    reason: "x".into(),
+                },
+                "InvalidImageName",
+                "InvalidImageName",
+            ),
+            (
+                ImageError::NeverPull {
+                    reference: "r".into(),
+                },
+                "ErrImageNeverPull",
+                "ErrImageNeverPull",
+            ),
+            (
+                ImageError::Pull {
+                    reference: "r".into(),
+                    detail: "401".into(),
+                },
+                "ErrImagePull",
+                "ImagePullBackOff",
+            ),
+        ];
+        for (err, now, later) in cases {
+            let kind = FailureKind::of_image_error(&err);
+            let p = pod("Always");
+            let mut o = Observed {
+                sandbox_ready: true,
+                ..Default::default()
+            };
+            o.containers.insert(
+                "a".into(),
+                History {
+                    instances: vec![],
+                    failure: Some(StartFailure {
+                        kind,
+                        message: err.to_string(),
+                        at: t(0),
+                        count: 1,
+                    }),
+                },
+            );
+            let st = compute(&p, &o, &Default::default(), &inputs(), t(0));
+            let w = st.container_statuses.unwrap()[0]
+                .state
+                .clone()
+                .unwrap()
+                .waiting
+                .unwrap();
+            assert_eq!(w.reason.as_deref(), Some(now), "{err}");
+            // While the next attempt is held back (the planner's reason).
+            let plan = crate::pods::plan::plan(&p, &o, t(1));
+            let st = compute(&p, &o, &plan, &inputs(), t(1));
+            let w = st.container_statuses.unwrap()[0]
+                .state
+                .clone()
+                .unwrap()
+                .waiting
+                .unwrap();
+            assert_eq!(w.reason.as_deref(), Some(later), "{err}");
+        }
     }
 }
