@@ -4,10 +4,9 @@
 //! Its parts with their own crates: `keelson_images` (pulls, content store,
 //! rootfs), `keelson_runtime` (OCI runtime, shim, sandboxes, cgroups),
 //! `keelson_proxy` (Service load balancing); this crate wires them to the API
-//! (pods, node, CNI runtime side, node API).
-//!
-//! `unsafe` is denied crate-wide (workspace lint) and allowed only in the
-//! modules that make syscalls, each block with a `// SAFETY:` comment.
+//! (pods, node, CNI runtime side, node API). See README.md.
+
+#![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod events;

@@ -8,6 +8,9 @@
 //! - [`plugin`]: the six verbs, executed.
 //! - [`routes`]: cross-node routes to other nodes' pod CIDRs (called by the agent).
 
+
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod ipam;

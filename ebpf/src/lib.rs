@@ -7,6 +7,9 @@
 //! - [`loader`]: [`EbpfLb`] (load, attach, pin, adopt), [`remove_all`], [`AyaMaps`].
 //! - [`probe`]: can this kernel run it, and if not, why.
 
+// `unsafe` only for aya's `Pod` impls in loader.rs (see its SAFETY comment).
+#![deny(unsafe_code)]
+
 pub mod layout;
 pub mod loader;
 pub mod maps;

@@ -4,8 +4,8 @@
 //! held without a pause container), and kubelet-style cgroups (v1 and v2).
 //!
 //! Contract used by the agent's pod workers (keep these names; add freely).
-//! `unsafe` is denied (workspace lint); a module that needs a syscall
-//! without a safe wrapper allows it locally with `// SAFETY:` comments.
+
+#![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod cgroups;
