@@ -268,12 +268,7 @@ impl Host {
             utsns: sb.utsns.clone(),
             ..Default::default()
         };
-        let host_network = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_network)
-            .unwrap_or(false);
-        if host_network {
+        if spec::host_network(pod) {
             st.pod_ips = vec![self.cfg.node_ip];
         } else {
             let att = Attachment {

@@ -422,12 +422,7 @@ impl Worker {
 
     /// Pods on the host network need no pod network; others wait for it.
     fn network_ready(&self, pod: &Pod) -> Result<(), String> {
-        let host_network = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_network)
-            .unwrap_or(false);
-        if host_network {
+        if spec::host_network(pod) {
             return Ok(());
         }
         self.ctx.health.network()

@@ -7,6 +7,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use keelson_images::ImageConfig;
 
+/// Whether the pod runs in the node's network namespace.
+pub fn host_network(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+}
+
 /// Errors turning a spec into a container config (CreateContainerConfigError).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
