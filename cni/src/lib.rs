@@ -8,7 +8,6 @@
 //! - [`plugin`]: the six verbs, executed.
 //! - [`routes`]: cross-node routes to other nodes' pod CIDRs (called by the agent).
 
-
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Attachment, Cni};
 
-use super::spec;
+use super::{spec, volumes};
 
 /// Container labels (kept by the runtime for adoption).
 pub mod labels {
@@ -350,6 +350,85 @@ impl Host {
             })?
     }
 
+    /// Where a pod volume lives on the node:
+    /// `<pod dir>/volumes/<kind>/<name>`.
+    pub fn volume_dir(&self, uid: &str, v: &k8s_openapi::api::core::v1::Volume) -> PathBuf {
+        let kind = if v.config_map.is_some() {
+            "configmap"
+        } else if v.secret.is_some() {
+            "secret"
+        } else if v.downward_api.is_some() {
+            "downward-api"
+        } else if v.projected.is_some() {
+            "projected"
+        } else {
+            "empty-dir"
+        };
+        self.pod_dir(uid).join("volumes").join(kind).join(&v.name)
+    }
+
+    /// Writes the files of every ConfigMap, Secret, downward API and
+    /// projected volume of the pod (atomically; unchanged ones are left
+    /// alone). Secret and projected volumes live on a tmpfs, never on disk.
+    pub async fn setup_volumes(
+        &self,
+        pod: &Pod,
+        st: &PodState,
+        sources: &volumes::Sources,
+    ) -> Result<(), StartError> {
+        use super::plan::FailureKind;
+        let vols = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        for v in vols.iter().filter(|v| volumes::is_written(v)) {
+            let files = volumes::render(pod, v, sources)
+                .map_err(|e| StartError {
+                    kind: FailureKind::Config,
+                    message: e.to_string(),
+                })?
+                .unwrap_or_default();
+            let dir = self.volume_dir(&st.uid, v);
+            let sensitive = volumes::is_sensitive(v);
+            let name = v.name.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("create {}: {e}", dir.display()))?;
+                if sensitive {
+                    keelson_host::mounts::mount_tmpfs(&dir, None).map_err(|e| e.to_string())?;
+                }
+                super::atomic::write(&dir, &files)
+                    .map(|_| ())
+                    .map_err(|e| format!("write volume {name} in {}: {e}", dir.display()))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|message| StartError {
+                kind: FailureKind::Create,
+                message,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What fieldRefs and resourceFieldRefs of the pod read beyond its object.
+    pub fn field_values(&self, st: &PodState) -> spec::FieldValues {
+        let facts = crate::node::HostFacts::read(Path::new("/proc"), Path::new("/etc"));
+        spec::FieldValues {
+            pod_ip: st
+                .pod_ips
+                .first()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            host_ip: self.cfg.node_ip.to_string(),
+            node_name: self.cfg.node_name.clone(),
+            node_cpu_millis: facts.cpus as u64 * 1000,
+            node_memory_bytes: facts.memory_bytes,
+        }
+    }
+
     /// Pulls the image, builds the config and starts the container.
     #[allow(clippy::too_many_arguments)]
     pub async fn start_container(
@@ -359,7 +438,7 @@ impl Host {
         c: &Container,
         attempt: u32,
         streak: u32,
-        secrets: &(dyn Fn(&str, &str, &str) -> Option<String> + Sync),
+        env_src: spec::EnvSources<'_>,
     ) -> Result<(String, PulledImage), StartError> {
         use super::plan::FailureKind;
         let image_ref = c.image.clone().unwrap_or_default();
@@ -388,21 +467,12 @@ impl Host {
                 .await
                 .map_err(|e| create(format!("mount rootfs: {e}")))?
                 .map_err(|e| create(format!("mount rootfs: {e}")))?;
-        let fields = spec::FieldValues {
-            pod_ip: st
-                .pod_ips
-                .first()
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            host_ip: self.cfg.node_ip.to_string(),
-            node_name: self.cfg.node_name.clone(),
-        };
         let config_err = |message: String| StartError {
             kind: FailureKind::Config,
             message,
         };
-        let env = spec::env(pod, c, &image.config, &fields, secrets)
-            .map_err(|e| config_err(e.to_string()))?;
+        let env =
+            spec::env(pod, c, &image.config, env_src).map_err(|e| config_err(e.to_string()))?;
         let args = spec::resolve_args(c, &image.config, &spec::env_map(&env))
             .map_err(|e| config_err(e.to_string()))?;
         let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
@@ -498,10 +568,26 @@ impl Host {
                 .iter()
                 .find(|v| v.name == vm.name)
                 .ok_or_else(|| format!("volumeMount {}: no volume of that name", vm.name))?;
-            let source = if v.empty_dir.is_some() {
-                let p = dir.join("volumes/empty-dir").join(&v.name);
+            let mut readonly = vm.read_only.unwrap_or(false);
+            let source = if volumes::is_written(v) {
+                // Set up by setup_volumes; always read-only, as the kubelet
+                // mounts API data.
+                readonly = true;
+                self.volume_dir(&st.uid, v)
+            } else if let Some(ed) = &v.empty_dir {
+                let p = self.volume_dir(&st.uid, v);
                 std::fs::create_dir_all(&p)
                     .map_err(io(format!("create emptyDir {}", p.display())))?;
+                if ed.medium.as_deref() == Some("Memory") {
+                    let size = ed
+                        .size_limit
+                        .as_ref()
+                        .map(|q| keelson_runtime::cgroups::parse_quantity(&q.0, 1))
+                        .transpose()
+                        .map_err(|e| format!("emptyDir {}: sizeLimit: {e}", v.name))?;
+                    keelson_host::mounts::mount_tmpfs(&p, size.map(|s| s.max(4096) as u64))
+                        .map_err(|e| e.to_string())?;
+                }
                 p
             } else if let Some(hp) = &v.host_path {
                 let p = PathBuf::from(&hp.path);
@@ -525,11 +611,20 @@ impl Host {
                 p
             } else {
                 return Err(format!(
-                    "volume {}: only emptyDir and hostPath volumes are supported",
+                    "volume {}: unsupported volume type (emptyDir, hostPath, configMap, \
+                     secret, downwardAPI and projected are)",
                     v.name
                 ));
             };
             let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                // A file of a written volume: bound as it is now (the
+                // symlinks resolved), so it does not follow updates, as on
+                // a kubelet.
+                Some(sp) if !sp.contains("..") && volumes::is_written(v) => {
+                    let p = source.join(sp);
+                    std::fs::canonicalize(&p)
+                        .map_err(io(format!("subPath {sp} of volume {}", v.name)))?
+                }
                 Some(sp) if !sp.contains("..") => {
                     let p = source.join(sp);
                     std::fs::create_dir_all(&p)
@@ -542,7 +637,7 @@ impl Host {
             out.push(Mount {
                 source,
                 destination: vm.mount_path.clone(),
-                readonly: vm.read_only.unwrap_or(false),
+                readonly,
             });
         }
         Ok(out)
@@ -646,6 +741,8 @@ impl Host {
         if let Some(st) = &st {
             let _ = std::fs::remove_dir_all(self.log_dir(&st.namespace, &st.name, uid));
         }
+        // Volume tmpfs mounts (and anything else still mounted there).
+        keelson_host::mounts::unmount_under(&dir).map_err(|e| e.to_string())?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

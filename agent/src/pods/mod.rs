@@ -2,10 +2,12 @@
 //! workers that carry the actions out, one task per pod, concurrent across
 //! pods, fed by a watch on pods bound to this node.
 
+pub mod atomic;
 pub mod host;
 pub mod plan;
 pub mod spec;
 pub mod status;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -120,6 +122,9 @@ impl Manager {
             host,
             events,
             health,
+            services: informers
+                .all::<k8s_openapi::api::core::v1::Service>()
+                .store(),
         });
         let dispatcher = tokio::spawn(dispatch(ctx, stream.boxed(), reader.clone(), by_pod));
         Ok(Self {
@@ -146,6 +151,8 @@ struct Ctx {
     host: Arc<Host>,
     events: Recorder,
     health: NodeHealth,
+    /// Services, for the containers' Service link variables.
+    services: Store<k8s_openapi::api::core::v1::Service>,
 }
 
 type PodStream = futures::stream::BoxStream<'static, Event<Pod>>;
@@ -218,6 +225,10 @@ struct Worker {
     start_time: SystemTime,
     /// A NetworkNotReady Event was posted for the current wait.
     network_event_sent: bool,
+    /// Service account tokens of the pod's projected volumes.
+    tokens: BTreeMap<volumes::TokenSpec, Token>,
+    /// When the pod's written volumes were last brought up to date.
+    volumes_synced: Option<std::time::Instant>,
 }
 
 fn now() -> SystemTime {
@@ -250,6 +261,8 @@ impl Worker {
             last_waiting: BTreeMap::new(),
             start_time: now(),
             network_event_sent: false,
+            tokens: BTreeMap::new(),
+            volumes_synced: None,
         }
     }
 
@@ -360,6 +373,7 @@ impl Worker {
             let obs = self.observe().await;
             let p = plan::plan(pod, &obs, now());
             if p.actions.is_empty() {
+                self.refresh_volumes(pod).await;
                 self.report(pod, &obs, &p).await;
                 let running = obs.containers.values().any(|h| {
                     matches!(
@@ -420,6 +434,32 @@ impl Worker {
         Step::Wait(Duration::from_millis(200))
     }
 
+    /// Brings the pod's written volumes (ConfigMap, Secret, downward API,
+    /// projected) up to date every [`VOLUME_RESYNC`] while its sandbox is
+    /// up: updates reach running containers (not subPath mounts), tokens are
+    /// renewed before they expire. A failure keeps the old files.
+    async fn refresh_volumes(&mut self, pod: &Pod) {
+        let Some(st) = self.st.clone() else { return };
+        let written = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| vs.iter().any(volumes::is_written));
+        if !written
+            || self
+                .volumes_synced
+                .is_none_or(|t| t.elapsed() < VOLUME_RESYNC)
+        {
+            return;
+        }
+        self.volumes_synced = Some(std::time::Instant::now());
+        let fields = self.ctx.host.field_values(&st);
+        let sources = fetch_sources(&self.ctx.client, pod, fields, &mut self.tokens).await;
+        if let Err(e) = self.ctx.host.setup_volumes(pod, &st, &sources).await {
+            tracing::warn!(pod = %self.uid, "refresh volumes: {}", e.message);
+        }
+    }
+
     /// Pods on the host network need no pod network; others wait for it.
     fn network_ready(&self, pod: &Pod) -> Result<(), String> {
         if spec::host_network(pod) {
@@ -454,11 +494,37 @@ impl Worker {
     async fn start_all(&mut self, pod: &Pod, starts: Vec<(String, bool, u32, u32)>) {
         let Some(st) = self.st.clone() else { return };
         let spec = pod.spec.clone().unwrap_or_default();
-        let lookups = fetch_refs(&self.ctx.client, pod).await;
-        let lookup = |kind: &str, name: &str, key: &str| {
-            lookups
-                .get(&(kind.to_string(), name.to_string(), key.to_string()))
-                .cloned()
+        let fields = self.ctx.host.field_values(&st);
+        let sources = fetch_sources(&self.ctx.client, pod, fields, &mut self.tokens).await;
+        // The pod's volumes first: every container sees the same files.
+        if let Err(e) = self.ctx.host.setup_volumes(pod, &st, &sources).await {
+            for (name, ..) in &starts {
+                self.failures.insert(
+                    name.clone(),
+                    StartFailure {
+                        kind: e.kind,
+                        message: e.message.clone(),
+                        at: now(),
+                        count: self.failures.get(name).map_or(1, |f| f.count + 1),
+                    },
+                );
+            }
+            self.ctx
+                .events
+                .pod(pod, EventType::Warning, "FailedMount", &e.message);
+            return;
+        }
+        self.volumes_synced = Some(std::time::Instant::now());
+        let services: Vec<k8s_openapi::api::core::v1::Service> = self
+            .ctx
+            .services
+            .state()
+            .iter()
+            .map(|s| (**s).clone())
+            .collect();
+        let env_src = spec::EnvSources {
+            objects: &sources,
+            services: &services,
         };
         let host = self.ctx.host.clone();
         let futs = starts.iter().map(|(name, init, attempt, streak)| {
@@ -472,7 +538,6 @@ impl Worker {
             };
             let host = host.clone();
             let st = &st;
-            let lookup = &lookup;
             let events = &self.ctx.events;
             async move {
                 let c = c?;
@@ -485,7 +550,7 @@ impl Worker {
                 );
                 let t0 = std::time::Instant::now();
                 let r = host
-                    .start_container(pod, st, c, *attempt, *streak, lookup)
+                    .start_container(pod, st, c, *attempt, *streak, env_src)
                     .await;
                 match &r {
                     Ok(_) => {
@@ -656,43 +721,124 @@ enum Step {
     Wait(Duration),
 }
 
-/// Values of configMapKeyRef / secretKeyRef env sources, fetched up front.
-async fn fetch_refs(client: &kube::Client, pod: &Pod) -> HashMap<(String, String, String), String> {
-    let mut out = HashMap::new();
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let Some(spec) = pod.spec.as_ref() else {
-        return out;
+/// How often a running pod's ConfigMap, Secret, downward API and token
+/// volumes are refreshed (the kubelet's sync period is a minute).
+pub const VOLUME_RESYNC: Duration = Duration::from_secs(10);
+
+/// A service account token a worker holds.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    issued: SystemTime,
+    expires: SystemTime,
+}
+
+impl Token {
+    /// Due for a new one (the kubelet's rule): 80 % of its life, or a day, gone.
+    fn due(&self, now: SystemTime) -> bool {
+        let life = self.expires.duration_since(self.issued).unwrap_or_default();
+        let age = now.duration_since(self.issued).unwrap_or_default();
+        age >= life.mul_f64(0.8) || age >= Duration::from_secs(24 * 3600)
+    }
+}
+
+/// Requests a bound token for the pod's service account.
+async fn request_token(
+    client: &kube::Client,
+    pod: &Pod,
+    spec: &volumes::TokenSpec,
+) -> Result<Token, String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
     };
-    for c in spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-    {
-        for e in c.env.iter().flatten() {
-            let Some(src) = &e.value_from else { continue };
-            if let Some(r) = &src.config_map_key_ref
-                && let Ok(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
-                    .get(&r.name)
-                    .await
-                && let Some(v) = cm.data.as_ref().and_then(|d| d.get(&r.key))
-            {
-                out.insert(
-                    ("configmap".into(), r.name.clone(), r.key.clone()),
-                    v.clone(),
-                );
-            }
-            if let Some(r) = &src.secret_key_ref
-                && let Ok(s) = Api::<Secret>::namespaced(client.clone(), ns)
-                    .get(&r.name)
-                    .await
-                && let Some(v) = s.data.as_ref().and_then(|d| d.get(&r.key))
-            {
-                out.insert(
-                    ("secret".into(), r.name.clone(), r.key.clone()),
-                    String::from_utf8_lossy(&v.0).into_owned(),
-                );
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: (!spec.audience.is_empty()).then(|| vec![spec.audience.clone()]),
+            expiration_seconds: Some(spec.expiration_seconds),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issued = SystemTime::now();
+    let out = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(&sa, &Default::default(), &req)
+        .await
+        .map_err(|e| format!("request a token for service account {ns}/{sa}: {e}"))?;
+    let status = out
+        .status
+        .ok_or_else(|| format!("token for service account {ns}/{sa}: no status"))?;
+    let token = status
+        .token
+        .ok_or_else(|| format!("token for service account {ns}/{sa}: none in the answer"))?;
+    let expires = match status.expiration_timestamp {
+        Some(t) => SystemTime::UNIX_EPOCH + Duration::from_secs(t.0.as_second().max(0) as u64),
+        None => issued + Duration::from_secs(spec.expiration_seconds.max(0) as u64),
+    };
+    Ok(Token {
+        value: token,
+        issued,
+        expires,
+    })
+}
+
+/// Fetches what the pod refers to (ConfigMaps, Secrets: one GET each, a
+/// missing one as None) and keeps its tokens fresh in `tokens`.
+async fn fetch_sources(
+    client: &kube::Client,
+    pod: &Pod,
+    fields: spec::FieldValues,
+    tokens: &mut BTreeMap<volumes::TokenSpec, Token>,
+) -> volumes::Sources {
+    let refs = volumes::references(pod);
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut src = volumes::Sources {
+        fields,
+        ..Default::default()
+    };
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    for name in &refs.config_maps {
+        let got = cms.get_opt(name).await.unwrap_or_else(|e| {
+            tracing::warn!(pod = ?pod.metadata.name, "get configmap {ns}/{name}: {e}");
+            None
+        });
+        src.config_maps.insert(name.clone(), got);
+    }
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    for name in &refs.secrets {
+        let got = secrets.get_opt(name).await.unwrap_or_else(|e| {
+            tracing::warn!(pod = ?pod.metadata.name, "get secret {ns}/{name}: {e}");
+            None
+        });
+        src.secrets.insert(name.clone(), got);
+    }
+    let now = SystemTime::now();
+    tokens.retain(|k, _| refs.tokens.contains(k));
+    for spec in &refs.tokens {
+        if tokens.get(spec).is_none_or(|t| t.due(now)) {
+            match request_token(client, pod, spec).await {
+                Ok(t) => {
+                    tokens.insert(spec.clone(), t);
+                }
+                Err(e) => tracing::warn!(pod = ?pod.metadata.name, "{e}"),
             }
         }
+        if let Some(t) = tokens.get(spec).filter(|t| t.expires > now) {
+            src.tokens.insert(spec.clone(), t.value.clone());
+        }
     }
-    out
+    src
 }

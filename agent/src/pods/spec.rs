@@ -98,9 +98,14 @@ pub struct FieldValues {
     pub host_ip: String,
     /// spec.nodeName.
     pub node_name: String,
+    /// The node's allocatable CPU in millicores (a limit not set reads this).
+    pub node_cpu_millis: u64,
+    /// The node's allocatable memory in bytes.
+    pub node_memory_bytes: u64,
 }
 
-fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
+/// The value of a fieldRef path (the downward API's, for env and volumes).
+pub fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     Some(match path {
@@ -128,15 +133,133 @@ fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
     })
 }
 
-/// The container's environment: image env, then the container's env in
-/// order (later wins), `$(VAR)` expanded against what came before.
-/// `lookup(kind, name, key)` resolves configMapKeyRef/secretKeyRef values.
+/// A resourceFieldRef's value (the kubelet's rules): the container's
+/// limit or request of `resource`, divided by `divisor` (default 1) and
+/// rounded up; an unset limit reads the node's allocatable amount, an unset
+/// request reads 0 (ephemeral storage: 0 unless set).
+pub fn resource_field(
+    c: &Container,
+    rf: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+    f: &FieldValues,
+) -> Result<String, String> {
+    const NANO: u64 = 1_000_000_000;
+    let res = c.resources.as_ref();
+    let (kind, name) = rf
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("resourceFieldRef: unsupported resource {:?}", rf.resource))?;
+    let map = match kind {
+        "limits" => res.and_then(|r| r.limits.as_ref()),
+        "requests" => res.and_then(|r| r.requests.as_ref()),
+        _ => {
+            return Err(format!(
+                "resourceFieldRef: unsupported resource {:?}",
+                rf.resource
+            ));
+        }
+    };
+    let set = map.and_then(|m| m.get(name)).map(|q| q.0.clone());
+    // In nano-units (of cores or bytes): exact for these magnitudes.
+    let value: i128 = match (set, kind, name) {
+        (Some(q), _, _) => keelson_runtime::cgroups::parse_quantity(&q, NANO)?,
+        (None, "limits", "cpu") => f.node_cpu_millis as i128 * 1_000_000,
+        (None, "limits", "memory") => f.node_memory_bytes as i128 * NANO as i128,
+        (None, _, "cpu" | "memory" | "ephemeral-storage") => 0,
+        (None, _, other) => {
+            return Err(format!("resourceFieldRef: unsupported resource {other:?}"));
+        }
+    };
+    let divisor = rf.divisor.as_ref().map_or("1", |d| d.0.as_str());
+    let d = keelson_runtime::cgroups::parse_quantity(divisor, NANO)?;
+    if d <= 0 {
+        return Err(format!(
+            "resourceFieldRef: divisor {divisor:?} must be positive"
+        ));
+    }
+    Ok(((value + d - 1) / d).to_string())
+}
+
+/// What a container's environment reads besides the pod and the image.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvSources<'a> {
+    /// ConfigMaps, Secrets and field values.
+    pub objects: &'a super::volumes::Sources,
+    /// Services for the link variables: those of the pod's namespace, and
+    /// the `kubernetes` Service of `default`.
+    pub services: &'a [k8s_openapi::api::core::v1::Service],
+}
+
+/// Docker-link-style variables of one Service (the kubelet's
+/// `FOO_SERVICE_HOST`, `FOO_SERVICE_PORT[_NAME]`, `FOO_PORT...`); nothing
+/// for headless or IP-less Services.
+pub fn service_link_env(svc: &k8s_openapi::api::core::v1::Service) -> Vec<(String, String)> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    else {
+        return Vec::new();
+    };
+    let name = svc
+        .metadata
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .to_uppercase()
+        .replace('-', "_");
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let Some(first) = ports.first() else {
+        return Vec::new();
+    };
+    let mut out = vec![
+        (format!("{name}_SERVICE_HOST"), ip.to_string()),
+        (format!("{name}_SERVICE_PORT"), first.port.to_string()),
+    ];
+    for p in ports {
+        if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((
+                format!(
+                    "{name}_SERVICE_PORT_{}",
+                    pn.to_uppercase().replace('-', "_")
+                ),
+                p.port.to_string(),
+            ));
+        }
+    }
+    let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        p.protocol.clone().unwrap_or_else(|| "TCP".into())
+    };
+    out.push((
+        format!("{name}_PORT"),
+        format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+    ));
+    for p in ports {
+        let pr = proto(p);
+        let base = format!("{name}_PORT_{}_{}", p.port, pr.to_uppercase());
+        out.push((
+            base.clone(),
+            format!("{}://{ip}:{}", pr.to_lowercase(), p.port),
+        ));
+        out.push((format!("{base}_PROTO"), pr.to_lowercase()));
+        out.push((format!("{base}_PORT"), p.port.to_string()));
+        out.push((format!("{base}_ADDR"), ip.to_string()));
+    }
+    out
+}
+
+/// The container's environment as the kubelet builds it: the image's env;
+/// the Service variables (`KUBERNETES_SERVICE_*` always, other Services of
+/// the namespace with `enableServiceLinks`, the default); `envFrom` in
+/// order (with `prefix`; keys that are not valid names are skipped); then
+/// `env` in order (later wins), `$(VAR)` expanded against what came before.
 pub fn env(
     pod: &Pod,
     c: &Container,
     image: &ImageConfig,
-    fields: &FieldValues,
-    lookup: &dyn Fn(&str, &str, &str) -> Option<String>,
+    src: EnvSources<'_>,
 ) -> Result<Vec<String>, SpecError> {
     let mut order: Vec<String> = Vec::new();
     let mut vals: BTreeMap<String, String> = BTreeMap::new();
@@ -150,20 +273,103 @@ pub fn env(
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(&mut order, &mut vals, k.to_string(), v.to_string());
     }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut services: Vec<&k8s_openapi::api::core::v1::Service> = src
+        .services
+        .iter()
+        .filter(|s| {
+            let sns = s.metadata.namespace.as_deref().unwrap_or("default");
+            let sname = s.metadata.name.as_deref().unwrap_or_default();
+            (links && sns == ns) || (sns == "default" && sname == "kubernetes")
+        })
+        .collect();
+    services.sort_by_key(|s| s.metadata.name.clone());
+    for svc in services {
+        for (k, v) in service_link_env(svc) {
+            set(&mut order, &mut vals, k, v);
+        }
+    }
     let err = |var: &str, reason: String| SpecError::Env {
         container: c.name.clone(),
         var: var.to_string(),
         reason,
     };
+    let objects = src.objects;
+    let cm_data = |name: &str| {
+        objects
+            .config_maps
+            .get(name)
+            .and_then(|o| o.as_ref())
+            .map(|cm| cm.data.clone().unwrap_or_default())
+    };
+    let secret_data = |name: &str| {
+        objects.secrets.get(name).and_then(|o| o.as_ref()).map(|s| {
+            s.data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                .collect::<BTreeMap<_, _>>()
+        })
+    };
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (what, data, optional) = if let Some(r) = &from.config_map_ref {
+            (
+                format!("configmap {}", r.name),
+                cm_data(&r.name),
+                r.optional,
+            )
+        } else if let Some(r) = &from.secret_ref {
+            (
+                format!("secret {}", r.name),
+                secret_data(&r.name),
+                r.optional,
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(data) => {
+                for (k, v) in data {
+                    let name = format!("{prefix}{k}");
+                    if valid_env_name(&name) {
+                        set(&mut order, &mut vals, name, v);
+                    }
+                }
+            }
+            None if optional == Some(true) => {}
+            None => return Err(err("envFrom", format!("{what} not found"))),
+        }
+    }
     for e in c.env.iter().flatten() {
-        let v = if let Some(src) = &e.value_from {
-            if let Some(fr) = &src.field_ref {
-                field_ref(pod, &fr.field_path, fields).ok_or_else(|| {
+        let v = if let Some(vf) = &e.value_from {
+            if let Some(fr) = &vf.field_ref {
+                field_ref(pod, &fr.field_path, &objects.fields).ok_or_else(|| {
                     err(&e.name, format!("unsupported fieldPath {}", fr.field_path))
                 })?
-            } else if let Some(r) = &src.config_map_key_ref {
-                match lookup("configmap", &r.name, &r.key) {
-                    Some(v) => v,
+            } else if let Some(rf) = &vf.resource_field_ref {
+                let target = match rf.container_name.as_deref().filter(|n| !n.is_empty()) {
+                    None => c,
+                    Some(n) => pod
+                        .spec
+                        .iter()
+                        .flat_map(|s| {
+                            s.containers
+                                .iter()
+                                .chain(s.init_containers.iter().flatten())
+                        })
+                        .find(|x| x.name == n)
+                        .ok_or_else(|| err(&e.name, format!("no container {n:?}")))?,
+                };
+                resource_field(target, rf, &objects.fields).map_err(|r| err(&e.name, r))?
+            } else if let Some(r) = &vf.config_map_key_ref {
+                match cm_data(&r.name).as_ref().and_then(|d| d.get(&r.key)) {
+                    Some(v) => v.clone(),
                     None if r.optional == Some(true) => continue,
                     None => {
                         return Err(err(
@@ -172,9 +378,9 @@ pub fn env(
                         ));
                     }
                 }
-            } else if let Some(r) = &src.secret_key_ref {
-                match lookup("secret", &r.name, &r.key) {
-                    Some(v) => v,
+            } else if let Some(r) = &vf.secret_key_ref {
+                match secret_data(&r.name).as_ref().and_then(|d| d.get(&r.key)) {
+                    Some(v) => v.clone(),
                     None if r.optional == Some(true) => continue,
                     None => {
                         return Err(err(
@@ -195,6 +401,15 @@ pub fn env(
         .iter()
         .map(|k| format!("{k}={}", vals.get(k).cloned().unwrap_or_default()))
         .collect())
+}
+
+/// A name `envFrom` may define (C identifier-ish, as the API validates:
+/// letters, digits, `_`, `-`, `.`, not starting with a digit).
+fn valid_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 /// The env as a map (for `$(VAR)` in command and args).
@@ -273,7 +488,9 @@ pub fn hosts_file(pod_ip: Option<&str>, hostname: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::volumes::Sources;
     use super::*;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
     use serde_json::json;
 
     fn container(v: serde_json::Value) -> Container {
@@ -330,12 +547,23 @@ mod tests {
             {"name":"APP","valueFrom":{"fieldRef":{"fieldPath":"metadata.labels['app']"}}},
             {"name":"CM","valueFrom":{"configMapKeyRef":{"name":"cm","key":"k"}}},
         ]}));
-        let f = FieldValues {
-            pod_ip: "10.0.0.9".into(),
+        let mut objects = Sources {
+            fields: FieldValues {
+                pod_ip: "10.0.0.9".into(),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        let lookup = |kind: &str, name: &str, key: &str| Some(format!("{kind}/{name}/{key}"));
-        let got = env(&pod, &c, &image(), &f, &lookup).unwrap();
+        let cm = ConfigMap {
+            data: Some([("k".to_string(), "configmap/cm/k".to_string())].into()),
+            ..Default::default()
+        };
+        objects.config_maps.insert("cm".into(), Some(cm));
+        let src = EnvSources {
+            objects: &objects,
+            services: &[],
+        };
+        let got = env(&pod, &c, &image(), src).unwrap();
         assert_eq!(
             got,
             vec![
@@ -351,13 +579,96 @@ mod tests {
         let bad = container(
             json!({"name":"a","env":[{"name":"S","valueFrom":{"secretKeyRef":{"name":"s","key":"k"}}}]}),
         );
-        let none = |_: &str, _: &str, _: &str| None;
         assert!(
-            env(&pod, &bad, &image(), &f, &none)
+            env(&pod, &bad, &image(), src)
                 .unwrap_err()
                 .to_string()
                 .contains("secret s key k not found")
         );
+    }
+
+    #[test]
+    fn env_from_resource_fields_and_service_links() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [{"name": "a",
+                "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "250m"}}}]}
+        }))
+        .unwrap();
+        let c = container(json!({"name":"a",
+        "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "250m"}},
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"},
+                    {"secretRef": {"name": "gone", "optional": true}}],
+        "env": [
+            {"name":"MEM","valueFrom":{"resourceFieldRef":{"resource":"limits.memory","divisor":"1Mi"}}},
+            {"name":"CPU_REQ","valueFrom":{"resourceFieldRef":{"resource":"requests.cpu","divisor":"1m"}}},
+            {"name":"CPU_LIM","valueFrom":{"resourceFieldRef":{"resource":"limits.cpu"}}},
+            {"name":"CFG_A","value":"$(CFG_A)!"},
+        ]}));
+        let mut objects = Sources {
+            fields: FieldValues {
+                node_cpu_millis: 2000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cm = ConfigMap {
+            data: Some(
+                [("A", "1"), ("9ok", "x"), ("bad key", "y")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        objects.config_maps.insert("cfg".into(), Some(cm));
+        objects.secrets.insert("gone".into(), None);
+        let svc = |ns: &str, name: &str, ip: &str| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}))
+            .unwrap()
+        };
+        let services = [
+            svc("default", "kubernetes", "10.96.0.1"),
+            svc("ns", "web-api", "10.96.0.7"),
+            svc("ns", "headless", "None"),
+            svc("other", "elsewhere", "10.96.0.9"),
+        ];
+        let src = EnvSources {
+            objects: &objects,
+            services: &services,
+        };
+        let got = env_map(&env(&pod, &c, &image(), src).unwrap());
+        assert_eq!(got["CFG_A"], "1!");
+        // The name checked is the prefixed one (the kubelet's rule).
+        assert_eq!(got["CFG_9ok"], "x");
+        assert!(!got.keys().any(|k| k.contains(' ')));
+        assert_eq!(got["MEM"], "128");
+        assert_eq!(got["CPU_REQ"], "250");
+        // No CPU limit: the node's allocatable, in whole cores rounded up.
+        assert_eq!(got["CPU_LIM"], "2");
+        assert_eq!(got["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert_eq!(got["KUBERNETES_SERVICE_PORT"], "80");
+        assert_eq!(got["WEB_API_SERVICE_HOST"], "10.96.0.7");
+        assert_eq!(got["WEB_API_SERVICE_PORT_HTTP"], "80");
+        assert_eq!(got["WEB_API_PORT"], "tcp://10.96.0.7:80");
+        assert_eq!(got["WEB_API_PORT_80_TCP_ADDR"], "10.96.0.7");
+        assert!(!got.contains_key("HEADLESS_SERVICE_HOST"));
+        assert!(!got.contains_key("ELSEWHERE_SERVICE_HOST"));
+        // enableServiceLinks: false keeps only the API server's.
+        let mut quiet = pod.clone();
+        quiet.spec.as_mut().unwrap().enable_service_links = Some(false);
+        let got = env_map(&env(&quiet, &c, &image(), src).unwrap());
+        assert!(got.contains_key("KUBERNETES_SERVICE_HOST"));
+        assert!(!got.contains_key("WEB_API_SERVICE_HOST"));
+        // A required envFrom source that is missing is an error naming it.
+        let mut strict = c.clone();
+        strict.env_from.as_mut().unwrap()[1]
+            .secret_ref
+            .as_mut()
+            .unwrap()
+            .optional = None;
+        let e = env(&pod, &strict, &image(), src).unwrap_err().to_string();
+        assert!(e.contains("secret gone not found"), "{e}");
     }
 
     #[test]

@@ -58,6 +58,21 @@ pub fn apply(rt: &ResourceType, v: &mut Value) {
         ("", "Secret") => {
             if let Some(m) = obj(v) {
                 set_default(m, "type", json!("Opaque"));
+                // stringData is write-only: its keys go into data (base64),
+                // over data's, as kube-apiserver stores them.
+                if let Some(Value::Object(sd)) = m.remove("stringData") {
+                    use base64::Engine as _;
+                    let data = child(m, "data");
+                    if let Some(d) = obj(data) {
+                        for (k, val) in sd {
+                            let text = val.as_str().unwrap_or_default();
+                            d.insert(
+                                k,
+                                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                            );
+                        }
+                    }
+                }
             }
         }
         ("apps", "Deployment") => {
@@ -268,6 +283,20 @@ mod tests {
         assert!(image_is_latest("localhost:5000/busybox"));
         assert!(!image_is_latest("localhost:5000/busybox:1.36"));
         assert!(!image_is_latest("busybox@sha256:abc"));
+    }
+
+    #[test]
+    fn secret_string_data_goes_into_data() {
+        let rt = crate::api::resources::find("", "v1", "secrets").expect("secrets");
+        let mut v = json!({"metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "b": "plain"}});
+        apply(rt, &mut v);
+        assert_eq!(v["type"], "Opaque");
+        assert!(v.get("stringData").is_none());
+        assert_eq!(v["data"]["a"], "bmV3");
+        assert_eq!(v["data"]["b"], "cGxhaW4=");
+        assert_eq!(v["data"]["keep"], "eA==");
     }
 
     #[test]

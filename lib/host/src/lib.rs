@@ -5,10 +5,12 @@
 //!   provides it, and one lookup that fails with that package's name.
 //! - [`netlink`]: a small synchronous rtnetlink client (links, addresses,
 //!   routes).
+//! - [`mounts`]: tmpfs mounts and unmounting what is left under a directory.
 //!
 //! `unsafe` is denied (workspace lint); nothing here needs it.
 
 #![forbid(unsafe_code)]
 
+pub mod mounts;
 pub mod netlink;
 pub mod tools;

@@ -1,0 +1,174 @@
+//! Real workloads on a real cluster (one `keelson server`, agents in their
+//! own network namespaces, the nftables Service proxy): ConfigMap and Secret
+//! volumes, updates reaching running pods, the environment the kubelet
+//! builds.
+//!
+//! Needs root; skips (or fails under KEELSON_REQUIRE_ALL=1) otherwise.
+
+use std::time::{Duration, Instant};
+
+use keelson_e2e::multinode::{Cluster, can_run};
+
+#[test]
+fn configmap_and_secret_volumes_serve_and_follow_updates_without_a_restart() {
+    if !can_run("configmap_and_secret_volumes_serve_and_follow_updates_without_a_restart") {
+        return;
+    }
+    let started = Instant::now();
+    let c = Cluster::start(1, &[]);
+    let node = &c.nodes[0];
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: site}}
+data:
+  index.html: "version one"
+  greeting: "hello"
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData:
+  password: "s3cret"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: {image}
+        command: ["sh", "-c", "exec httpd -f -p 80 -h /www"]
+        env:
+        - name: PASSWORD
+          valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
+        envFrom:
+        - configMapRef: {{name: site}}
+          prefix: SITE_
+        volumeMounts:
+        - {{name: site, mountPath: /www}}
+        - {{name: creds, mountPath: /etc/creds}}
+        - {{name: scratch, mountPath: /scratch}}
+      volumes:
+      - name: site
+        configMap: {{name: site}}
+      - name: creds
+        secret: {{secretName: creds, defaultMode: 0400}}
+      - name: scratch
+        emptyDir: {{medium: Memory, sizeLimit: 1Mi}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80}}]
+"#,
+        image = c.busybox()
+    ));
+    let mut pods = Vec::new();
+    c.wait_until("the web pod Running", Duration::from_secs(90), || {
+        pods = c.running_pods("web");
+        pods.len() == 1
+    });
+    let pod = pods[0].0.clone();
+    let vip = c
+        .kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .trim()
+        .to_string();
+    let get = || {
+        let out = node.exec(&["curl", "-s", "--max-time", "5", &format!("http://{vip}/")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    c.wait_until(
+        "the page from the ConfigMap",
+        Duration::from_secs(30),
+        || get() == "version one",
+    );
+    let pid = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "^httpd -f -p 80 -h /www$"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pid_before = pid();
+    assert!(!pid_before.is_empty());
+    let in_pod = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid_before, "-m", "-r", "-w"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The Secret's file, with its mode, on a tmpfs; the env from both.
+    assert_eq!(in_pod(&["cat", "/etc/creds/password"]).1, "s3cret");
+    let (_, mode) = in_pod(&["stat", "-L", "-c", "%a", "/etc/creds/password"]);
+    assert_eq!(mode.trim(), "400");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid_before}/mounts")).unwrap();
+    let fs_of = |path: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(path))
+            .and_then(|l| l.split(' ').nth(2))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(fs_of("/etc/creds"), "tmpfs", "{mounts}");
+    assert_eq!(fs_of("/scratch"), "tmpfs", "{mounts}");
+    let environ = std::fs::read(format!("/proc/{pid_before}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("PASSWORD=s3cret"), "{environ}");
+    // (The shell that starts httpd drops names like SITE_index.html.)
+    assert!(environ.contains("SITE_greeting=hello"), "{environ}");
+    assert!(environ.contains("WEB_SERVICE_HOST="), "{environ}");
+    assert!(environ.contains("KUBERNETES_SERVICE_HOST="), "{environ}");
+    // Read-only, as the kubelet mounts API data.
+    assert!(!in_pod(&["touch", "/www/x"]).0);
+    // The Memory emptyDir is bounded by its sizeLimit.
+    assert!(
+        !in_pod(&[
+            "dd",
+            "if=/dev/zero",
+            "of=/scratch/big",
+            "bs=1024",
+            "count=2048"
+        ])
+        .0
+    );
+
+    // Edit the ConfigMap: the page changes within 60 s, same process.
+    c.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "site",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"index.html":"version two"}}"#,
+    ]);
+    let edited = Instant::now();
+    c.wait_until("the edited page", Duration::from_secs(60), || {
+        get() == "version two"
+    });
+    println!("ConfigMap edit reached the pod in {:?}", edited.elapsed());
+    assert_eq!(pid(), pid_before, "the container was restarted");
+    let restarts = c.kubectl_ok(&[
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(restarts.trim(), "0");
+    println!("wall time: {:?}", started.elapsed());
+}
