@@ -172,3 +172,64 @@ spec:
     assert_eq!(restarts.trim(), "0");
     println!("wall time: {:?}", started.elapsed());
 }
+
+#[test]
+fn a_host_network_pod_listens_on_the_nodes_address() {
+    if !can_run("a_host_network_pod_listens_on_the_nodes_address") {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let node = &c.nodes[0];
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet}}
+spec:
+  nodeName: {node}
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  hostAliases:
+  - ip: 10.9.9.9
+    hostnames: [db.example]
+  containers:
+  - name: httpd
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /srv/hostnet && hostname > /srv/hostnet/index.html && exec httpd -f -p 18080 -h /srv/hostnet"]
+"#,
+        node = node.name,
+        image = c.busybox()
+    ));
+    c.wait_until(
+        "the hostNetwork pod Running",
+        Duration::from_secs(60),
+        || c.kubectl_ok(&["get", "pod", "hostnet", "-o", "jsonpath={.status.phase}"]) == "Running",
+    );
+    let pod_ip = c.kubectl_ok(&["get", "pod", "hostnet", "-o", "jsonpath={.status.podIP}"]);
+    assert_eq!(pod_ip.trim(), node.ip.to_string());
+    // Reached from outside the node, on the node's address.
+    let url = format!("http://{}:18080/", node.ip);
+    let mut body = None;
+    c.wait_until(
+        "the pod answers on the node's address",
+        Duration::from_secs(20),
+        || {
+            body = c.curl_from_client(&url);
+            body.is_some()
+        },
+    );
+    // Its hostname is the node's (the node's UTS namespace too).
+    let node_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(body.unwrap().trim(), node_hostname.trim());
+    // hostAliases reach its /etc/hosts.
+    let pid = std::process::Command::new("pgrep")
+        .args(["-f", "^httpd -f -p 18080 -h /srv/hostnet$"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-r", "-w", "cat", "/etc/hosts"])
+        .output()
+        .unwrap();
+    let hosts = String::from_utf8_lossy(&out.stdout);
+    assert!(hosts.contains("10.9.9.9\tdb.example"), "{hosts}");
+}

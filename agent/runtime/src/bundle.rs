@@ -277,13 +277,23 @@ pub fn spec(c: &ContainerConfig) -> Result<Spec, RuntimeError> {
         }
         b.build()
     };
-    let namespaces = vec![
-        ns(LinuxNamespaceType::Pid, Path::new("")).map_err(&e)?,
-        ns(LinuxNamespaceType::Network, &c.sandbox.netns).map_err(&e)?,
-        ns(LinuxNamespaceType::Ipc, &c.sandbox.ipcns).map_err(&e)?,
-        ns(LinuxNamespaceType::Uts, &c.sandbox.utsns).map_err(&e)?,
-        ns(LinuxNamespaceType::Mount, Path::new("")).map_err(&e)?,
-    ];
+    // A namespace the pod shares with the node gets no entry: the container
+    // stays in the runtime's (the node's) namespace of that kind.
+    let host = c.sandbox.host;
+    let mut namespaces = Vec::new();
+    if !host.pid {
+        namespaces.push(ns(LinuxNamespaceType::Pid, Path::new("")).map_err(&e)?);
+    }
+    if !host.network {
+        namespaces.push(ns(LinuxNamespaceType::Network, &c.sandbox.netns).map_err(&e)?);
+    }
+    if !host.ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, &c.sandbox.ipcns).map_err(&e)?);
+    }
+    if !host.network {
+        namespaces.push(ns(LinuxNamespaceType::Uts, &c.sandbox.utsns).map_err(&e)?);
+    }
+    namespaces.push(ns(LinuxNamespaceType::Mount, Path::new("")).map_err(&e)?);
 
     let r = &c.resources;
     let mut cpu = LinuxCpuBuilder::default();
@@ -343,14 +353,15 @@ pub fn spec(c: &ContainerConfig) -> Result<Spec, RuntimeError> {
         )
         .mounts(mounts)
         .linux(linux.build().map_err(&e)?);
-    if !c.hostname.is_empty() {
+    // In the node's UTS namespace the hostname is the node's: none to set.
+    if !c.hostname.is_empty() && !c.sandbox.host.network {
         spec = spec.hostname(c.hostname.clone());
     }
     let mut spec = spec.build().map_err(&e)?;
     // oci-spec's defaults are youki's example config: no hostname (the
     // runtime would overwrite the sandbox's), no rlimits (inherit, like
     // containerd), no empty annotations.
-    if c.hostname.is_empty() {
+    if c.hostname.is_empty() || c.sandbox.host.network {
         spec.set_hostname(None);
     }
     spec.set_annotations(None);
@@ -393,6 +404,7 @@ mod tests {
                 netns: "/run/sb/u/net".into(),
                 ipcns: "/run/sb/u/ipc".into(),
                 utsns: "/run/sb/u/uts".into(),
+                host: Default::default(),
             },
             cgroups_path: "/kubepods/burstable/podu/c1".into(),
             resources: Resources {
@@ -555,6 +567,28 @@ mod tests {
         c.cap_add = vec!["NOPE".into()];
         c.cap_drop = vec![];
         assert!(spec(&c).is_err());
+    }
+
+    #[test]
+    fn host_namespaces_get_no_entry() {
+        let mut c = base();
+        c.sandbox.host = crate::sandbox::HostNamespaces {
+            network: true,
+            ipc: false,
+            pid: true,
+        };
+        let j = json(&c);
+        let kinds: Vec<&str> = j["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        // No network, UTS or PID namespace of its own: the node's.
+        assert_eq!(kinds, ["ipc", "mount"]);
+        // The hostname is the node's too: none set, though one is given.
+        assert!(!c.hostname.is_empty());
+        assert!(json(&c).get("hostname").is_none());
     }
 
     #[test]

@@ -24,6 +24,24 @@ pub struct Sandbox {
     pub ipcns: PathBuf,
     /// Bind-mounted UTS namespace.
     pub utsns: PathBuf,
+    /// The node's namespaces the pod shares instead of its own.
+    pub host: HostNamespaces,
+}
+
+/// The node's namespaces a pod shares (`hostNetwork`, `hostIPC`,
+/// `hostPID`): its containers get none of their own for these. A
+/// host-network pod shares the node's UTS namespace (its hostname) too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostNamespaces {
+    /// The node's network (and UTS) namespace.
+    #[serde(default)]
+    pub network: bool,
+    /// The node's IPC namespace.
+    #[serde(default)]
+    pub ipc: bool,
+    /// The node's PID namespace.
+    #[serde(default)]
+    pub pid: bool,
 }
 
 const KINDS: [&str; 3] = ["net", "ipc", "uts"];
@@ -35,6 +53,7 @@ pub fn paths(run_dir: &Path, pod_uid: &str) -> Sandbox {
         netns: d.join("net"),
         ipcns: d.join("ipc"),
         utsns: d.join("uts"),
+        host: HostNamespaces::default(),
     }
 }
 
@@ -124,16 +143,57 @@ pub fn release_run_dir(run_dir: &Path) -> Result<(), RuntimeError> {
 /// up) and holds them under `run_dir/<uid>/`. Idempotent: an existing
 /// sandbox is returned as is.
 pub fn create(run_dir: &Path, pod_uid: &str, hostname: &str) -> Result<Sandbox, RuntimeError> {
+    create_with(run_dir, pod_uid, hostname, HostNamespaces::default())
+}
+
+/// [`create`], sharing the node's namespaces `host` names: those get no
+/// file (an empty path) and no namespace of their own.
+pub fn create_with(
+    run_dir: &Path,
+    pod_uid: &str,
+    hostname: &str,
+    host_ns: HostNamespaces,
+) -> Result<Sandbox, RuntimeError> {
     if pod_uid.is_empty() || pod_uid.contains('/') || pod_uid.starts_with('.') {
         return Err(failed(format!(
             "create sandbox {pod_uid:?}: invalid pod uid"
         )));
     }
-    let sb = paths(run_dir, pod_uid);
-    if [&sb.netns, &sb.ipcns, &sb.utsns]
-        .iter()
-        .all(|f| is_mounted(f))
-    {
+    let mut sb = paths(run_dir, pod_uid);
+    sb.host = host_ns;
+    // (kind, file, clone flag) of the namespaces the pod gets of its own.
+    let own: Vec<(&str, PathBuf, CloneFlags)> = [
+        (
+            "net",
+            sb.netns.clone(),
+            CloneFlags::CLONE_NEWNET,
+            host_ns.network,
+        ),
+        (
+            "ipc",
+            sb.ipcns.clone(),
+            CloneFlags::CLONE_NEWIPC,
+            host_ns.ipc,
+        ),
+        (
+            "uts",
+            sb.utsns.clone(),
+            CloneFlags::CLONE_NEWUTS,
+            host_ns.network,
+        ),
+    ]
+    .into_iter()
+    .filter(|(.., shared)| !shared)
+    .map(|(k, f, c, _)| (k, f, c))
+    .collect();
+    if host_ns.network {
+        sb.netns = PathBuf::new();
+        sb.utsns = PathBuf::new();
+    }
+    if host_ns.ipc {
+        sb.ipcns = PathBuf::new();
+    }
+    if own.iter().all(|(_, f, _)| is_mounted(f)) {
         return Ok(sb);
     }
     prepare_run_dir(run_dir)?;
@@ -143,31 +203,38 @@ pub fn create(run_dir: &Path, pod_uid: &str, hostname: &str) -> Result<Sandbox, 
         err,
     })?;
     // A half-made sandbox from an earlier crash: start over.
-    for kind in KINDS {
-        let f = dir.join(kind);
-        if is_mounted(&f) {
-            let _ = umount2(&f, MntFlags::MNT_DETACH);
+    for (_, f, _) in &own {
+        if is_mounted(f) {
+            let _ = umount2(f, MntFlags::MNT_DETACH);
         }
-        std::fs::write(&f, b"").map_err(|err| RuntimeError::Io {
+        std::fs::write(f, b"").map_err(|err| RuntimeError::Io {
             op: format!("create {}", f.display()),
             err,
         })?;
     }
-    let host = hostname.to_string();
-    let files = sb.clone();
+    if own.is_empty() {
+        return Ok(sb);
+    }
+    let host = if host_ns.network {
+        String::new()
+    } else {
+        hostname.to_string()
+    };
+    let flags = own.iter().fold(CloneFlags::empty(), |a, (_, _, c)| a | *c);
+    let new_net = !host_ns.network;
     let uid = pod_uid.to_string();
     // The namespaces are created on a thread of their own, which exits
     // afterwards: never on a tokio worker or the caller's thread.
     let res = std::thread::Builder::new()
         .name("keelson-sandbox".into())
         .spawn(move || -> Result<(), RuntimeError> {
-            unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+            unshare(flags)
                 .map_err(|e| failed(format!("unshare namespaces for sandbox {uid}: {e}")))?;
             if !host.is_empty() {
                 nix::unistd::sethostname(&host)
                     .map_err(|e| failed(format!("set hostname {host:?} in sandbox {uid}: {e}")))?;
             }
-            for (kind, target) in KINDS.iter().zip([&files.netns, &files.ipcns, &files.utsns]) {
+            for (kind, target, _) in &own {
                 let src = format!("/proc/thread-self/ns/{kind}");
                 mount(
                     Some(src.as_str()),
@@ -178,12 +245,14 @@ pub fn create(run_dir: &Path, pod_uid: &str, hostname: &str) -> Result<Sandbox, 
                 )
                 .map_err(|e| failed(format!("bind mount {src} onto {}: {e}", target.display())))?;
             }
-            // A netlink socket opened on this thread lives in the new netns.
-            let nl = keelson_host::netlink::Socket::new()
-                .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
-            nl.link_index("lo")
-                .and_then(|lo| nl.set_up(lo, "lo", None))
-                .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
+            if new_net {
+                // A netlink socket opened on this thread lives in the new netns.
+                let nl = keelson_host::netlink::Socket::new()
+                    .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
+                nl.link_index("lo")
+                    .and_then(|lo| nl.set_up(lo, "lo", None))
+                    .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
+            }
             Ok(())
         })
         .map_err(|err| RuntimeError::Io {

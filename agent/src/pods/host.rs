@@ -84,6 +84,9 @@ pub struct PodState {
     pub ipcns: PathBuf,
     /// UTS namespace file.
     pub utsns: PathBuf,
+    /// The node's namespaces the pod shares (hostNetwork, hostIPC, hostPID).
+    #[serde(default)]
+    pub host_namespaces: sandbox::HostNamespaces,
     /// The CNI attachment.
     pub attachment: Option<Attachment>,
     /// The CNI ADD result (prevResult for DEL).
@@ -237,12 +240,18 @@ impl Host {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let hostname = pod
-            .spec
+        let domain = self
+            .cfg
+            .cluster_dns
             .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .unwrap_or_else(|| name.clone());
-        let hostname: String = hostname.chars().take(63).collect();
+            .map_or("cluster.local", |d| d.domain.as_str());
+        let hostname = spec::pod_hostname(pod, domain);
+        let pod_spec = pod.spec.as_ref();
+        let host_ns = sandbox::HostNamespaces {
+            network: spec::host_network(pod),
+            ipc: pod_spec.and_then(|s| s.host_ipc).unwrap_or(false),
+            pid: pod_spec.and_then(|s| s.host_pid).unwrap_or(false),
+        };
         let dir = self.pod_dir(&uid);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let qos = cgroups::qos_class(pod);
@@ -253,10 +262,11 @@ impl Host {
             .map_err(|e| format!("create pod cgroup: {e}"))?;
         let sb_dir = self.sandbox_dir();
         let (u2, h2) = (uid.clone(), hostname.clone());
-        let sb = tokio::task::spawn_blocking(move || sandbox::create(&sb_dir, &u2, &h2))
-            .await
-            .map_err(|e| format!("create sandbox: {e}"))?
-            .map_err(|e| format!("create sandbox: {e}"))?;
+        let sb =
+            tokio::task::spawn_blocking(move || sandbox::create_with(&sb_dir, &u2, &h2, host_ns))
+                .await
+                .map_err(|e| format!("create sandbox: {e}"))?
+                .map_err(|e| format!("create sandbox: {e}"))?;
         let mut st = PodState {
             uid: uid.clone(),
             namespace: ns.clone(),
@@ -266,6 +276,7 @@ impl Host {
             netns: sb.netns.clone(),
             ipcns: sb.ipcns.clone(),
             utsns: sb.utsns.clone(),
+            host_namespaces: sb.host,
             ..Default::default()
         };
         if spec::host_network(pod) {
@@ -298,9 +309,29 @@ impl Host {
             }
         }
         let ip = st.pod_ips.first().map(|i| i.to_string());
+        let node_hosts = host_ns
+            .network
+            .then(|| std::fs::read_to_string("/etc/hosts").unwrap_or_default());
+        let node_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let files = [
-            ("hosts", spec::hosts_file(ip.as_deref(), &hostname)),
-            ("hostname", format!("{hostname}\n")),
+            (
+                "hosts",
+                spec::pod_hosts_file(pod, ip.as_deref(), &hostname, domain, node_hosts.as_deref()),
+            ),
+            (
+                "hostname",
+                format!(
+                    "{}\n",
+                    if host_ns.network {
+                        &node_hostname
+                    } else {
+                        &hostname
+                    }
+                ),
+            ),
             (
                 "resolv.conf",
                 spec::resolv_conf(
@@ -520,6 +551,7 @@ impl Host {
                 netns: st.netns.clone(),
                 ipcns: st.ipcns.clone(),
                 utsns: st.utsns.clone(),
+                host: st.host_namespaces,
             },
             cgroups_path: cgroups::container_cgroups_path(&st.cgroup_parent, &id),
             resources: cgroups::container_resources(c),

@@ -331,7 +331,13 @@ impl Worker {
             }
             *list = keep;
         }
-        let sandbox_ready = self.st.as_ref().is_some_and(|s| s.netns.exists());
+        // Ready: every namespace the pod holds of its own is there (a
+        // host-network pod has no network namespace file).
+        let sandbox_ready = self.st.as_ref().is_some_and(|s| {
+            [&s.netns, &s.ipcns, &s.utsns]
+                .iter()
+                .all(|f| f.as_os_str().is_empty() || f.exists())
+        });
         let mut containers = BTreeMap::new();
         for (name, list) in &self.known {
             containers.insert(

@@ -486,6 +486,79 @@ pub fn hosts_file(pod_ip: Option<&str>, hostname: &str) -> String {
     s
 }
 
+/// The pod's fully qualified name when it has one (`hostname.subdomain.
+/// namespace.svc.domain`, only with a subdomain), as the kubelet names it.
+pub fn pod_fqdn(pod: &Pod, hostname: &str, domain: &str) -> Option<String> {
+    let sub = pod
+        .spec
+        .as_ref()?
+        .subdomain
+        .as_deref()
+        .filter(|s| !s.is_empty())?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    Some(format!("{hostname}.{sub}.{ns}.svc.{domain}"))
+}
+
+/// The pod's hostname: `spec.hostname` or its name (63 characters at most);
+/// with `setHostnameAsFQDN` and a subdomain, its FQDN (64 at most).
+pub fn pod_hostname(pod: &Pod, domain: &str) -> String {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let short: String = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or(name)
+        .chars()
+        .take(63)
+        .collect();
+    let fqdn_wanted = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.set_hostname_as_fqdn)
+        .unwrap_or(false);
+    match pod_fqdn(pod, &short, domain) {
+        Some(f) if fqdn_wanted => f.chars().take(64).collect(),
+        _ => short,
+    }
+}
+
+/// The pod's /etc/hosts as the kubelet writes it: the managed header and
+/// the pod's own line (FQDN first when it has one) for a pod network; the
+/// node's /etc/hosts (`node_hosts`) for a host-network pod; then the
+/// `hostAliases`.
+pub fn pod_hosts_file(
+    pod: &Pod,
+    pod_ip: Option<&str>,
+    hostname: &str,
+    domain: &str,
+    node_hosts: Option<&str>,
+) -> String {
+    let short = hostname.split('.').next().unwrap_or(hostname);
+    let mut s = match node_hosts {
+        Some(h) => {
+            let mut h = h.to_string();
+            if !h.ends_with('\n') && !h.is_empty() {
+                h.push('\n');
+            }
+            h
+        }
+        None => match pod_fqdn(pod, short, domain) {
+            Some(fqdn) => hosts_file(pod_ip, &format!("{fqdn}\t{short}")),
+            None => hosts_file(pod_ip, short),
+        },
+    };
+    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.as_ref());
+    if let Some(aliases) = aliases.filter(|a| !a.is_empty()) {
+        s.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            let names = a.hostnames.as_deref().unwrap_or_default().join("\t");
+            s.push_str(&format!("{}\t{names}\n", a.ip));
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::volumes::Sources;
@@ -700,6 +773,35 @@ mod tests {
             user(&plain, &container(json!({"name":"a"})), &img, &pw),
             (65534, 65534)
         );
+    }
+
+    #[test]
+    fn hosts_aliases_fqdn_and_host_network() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {"containers": [], "subdomain": "web", "setHostnameAsFQDN": true,
+                     "hostAliases": [{"ip": "10.9.9.9", "hostnames": ["db", "db.local"]}]}
+        }))
+        .unwrap();
+        let host = pod_hostname(&pod, "cluster.local");
+        assert_eq!(host, "web-0.web.shop.svc.cluster.local");
+        let h = pod_hosts_file(&pod, Some("10.1.0.3"), &host, "cluster.local", None);
+        assert!(
+            h.contains("10.1.0.3\tweb-0.web.shop.svc.cluster.local\tweb-0\n"),
+            "{h}"
+        );
+        assert!(
+            h.ends_with("# Entries added by HostAliases.\n10.9.9.9\tdb\tdb.local\n"),
+            "{h}"
+        );
+        // A host-network pod starts from the node's file.
+        let h = pod_hosts_file(&pod, None, &host, "cluster.local", Some("127.0.0.1 node"));
+        assert!(h.starts_with("127.0.0.1 node\n"), "{h}");
+        assert!(h.contains("10.9.9.9\tdb"));
+        // Without setHostnameAsFQDN the hostname stays short.
+        let mut short = pod.clone();
+        short.spec.as_mut().unwrap().set_hostname_as_fqdn = None;
+        assert_eq!(pod_hostname(&short, "cluster.local"), "web-0");
     }
 
     #[test]
