@@ -697,8 +697,7 @@ async fn env_with(test: &str, network: keelson_e2e::agent::Network) -> Option<En
     if !can_run(test) {
         return None;
     }
-    let cni = keelson_e2e::keelson_bin().with_file_name("keelson-cni");
-    if !keelson_e2e::require_or_skip(cni.is_file(), &format!("{} not built", cni.display())) {
+    if !keelson_e2e::needs(test).workspace_bin("keelson-cni").ok() {
         return None;
     }
     let reg = Registry::with_test_images_or_skip()?;

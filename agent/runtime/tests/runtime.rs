@@ -15,28 +15,15 @@ use keelson_runtime::{
 const RUNC: &str = "/usr/sbin/runc";
 const SHIM: &str = env!("CARGO_BIN_EXE_keelson-runtime-shim");
 
+/// Root, runc, busybox-static and cgroupfs, by the test kit's rule (a skip,
+/// or a failure under KEELSON_REQUIRE_ALL=1).
 fn can_run() -> bool {
-    let missing = if !nix::unistd::Uid::effective().is_root() {
-        Some("not root")
-    } else if !Path::new(RUNC).exists() {
-        Some("runc missing at /usr/sbin/runc")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("/bin/busybox (busybox-static) missing")
-    } else if !Path::new("/sys/fs/cgroup").exists() {
-        Some("no /sys/fs/cgroup")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("KEELSON_REQUIRE_ALL").as_deref() == Ok("1") => {
-            panic!("KEELSON_REQUIRE_ALL=1 but cannot run: {why}")
-        }
-        Some(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    keelson_e2e::needs("keelson-runtime real-kernel tests")
+        .root()
+        .tool(RUNC)
+        .path("/bin/busybox", "busybox-static")
+        .path("/sys/fs/cgroup", "cgroupfs")
+        .ok()
 }
 
 fn rand_suffix() -> String {
@@ -566,15 +553,6 @@ async fn agent_child_helper() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
-/// Kills a child process on drop.
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_survives_agent_kill() {
     if !can_run() {
@@ -598,7 +576,7 @@ async fn shim_survives_agent_kill() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = keelson_e2e::Proc(child);
     let stdout = child.0.stdout.take().unwrap();
     let pid: u32 = tokio::task::spawn_blocking(move || {
         for line in std::io::BufReader::new(stdout).lines() {
