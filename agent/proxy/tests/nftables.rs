@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use keelson_e2e::ServerProcess;
+use keelson_e2e::{ServerProcess, wait_for};
 use kube::Api;
 use kube::api::DeleteParams;
 
@@ -242,8 +242,10 @@ async fn clusterip_tcp_udp_removal_and_reject() {
     let again = topo.client(&["udp", &format!("{vip}:53"), "3", "41000"]);
     assert!(again.iter().all(|l| l.starts_with(&pinned)), "{again:?}");
 
-    // ...until that backend leaves the slice: then new TCP connections and
-    // the same UDP flow (stale conntrack entry flushed) go elsewhere, within 1 s.
+    // ...until that backend leaves the slice: once the table no longer
+    // holds it (waited for, not guessed), new TCP connections go elsewhere,
+    // and so does the same UDP flow once its stale conntrack entry is
+    // flushed (polled: the flush follows the table change).
     let idx: usize = pinned[1..].parse().unwrap();
     let remaining: Vec<&str> = BACKEND_IPS
         .iter()
@@ -261,23 +263,49 @@ async fn clusterip_tcp_udp_removal_and_reject() {
         ),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let removed_ip = BACKEND_IPS[idx];
+    let removed = Instant::now();
+    wait_for(
+        &format!("{pinned} ({removed_ip}) to leave the table"),
+        Duration::from_secs(20),
+        || {
+            topo.table()
+                .filter(|t| t.contains(&format!(": {}", remaining[0])))
+                .filter(|t| !t.contains(&format!(": {removed_ip} . 80")))
+                .map(|_| ())
+        },
+    );
+    eprintln!(
+        "{pinned} out of the table {:?} after the slice update",
+        removed.elapsed()
+    );
     let tcp = topo.client(&["tcp", &format!("{vip}:80"), "30"]);
     let seen = names(&tcp);
     assert!(
         !seen.contains_key(&pinned),
-        "{pinned} still chosen 1 s after removal: {seen:?}\n{}\n{}",
+        "{pinned} still chosen after its removal was programmed: {seen:?}\n{}\n{}",
         topo.proxy_log(&server),
         topo.table().unwrap_or_default()
     );
     assert_eq!(seen.values().sum::<usize>(), 30);
     assert!(!seen.keys().any(|k| k.starts_with("ERR")), "{seen:?}");
-    let after = topo.client(&["udp", &format!("{vip}:53"), "3", "41000"]);
-    assert!(
+    let mut after = Vec::new();
+    let moved = |after: &[String]| {
         after
             .iter()
-            .all(|l| !l.starts_with(&pinned) && !l.starts_with("ERR")),
-        "UDP flow still on removed {pinned}: {after:?}\n{}",
+            .all(|l| !l.starts_with(&pinned) && !l.starts_with("ERR"))
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        after = topo.client(&["udp", &format!("{vip}:53"), "3", "41000"]);
+        if moved(&after) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        moved(&after),
+        "UDP flow still on removed {pinned} 10 s after the table changed: {after:?}\n{}",
         topo.proxy_log(&server)
     );
 
