@@ -490,11 +490,12 @@ mod tests {
     }
 
     #[test]
-    fn nested_attributes_have_lengths_and_padding() {
-        let m = Msg::new(16, NLM_F_ACK, &[0; 16])
-            .attr_str(3, "kc1")
-            .begin(18)
-            .attr_str(1, "veth")
+    fn encodes_nested_attributes_with_lengths_and_padding() {
+        use crate::rtnetlink::{c, ifinfomsg};
+        let m = Msg::new(c::RTM_NEWLINK, c::NLM_F_ACK, &ifinfomsg(0, 0, 0))
+            .attr_str(c::IFLA_IFNAME, "kc1")
+            .begin(c::IFLA_LINKINFO)
+            .attr_str(c::IFLA_INFO_KIND, "veth")
             .end()
             .finish(7);
         assert_eq!(m.len() % 4, 0);
@@ -502,14 +503,30 @@ mod tests {
             u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
             m.len()
         );
-        let msgs = messages(&m);
-        assert_eq!(msgs.len(), 1);
-        assert_eq!(msgs[0].ty, 16);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), c::RTM_NEWLINK);
+        assert_eq!(
+            u16::from_ne_bytes([m[6], m[7]]),
+            c::NLM_F_ACK | c::NLM_F_REQUEST
+        );
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
+        let attrs = parse_attrs(&m[32..]);
+        assert_eq!(attrs.len(), 2);
+        assert_eq!(attrs[0], (c::IFLA_IFNAME, &b"kc1\0"[..]));
+        assert_eq!(attrs[1].0, c::IFLA_LINKINFO);
+        let inner = parse_attrs(attrs[1].1);
+        assert_eq!(inner, vec![(c::IFLA_INFO_KIND, &b"veth\0"[..])]);
+    }
+
+    #[test]
+    fn a_datagram_splits_into_its_messages() {
+        let mut d = Msg::new(16, NLM_F_ACK, &[0; 16]).attr_str(3, "a").finish(7);
+        d.extend(Msg::new(NLMSG_DONE, NLM_F_MULTI, &[]).finish(8));
+        let msgs = messages(&d);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].ty, msgs[0].seq), (16, 7));
         assert_eq!(msgs[0].flags, NLM_F_ACK | NLM_F_REQUEST);
-        assert_eq!(msgs[0].seq, 7);
-        let attrs = parse_attrs(&msgs[0].payload[16..]);
-        assert_eq!(attrs[0], (3, &b"kc1\0"[..]));
-        assert_eq!(parse_attrs(attrs[1].1), vec![(1, &b"veth\0"[..])]);
+        assert_eq!(parse_attrs(&msgs[0].payload[16..]), vec![(3, &b"a\0"[..])]);
+        assert_eq!((msgs[1].ty, msgs[1].seq), (NLMSG_DONE, 8));
     }
 
     #[test]

@@ -587,33 +587,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_nested_attributes_with_lengths_and_padding() {
-        let m = Msg::new(c::RTM_NEWLINK, c::NLM_F_ACK, &ifinfomsg(0, 0, 0))
-            .attr_str(c::IFLA_IFNAME, "kc1")
-            .begin(c::IFLA_LINKINFO)
-            .attr_str(c::IFLA_INFO_KIND, "veth")
-            .end()
-            .finish(7);
-        assert_eq!(m.len() % 4, 0);
-        assert_eq!(
-            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
-            m.len()
-        );
-        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), c::RTM_NEWLINK);
-        assert_eq!(
-            u16::from_ne_bytes([m[6], m[7]]),
-            c::NLM_F_ACK | c::NLM_F_REQUEST
-        );
-        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
-        let attrs = parse_attrs(&m[32..]);
-        assert_eq!(attrs.len(), 2);
-        assert_eq!(attrs[0], (c::IFLA_IFNAME, &b"kc1\0"[..]));
-        assert_eq!(attrs[1].0, c::IFLA_LINKINFO);
-        let inner = parse_attrs(attrs[1].1);
-        assert_eq!(inner, vec![(c::IFLA_INFO_KIND, &b"veth\0"[..])]);
-    }
-
-    #[test]
     fn parses_a_link_message() {
         let mut payload = ifinfomsg(5, c::IFF_UP, 0).to_vec();
         let m = Msg::new(0, 0, &[])
