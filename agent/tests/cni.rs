@@ -7,20 +7,6 @@ use std::process::Command;
 
 use keelson_agent::network::{Attachment, Cni};
 
-fn skip(why: &str) -> bool {
-    if std::env::var("KEELSON_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("cni test cannot run: {why}");
-    }
-    eprintln!("skipping cni test: {why}");
-    true
-}
-
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 struct Bridge(String);
 impl Drop for Bridge {
     fn drop(&mut self) {
@@ -40,29 +26,15 @@ fn conf(dir: &Path, bridge: &str, subnet: &str, ipam_dir: &Path) {
 
 #[tokio::test]
 async fn add_check_del_with_reference_plugins() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    if !keelson_e2e::needs("add_check_del_with_reference_plugins")
+        .root()
+        .tool("/usr/lib/cni/bridge")
+        .ok()
     {
-        skip("not root");
-        return;
-    }
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        skip("/usr/lib/cni/bridge missing (containernetworking-plugins)");
         return;
     }
     let tag = format!("{:x}", std::process::id() & 0xffffff);
-    let ns = Netns(format!("kcni-{tag}"));
-    let out = Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ns = keelson_e2e::Netns::new("kcni");
     let bridge = Bridge(format!("kc{tag}"));
     let tmp = tempfile::tempdir().unwrap();
     let ipam = tmp.path().join("ipam");
@@ -81,7 +53,7 @@ async fn add_check_del_with_reference_plugins() {
     let list = cni.load().await.unwrap();
     let att = Attachment {
         container_id: format!("c-{tag}"),
-        netns: PathBuf::from(format!("/run/netns/{}", ns.0)),
+        netns: PathBuf::from(format!("/run/netns/{}", ns.name)),
         ifname: "eth0".into(),
         args: keelson_agent::network::conf::k8s_args("default", "p", "u"),
     };
@@ -93,7 +65,7 @@ async fn add_check_del_with_reference_plugins() {
         "{ip} in {subnet}"
     );
     let addr = Command::new("ip")
-        .args(["-n", &ns.0, "-o", "addr", "show", "eth0"])
+        .args(["-n", &ns.name, "-o", "addr", "show", "eth0"])
         .output()
         .unwrap();
     assert!(
@@ -112,7 +84,7 @@ async fn add_check_del_with_reference_plugins() {
         "IP {ip} still allocated"
     );
     let addr = Command::new("ip")
-        .args(["-n", &ns.0, "link", "show", "eth0"])
+        .args(["-n", &ns.name, "link", "show", "eth0"])
         .output()
         .unwrap();
     assert!(!addr.status.success(), "eth0 still in the netns");

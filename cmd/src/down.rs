@@ -55,7 +55,7 @@ pub async fn run(args: DownArgs) -> anyhow::Result<()> {
     )
     .context("remove the Service proxy's state")?;
     println!("removed the Service proxy's nftables table and eBPF pins");
-    let nl = keelson_host::netlink::Socket::new().context("open a netlink socket")?;
+    let nl = keelson_host::rtnetlink::Socket::new().context("open a netlink socket")?;
     if nl
         .delete_addr(nl.link_index("lo")?, "lo", args.dns_address, 32)
         .context("remove the cluster DNS address")?

@@ -126,7 +126,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The cluster DNS listens on a node-local address that pods reach
     // through their gateway (the host).
     let dns = args.dns_address;
-    keelson_host::netlink::Socket::new()
+    keelson_host::rtnetlink::Socket::new()
         .and_then(|nl| nl.add_addr(nl.link_index("lo")?, "lo", dns, 32))
         .with_context(|| format!("add the cluster DNS address {dns} to lo"))?;
 

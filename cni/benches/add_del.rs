@@ -8,7 +8,6 @@
 //! DEL and ADD+DEL for both, and the ratios (target: ≥ 2× faster).
 
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,27 +15,6 @@ use serde_json::json;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_keelson-cni");
 const PTP: &str = "/usr/lib/cni/ptp";
-
-struct Netns(String);
-impl Netns {
-    fn new(name: &str) -> Self {
-        let name = format!("{name}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        Self(name)
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-}
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn run(plugin: &str, command: &str, cid: &str, netns: &str, conf: &[u8]) -> Duration {
     let start = Instant::now();
@@ -86,50 +64,40 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let require = std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1");
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("not root")
-    } else if !std::path::Path::new(PTP).exists() {
-        Some("Debian's containernetworking-plugins (/usr/lib/cni/ptp) is not installed")
-    } else {
-        None
-    };
-    if let Some(why) = why {
-        assert!(!require, "add_del bench cannot run: {why}");
-        eprintln!("skipping the add_del bench: {why}");
+    if !keelson_e2e::needs("add_del bench").root().tool(PTP).ok() {
         return;
     }
     let iters: usize = std::env::var("KEELSON_CNI_BENCH_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let host = Netns::new("kc-bench-host");
-    let pod = Netns::new("kc-bench-pod");
+    let host = keelson_e2e::Netns::new("kcbh");
+    let pod = keelson_e2e::Netns::new("kcbp");
     let data = tempfile::tempdir().unwrap();
-    // The bench process (single-threaded here) moves into the host namespace;
-    // every plugin it execs starts there.
-    let f = std::fs::File::open(host.path()).unwrap();
-    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    // Measured on a thread in the host namespace: every plugin it execs
+    // starts there.
+    host.run(|| measure(iters, &pod.path.display().to_string(), data.path()));
+}
 
+fn measure(iters: usize, pod_path: &str, data: &std::path::Path) {
     let keelson = json!({
         "cniVersion": "1.0.0", "name": "bench-k", "type": "keelson-cni",
-        "subnet": "198.19.20.0/24", "dataDir": data.path().join("k"), "mtu": 1400,
+        "subnet": "198.19.20.0/24", "dataDir": data.join("k"), "mtu": 1400,
     })
     .to_string();
     let ptp = json!({
         "cniVersion": "1.0.0", "name": "bench-p", "type": "ptp", "mtu": 1400,
-        "ipam": {"type": "host-local", "subnet": "198.19.21.0/24", "dataDir": data.path().join("p")},
+        "ipam": {"type": "host-local", "subnet": "198.19.21.0/24", "dataDir": data.join("p")},
     })
     .to_string();
-    let pod_path = pod.path();
     let mut k = Samples::default();
     let mut p = Samples::default();
     let warmup = 5;
     for i in 0..iters + warmup {
         let cid = format!("bench-{i}");
         for (plugin, conf, s) in [(PLUGIN, &keelson, &mut k), (PTP, &ptp, &mut p)] {
-            let a = run(plugin, "ADD", &cid, &pod_path, conf.as_bytes());
-            let d = run(plugin, "DEL", &cid, &pod_path, conf.as_bytes());
+            let a = run(plugin, "ADD", &cid, pod_path, conf.as_bytes());
+            let d = run(plugin, "DEL", &cid, pod_path, conf.as_bytes());
             if i >= warmup {
                 s.add.push(a);
                 s.del.push(d);

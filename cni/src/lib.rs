@@ -4,7 +4,7 @@
 //! - [`config`], [`result`], [`error`]: pure parsing and rendering of what the
 //!   spec exchanges (environment, stdin, stdout).
 //! - [`ipam`]: the address store under `dataDir/NAME`.
-//! - netlink: keelson-host's rtnetlink client (`keelson_host::netlink`).
+//! - netlink: keelson-host's rtnetlink client (`keelson_host::rtnetlink`).
 //! - [`plugin`]: the six verbs, executed.
 //! - [`routes`]: cross-node routes to other nodes' pod CIDRs (called by the agent).
 

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use keelson_host::netlink::{NlError, RTPROT_KEELSON_NODES, Route, Socket, c};
+use keelson_host::rtnetlink::{NlError, RTPROT_KEELSON_NODES, Route, Socket, c};
 
 /// What the agent knows of a node (from Node.status.addresses and Node.spec.podCIDR).
 #[derive(Debug, Clone, PartialEq, Eq)]

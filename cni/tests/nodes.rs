@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use common::*;
 use keelson_cni::routes::{Node, reconcile};
-use keelson_host::netlink::Socket;
+use keelson_host::rtnetlink::Socket;
 
 #[test]
 fn pods_on_two_nodes_reach_each_other() {

@@ -21,10 +21,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use keelson_control_plane::store::etcd::EtcdStore;
 use keelson_control_plane::store::sqlite::{SqliteOptions, SqliteStore};
-use keelson_control_plane::store::testing::EtcdProcess;
 use keelson_control_plane::store::{
     Event, EventKind, KeyValue, Revision, Store, StoreError, WatchStream,
 };
+use keelson_e2e::EtcdProcess;
 
 /// Longest wait for anything a store should do promptly.
 const PATIENCE: Duration = Duration::from_secs(30);

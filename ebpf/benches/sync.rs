@@ -39,8 +39,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("keelson-ebpf sync bench: skipped, needs root (BPF maps)");
+    // Root for BPF maps; skipping fails under KEELSON_REQUIRE_ALL=1.
+    if !keelson_e2e::needs("keelson-ebpf sync bench").root().ok() {
         return;
     }
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/keelson-bench-{}", std::process::id()));

@@ -89,10 +89,5 @@ pub fn probe(cgroup2: Option<&Path>) -> Result<(), Unsupported> {
 /// The cgroup2 mount for the socket hooks: /sys/fs/cgroup on a pure v2
 /// host, /sys/fs/cgroup/unified on a hybrid one.
 pub fn find_cgroup2(sys_fs_cgroup: &Path) -> Option<std::path::PathBuf> {
-    [sys_fs_cgroup.to_path_buf(), sys_fs_cgroup.join("unified")]
-        .into_iter()
-        .find(|p| {
-            nix::sys::statfs::statfs(p)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        })
+    keelson_host::cgroup::cgroup2_dir(sys_fs_cgroup)
 }

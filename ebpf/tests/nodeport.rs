@@ -41,7 +41,7 @@ fn nodeport_from_outside_keeps_the_client_address() {
     let t = 5u8;
     let pid = std::process::id() % 10000;
     let reach = format!("10.200.{t}.0/24");
-    let outside = Netns::routed(
+    let outside = RoutedNetns::new(
         format!("keelson-ebpf-{t}-o-{pid}"),
         format!("kx{t}o{pid}"),
         Ipv4Addr::new(10, 200, t, 200),
@@ -49,7 +49,7 @@ fn nodeport_from_outside_keeps_the_client_address() {
     );
     let backends: Vec<BackendNs> = (1..=3u8)
         .map(|i| {
-            let ns = Netns::routed(
+            let ns = RoutedNetns::new(
                 format!("keelson-ebpf-{t}-b{i}-{pid}"),
                 format!("kx{t}b{i}{pid}"),
                 Ipv4Addr::new(10, 200, t, i),

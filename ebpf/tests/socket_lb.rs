@@ -13,7 +13,7 @@ use keelson_ebpf::{Backend, EbpfLb, Frontend, LbConfig, LbService, LbTable, Prot
 /// Client netns, three backends, a client cgroup and a pin dir, all
 /// named after test number `t` (10.200.t.0/24; VIP 10.201.t.1).
 struct Topo {
-    client: Netns,
+    client: RoutedNetns,
     backends: Vec<BackendNs>,
     cg: Cgroup,
     pins: Pins,
@@ -24,7 +24,7 @@ impl Topo {
     fn new(t: u8) -> Topo {
         let pid = std::process::id() % 10000;
         let reach = format!("10.200.{t}.0/24");
-        let client = Netns::routed(
+        let client = RoutedNetns::new(
             format!("keelson-ebpf-{t}-c-{pid}"),
             format!("kx{t}c{pid}"),
             Ipv4Addr::new(10, 200, t, 10),
@@ -32,7 +32,7 @@ impl Topo {
         );
         let backends = (1..=3u8)
             .map(|i| {
-                let ns = Netns::routed(
+                let ns = RoutedNetns::new(
                     format!("keelson-ebpf-{t}-b{i}-{pid}"),
                     format!("kx{t}b{i}{pid}"),
                     Ipv4Addr::new(10, 200, t, i),

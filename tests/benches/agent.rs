@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use keelson_e2e::ServerProcess;
-use keelson_e2e::agent::{AgentProcess, missing_prerequisites};
+use keelson_e2e::agent::{AgentProcess, needs_agent};
 use keelson_e2e::registry::{BUSYBOX, Registry};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
@@ -63,8 +63,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if let Some(why) = missing_prerequisites() {
-        eprintln!("skipping agent bench: {why}");
+    if !needs_agent("agent bench").ok() {
         return;
     }
     let Some(reg) = Registry::with_test_images_or_skip() else {

@@ -8,45 +8,27 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{ServerProcess, free_port, keelson_bin, require_all};
+use crate::{Needs, ServerProcess, free_port, keelson_bin};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Why an agent test cannot run here (None: it can).
-pub fn missing_prerequisites() -> Option<String> {
-    // Root: the real uid on /proc/self/status.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        return Some("not root".into());
-    }
-    for bin in [
-        "/usr/sbin/runc",
-        "/usr/lib/cni/bridge",
-        "/usr/lib/cni/host-local",
-        "/usr/sbin/ip",
-    ] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} missing"));
-        }
-    }
-    None
+/// What an agent test (or bench) needs.
+pub fn needs_agent(test: &str) -> Needs {
+    crate::needs(test)
+        .root()
+        .tools(&[
+            "/usr/sbin/runc",
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+            "/usr/sbin/ip",
+        ])
+        .keelson()
 }
 
 /// `true` when the test should go on; prints why not (or panics under
 /// `KEELSON_REQUIRE_ALL=1`).
 pub fn can_run(test: &str) -> bool {
-    match missing_prerequisites() {
-        None => true,
-        Some(why) if require_all() => panic!("{test}: {why} (KEELSON_REQUIRE_ALL=1)"),
-        Some(why) => {
-            eprintln!("skipping {test}: {why}");
-            false
-        }
-    }
+    needs_agent(test).ok()
 }
 
 /// A running `keelson agent`.

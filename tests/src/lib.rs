@@ -1,53 +1,47 @@
-//! Helpers for end-to-end tests: start real `keelson server` processes (on
-//! the embedded store or a real etcd), run real kubectl binaries and the
-//! Python client against them, and clean up even when a test fails.
+//! The test kit: one set of helpers for every crate's tests and benches,
+//! and for the end-to-end tests in `tests/tests` that start real `keelson`
+//! processes, etcd, kubectl and the Python client.
+//!
+//! - whether a test can run here: [`needs`] / [`require_or_skip`] /
+//!   [`require_all`] (one rule, honouring `KEELSON_REQUIRE_ALL=1`);
+//! - the workspace's binaries, checked to be built from this clone:
+//!   [`keelson_bin`], [`keelson_cni_bin`];
+//! - network namespaces ([`Netns`]), background processes ([`Proc`]),
+//!   commands that must succeed ([`sh`], [`run`]), waiting for a condition
+//!   ([`wait_for`]);
+//! - launchers that clean up even when a test fails: [`EtcdProcess`],
+//!   [`ServerProcess`], [`agent::AgentProcess`], [`multinode::Cluster`],
+//!   [`registry::Registry`].
+//!
+//! Nothing here is compiled into a product binary.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bin;
+pub mod etcd;
 pub mod fake;
 pub mod multinode;
+pub mod netns;
+pub mod process;
 pub mod registry;
+pub mod require;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use keelson_control_plane::store::testing::{EtcdProcess, require_all};
+pub use bin::{keelson_bin, keelson_cni_bin, workspace_root};
+pub use etcd::EtcdProcess;
+pub use netns::{Netns, unique};
+pub use process::{Proc, run, sh, wait_for, wait_for_async};
+pub use require::{Needs, find_tool, is_root, needs, require_all, require_or_skip};
 
-/// The `keelson` binary: `$KEELSON_BIN`, else next to the test binary's
-/// directory (`target/debug/keelson`; `cargo xtask test` builds it first).
-pub fn keelson_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KEELSON_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
-    let bin = dir.join("keelson");
-    assert!(
-        bin.is_file(),
-        "{} not built: run `cargo build --bins` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Whether a test can run: `available`, else a skip with `why` on stderr,
-/// or a panic when every test is required (`KEELSON_REQUIRE_ALL=1`, as CI sets).
-pub fn require_or_skip(available: bool, why: &str) -> bool {
-    if available {
-        return true;
-    }
-    assert!(
-        !keelson_control_plane::store::testing::require_all(),
-        "required but unavailable: {why}"
-    );
-    eprintln!("skipping: {why}");
-    false
+/// The cgroup2 hierarchy under /sys/fs/cgroup: the root on a pure v2
+/// host, `unified` on a hybrid one (detected, never assumed).
+pub fn cgroup2() -> Option<PathBuf> {
+    keelson_host::cgroup::cgroup2_dir(Path::new("/sys/fs/cgroup"))
 }
 
 /// A free loopback port (bound and released; the server binds it right after).

@@ -45,58 +45,41 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::registry::{Registry, missing_image_tools};
-use crate::{free_port, keelson_bin, kubectl_path, require_all};
+use crate::{Needs, free_port, keelson_bin, kubectl_path, run};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The kubectl minor version the harness uses.
 pub const KUBECTL: u32 = 33;
 
-/// Why a multi-node test cannot run here (None: it can).
-pub fn missing_prerequisites() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        return Some("not root".into());
+/// What a multi-node test whose proxies run in `mode` needs.
+pub fn needs_for(test: &str, mode: ProxyMode) -> Needs {
+    let mut n = crate::needs(test)
+        .root()
+        .tools(&[
+            "/usr/sbin/runc",
+            "/usr/sbin/ip",
+            "/usr/sbin/nft",
+            "/usr/bin/nsenter",
+            "/usr/bin/unshare",
+            "/usr/bin/curl",
+            "/usr/bin/pgrep",
+            "/usr/bin/timeout",
+        ])
+        .path(kubectl_path(KUBECTL), "kubectl");
+    for t in missing_image_tools() {
+        n = n.also(false, &format!("test image tool {t}"));
     }
-    for bin in [
-        "/usr/sbin/runc",
-        "/usr/sbin/ip",
-        "/usr/sbin/nft",
-        "/usr/bin/nsenter",
-        "/usr/bin/unshare",
-        "/usr/bin/curl",
-        "/usr/bin/pgrep",
-        "/usr/bin/timeout",
-    ] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} missing"));
-        }
+    n = n
+        .path(crate::registry::registry_binary(), "docker-registry")
+        .keelson()
+        .workspace_bin("keelson-cni");
+    if mode == ProxyMode::Ebpf {
+        n = n
+            .cgroup2()
+            .path("/sys/fs/bpf", "/sys/fs/bpf (eBPF proxy mode)");
     }
-    if !kubectl_path(KUBECTL).is_file() {
-        return Some(format!("{} missing", kubectl_path(KUBECTL).display()));
-    }
-    let missing = missing_image_tools();
-    if !missing.is_empty() {
-        return Some(format!("test image tools missing: {missing:?}"));
-    }
-    if !crate::registry::registry_binary().is_file() {
-        return Some(format!(
-            "{} missing (docker-registry)",
-            crate::registry::registry_binary().display()
-        ));
-    }
-    let cni = keelson_bin().with_file_name("keelson-cni");
-    if !cni.is_file() {
-        return Some(format!(
-            "{} not built (cargo build -p keelson-cni)",
-            cni.display()
-        ));
-    }
-    None
+    n
 }
 
 /// `true` when the test should go on; prints why not (or panics under
@@ -107,14 +90,7 @@ pub fn can_run(test: &str) -> bool {
 
 /// [`can_run`] for a cluster whose proxy runs in `mode`.
 pub fn can_run_with(test: &str, mode: ProxyMode) -> bool {
-    match missing_prerequisites_for(mode) {
-        None => true,
-        Some(why) if require_all() => panic!("{test}: {why} (KEELSON_REQUIRE_ALL=1)"),
-        Some(why) => {
-            eprintln!("skipping {test}: {why}");
-            false
-        }
-    }
+    needs_for(test, mode).ok()
 }
 
 /// How the agents run the Service proxy (`keelson agent --proxy-mode`).
@@ -147,37 +123,7 @@ pub const EBPF_FALLBACK: &str = "falling back to --proxy-mode nftables";
 /// The cgroup2 hierarchy: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified
 /// (hybrid); None on a v1-only host.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let base = Path::new("/sys/fs/cgroup");
-    [base.to_path_buf(), base.join("unified")]
-        .into_iter()
-        .find(|p| p.join("cgroup.controllers").is_file())
-}
-
-/// Why a multi-node test in `mode` cannot run here (None: it can).
-pub fn missing_prerequisites_for(mode: ProxyMode) -> Option<String> {
-    if let Some(why) = missing_prerequisites() {
-        return Some(why);
-    }
-    if mode == ProxyMode::Ebpf {
-        if cgroup2_mount().is_none() {
-            return Some("no cgroup2 hierarchy (eBPF proxy mode)".into());
-        }
-        if !Path::new("/sys/fs/bpf").is_dir() {
-            return Some("/sys/fs/bpf missing (eBPF proxy mode)".into());
-        }
-    }
-    None
-}
-
-/// Runs a command, panicking with its stderr when it fails.
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    crate::cgroup2()
 }
 
 fn ip(args: &[&str]) -> Output {

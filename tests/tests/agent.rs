@@ -396,17 +396,43 @@ async fn crash_loop_backoff_and_oom_killed() {
             .unwrap()
             .contains("back-off 10s")
     );
-    // Held back: no restart within the next 5 s.
+    // Held back: the next attempt starts 10 s after the last exit, by the
+    // pod's own clock (the agent's timestamps), whenever this test happens
+    // to look. Waits for that restart instead of sleeping for a guess.
     let n = cs.restart_count;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let p: Pod = Api::namespaced(e.client.clone(), "default")
-        .get("crash")
-        .await
-        .unwrap();
-    assert_eq!(
-        main_status(&p).restart_count,
-        n,
-        "restarted during back-off"
+    let exited = last.finished_at.expect("lastState.terminated.finishedAt").0;
+    let p = wait_pod(
+        &e,
+        "crash",
+        "the restart after the back-off",
+        Duration::from_secs(40),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs[0].restart_count > n
+                        && cs[0]
+                            .last_state
+                            .as_ref()
+                            .and_then(|s| s.terminated.as_ref())
+                            .and_then(|t| t.started_at.as_ref())
+                            .is_some_and(|t| t.0 > exited)
+                })
+        },
+    )
+    .await;
+    let restarted = main_status(&p)
+        .last_state
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.started_at)
+        .expect("startedAt of the restarted attempt")
+        .0;
+    // Timestamps have whole seconds: 10 s apart can read as 9.
+    let waited = restarted.as_second() - exited.as_second();
+    assert!(
+        waited >= 9,
+        "restarted {waited} s after the exit, during the 10 s back-off"
     );
     // --previous serves the earlier attempt's log (node API and kubectl).
     let (code, body) = e
@@ -729,8 +755,7 @@ async fn env_with(test: &str, network: keelson_e2e::agent::Network) -> Option<En
     if !can_run(test) {
         return None;
     }
-    let cni = keelson_e2e::keelson_bin().with_file_name("keelson-cni");
-    if !keelson_e2e::require_or_skip(cni.is_file(), &format!("{} not built", cni.display())) {
+    if !keelson_e2e::needs(test).workspace_bin("keelson-cni").ok() {
         return None;
     }
     let reg = Registry::with_test_images_or_skip()?;

@@ -114,10 +114,10 @@ impl Drop for KillOnDrop {
 #[test]
 fn install_puts_binaries_units_cni_and_config_in_place() {
     let bin = keelson_bin();
-    if !require_or_skip(
-        bin.with_file_name("keelson-cni").is_file(),
-        "keelson-cni not built next to keelson (cargo build --bins)",
-    ) {
+    if !keelson_e2e::needs("install_puts_binaries_units_cni_and_config_in_place")
+        .workspace_bin("keelson-cni")
+        .ok()
+    {
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 use keelson_e2e::registry::{BUSYBOX, Registry};
-use keelson_e2e::{free_port, keelson_bin, kubectl_path, require_or_skip};
+use keelson_e2e::{free_port, keelson_bin, kubectl_path};
 
 struct Up {
     child: Option<Child>,
@@ -161,16 +161,11 @@ fn leftovers(data_dir: &Path) -> Vec<String> {
 /// Whether `keelson up` can run here (root, keelson-cni built); prints why
 /// not, or panics under KEELSON_REQUIRE_ALL=1.
 fn can_run() -> bool {
-    let root = Command::new("id").arg("-u").output().unwrap();
-    if !require_or_skip(
-        String::from_utf8_lossy(&root.stdout).trim() == "0",
-        "keelson up needs root",
-    ) {
-        return false;
-    }
-    let cni = keelson_bin().with_file_name("keelson-cni");
-    assert!(cni.is_file(), "{} not built", cni.display());
-    true
+    keelson_e2e::needs("keelson up")
+        .root()
+        .keelson()
+        .workspace_bin("keelson-cni")
+        .ok()
 }
 
 /// A `keelson up` started for a test, with its logs, data dir and

@@ -10,15 +10,9 @@ use std::sync::Arc;
 use keelson_e2e::registry::{BUSYBOX, Registry, WHITEOUT};
 use keelson_images::{ImageError, ImageStore, PullPolicy, mount_rootfs, unmount_rootfs};
 
+/// Root, by the test kit's rule: root (chown, mknod, overlay mounts).
 fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if keelson_e2e::require_all() {
-        panic!("this test needs root");
-    }
-    eprintln!("skipping: needs root (chown, mknod, overlay mounts)");
-    false
+    keelson_e2e::needs(module_path!()).root().ok()
 }
 
 fn setup() -> Option<(Registry, tempfile::TempDir, ImageStore)> {

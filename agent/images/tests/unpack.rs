@@ -9,15 +9,9 @@ use std::path::Path;
 use keelson_images::digest::Digest;
 use keelson_images::unpack::{OPAQUE_XATTR, unpack_layer_file, unpack_tar};
 
+/// Root, by the test kit's rule: root (chown, mknod, trusted.* xattrs).
 fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if keelson_e2e::require_all() {
-        panic!("this test needs root");
-    }
-    eprintln!("skipping: needs root (chown, mknod, trusted.* xattrs)");
-    false
+    keelson_e2e::needs(module_path!()).root().ok()
 }
 
 /// A tar entry with a raw name (no validation, so hostile names are possible).

@@ -64,29 +64,16 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn main() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        eprintln!("sync bench: needs root (a scratch netns and nft); skipped");
+    // Root, a scratch netns and nft; skipping fails under KEELSON_REQUIRE_ALL=1.
+    if !keelson_e2e::needs("proxy sync bench")
+        .root()
+        .tools(&["ip", "nft"])
+        .ok()
+    {
         return;
     }
-    let ns = Netns(format!("kpbench{}", std::process::id()));
-    let ok = Command::new("ip")
-        .args(["netns", "add", &ns.0])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip netns add {}", ns.0);
+    let ns = keelson_e2e::Netns::new("kpbench");
     let cfg = NftConfig::default();
     // KEELSON_BENCH_CLI=1: element changes through the nft CLI too (the old path).
     let netlink = std::env::var_os("KEELSON_BENCH_CLI").is_none();
@@ -108,15 +95,15 @@ fn main() {
     );
     for n in [1_000u32, 10_000, 30_000] {
         let base = state(n);
-        let mut backend = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+        let mut backend = NftBackend::new(NftCli::in_netns(&ns.name), cfg.clone());
         if netlink {
-            let sock = NetlinkSocket::open(Some(&ns.0)).expect("open netlink socket");
+            let sock = NetlinkSocket::open(Some(&ns.name)).expect("open netlink socket");
             backend = backend.with_element_writer(Box::new(sock));
         }
         let runs = if n >= 30_000 { 3 } else { 5 };
         let mut render_t = Vec::new();
         let (mut created, mut present, mut rebuilt) = (Vec::new(), Vec::new(), Vec::new());
-        let mut cli_only = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+        let mut cli_only = NftBackend::new(NftCli::in_netns(&ns.name), cfg.clone());
         for _ in 0..runs {
             let t = Instant::now();
             let o = render::state_objects(&base, &cfg);
@@ -134,7 +121,7 @@ fn main() {
             // First start: no table.
             let _ = Command::new("ip")
                 .args([
-                    "netns", "exec", &ns.0, "nft", "delete", "table", "ip", &cfg.table,
+                    "netns", "exec", &ns.name, "nft", "delete", "table", "ip", &cfg.table,
                 ])
                 .status();
             let t = Instant::now();

@@ -40,11 +40,11 @@ pub enum EbpfError {
         #[source]
         source: keelson_ebpf::LoadError,
     },
-    #[error("enter network namespace {netns} to attach the TC programs: {source}")]
+    #[error("attach the TC programs in network namespace {netns}: {source}")]
     Netns {
         netns: String,
         #[source]
-        source: std::io::Error,
+        source: keelson_host::netns::NetnsError,
     },
     #[error("program BPF maps: {0}")]
     Maps(#[from] keelson_ebpf::MapsError),
@@ -265,20 +265,11 @@ impl EbpfBackend {
             // thread's network namespace: attach from a short-lived thread
             // that entered `/run/netns/NAME` (pins and cgroups do not depend
             // on it).
-            Some(name) => std::thread::scope(|s| {
-                s.spawn(|| {
-                    let err = |source| EbpfError::Netns {
-                        netns: name.to_string(),
-                        source,
-                    };
-                    let ns = std::fs::File::open(format!("/run/netns/{name}")).map_err(err)?;
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| err(e.into()))?;
-                    open()
-                })
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })?,
+            Some(name) => keelson_host::netns::in_netns(&keelson_host::netns::named(name), open)
+                .map_err(|e| EbpfError::Netns {
+                netns: name.to_string(),
+                source: e,
+            })??,
         };
         tracing::info!(
             pin_dir = %cfg.pin_dir.display(),

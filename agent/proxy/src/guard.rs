@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use keelson_host::netlink::{NlError, RTPROT_KEELSON_SERVICES, Route, RouteKind, Socket, c};
+use keelson_host::rtnetlink::{NlError, RTPROT_KEELSON_SERVICES, Route, RouteKind, Socket, c};
 
 /// The link the forward route points at: it drops what reaches it.
 pub const DROP_LINK: &str = "keelson-svc";

@@ -2,7 +2,9 @@
 //! -> the full nftables ruleset and the eBPF backend's map contents (a text
 //! dump of the maps after a full sync into the in-memory maps), compared with
 //! the checked-in *.nft and *.bpf next to it. `KEELSON_UPDATE_GOLDEN=1 cargo test -p keelson-proxy --test golden`
-//! rewrites them. Also table tests of the planner and incremental rendering.
+//! rewrites the files that differ and fails (review, then run again without
+//! it); another value of it is an error. Also table tests of the planner and
+//! incremental rendering.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -135,9 +137,21 @@ pub fn bpf_dump_fixture(path: &Path) -> String {
     keelson_ebpf::dump_maps(table.maps()).unwrap()
 }
 
+/// Whether this run rewrites the golden files: only for
+/// `KEELSON_UPDATE_GOLDEN=1`; any other value is a mistake, not a wish.
+fn update_golden() -> bool {
+    match std::env::var("KEELSON_UPDATE_GOLDEN") {
+        Err(_) => false,
+        Ok(v) if v == "1" => true,
+        Ok(v) => panic!(
+            "KEELSON_UPDATE_GOLDEN={v:?}: set it to 1 to rewrite the golden files, or unset it"
+        ),
+    }
+}
+
 #[test]
 fn golden_rulesets() {
-    let update = std::env::var_os("KEELSON_UPDATE_GOLDEN").is_some();
+    let update = update_golden();
     let mut fixtures: Vec<PathBuf> = std::fs::read_dir(golden_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -146,24 +160,35 @@ fn golden_rulesets() {
     fixtures.sort();
     assert!(fixtures.len() >= 7, "fixtures missing: {fixtures:?}");
     let mut failures = Vec::new();
+    let mut rewritten = Vec::new();
     for f in &fixtures {
         for (ext, got) in [("nft", render_fixture(f)), ("bpf", bpf_dump_fixture(f))] {
             let want_path = f.with_extension(ext);
-            if update {
-                std::fs::write(&want_path, &got).unwrap();
+            let want = std::fs::read_to_string(&want_path).unwrap_or_default();
+            if got == want {
                 continue;
             }
-            let want = std::fs::read_to_string(&want_path).unwrap_or_default();
-            if got != want {
-                failures.push(format!(
-                    "{} differs from {} (KEELSON_UPDATE_GOLDEN=1 rewrites):\n{got}",
-                    f.display(),
-                    want_path.display()
-                ));
+            if update {
+                std::fs::write(&want_path, &got).unwrap();
+                rewritten.push(want_path.display().to_string());
+                continue;
             }
+            failures.push(format!(
+                "{} differs from {} (KEELSON_UPDATE_GOLDEN=1 rewrites):\n{got}",
+                f.display(),
+                want_path.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A rewrite is never a pass: the new files are for review, and the next
+    // run without KEELSON_UPDATE_GOLDEN is the test.
+    assert!(
+        rewritten.is_empty(),
+        "rewrote {} golden file(s); review them (git diff), then run again without KEELSON_UPDATE_GOLDEN:\n{}",
+        rewritten.len(),
+        rewritten.join("\n")
+    );
 }
 
 fn fixture(name: &str) -> DesiredState {

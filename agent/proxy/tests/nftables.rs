@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use keelson_e2e::ServerProcess;
+use keelson_e2e::{ServerProcess, wait_for};
 use kube::Api;
 use kube::api::DeleteParams;
 
@@ -22,15 +22,9 @@ use common::*;
 
 const NODE_IP: &str = "192.168.200.1";
 
-/// Why this test cannot run here, if it cannot.
-fn skip_reason(need_keelson: bool) -> Option<String> {
-    skip_verdict(missing(&["ip", "nft", "conntrack"], need_keelson))
-}
-
 macro_rules! skip_unless_ready {
     ($need_keelson:expr) => {
-        if let Some(r) = skip_reason($need_keelson) {
-            eprintln!("skipping {}: {r}", module_path!());
+        if !needs(module_path!(), &["ip", "nft", "conntrack"], $need_keelson).ok() {
             return;
         }
     };
@@ -47,8 +41,8 @@ struct Topology {
 impl Topology {
     fn new(tag: &str) -> Topology {
         let base = unique("kp", tag);
-        let node = Netns::new(format!("{base}n"));
-        let client = Netns::new(format!("{base}c"));
+        let node = Netns::named(format!("{base}n"));
+        let client = Netns::named(format!("{base}c"));
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         // The default route (below) leaves by the client's veth: no ICMP
         // redirects, they would eat the per-host ICMP budget of the rejects.
@@ -56,12 +50,14 @@ impl Topology {
         node.exec(&["sysctl", "-qw", "net.ipv4.conf.default.send_redirects=0"]);
         // (No dummy interfaces in this kernel: the node address sits on lo.)
         let addr = format!("{NODE_IP}/32");
-        sh(&["ip", "-n", &node.0, "addr", "add", &addr, "dev", "lo"]);
+        sh(&["ip", "-n", &node.name, "addr", "add", &addr, "dev", "lo"]);
         link(&node, &client, "vc", CLIENT_IP);
         // The node's uplink faces the client (the outside world): without a
         // route to Service VIPs the node would answer "network unreachable"
         // before any hook that can reject.
-        sh(&["ip", "-n", &node.0, "route", "add", "default", "dev", "vc"]);
+        sh(&[
+            "ip", "-n", &node.name, "route", "add", "default", "dev", "vc",
+        ]);
         let (procs, backends) = start_backends(&node, &base);
         Topology {
             procs,
@@ -87,9 +83,13 @@ impl Topology {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(server.data_dir.join(format!("proxy-{}.log", self.node.0)))
+            .open(
+                server
+                    .data_dir
+                    .join(format!("proxy-{}.log", self.node.name)),
+            )
             .unwrap();
-        Command::new(keelson_bin().unwrap())
+        Command::new(keelson_bin())
             .args(["proxy", "--kubeconfig"])
             .arg(&server.kubeconfig)
             .args([
@@ -98,7 +98,7 @@ impl Topology {
                 "--proxy-mode",
                 mode,
                 "--netns",
-                &self.node.0,
+                &self.node.name,
             ])
             .args([
                 "--metrics-listen",
@@ -134,8 +134,12 @@ impl Topology {
     }
 
     fn proxy_log(&self, server: &ServerProcess) -> String {
-        std::fs::read_to_string(server.data_dir.join(format!("proxy-{}.log", self.node.0)))
-            .unwrap_or_default()
+        std::fs::read_to_string(
+            server
+                .data_dir
+                .join(format!("proxy-{}.log", self.node.name)),
+        )
+        .unwrap_or_default()
     }
 
     /// Runs the test client in the client netns: one output line per attempt.
@@ -150,7 +154,7 @@ impl Topology {
             .args([
                 "netns",
                 "exec",
-                &self.node.0,
+                &self.node.name,
                 "nft",
                 "list",
                 "table",
@@ -238,8 +242,10 @@ async fn clusterip_tcp_udp_removal_and_reject() {
     let again = topo.client(&["udp", &format!("{vip}:53"), "3", "41000"]);
     assert!(again.iter().all(|l| l.starts_with(&pinned)), "{again:?}");
 
-    // ...until that backend leaves the slice: then new TCP connections and
-    // the same UDP flow (stale conntrack entry flushed) go elsewhere, within 1 s.
+    // ...until that backend leaves the slice: once the table no longer
+    // holds it (waited for, not guessed), new TCP connections go elsewhere,
+    // and so does the same UDP flow once its stale conntrack entry is
+    // flushed (polled: the flush follows the table change).
     let idx: usize = pinned[1..].parse().unwrap();
     let remaining: Vec<&str> = BACKEND_IPS
         .iter()
@@ -257,23 +263,49 @@ async fn clusterip_tcp_udp_removal_and_reject() {
         ),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let removed_ip = BACKEND_IPS[idx];
+    let removed = Instant::now();
+    wait_for(
+        &format!("{pinned} ({removed_ip}) to leave the table"),
+        Duration::from_secs(20),
+        || {
+            topo.table()
+                .filter(|t| t.contains(&format!(": {}", remaining[0])))
+                .filter(|t| !t.contains(&format!(": {removed_ip} . 80")))
+                .map(|_| ())
+        },
+    );
+    eprintln!(
+        "{pinned} out of the table {:?} after the slice update",
+        removed.elapsed()
+    );
     let tcp = topo.client(&["tcp", &format!("{vip}:80"), "30"]);
     let seen = names(&tcp);
     assert!(
         !seen.contains_key(&pinned),
-        "{pinned} still chosen 1 s after removal: {seen:?}\n{}\n{}",
+        "{pinned} still chosen after its removal was programmed: {seen:?}\n{}\n{}",
         topo.proxy_log(&server),
         topo.table().unwrap_or_default()
     );
     assert_eq!(seen.values().sum::<usize>(), 30);
     assert!(!seen.keys().any(|k| k.starts_with("ERR")), "{seen:?}");
-    let after = topo.client(&["udp", &format!("{vip}:53"), "3", "41000"]);
-    assert!(
+    let mut after = Vec::new();
+    let moved = |after: &[String]| {
         after
             .iter()
-            .all(|l| !l.starts_with(&pinned) && !l.starts_with("ERR")),
-        "UDP flow still on removed {pinned}: {after:?}\n{}",
+            .all(|l| !l.starts_with(&pinned) && !l.starts_with("ERR"))
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        after = topo.client(&["udp", &format!("{vip}:53"), "3", "41000"]);
+        if moved(&after) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        moved(&after),
+        "UDP flow still on removed {pinned} 10 s after the table changed: {after:?}\n{}",
         topo.proxy_log(&server)
     );
 
@@ -558,7 +590,7 @@ async fn kill9_restart_reconciles_and_mode_switch_removes_table() {
         .args([
             "netns",
             "exec",
-            &topo.client.0,
+            &topo.client.name,
             TESTSRV,
             "tcp",
             &format!("{vip}:80"),
@@ -631,7 +663,7 @@ async fn kill9_restart_reconciles_and_mode_switch_removes_table() {
 #[test]
 fn golden_rulesets_load_into_the_kernel() {
     skip_unless_ready!(false);
-    let ns = Netns::new(unique("kp", "g"));
+    let ns = Netns::new("kpg");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap() {
@@ -750,17 +782,17 @@ fn mixed_state() -> DesiredState {
 #[test]
 fn netlink_element_changes_match_a_full_render() {
     skip_unless_ready!(false);
-    let ns = Netns::new(unique("kp", "nl"));
+    let ns = Netns::new("kpnl");
     let cfg = NftConfig {
         prealloc_families: 3,
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         nodeport_addresses: vec!["192.168.200.0/24".parse().unwrap()],
         ..Default::default()
     };
-    let sock = NetlinkSocket::open(Some(&ns.0)).expect("open netlink socket in the netns");
-    let mut backend =
-        NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone()).with_element_writer(Box::new(sock));
-    let mut reference = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+    let sock = NetlinkSocket::open(Some(&ns.name)).expect("open netlink socket in the netns");
+    let mut backend = NftBackend::new(NftCli::in_netns(&ns.name), cfg.clone())
+        .with_element_writer(Box::new(sock));
+    let mut reference = NftBackend::new(NftCli::in_netns(&ns.name), cfg.clone());
 
     let s0 = mixed_state();
     let mut states = vec![s0.clone()];
@@ -821,18 +853,18 @@ fn netlink_element_changes_match_a_full_render() {
 #[test]
 fn full_sync_paths_leave_the_same_table() {
     skip_unless_ready!(false);
-    let ns = Netns::new(unique("kp", "fs"));
+    let ns = Netns::new("kpfs");
     let cfg = NftConfig {
         prealloc_families: 3,
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         ..Default::default()
     };
     let netlink_backend = |cfg: &NftConfig| {
-        let sock = NetlinkSocket::open(Some(&ns.0)).expect("open netlink socket in the netns");
-        NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone()).with_element_writer(Box::new(sock))
+        let sock = NetlinkSocket::open(Some(&ns.name)).expect("open netlink socket in the netns");
+        NftBackend::new(NftCli::in_netns(&ns.name), cfg.clone()).with_element_writer(Box::new(sock))
     };
     let mut backend = netlink_backend(&cfg);
-    let mut reference = NftBackend::new(NftCli::in_netns(&ns.0), cfg.clone());
+    let mut reference = NftBackend::new(NftCli::in_netns(&ns.name), cfg.clone());
     let list = || ns.exec(&["nft", "list", "table", "ip", "keelson"]);
 
     let s0 = mixed_state();

@@ -401,13 +401,14 @@ impl CgroupManager {
                 let quota = res
                     .cpu_quota_us
                     .map_or("max".to_string(), |q| q.to_string());
-                write(&dir, "cpu.max", &format!("{quota} {period}"), &self.mode)?;
+                let cpu = format!("{quota} {period}");
+                reset_or_write(&dir, "cpu.max", &cpu, res.cpu_quota_us.is_some())?;
                 let mem = res
                     .memory_limit
                     .map_or("max".to_string(), |m| m.to_string());
-                write(&dir, "memory.max", &mem, &self.mode)?;
+                reset_or_write(&dir, "memory.max", &mem, res.memory_limit.is_some())?;
                 let pids = res.pids_limit.map_or("max".to_string(), |m| m.to_string());
-                write(&dir, "pids.max", &pids, &self.mode)?;
+                reset_or_write(&dir, "pids.max", &pids, res.pids_limit.is_some())?;
             }
             CgroupMode::V1 { .. } => {
                 if has_controller(h, "cpu") {
@@ -606,6 +607,23 @@ fn has_controller(h: &Path, controller: &str) -> bool {
 fn write(dir: &Path, file: &str, value: &str, _mode: &CgroupMode) -> Result<(), RuntimeError> {
     let path = dir.join(file);
     std::fs::write(&path, value).map_err(io_err(format!("write {value:?} to {}", path.display())))
+}
+
+/// Writes a v2 limit file. A limit that is not `requested` (the value is
+/// the default, "max") is skipped where the kernel has no such file: the
+/// controller is not enabled for this cgroup, so there is nothing to reset.
+/// A requested limit is always written, so a missing controller is an
+/// error naming the file, never a limit silently dropped.
+fn reset_or_write(
+    dir: &Path,
+    file: &str,
+    value: &str,
+    requested: bool,
+) -> Result<(), RuntimeError> {
+    if !requested && is_cgroupfs(dir) && !dir.join(file).exists() {
+        return Ok(());
+    }
+    write(dir, file, value, &CgroupMode::V2)
 }
 
 fn enable_subtree(dir: &Path) {

@@ -14,10 +14,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stop` waits after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// [`keelson_host::fs::write_atomic`], its error as a [`RuntimeError`].
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
-    crate::shim::write_atomic(path, data).map_err(|err| RuntimeError::Io {
-        op: format!("write {}", path.display()),
-        err,
+    keelson_host::fs::write_atomic(path, data).map_err(|e| RuntimeError::Io {
+        op: format!("write {} atomically ({})", path.display(), e.step),
+        err: e.source,
     })
 }
 

@@ -247,7 +247,7 @@ pub fn create_with(
             }
             if new_net {
                 // A netlink socket opened on this thread lives in the new netns.
-                let nl = keelson_host::netlink::Socket::new()
+                let nl = keelson_host::rtnetlink::Socket::new()
                     .map_err(|e| failed(format!("sandbox {uid}: {e}")))?;
                 nl.link_index("lo")
                     .and_then(|lo| nl.set_up(lo, "lo", None))

@@ -9,7 +9,8 @@
 //! with the container's stdout/stderr on pipes it reads, writes
 //! `D/started`, copies output to the CRI log, waits for the container's init
 //! (it is the shim's child through the child-subreaper flag) and writes
-//! `D/exit`. Every file is written atomically (temp + rename).
+//! `D/exit`. Every file is written atomically and durably (temp file,
+//! fsync, rename, fsync of the directory: `keelson_host::fs`).
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use keelson_host::fs::write_atomic;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -96,23 +98,6 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// Writes `path` atomically: a temp file in the same directory, fsync'd,
-/// then renamed over it.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
 /// Runs the shim (synchronous: no tokio runtime in this process).
 pub fn main(args: ShimArgs) -> anyhow::Result<()> {
     if !args.foreground {
@@ -142,8 +127,7 @@ pub fn main(args: ShimArgs) -> anyhow::Result<()> {
     write_atomic(
         &dir.join("shim.pid"),
         std::process::id().to_string().as_bytes(),
-    )
-    .with_context(|| format!("write {}/shim.pid", dir.display()))?;
+    )?;
     match run(&dir, &cfg) {
         Ok(exit) => {
             write_exit(&dir, &exit)?;
@@ -165,7 +149,7 @@ pub fn main(args: ShimArgs) -> anyhow::Result<()> {
 
 fn write_exit(dir: &Path, exit: &Exit) -> anyhow::Result<()> {
     let data = serde_json::to_vec(exit)?;
-    write_atomic(&dir.join("exit"), &data).with_context(|| format!("write {}/exit", dir.display()))
+    Ok(write_atomic(&dir.join("exit"), &data)?)
 }
 
 fn runtime_cmd(cfg: &ShimConfig, dir: &Path) -> Command {
@@ -264,8 +248,7 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<Exit, String> {
         start_ticks: crate::oci::proc_start_ticks(Path::new("/proc"), pid as u32).unwrap_or(0),
     };
     let data = serde_json::to_vec(&started).map_err(|e| e.to_string())?;
-    write_atomic(&dir.join("started"), &data)
-        .map_err(|e| format!("write {}/started: {e}", dir.display()))?;
+    write_atomic(&dir.join("started"), &data).map_err(|e| e.to_string())?;
 
     let log = Arc::new(Mutex::new(CriLog::new(
         cfg.log_path.clone(),

@@ -15,28 +15,15 @@ use keelson_runtime::{
 const RUNC: &str = "/usr/sbin/runc";
 const SHIM: &str = env!("CARGO_BIN_EXE_keelson-runtime-shim");
 
+/// Root, runc, busybox-static and cgroupfs, by the test kit's rule (a skip,
+/// or a failure under KEELSON_REQUIRE_ALL=1).
 fn can_run() -> bool {
-    let missing = if !nix::unistd::Uid::effective().is_root() {
-        Some("not root")
-    } else if !Path::new(RUNC).exists() {
-        Some("runc missing at /usr/sbin/runc")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("/bin/busybox (busybox-static) missing")
-    } else if !Path::new("/sys/fs/cgroup").exists() {
-        Some("no /sys/fs/cgroup")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("KEELSON_REQUIRE_ALL").as_deref() == Ok("1") => {
-            panic!("KEELSON_REQUIRE_ALL=1 but cannot run: {why}")
-        }
-        Some(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    keelson_e2e::needs("keelson-runtime real-kernel tests")
+        .root()
+        .tool(RUNC)
+        .path("/bin/busybox", "busybox-static")
+        .path("/sys/fs/cgroup", "cgroupfs")
+        .ok()
 }
 
 fn rand_suffix() -> String {
@@ -296,7 +283,7 @@ async fn running_limits_and_stop_with_grace() {
         "stubborn",
         &pod,
         &sb,
-        &["sh", "-c", "trap '' TERM; sleep 1000"],
+        &["sh", "-c", "trap '' TERM; echo trapped; sleep 1000"],
     );
     let polite = env.config(
         "polite",
@@ -305,7 +292,7 @@ async fn running_limits_and_stop_with_grace() {
         &[
             "sh",
             "-c",
-            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+            "trap 'exit 0' TERM; echo trapped; while true; do sleep 0.1; done",
         ],
     );
 
@@ -359,8 +346,17 @@ async fn running_limits_and_stop_with_grace() {
 
     env.rt.start(&stubborn).await.unwrap();
     env.rt.start(&polite).await.unwrap();
-    // Let the shells install their traps.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The shells say when their traps are installed.
+    for c in [&stubborn, &polite] {
+        keelson_e2e::wait_for(
+            &format!("{} to install its TERM trap", c.id),
+            Duration::from_secs(10),
+            || {
+                let lines = c.log_path.exists().then(|| read_log(&c.log_path))?;
+                lines.iter().any(|l| l.2 == "trapped").then_some(())
+            },
+        );
+    }
 
     let t0 = Instant::now();
     let (a, b, c) = tokio::join!(
@@ -535,11 +531,13 @@ async fn sandbox_shared_and_everything_cleaned_up() {
 
 /// Helper run as a separate process by `shim_survives_agent_kill`: starts a
 /// container like the agent would, prints its pid, then waits to be killed.
+/// Ignored in normal runs; run by itself it fails instead of passing empty.
 #[tokio::test]
+#[ignore = "the \"agent\" process of shim_survives_agent_kill, which runs it"]
 async fn agent_child_helper() {
-    let Ok(spec) = std::env::var("KEELSON_TEST_AGENT_CHILD") else {
-        return;
-    };
+    let spec = std::env::var("KEELSON_TEST_AGENT_CHILD").expect(
+        "agent_child_helper is run by shim_survives_agent_kill, with KEELSON_TEST_AGENT_CHILD",
+    );
     let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
     let s = |k: &str| v[k].as_str().unwrap().to_string();
     let rt = OciRuntime {
@@ -566,15 +564,6 @@ async fn agent_child_helper() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
-/// Kills a child process on drop.
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shim_survives_agent_kill() {
     if !can_run() {
@@ -591,6 +580,7 @@ async fn shim_survives_agent_kill() {
         .args([
             "agent_child_helper",
             "--exact",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -598,7 +588,7 @@ async fn shim_survives_agent_kill() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = keelson_e2e::Proc(child);
     let stdout = child.0.stdout.take().unwrap();
     let pid: u32 = tokio::task::spawn_blocking(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -646,7 +636,7 @@ async fn shim_survives_agent_kill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_latency() {
+async fn ten_starts_in_one_sandbox_run_and_stop() {
     if !can_run() {
         return;
     }
@@ -662,14 +652,11 @@ async fn start_latency() {
         env.rt.stop(&c.id, Duration::ZERO).await.unwrap();
         env.rt.remove(&c.id).await.unwrap();
     }
+    // A measurement, not an assertion (a loaded machine is not a broken
+    // runtime): printed for the README's figures.
     times.sort();
     eprintln!(
         "start-to-running through the shim (runc): min {:?} median {:?} max {:?}",
         times[0], times[5], times[9]
-    );
-    assert!(
-        times[5] < Duration::from_secs(2),
-        "median start {:?}",
-        times[5]
     );
 }

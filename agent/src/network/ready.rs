@@ -94,9 +94,7 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    Ok(keelson_host::fs::write_atomic(path, text.as_bytes())?)
 }
 
 /// The pod CIDR to configure: the flag's, else the Node's `spec.podCIDR`

@@ -28,7 +28,7 @@ pub enum RoutesError {
         node: String,
         /// The netlink error.
         #[source]
-        source: keelson_host::netlink::NlError,
+        source: keelson_host::rtnetlink::NlError,
     },
     /// The reconcile thread could not be started or died.
     #[error("reconcile cross-node routes on node {node}: worker thread {what}")]
@@ -84,7 +84,7 @@ pub async fn reconcile_once(me: &str, nodes: Vec<RouteNode>) -> Result<Plan, Rou
     std::thread::Builder::new()
         .name("keelson-routes".into())
         .spawn(move || {
-            let r = keelson_host::netlink::Socket::new()
+            let r = keelson_host::rtnetlink::Socket::new()
                 .and_then(|s| keelson_cni::routes::reconcile(&s, &me_owned, &nodes));
             let _ = tx.send(r);
         })

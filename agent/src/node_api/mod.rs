@@ -18,12 +18,10 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
+use keelson_host::serve::{ClientAuth, Peer};
 use keelson_runtime::ContainerState;
 use kube::runtime::reflector::Store;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tower::ServiceExt;
 
 use crate::pods::host::{self, Host};
@@ -98,42 +96,10 @@ pub fn load_or_create_cert(
     ];
     let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| err(format!("generate: {e}")))?;
     let (c, k) = (ck.cert.pem(), ck.signing_key.serialize_pem());
-    let tmp = key.with_extension("tmp");
-    std::fs::write(&tmp, &k)
-        .and_then(|_| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        })
-        .and_then(|_| std::fs::rename(&tmp, &key))
-        .and_then(|_| std::fs::write(&crt, &c))
-        .map_err(|e| err(format!("write: {e}")))?;
+    keelson_host::fs::write_atomic_mode(&key, k.as_bytes(), 0o600)
+        .and_then(|()| keelson_host::fs::write_atomic(&crt, c.as_bytes()))
+        .map_err(|e| err(e.to_string()))?;
     Ok((c, k))
-}
-
-fn tls_config(
-    cert: &str,
-    key: &str,
-    dir: &Path,
-) -> Result<Arc<rustls::ServerConfig>, NodeApiError> {
-    let err = |reason: String| NodeApiError::Pki {
-        dir: dir.to_path_buf(),
-        reason,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("parse certificate: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-        .map_err(|e| err(format!("parse key: {e}")))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| err(format!("protocol versions: {e}")))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| err(format!("serving certificate: {e}")))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
 }
 
 /// The router (no TLS; for tests and for the TLS loop).
@@ -149,7 +115,12 @@ fn router(app: App) -> Router {
 /// Binds and serves the node API over TLS in a background task.
 pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, NodeApiError> {
     let (cert, key) = load_or_create_cert(&cfg.pki_dir, &cfg.node_name, cfg.node_ip)?;
-    let tls = tls_config(&cert, &key, &cfg.pki_dir)?;
+    let tls = keelson_host::serve::server_config(&cert, &key, ClientAuth::None).map_err(|e| {
+        NodeApiError::Pki {
+            dir: cfg.pki_dir.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| NodeApiError::Listen {
@@ -161,40 +132,19 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
         host: cfg.host,
         health: cfg.health,
     });
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    Ok(tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("node API accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                else {
-                    tracing::debug!(%remote, "node API TLS handshake failed");
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let app = app.clone();
-                        async move { app.oneshot(req.map(Body::new)).await }
-                    },
-                );
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                    tracing::debug!(%remote, "node API connection: {e}");
-                }
-            });
-        }
-    }))
+    let new_service = move |_peer: Peer| {
+        let app = app.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            app.clone().oneshot(req.map(Body::new))
+        })
+    };
+    Ok(tokio::spawn(keelson_host::serve::serve(
+        "node API",
+        listener,
+        tls,
+        new_service,
+        None,
+    )))
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use keelson_host::fs::write_atomic;
 use keelson_images::{ImageStore, PullPolicy, PulledImage};
 use keelson_runtime::cgroups::{self, CgroupManager, QosClass};
 use keelson_runtime::{ContainerConfig, ContainerInfo, Mount, OciRuntime, Runtime, sandbox};
@@ -157,12 +158,6 @@ pub fn pull_policy(c: &Container) -> PullPolicy {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
-}
-
 fn io(op: String) -> impl FnOnce(std::io::Error) -> String {
     move |e| format!("{op}: {e}")
 }
@@ -220,7 +215,7 @@ impl Host {
     fn save_state(&self, st: &PodState) -> Result<(), String> {
         let p = self.pod_dir(&st.uid).join("state.json");
         let b = serde_json::to_vec_pretty(st).unwrap_or_default();
-        write_atomic(&p, &b).map_err(io(format!("write {}", p.display())))
+        write_atomic(&p, &b).map_err(|e| e.to_string())
     }
 
     /// Uids with a pod dir under root-dir/pods.
@@ -343,7 +338,7 @@ impl Host {
         ];
         for (f, text) in files {
             let p = dir.join(f);
-            write_atomic(&p, text.as_bytes()).map_err(io(format!("write {}", p.display())))?;
+            write_atomic(&p, text.as_bytes()).map_err(|e| e.to_string())?;
         }
         self.save_state(&st)?;
         Ok(st)

@@ -1,128 +1,47 @@
-//! Helpers for the root tests: network namespaces with Drop guards, running
-//! the plugin (and Debian's reference plugins) inside a "host" namespace, and
-//! in-process TCP/ping probes. Each test makes its own host namespace, so the
-//! machine's own namespace is never touched.
+//! Helpers for the root tests: running the plugin (and Debian's reference
+//! plugins) inside a "host" namespace, and in-process TCP/ping probes. Each
+//! test makes its own host namespace, so the machine's own namespace is
+//! never touched. Namespaces and the skip rule are the test kit's
+//! (keelson-e2e).
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
 use serde_json::{Value, json};
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_keelson-cni");
 
-/// True when the test can run; otherwise says why (and panics when
-/// KEELSON_REQUIRE_ALL=1, as CI sets).
+#[allow(unused_imports)] // each test file uses its own subset
+pub use keelson_e2e::{Netns, sh, unique};
+
+/// True when the test can run (root and `tools`); otherwise says why (and
+/// panics when KEELSON_REQUIRE_ALL=1, as CI sets): the test kit's rule.
 pub fn can_run(test: &str, tools: &[&str]) -> bool {
-    let require = std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1");
-    let mut why = None;
-    if !nix::unistd::geteuid().is_root() {
-        why = Some("not root (network namespaces and veths need CAP_NET_ADMIN)".to_string());
-    }
-    for t in tools {
-        if why.is_none() && !Path::new(t).exists() {
-            why = Some(format!("{t} is not installed"));
-        }
-    }
-    match why {
-        None => true,
-        Some(w) if require => panic!("{test}: cannot run: {w} (KEELSON_REQUIRE_ALL=1)"),
-        Some(w) => {
-            eprintln!("skipping {test}: {w} (KEELSON_REQUIRE_ALL=1 makes this a failure)");
-            false
-        }
-    }
+    keelson_e2e::needs(test).root().tools(tools).ok()
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A unique short name: PREFIX-PID-N.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A named network namespace (`ip netns add`), deleted on Drop.
-pub struct Netns {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Self {
-        let name = unique(prefix);
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Self {
-            path: PathBuf::from(format!("/run/netns/{name}")),
-            name,
-        };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NAME ARGS`, which must succeed.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    /// `ip -n NAME ARGS`, success or not.
-    pub fn ip_try(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip")
-    }
-
-    /// Names of the links in this namespace.
-    pub fn links(&self) -> Vec<String> {
-        self.ip(&["-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
-            .collect()
-    }
-
+/// What the plugin's tests ask of a namespace beyond the kit's [`Netns`].
+pub trait NetnsExt {
     /// Host-side veths of the plugin ("kc..." links).
-    pub fn kc_links(&self) -> Vec<String> {
+    fn kc_links(&self) -> Vec<String>;
+    /// `ping -c1` from this namespace to `ip`.
+    fn ping(&self, ip: Ipv4Addr) -> bool;
+}
+
+impl NetnsExt for Netns {
+    fn kc_links(&self) -> Vec<String> {
         self.links()
             .into_iter()
             .filter(|n| n.starts_with("kc"))
             .collect()
     }
 
-    /// Runs `f` on a thread inside this namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(&self.path).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("netns thread panicked")
-        })
-    }
-
-    /// Spawns `cmd` inside this namespace (it inherits the spawning thread's).
-    pub fn spawn(&self, cmd: &mut Command) -> Child {
-        self.run(|| cmd.spawn().expect("spawn"))
-    }
-
-    /// `ping -c1` from this namespace to `ip`.
-    pub fn ping(&self, ip: Ipv4Addr) -> bool {
+    fn ping(&self, ip: Ipv4Addr) -> bool {
         Command::new("ip")
             .args(["netns", "exec", &self.name, "ping", "-c1", "-W2", "-q"])
             .arg(ip.to_string())
@@ -131,27 +50,6 @@ impl Netns {
             .status
             .success()
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The plugin's network configuration for `subnet` with state under `data_dir`.

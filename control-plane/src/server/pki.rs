@@ -50,25 +50,11 @@ fn read_pair(dir: &Path, name: &str) -> Option<CertPair> {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |operation, source| PkiError::Io {
-        operation,
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
-    fs::rename(&tmp, path).map_err(|e| io("rename", e))
+    keelson_host::fs::write_atomic_mode(path, contents.as_bytes(), mode).map_err(|e| PkiError::Io {
+        operation: e.step,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn write_pair(dir: &Path, name: &str, pair: &CertPair) -> Result<(), PkiError> {

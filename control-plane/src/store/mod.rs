@@ -19,7 +19,6 @@ use futures::stream::BoxStream;
 
 pub mod etcd;
 pub mod sqlite;
-pub mod testing;
 
 /// A revision of the whole store. 0 means "before any write".
 pub type Revision = i64;

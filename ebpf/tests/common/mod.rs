@@ -1,89 +1,56 @@
 //! Real-kernel test topology: routed veths from per-test netns to the
 //! host, busybox httpd + a python UDP responder as backends, a cgroup2
-//! child for the client, and Drop guards for all of it.
+//! child for the client, and Drop guards for all of it. Namespaces,
+//! processes and the skip rule come from the test kit (keelson-e2e).
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const CGROUP2: &str = "/sys/fs/cgroup/unified";
+pub use keelson_e2e::{Netns, Proc, run};
+
 pub const PYTHON: &str = "/usr/bin/python3";
 pub const UDP_PORT: u16 = 5353;
+
+/// The cgroup2 hierarchy, detected (/sys/fs/cgroup on a pure v2 host,
+/// /sys/fs/cgroup/unified on a hybrid one).
+pub fn cgroup2() -> PathBuf {
+    keelson_e2e::cgroup2().expect("a cgroup2 hierarchy (checked by can_run)")
+}
 
 /// True when the test can run; otherwise prints why and returns false, or
 /// panics under KEELSON_REQUIRE_ALL=1.
 pub fn can_run(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
-    for tool in ["ip", "busybox", "bpftool", PYTHON] {
-        let found = if tool.starts_with('/') {
-            Path::new(tool).exists()
-        } else {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if !Path::new(CGROUP2).join("cgroup.procs").exists() {
-        missing.push(format!("cgroup2 at {CGROUP2}"));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: skipped, missing {}", missing.join(", "));
-    if std::env::var("KEELSON_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("{msg} (KEELSON_REQUIRE_ALL=1)");
-    }
-    eprintln!("{msg}");
-    false
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    keelson_e2e::needs(test)
+        .root()
+        .tools(&["ip", "busybox", "bpftool", PYTHON])
+        .cgroup2()
+        .ok()
 }
 
 pub fn sh(script: &str) -> Output {
     run(Command::new("sh").args(["-ec", script]))
 }
 
-/// A network namespace, deleted on Drop (its veth ends go with it).
-pub struct Netns {
+/// A network namespace whose `eth0` is routed from the host through a veth,
+/// deleted on Drop (the host end explicitly, then the namespace).
+pub struct RoutedNetns {
+    pub ns: Netns,
     pub name: String,
     pub addr: Ipv4Addr,
     pub host_if: String,
 }
 
-impl Netns {
+impl RoutedNetns {
     /// A netns with `eth0` = addr/32 routed from the host through veth
     /// `host_if` (169.254.1.1 on the host side), reaching only `reach`.
-    pub fn routed(name: String, host_if: String, addr: Ipv4Addr, reach: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns {
-            name,
-            addr,
-            host_if,
-        };
-        let (n, h) = (&ns.name, &ns.host_if);
+    pub fn new(name: String, host_if: String, addr: Ipv4Addr, reach: &str) -> RoutedNetns {
+        let ns = Netns::named(name);
+        let (n, h) = (&ns.name, &host_if);
         sh(&format!(
             "ip link add {h} type veth peer name eth0 netns {n}
-             ip -n {n} link set lo up
              ip -n {n} addr add {addr}/32 dev eth0
              ip -n {n} link set eth0 up
              ip -n {n} route add 169.254.1.1 dev eth0
@@ -92,9 +59,15 @@ impl Netns {
              ip link set {h} up
              ip route add {addr}/32 dev {h}"
         ));
-        ns
+        RoutedNetns {
+            name: ns.name.clone(),
+            ns,
+            addr,
+            host_if,
+        }
     }
 
+    /// `ip netns exec NAME` (add the program and its arguments).
     pub fn exec(&self) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]);
@@ -102,24 +75,11 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
+impl Drop for RoutedNetns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
             .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// A background process, killed by PID on Drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -131,7 +91,7 @@ pub struct Cgroup {
 
 impl Cgroup {
     pub fn new(name: &str) -> Cgroup {
-        let path = Path::new(CGROUP2).join(name);
+        let path = cgroup2().join(name);
         let _ = std::fs::remove_dir(&path);
         std::fs::create_dir(&path)
             .unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
@@ -139,7 +99,7 @@ impl Cgroup {
     }
 
     /// `sh -c` that joins this cgroup, then runs `cmd` in `ns`.
-    pub fn run_in(&self, ns: &Netns, cmd: &str) -> Output {
+    pub fn run_in(&self, ns: &RoutedNetns, cmd: &str) -> Output {
         Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -181,7 +141,7 @@ impl Drop for Pins {
 /// /cgi-bin/ip answering the client address it sees) and over UDP.
 pub struct BackendNs {
     pub name: String,
-    pub ns: Netns,
+    pub ns: RoutedNetns,
     _procs: Vec<Proc>,
     _dir: PathBuf,
 }
@@ -202,7 +162,7 @@ while True:
 "#;
 
 impl BackendNs {
-    pub fn start(name: &str, ns: Netns) -> BackendNs {
+    pub fn start(name: &str, ns: RoutedNetns) -> BackendNs {
         let dir =
             std::env::temp_dir().join(format!("keelson-ebpf-{}-{}", ns.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

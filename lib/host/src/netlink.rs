@@ -1,18 +1,48 @@
-//! A small synchronous rtnetlink client: just the messages a routed veth
-//! needs. Message encoding and decoding ([`Msg`], [`parse_attrs`]) are pure;
-//! [`Socket`] does the I/O. A socket belongs to the network namespace it was
-//! created in, so one socket per namespace and no `setns` round trips.
+//! Netlink framing, and a synchronous socket that speaks it: the one
+//! implementation under the rtnetlink client ([`crate::rtnetlink`]) and the
+//! Service proxy's nf_tables batches.
+//!
+//! Pure: [`Msg`] (a message under construction: header, family header,
+//! attributes, nests), [`put_attr`] and friends (attributes into a buffer),
+//! [`parse_attrs`], [`messages`] (a datagram split into messages) and
+//! [`parse_acks`] (what the kernel said about a range of requests). I/O:
+//! [`Socket`], bound to the network namespace it was opened in, with two
+//! loops: [`Socket::transact`] (send requests, wait for their acks) and
+//! [`Socket::fetch`] (send a GET or DUMP, collect the answers).
 
-use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sched::CloneFlags;
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    socket,
+    setsockopt, socket, sockopt,
 };
+
+/// linux/netlink.h.
+pub const NLMSG_ERROR: u16 = 2;
+/// End of a multipart answer.
+pub const NLMSG_DONE: u16 = 3;
+/// A request.
+pub const NLM_F_REQUEST: u16 = 1;
+/// Part of a multipart answer.
+pub const NLM_F_MULTI: u16 = 2;
+/// Ask for an ack.
+pub const NLM_F_ACK: u16 = 4;
+/// Replace an existing object.
+pub const NLM_F_REPLACE: u16 = 0x100;
+/// Fail if it exists.
+pub const NLM_F_EXCL: u16 = 0x200;
+/// Create if missing.
+pub const NLM_F_CREATE: u16 = 0x400;
+/// Dump everything.
+pub const NLM_F_DUMP: u16 = 0x300;
+/// Attribute type flag: the payload is attributes.
+pub const NLA_F_NESTED: u16 = 1 << 15;
+/// nlmsghdr.
+pub const HEADER_LEN: usize = 16;
 
 /// A netlink operation that failed, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -24,61 +54,47 @@ pub struct NlError {
     pub errno: Errno,
 }
 
-/// rtnetlink constants used here (linux/rtnetlink.h, if_link.h, ...).
-#[allow(missing_docs)]
-pub mod c {
-    pub const RTM_NEWLINK: u16 = 16;
-    pub const RTM_DELLINK: u16 = 17;
-    pub const RTM_GETLINK: u16 = 18;
-    pub const RTM_SETLINK: u16 = 19;
-    pub const RTM_NEWADDR: u16 = 20;
-    pub const RTM_DELADDR: u16 = 21;
-    pub const RTM_GETADDR: u16 = 22;
-    pub const RTM_NEWROUTE: u16 = 24;
-    pub const RTM_DELROUTE: u16 = 25;
-    pub const RTM_GETROUTE: u16 = 26;
-    pub const NLMSG_ERROR: u16 = 2;
-    pub const NLMSG_DONE: u16 = 3;
-    pub const NLM_F_REQUEST: u16 = 1;
-    pub const NLM_F_ACK: u16 = 4;
-    pub const NLM_F_DUMP: u16 = 0x300;
-    pub const NLM_F_REPLACE: u16 = 0x100;
-    pub const NLM_F_EXCL: u16 = 0x200;
-    pub const NLM_F_CREATE: u16 = 0x400;
-    pub const AF_UNSPEC: u8 = 0;
-    pub const AF_INET: u8 = 2;
-    pub const IFLA_ADDRESS: u16 = 1;
-    pub const IFLA_IFNAME: u16 = 3;
-    pub const IFLA_MTU: u16 = 4;
-    pub const IFLA_LINKINFO: u16 = 18;
-    pub const IFLA_IFALIAS: u16 = 20;
-    pub const IFLA_NET_NS_FD: u16 = 28;
-    pub const IFLA_INFO_KIND: u16 = 1;
-    pub const IFLA_INFO_DATA: u16 = 2;
-    pub const VETH_INFO_PEER: u16 = 1;
-    pub const IFF_UP: u32 = 1;
-    pub const IFA_ADDRESS: u16 = 1;
-    pub const IFA_LOCAL: u16 = 2;
-    pub const RTA_DST: u16 = 1;
-    pub const RTA_OIF: u16 = 4;
-    pub const RTA_GATEWAY: u16 = 5;
-    pub const RTA_PREFSRC: u16 = 7;
-    pub const RTA_TABLE: u16 = 15;
-    pub const RT_TABLE_MAIN: u8 = 254;
-    pub const RTN_UNICAST: u8 = 1;
-    pub const RTN_UNREACHABLE: u8 = 7;
-    pub const RT_SCOPE_UNIVERSE: u8 = 0;
-    pub const RT_SCOPE_LINK: u8 = 253;
-    pub const RTPROT_STATIC: u8 = 4;
-    pub const RTNH_F_ONLINK: u32 = 4;
+fn pad(buf: &mut Vec<u8>) {
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
 }
 
-/// Protocol tag of the routes this plugin's host side installs.
-pub const RTPROT_KEELSON_CNI: u8 = 0x4b; // 'K'
-/// Protocol tag of cross-node routes (keelson-cni's `routes`).
-pub const RTPROT_KEELSON_NODES: u8 = 0x4c;
-/// Protocol tag of the Service CIDR route the Service proxy owns.
-pub const RTPROT_KEELSON_SERVICES: u8 = 0x4d;
+/// Appends attribute `ty` with `data` (padded to 4 bytes).
+pub fn put_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let at = begin_nest(buf, ty);
+    buf.extend_from_slice(data);
+    end_nest(buf, at);
+    pad(buf);
+}
+
+/// Appends a NUL-terminated string attribute.
+pub fn put_attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
+    let at = begin_nest(buf, ty);
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    end_nest(buf, at);
+    pad(buf);
+}
+
+/// Writes the header of attribute `ty` whose payload follows; returns its
+/// offset for [`end_nest`].
+pub fn begin_nest(buf: &mut Vec<u8>, ty: u16) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&0u16.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    at
+}
+
+/// Sets the length of the attribute begun at `at` to reach the end of `buf`.
+///
+/// # Panics
+///
+/// If the attribute passes 64 KiB (its length is a u16): an encoder bug.
+pub fn end_nest(buf: &mut [u8], at: usize) {
+    let len = u16::try_from(buf.len() - at).expect("netlink attribute over 64 KiB");
+    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+}
 
 /// A netlink message under construction.
 #[derive(Debug, Clone)]
@@ -89,14 +105,14 @@ pub struct Msg {
 
 impl Msg {
     /// Header for `ty` with `flags` (REQUEST is added); `body` is the fixed
-    /// family header (ifinfomsg, ifaddrmsg, rtmsg).
+    /// family header (ifinfomsg, rtmsg, nfgenmsg, ...).
     pub fn new(ty: u16, flags: u16, body: &[u8]) -> Self {
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(&0u32.to_ne_bytes());
         buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&(flags | c::NLM_F_REQUEST).to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // seq, set at send
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        buf.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // seq, set by finish
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
         buf.extend_from_slice(body);
         pad(&mut buf);
         Self {
@@ -107,35 +123,29 @@ impl Msg {
 
     /// Appends an attribute.
     pub fn attr(mut self, ty: u16, data: &[u8]) -> Self {
-        let len = (4 + data.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        pad(&mut self.buf);
+        put_attr(&mut self.buf, ty, data);
         self
     }
 
     /// A NUL-terminated string attribute.
-    pub fn attr_str(self, ty: u16, s: &str) -> Self {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.attr(ty, &v)
+    pub fn attr_str(mut self, ty: u16, s: &str) -> Self {
+        put_attr_str(&mut self.buf, ty, s);
+        self
     }
 
-    /// A u32 attribute.
+    /// A u32 attribute (host order).
     pub fn attr_u32(self, ty: u16, v: u32) -> Self {
         self.attr(ty, &v.to_ne_bytes())
     }
 
     /// Opens a nested attribute; close with [`Msg::end`].
     pub fn begin(mut self, ty: u16) -> Self {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        let at = begin_nest(&mut self.buf, ty);
+        self.nests.push(at);
         self
     }
 
-    /// Raw bytes inside the current nest (e.g. the peer's ifinfomsg).
+    /// Raw bytes (e.g. the peer's ifinfomsg inside a nest), padded.
     pub fn raw(mut self, data: &[u8]) -> Self {
         self.buf.extend_from_slice(data);
         pad(&mut self.buf);
@@ -144,13 +154,22 @@ impl Msg {
 
     /// Closes the innermost nest.
     pub fn end(mut self) -> Self {
-        let start = self.nests.pop().expect("end without begin");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        let at = self.nests.pop().expect("end without begin");
+        end_nest(&mut self.buf, at);
         self
     }
 
-    /// The finished message with `seq`.
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is there (never: a message has a header).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The finished message with sequence number `seq`.
     pub fn finish(mut self, seq: u32) -> Vec<u8> {
         assert!(self.nests.is_empty(), "unclosed nest");
         let len = self.buf.len() as u32;
@@ -160,46 +179,8 @@ impl Msg {
     }
 }
 
-fn pad(buf: &mut Vec<u8>) {
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-/// ifinfomsg.
-pub fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0] = c::AF_UNSPEC;
-    b[4..8].copy_from_slice(&index.to_ne_bytes());
-    b[8..12].copy_from_slice(&flags.to_ne_bytes());
-    b[12..16].copy_from_slice(&change.to_ne_bytes());
-    b
-}
-
-/// ifaddrmsg for IPv4.
-pub fn ifaddrmsg(prefix: u8, scope: u8, index: u32) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[0] = c::AF_INET;
-    b[1] = prefix;
-    b[3] = scope;
-    b[4..8].copy_from_slice(&index.to_ne_bytes());
-    b
-}
-
-/// rtmsg for an IPv4 route of `kind` (`c::RTN_*`) in the main table.
-pub fn rtmsg(dst_len: u8, protocol: u8, scope: u8, kind: u8, flags: u32) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[0] = c::AF_INET;
-    b[1] = dst_len;
-    b[4] = c::RT_TABLE_MAIN;
-    b[5] = protocol;
-    b[6] = scope;
-    b[7] = kind;
-    b[8..12].copy_from_slice(&flags.to_ne_bytes());
-    b
-}
-
-/// Splits `buf` into (type, payload) attributes.
+/// Splits `buf` into (type, payload) attributes; the type without the
+/// NESTED and byte-order flags.
 pub fn parse_attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while buf.len() >= 4 {
@@ -215,618 +196,302 @@ pub fn parse_attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-fn attr_str(data: &[u8]) -> String {
-    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    String::from_utf8_lossy(&data[..end]).into_owned()
+/// One message of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// nlmsg_type.
+    pub ty: u16,
+    /// nlmsg_flags.
+    pub flags: u16,
+    /// nlmsg_seq.
+    pub seq: u32,
+    /// What follows the header.
+    pub payload: &'a [u8],
 }
 
-fn attr_ip(data: &[u8]) -> Option<Ipv4Addr> {
-    <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from)
-}
-
-/// A link as RTM_GETLINK reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// ifindex.
-    pub index: u32,
-    /// Name.
-    pub name: String,
-    /// MAC address.
-    pub mac: Option<[u8; 6]>,
-    /// MTU.
-    pub mtu: u32,
-    /// Interface flags (IFF_UP, ...).
-    pub flags: u32,
-    /// IFLA_IFALIAS.
-    pub alias: Option<String>,
-    /// IFLA_INFO_KIND ("veth", "dummy", ...).
-    pub kind: Option<String>,
-}
-
-impl Link {
-    /// The MAC as aa:bb:cc:dd:ee:ff.
-    pub fn mac_string(&self) -> String {
-        self.mac
-            .map(|m| {
-                m.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
-            })
-            .unwrap_or_default()
-    }
-
-    fn parse(payload: &[u8]) -> Option<Self> {
-        if payload.len() < 16 {
+impl Message<'_> {
+    /// For an NLMSG_ERROR: the error code (0: an ack) and the type of the
+    /// request it answers, when the kernel echoed its header.
+    pub fn error(&self) -> Option<(i32, Option<u16>)> {
+        if self.ty != NLMSG_ERROR || self.payload.len() < 4 {
             return None;
         }
-        let index = i32::from_ne_bytes(payload[4..8].try_into().ok()?) as u32;
-        let flags = u32::from_ne_bytes(payload[8..12].try_into().ok()?);
-        let mut l = Link {
-            index,
-            name: String::new(),
-            mac: None,
-            mtu: 0,
-            flags,
-            alias: None,
-            kind: None,
-        };
-        for (ty, data) in parse_attrs(&payload[16..]) {
-            match ty {
-                c::IFLA_IFNAME => l.name = attr_str(data),
-                c::IFLA_ADDRESS => l.mac = data.try_into().ok(),
-                c::IFLA_MTU if data.len() == 4 => l.mtu = u32::from_ne_bytes(data.try_into().ok()?),
-                c::IFLA_IFALIAS => l.alias = Some(attr_str(data)).filter(|s| !s.is_empty()),
-                c::IFLA_LINKINFO => {
-                    for (ity, idata) in parse_attrs(data) {
-                        if ity == c::IFLA_INFO_KIND {
-                            l.kind = Some(attr_str(idata));
-                        }
-                    }
+        let code = i32::from_ne_bytes(self.payload[0..4].try_into().ok()?);
+        let request = self
+            .payload
+            .get(8..10)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]));
+        Some((code, request))
+    }
+}
+
+/// Splits a datagram into its messages (a truncated tail is dropped).
+pub fn messages(mut buf: &[u8]) -> Vec<Message<'_>> {
+    let mut out = Vec::new();
+    while buf.len() >= HEADER_LEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap_or([0; 4])) as usize;
+        if len < HEADER_LEN || len > buf.len() {
+            break;
+        }
+        out.push(Message {
+            ty: u16::from_ne_bytes([buf[4], buf[5]]),
+            flags: u16::from_ne_bytes([buf[6], buf[7]]),
+            seq: u32::from_ne_bytes(buf[8..12].try_into().unwrap_or([0; 4])),
+            payload: &buf[HEADER_LEN..len],
+        });
+        let adv = (len + 3) & !3;
+        buf = &buf[adv.min(buf.len())..];
+    }
+    out
+}
+
+/// A request the kernel refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Its sequence number.
+    pub seq: u32,
+    /// The type of the request, when echoed.
+    pub request: Option<u16>,
+    /// Why.
+    pub errno: Errno,
+}
+
+/// Reads a datagram of replies to the requests numbered `first..=last`
+/// (plus `last + 1`, a batch's END): (saw the answer that ends the
+/// exchange, the refusals). The exchange ends with the ack (or error) of
+/// `last`, or a DONE numbered `last`. Replies to other numbers (older
+/// exchanges) are ignored.
+pub fn parse_acks(data: &[u8], first: u32, last: u32) -> (bool, Vec<Refused>) {
+    let mut done = false;
+    let mut refused = Vec::new();
+    let ours = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first) + 1;
+    for m in messages(data) {
+        match m.error() {
+            Some((code, request)) if ours(m.seq) => {
+                if code != 0 {
+                    refused.push(Refused {
+                        seq: m.seq,
+                        request,
+                        errno: Errno::from_raw(-code),
+                    });
                 }
-                _ => {}
+                if m.seq == last {
+                    done = true;
+                }
             }
+            None if m.ty == NLMSG_DONE && m.seq == last => done = true,
+            _ => {}
         }
-        Some(l)
     }
+    (done, refused)
 }
 
-/// An IPv4 address on a link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addr {
-    /// ifindex.
-    pub index: u32,
-    /// Address.
-    pub addr: Ipv4Addr,
-    /// Prefix length.
-    pub prefix: u8,
+/// How a [`Socket`] is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Receive buffer forced to this size (SO_RCVBUFFORCE), for replies to
+    /// big batches.
+    pub rcvbuf: Option<usize>,
+    /// A receive that waits longer fails (EAGAIN).
+    pub recv_timeout: Option<Duration>,
+    /// Size of the buffer one datagram is read into.
+    pub read_buffer: usize,
 }
 
-/// What a route does with a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RouteKind {
-    /// Forwards it (through `oif`, `gateway`).
-    #[default]
-    Unicast,
-    /// Refuses it: a local sender gets EHOSTUNREACH, a forwarded packet's
-    /// sender an ICMP host unreachable. Nothing leaves the host.
-    Unreachable,
-}
-
-impl RouteKind {
-    fn rtn(self) -> u8 {
-        match self {
-            RouteKind::Unicast => c::RTN_UNICAST,
-            RouteKind::Unreachable => c::RTN_UNREACHABLE,
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            rcvbuf: None,
+            recv_timeout: None,
+            read_buffer: 64 << 10,
         }
     }
 }
 
-/// An IPv4 route of the main table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// Unicast or unreachable.
-    pub kind: RouteKind,
-    /// Preferred source address for locally sent packets.
-    pub prefsrc: Option<Ipv4Addr>,
-    /// Destination (0.0.0.0 for default).
-    pub dst: Ipv4Addr,
-    /// Destination prefix length.
-    pub dst_len: u8,
-    /// Gateway.
-    pub gateway: Option<Ipv4Addr>,
-    /// Output interface.
-    pub oif: Option<u32>,
-    /// rtm_protocol.
-    pub protocol: u8,
-    /// rtm_scope.
-    pub scope: u8,
-}
-
-impl Default for Route {
-    /// A unicast route to 0.0.0.0/0 with nothing else set.
-    fn default() -> Self {
-        Route {
-            kind: RouteKind::Unicast,
-            prefsrc: None,
-            dst: Ipv4Addr::UNSPECIFIED,
-            dst_len: 0,
-            gateway: None,
-            oif: None,
-            protocol: 0,
-            scope: c::RT_SCOPE_UNIVERSE,
-        }
-    }
-}
-
-/// A NETLINK_ROUTE socket in the namespace it was created in.
+/// A netlink socket of one protocol, in the network namespace it was
+/// created in.
 #[derive(Debug)]
 pub struct Socket {
     fd: OwnedFd,
-    seq: std::cell::Cell<u32>,
+    seq: Cell<u32>,
+    buf: RefCell<Vec<u8>>,
 }
 
 impl Socket {
     /// A socket in the calling thread's network namespace.
-    pub fn new() -> Result<Self, NlError> {
+    pub fn open(protocol: SockProtocol, opts: Options) -> Result<Socket, NlError> {
         let err = |errno| NlError {
-            op: "open rtnetlink socket".into(),
+            op: format!("open netlink socket ({protocol:?})"),
             errno,
         };
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
+            protocol,
         )
         .map_err(err)?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(err)?;
-        Ok(Self {
+        if let Some(n) = opts.rcvbuf {
+            setsockopt(&fd, sockopt::RcvBufForce, &n).map_err(err)?;
+        }
+        if let Some(t) = opts.recv_timeout {
+            let tv = nix::sys::time::TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
+            setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(err)?;
+        }
+        Ok(Socket {
             fd,
-            seq: std::cell::Cell::new(1),
+            seq: Cell::new(1),
+            buf: RefCell::new(vec![0u8; opts.read_buffer.max(8192)]),
         })
     }
 
     /// A socket in the network namespace at `netns` (a /run/netns file or
-    /// /proc/PID/ns/net), made on a short-lived thread so that the caller's
-    /// namespace never changes.
-    pub fn in_netns(netns: &Path) -> Result<Self, NlError> {
-        let op = format!("open rtnetlink socket in netns {}", netns.display());
-        let file = std::fs::File::open(netns).map_err(|e| NlError {
-            op: op.clone(),
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-        })?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                    NlError {
-                        op: op.clone(),
-                        errno,
-                    }
-                })?;
-                Self::new()
-            })
-            .join()
-            .expect("netns thread panicked")
-        })
+    /// /proc/PID/ns/net), made on a short-lived thread
+    /// ([`crate::netns::in_netns`]).
+    pub fn open_in(netns: &Path, protocol: SockProtocol, opts: Options) -> Result<Socket, NlError> {
+        crate::netns::in_netns(netns, || Socket::open(protocol, opts)).map_err(|e| NlError {
+            op: e.to_string(),
+            errno: Errno::from_raw(e.io().raw_os_error().unwrap_or(0)),
+        })?
     }
 
-    fn next_seq(&self) -> u32 {
+    /// The next sequence number [`Socket::transact`] or [`Socket::request`]
+    /// would use.
+    pub fn next_seq(&self) -> u32 {
+        self.seq.get()
+    }
+
+    /// Takes `n` sequence numbers; returns the first.
+    pub fn take_seqs(&self, n: u32) -> u32 {
         let s = self.seq.get();
-        self.seq.set(s.wrapping_add(1));
+        self.seq.set(s.wrapping_add(n));
         s
     }
 
-    fn send_msg(&self, msg: Msg, op: &dyn Fn() -> String) -> Result<u32, NlError> {
-        let seq = self.next_seq();
-        let bytes = msg.finish(seq);
-        send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty())
+    /// Starts the sequence numbers at `seq` (a process restarted within a
+    /// second would otherwise reuse its predecessor's).
+    pub fn set_seq(&self, seq: u32) {
+        self.seq.set(seq);
+    }
+
+    fn recv_into<R>(
+        &self,
+        op: &dyn Fn() -> String,
+        mut f: impl FnMut(&[u8]) -> Option<R>,
+    ) -> Result<R, NlError> {
+        let mut buf = self.buf.borrow_mut();
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
+                .map_err(|errno| NlError { op: op(), errno })?;
+            if let Some(r) = f(&buf[..n]) {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Sends `bytes` (one message or a batch of them, numbered `first` to
+    /// `last`, in one datagram) and waits until the kernel has answered
+    /// `last`. Returns every refusal among them; `Err` only for the socket
+    /// itself failing.
+    pub fn transact(
+        &self,
+        bytes: &[u8],
+        first: u32,
+        last: u32,
+        op: &dyn Fn() -> String,
+    ) -> Result<Vec<Refused>, NlError> {
+        send(self.fd.as_raw_fd(), bytes, MsgFlags::empty())
             .map_err(|errno| NlError { op: op(), errno })?;
-        Ok(seq)
+        let mut refused = Vec::new();
+        self.recv_into(op, |data| {
+            let (done, r) = parse_acks(data, first, last);
+            refused.extend(r);
+            done.then_some(())
+        })?;
+        Ok(refused)
+    }
+
+    /// Lets one datagram of `len` bytes through (SO_SNDBUFFORCE): a batch
+    /// must travel in one datagram for the kernel to commit it as one.
+    pub fn reserve_send(&self, len: usize) -> Result<(), NlError> {
+        setsockopt(&self.fd, sockopt::SndBufForce, &len).map_err(|errno| NlError {
+            op: format!("set the send buffer to {len} bytes"),
+            errno,
+        })
     }
 
     /// Sends `msg` with ACK and waits for it.
     pub fn request(&self, msg: Msg, op: impl Fn() -> String) -> Result<(), NlError> {
-        let seq = self.send_msg(msg, &op)?;
-        let mut buf = vec![0u8; 8192];
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-                .map_err(|errno| NlError { op: op(), errno })?;
-            for (ty, mseq, payload) in split(&buf[..n]) {
-                if mseq != seq {
-                    continue;
-                }
-                if ty == c::NLMSG_ERROR {
-                    let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap_or([0; 4]));
-                    return if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(NlError {
-                            op: op(),
-                            errno: Errno::from_raw(-code),
-                        })
-                    };
-                }
-            }
+        let seq = self.take_seqs(1);
+        let bytes = msg.finish(seq);
+        match self.transact(&bytes, seq, seq, &op)?.first() {
+            None => Ok(()),
+            Some(r) => Err(NlError {
+                op: op(),
+                errno: r.errno,
+            }),
         }
     }
 
     /// Sends a request whose answer is message(s) of data (GET or DUMP) and
     /// returns their payloads.
     pub fn fetch(&self, msg: Msg, op: impl Fn() -> String) -> Result<Vec<Vec<u8>>, NlError> {
-        let seq = self.send_msg(msg, &op)?;
-        let mut buf = vec![0u8; 65536];
+        let seq = self.take_seqs(1);
+        let bytes = msg.finish(seq);
+        send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty())
+            .map_err(|errno| NlError { op: op(), errno })?;
         let mut out = Vec::new();
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-                .map_err(|errno| NlError { op: op(), errno })?;
-            let mut multi = false;
-            for (ty, mseq, payload) in split(&buf[..n]) {
-                if mseq != seq {
+        self.recv_into(&op, |data| {
+            let (mut got, mut multi) = (false, false);
+            for m in messages(data) {
+                if m.seq != seq {
                     continue;
                 }
-                match ty {
-                    c::NLMSG_DONE => return Ok(out),
-                    c::NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap_or([0; 4]));
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        return Err(NlError {
+                match m.error() {
+                    Some((0, _)) => return Some(Ok(())),
+                    Some((code, _)) => {
+                        return Some(Err(NlError {
                             op: op(),
                             errno: Errno::from_raw(-code),
-                        });
+                        }));
                     }
-                    _ => {
-                        out.push(payload.to_vec());
-                        multi = true;
+                    None if m.ty == NLMSG_DONE => return Some(Ok(())),
+                    None => {
+                        out.push(m.payload.to_vec());
+                        got = true;
+                        multi |= m.flags & NLM_F_MULTI != 0;
                     }
                 }
             }
             // A plain GET answers with one message and no DONE.
-            if multi && !is_multi(&buf[..n]) {
-                return Ok(out);
-            }
-        }
-    }
-
-    // ---- links ----
-
-    /// Creates a veth pair: `host` here, `peer` in the namespace `peer_netns`.
-    pub fn create_veth(
-        &self,
-        host: &str,
-        peer: &str,
-        mtu: Option<u32>,
-        peer_netns: &impl AsFd,
-    ) -> Result<(), NlError> {
-        let mut m = Msg::new(
-            c::RTM_NEWLINK,
-            c::NLM_F_ACK | c::NLM_F_CREATE | c::NLM_F_EXCL,
-            &ifinfomsg(0, 0, 0),
-        )
-        .attr_str(c::IFLA_IFNAME, host);
-        if let Some(mtu) = mtu {
-            m = m.attr_u32(c::IFLA_MTU, mtu);
-        }
-        m = m
-            .begin(c::IFLA_LINKINFO)
-            .attr_str(c::IFLA_INFO_KIND, "veth")
-            .begin(c::IFLA_INFO_DATA)
-            .begin(c::VETH_INFO_PEER)
-            .raw(&ifinfomsg(0, 0, 0))
-            .attr_str(c::IFLA_IFNAME, peer)
-            .attr_u32(c::IFLA_NET_NS_FD, peer_netns.as_fd().as_raw_fd() as u32);
-        if let Some(mtu) = mtu {
-            m = m.attr_u32(c::IFLA_MTU, mtu);
-        }
-        m = m.end().end().end();
-        self.request(m, || format!("create veth {host} (peer {peer})"))
-    }
-
-    /// Creates a link `name` that drops whatever is sent to it (one already
-    /// there is success) and sets it up; returns its ifindex. A `dummy`
-    /// link, or an `ifb` one where the kernel has no dummy driver (an ifb
-    /// link drops what no traffic-control redirect brought to it).
-    pub fn ensure_drop_link(&self, name: &str) -> Result<u32, NlError> {
-        let create = |kind: &str| {
-            let m = Msg::new(
-                c::RTM_NEWLINK,
-                c::NLM_F_ACK | c::NLM_F_CREATE | c::NLM_F_EXCL,
-                &ifinfomsg(0, 0, 0),
-            )
-            .attr_str(c::IFLA_IFNAME, name)
-            .begin(c::IFLA_LINKINFO)
-            .attr_str(c::IFLA_INFO_KIND, kind)
-            .end();
-            match self.request(m, || format!("create {kind} link {name}")) {
-                Err(e) if e.errno == Errno::EEXIST => Ok(()),
-                r => r,
-            }
-        };
-        match create("dummy") {
-            Err(e) if e.errno == Errno::EOPNOTSUPP => create("ifb")?,
-            r => r?,
-        }
-        let link = self.link_by_name(name)?.ok_or_else(|| NlError {
-            op: format!("find link {name} after creating it"),
-            errno: Errno::ENODEV,
-        })?;
-        self.set_up(link.index, name, None)?;
-        Ok(link.index)
-    }
-
-    /// The link called `name`, or `None`.
-    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, NlError> {
-        let m = Msg::new(c::RTM_GETLINK, 0, &ifinfomsg(0, 0, 0)).attr_str(c::IFLA_IFNAME, name);
-        match self.fetch(m, || format!("get link {name}")) {
-            Ok(msgs) => Ok(msgs.first().and_then(|p| Link::parse(p))),
-            Err(e) if e.errno == Errno::ENODEV => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every link.
-    pub fn links(&self) -> Result<Vec<Link>, NlError> {
-        let m = Msg::new(c::RTM_GETLINK, c::NLM_F_DUMP, &ifinfomsg(0, 0, 0));
-        Ok(self
-            .fetch(m, || "list links".into())?
-            .iter()
-            .filter_map(|p| Link::parse(p))
-            .collect())
-    }
-
-    /// Deletes the link `name`; `Ok(false)` when there is none.
-    pub fn delete_link(&self, name: &str) -> Result<bool, NlError> {
-        let m = Msg::new(c::RTM_DELLINK, c::NLM_F_ACK, &ifinfomsg(0, 0, 0))
-            .attr_str(c::IFLA_IFNAME, name);
-        match self.request(m, || format!("delete link {name}")) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno == Errno::ENODEV => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Deletes the link with ifindex `index`; `Ok(false)` when there is none.
-    pub fn delete_link_index(&self, index: u32) -> Result<bool, NlError> {
-        let m = Msg::new(c::RTM_DELLINK, c::NLM_F_ACK, &ifinfomsg(index as i32, 0, 0));
-        match self.request(m, || format!("delete link #{index}")) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno == Errno::ENODEV => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Whether a link with ifindex `index` is listed.
-    pub fn link_index_exists(&self, index: u32) -> Result<bool, NlError> {
-        let m = Msg::new(c::RTM_GETLINK, 0, &ifinfomsg(index as i32, 0, 0));
-        match self.fetch(m, || format!("get link #{index}")) {
-            Ok(msgs) => Ok(!msgs.is_empty()),
-            Err(e) if e.errno == Errno::ENODEV => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Sets the link up, and its alias if given.
-    pub fn set_up(&self, index: u32, name: &str, alias: Option<&str>) -> Result<(), NlError> {
-        let mut m = Msg::new(
-            c::RTM_SETLINK,
-            c::NLM_F_ACK,
-            &ifinfomsg(index as i32, c::IFF_UP, c::IFF_UP),
-        );
-        if let Some(a) = alias {
-            m = m.attr(c::IFLA_IFALIAS, a.as_bytes());
-        }
-        self.request(m, || format!("set link {name} up"))
-    }
-
-    // ---- addresses ----
-
-    /// Adds `addr/prefix` to link `index` (an existing one is success).
-    pub fn add_addr(
-        &self,
-        index: u32,
-        name: &str,
-        addr: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<(), NlError> {
-        let m = Msg::new(
-            c::RTM_NEWADDR,
-            c::NLM_F_ACK | c::NLM_F_CREATE | c::NLM_F_REPLACE,
-            &ifaddrmsg(prefix, c::RT_SCOPE_UNIVERSE, index),
-        )
-        .attr(c::IFA_LOCAL, &addr.octets())
-        .attr(c::IFA_ADDRESS, &addr.octets());
-        self.request(m, || format!("add address {addr}/{prefix} to {name}"))
-    }
-
-    /// Removes `addr/prefix` from link `index`; `Ok(false)` when it is not
-    /// there.
-    pub fn delete_addr(
-        &self,
-        index: u32,
-        name: &str,
-        addr: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<bool, NlError> {
-        let m = Msg::new(
-            c::RTM_DELADDR,
-            c::NLM_F_ACK,
-            &ifaddrmsg(prefix, c::RT_SCOPE_UNIVERSE, index),
-        )
-        .attr(c::IFA_LOCAL, &addr.octets())
-        .attr(c::IFA_ADDRESS, &addr.octets());
-        match self.request(m, || format!("delete address {addr}/{prefix} from {name}")) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno == Errno::EADDRNOTAVAIL || e.errno == Errno::ENODEV => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The index of link `name`; `ENODEV` when there is none.
-    pub fn link_index(&self, name: &str) -> Result<u32, NlError> {
-        self.link_by_name(name)?
-            .map(|l| l.index)
-            .ok_or_else(|| NlError {
-                op: format!("find link {name}"),
-                errno: Errno::ENODEV,
-            })
-    }
-
-    /// Every IPv4 address.
-    pub fn addrs(&self) -> Result<Vec<Addr>, NlError> {
-        let m = Msg::new(c::RTM_GETADDR, c::NLM_F_DUMP, &ifaddrmsg(0, 0, 0));
-        let mut out = Vec::new();
-        for p in self.fetch(m, || "list addresses".into())? {
-            if p.len() < 8 || p[0] != c::AF_INET {
-                continue;
-            }
-            let prefix = p[1];
-            let index = u32::from_ne_bytes(p[4..8].try_into().unwrap_or([0; 4]));
-            let mut local = None;
-            let mut address = None;
-            for (ty, d) in parse_attrs(&p[8..]) {
-                match ty {
-                    c::IFA_LOCAL => local = attr_ip(d),
-                    c::IFA_ADDRESS => address = attr_ip(d),
-                    _ => {}
-                }
-            }
-            if let Some(addr) = local.or(address) {
-                out.push(Addr {
-                    index,
-                    addr,
-                    prefix,
-                });
-            }
-        }
+            (got && !multi).then_some(Ok(()))
+        })??;
         Ok(out)
     }
-
-    // ---- routes ----
-
-    fn route_msg(ty: u16, flags: u16, r: &Route) -> Msg {
-        let rflags = if r.gateway.is_some() && r.oif.is_some() {
-            c::RTNH_F_ONLINK
-        } else {
-            0
-        };
-        let mut m = Msg::new(
-            ty,
-            flags,
-            &rtmsg(r.dst_len, r.protocol, r.scope, r.kind.rtn(), rflags),
-        )
-        .attr_u32(c::RTA_TABLE, c::RT_TABLE_MAIN as u32);
-        if r.dst_len > 0 {
-            m = m.attr(c::RTA_DST, &r.dst.octets());
-        }
-        if let Some(gw) = r.gateway {
-            m = m.attr(c::RTA_GATEWAY, &gw.octets());
-        }
-        if let Some(oif) = r.oif {
-            m = m.attr_u32(c::RTA_OIF, oif);
-        }
-        if let Some(src) = r.prefsrc {
-            m = m.attr(c::RTA_PREFSRC, &src.octets());
-        }
-        m
-    }
-
-    /// Adds or replaces `r` (a gateway together with an oif means onlink).
-    pub fn replace_route(&self, r: &Route) -> Result<(), NlError> {
-        let m = Self::route_msg(
-            c::RTM_NEWROUTE,
-            c::NLM_F_ACK | c::NLM_F_CREATE | c::NLM_F_REPLACE,
-            r,
-        );
-        self.request(m, || {
-            format!("replace route {}/{} ({r:?})", r.dst, r.dst_len)
-        })
-    }
-
-    /// Deletes `r`; `Ok(false)` when it is not there.
-    pub fn delete_route(&self, r: &Route) -> Result<bool, NlError> {
-        let m = Self::route_msg(c::RTM_DELROUTE, c::NLM_F_ACK, r);
-        match self.request(m, || format!("delete route {}/{}", r.dst, r.dst_len)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.errno == Errno::ESRCH => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The IPv4 unicast and unreachable routes of the main table.
-    pub fn routes(&self) -> Result<Vec<Route>, NlError> {
-        let m = Msg::new(c::RTM_GETROUTE, c::NLM_F_DUMP, &rtmsg(0, 0, 0, 0, 0));
-        let mut out = Vec::new();
-        for p in self.fetch(m, || "list routes".into())? {
-            if p.len() < 12 || p[0] != c::AF_INET {
-                continue;
-            }
-            let mut table = p[4] as u32;
-            let kind = match p[7] {
-                c::RTN_UNICAST => RouteKind::Unicast,
-                c::RTN_UNREACHABLE => RouteKind::Unreachable,
-                _ => continue,
-            };
-            let mut r = Route {
-                kind,
-                prefsrc: None,
-                dst: Ipv4Addr::UNSPECIFIED,
-                dst_len: p[1],
-                gateway: None,
-                oif: None,
-                protocol: p[5],
-                scope: p[6],
-            };
-            for (ty, d) in parse_attrs(&p[12..]) {
-                match ty {
-                    c::RTA_DST => r.dst = attr_ip(d).unwrap_or(r.dst),
-                    c::RTA_GATEWAY => r.gateway = attr_ip(d),
-                    c::RTA_PREFSRC => r.prefsrc = attr_ip(d),
-                    c::RTA_OIF if d.len() == 4 => {
-                        r.oif = Some(u32::from_ne_bytes(d.try_into().unwrap_or([0; 4])))
-                    }
-                    c::RTA_TABLE if d.len() == 4 => {
-                        table = u32::from_ne_bytes(d.try_into().unwrap_or([0; 4]))
-                    }
-                    _ => {}
-                }
-            }
-            if table == c::RT_TABLE_MAIN as u32 {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn split(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while rest.len() >= 16 {
-        let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or([0; 4])) as usize;
-        if len < 16 || len > rest.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let seq = u32::from_ne_bytes(rest[8..12].try_into().unwrap_or([0; 4]));
-        out.push((ty, seq, &rest[16..len]));
-        let adv = (len + 3) & !3;
-        rest = &rest[adv.min(rest.len())..];
-    }
-    out
-}
-
-fn is_multi(buf: &[u8]) -> bool {
-    buf.len() >= 8 && u16::from_ne_bytes([buf[6], buf[7]]) & 2 != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ack(seq: u32, code: i32, request: u16) -> Vec<u8> {
+        let mut d = Vec::new();
+        d.extend_from_slice(&36u32.to_ne_bytes());
+        d.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        d.extend_from_slice(&0u16.to_ne_bytes());
+        d.extend_from_slice(&seq.to_ne_bytes());
+        d.extend_from_slice(&0u32.to_ne_bytes());
+        d.extend_from_slice(&code.to_ne_bytes());
+        d.extend_from_slice(&36u32.to_ne_bytes());
+        d.extend_from_slice(&request.to_ne_bytes());
+        d.extend_from_slice(&[0; 10]);
+        d
+    }
+
     #[test]
     fn encodes_nested_attributes_with_lengths_and_padding() {
+        use crate::rtnetlink::{c, ifinfomsg};
         let m = Msg::new(c::RTM_NEWLINK, c::NLM_F_ACK, &ifinfomsg(0, 0, 0))
             .attr_str(c::IFLA_IFNAME, "kc1")
             .begin(c::IFLA_LINKINFO)
@@ -853,20 +518,35 @@ mod tests {
     }
 
     #[test]
-    fn parses_a_link_message() {
-        let mut payload = ifinfomsg(5, c::IFF_UP, 0).to_vec();
-        let m = Msg::new(0, 0, &[])
-            .attr_str(c::IFLA_IFNAME, "eth0")
-            .attr(c::IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1])
-            .attr_u32(c::IFLA_MTU, 1400)
-            .attr(c::IFLA_IFALIAS, b"keelson-cni x")
-            .finish(0);
-        payload.extend_from_slice(&m[16..]);
-        let l = Link::parse(&payload).unwrap();
-        assert_eq!(l.index, 5);
-        assert_eq!(l.name, "eth0");
-        assert_eq!(l.mtu, 1400);
-        assert_eq!(l.mac_string(), "02:00:00:00:00:01");
-        assert_eq!(l.alias.as_deref(), Some("keelson-cni x"));
+    fn a_datagram_splits_into_its_messages() {
+        let mut d = Msg::new(16, NLM_F_ACK, &[0; 16]).attr_str(3, "a").finish(7);
+        d.extend(Msg::new(NLMSG_DONE, NLM_F_MULTI, &[]).finish(8));
+        let msgs = messages(&d);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].ty, msgs[0].seq), (16, 7));
+        assert_eq!(msgs[0].flags, NLM_F_ACK | NLM_F_REQUEST);
+        assert_eq!(parse_attrs(&msgs[0].payload[16..]), vec![(3, &b"a\0"[..])]);
+        assert_eq!((msgs[1].ty, msgs[1].seq), (NLMSG_DONE, 8));
+    }
+
+    #[test]
+    fn acks_end_the_exchange_at_the_last_request_and_refusals_are_kept() {
+        let mut d = ack(5, -17, 0x0a0c);
+        let (done, refused) = parse_acks(&d, 4, 6);
+        assert!(!done);
+        assert_eq!(
+            refused,
+            vec![Refused {
+                seq: 5,
+                request: Some(0x0a0c),
+                errno: Errno::EEXIST
+            }]
+        );
+        d.extend(ack(6, 0, 0));
+        let (done, refused) = parse_acks(&d, 4, 6);
+        assert!(done);
+        assert_eq!(refused.len(), 1);
+        // Another exchange's replies are not ours.
+        assert_eq!(parse_acks(&d, 100, 110), (false, vec![]));
     }
 }

@@ -1,5 +1,7 @@
 //! nf_tables over netlink, for map and set elements: a pure encoder of
-//! batches ([`Batch`]) and a thin synchronous socket ([`NetlinkSocket`]).
+//! batches ([`Batch`]) and a thin synchronous socket ([`NetlinkSocket`]),
+//! both on keelson-host's netlink framing (messages, attributes, the
+//! send-and-collect-acks loop); only the nf_tables layouts live here.
 //!
 //! The `nft` CLI reads the table (all elements of its verdict maps, for loop
 //! checks) and parses the script before each run: at 30k Services that costs
@@ -15,17 +17,18 @@
 //! slots a host-order u32.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::time::Duration;
+
+use keelson_host::netlink::{
+    self as nl, Msg, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, Options, Refused, begin_nest, end_nest,
+    put_attr, put_attr_str,
+};
+#[cfg(test)]
+use keelson_host::netlink::{NLM_F_REQUEST, NLMSG_ERROR};
+use nix::sys::socket::SockProtocol;
 
 use super::render::{Container, Element};
 
-// linux/netlink.h
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLA_F_NESTED: u16 = 1 << 15;
 // linux/netfilter/nfnetlink.h
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10; // NLMSG_MIN_TYPE
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -181,78 +184,40 @@ pub enum ElemOp {
 #[derive(Debug)]
 pub struct Batch {
     buf: Vec<u8>,
+    /// Sequence number of the next message.
     seq: u32,
     /// Sequence number of the last message that asks for an ack.
     last_seq: u32,
     messages: usize,
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
+/// nfgenmsg: family, version, resource id (big-endian).
+fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
+    let r = res_id.to_be_bytes();
+    [family, NFNETLINK_V0, r[0], r[1]]
 }
 
-fn put_u16(buf: &mut Vec<u8>, v: u16) {
-    buf.extend_from_slice(&v.to_ne_bytes());
-}
-
-fn put_u32(buf: &mut Vec<u8>, v: u32) {
-    buf.extend_from_slice(&v.to_ne_bytes());
-}
-
-fn pad(buf: &mut Vec<u8>) {
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-/// Writes an attribute header; returns its offset for [`end_attr`].
-fn begin_attr(buf: &mut Vec<u8>, ty: u16) -> usize {
-    let at = buf.len();
-    put_u16(buf, 0);
-    put_u16(buf, ty);
-    at
-}
-
-fn end_attr(buf: &mut [u8], at: usize) {
-    let len = u16::try_from(buf.len() - at).expect("netlink attribute over 64 KiB");
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let at = begin_attr(buf, ty);
-    buf.extend_from_slice(payload);
-    end_attr(buf, at);
-    pad(buf);
-}
-
-fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
-    let at = begin_attr(buf, ty);
-    buf.extend_from_slice(s.as_bytes());
-    buf.push(0);
-    end_attr(buf, at);
-    pad(buf);
-}
-
+/// Appends nested attribute `ty` whose payload `f` writes.
 fn nested(buf: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
-    let at = begin_attr(buf, ty | NLA_F_NESTED);
+    let at = begin_nest(buf, ty | NLA_F_NESTED);
     f(buf);
-    end_attr(buf, at);
+    end_nest(buf, at);
 }
 
 /// Appends one element (`NFTA_LIST_ELEM`) to an element list.
 fn put_element(buf: &mut Vec<u8>, key: &[u8], data: Option<&Data>) {
     nested(buf, NFTA_LIST_ELEM, |b| {
-        nested(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, key));
+        nested(b, NFTA_SET_ELEM_KEY, |b| put_attr(b, NFTA_DATA_VALUE, key));
         match data {
             None => {}
             Some(Data::Value(v)) => {
-                nested(b, NFTA_SET_ELEM_DATA, |b| attr(b, NFTA_DATA_VALUE, v));
+                nested(b, NFTA_SET_ELEM_DATA, |b| put_attr(b, NFTA_DATA_VALUE, v));
             }
             Some(Data::Verdict { code, chain }) => nested(b, NFTA_SET_ELEM_DATA, |b| {
                 nested(b, NFTA_DATA_VERDICT, |b| {
                     // Verdict codes are big-endian on the wire.
-                    attr(b, NFTA_VERDICT_CODE, &code.to_be_bytes());
-                    attr_str(b, NFTA_VERDICT_CHAIN, chain);
+                    put_attr(b, NFTA_VERDICT_CODE, &code.to_be_bytes());
+                    put_attr_str(b, NFTA_VERDICT_CHAIN, chain);
                 })
             }),
         }
@@ -268,30 +233,25 @@ impl Batch {
             last_seq: seq,
             messages: 0,
         };
-        let at = b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, AF_UNSPEC);
-        // res_id: the subsystem, big-endian.
-        b.buf[at + 18..at + 20].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-        b.finish(at);
+        b.push(Msg::new(
+            NFNL_MSG_BATCH_BEGIN,
+            0,
+            &nfgenmsg(AF_UNSPEC, NFNL_SUBSYS_NFTABLES),
+        ));
         b
     }
 
-    /// Writes a netlink header and nfgenmsg; returns the message offset.
-    fn header(&mut self, ty: u16, flags: u16, family: u8) -> usize {
-        let at = self.buf.len();
-        put_u32(&mut self.buf, 0); // nlmsg_len, set by finish
-        put_u16(&mut self.buf, ty);
-        put_u16(&mut self.buf, flags);
-        put_u32(&mut self.buf, self.seq);
-        put_u32(&mut self.buf, 0); // nlmsg_pid: the kernel
-        self.buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+    /// Appends `m` with the next sequence number.
+    fn push(&mut self, m: Msg) {
+        self.buf.extend_from_slice(&m.finish(self.seq));
         self.seq = self.seq.wrapping_add(1);
-        at
     }
 
-    fn finish(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u32;
-        self.buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
-        pad(&mut self.buf);
+    /// Appends a request that asks for an ack.
+    fn push_request(&mut self, m: Msg) {
+        self.last_seq = self.seq;
+        self.push(m);
+        self.messages += 1;
     }
 
     /// Adds (or deletes) `elements` of set `set` in table `table`. Splits
@@ -305,53 +265,56 @@ impl Batch {
         elements: &[(Vec<u8>, Option<Data>)],
     ) {
         let (ty, flags) = match op {
-            ElemOp::Add => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE),
-            ElemOp::Delete => (NFT_MSG_DELSETELEM, NLM_F_REQUEST),
+            ElemOp::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+            ElemOp::Delete => (NFT_MSG_DELSETELEM, 0),
         };
         let mut rest = elements;
         while !rest.is_empty() {
-            let at = self.header((NFNL_SUBSYS_NFTABLES << 8) | ty, flags | NLM_F_ACK, family);
-            self.last_seq = self.seq.wrapping_sub(1);
-            attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
-            attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
-            let list = begin_attr(&mut self.buf, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED);
+            let mut list = Vec::new();
             let mut n = 0;
             for (key, data) in rest {
-                let before = self.buf.len();
-                put_element(&mut self.buf, key, data.as_ref());
-                if self.buf.len() - list > MAX_LIST && n > 0 {
-                    self.buf.truncate(before);
+                let before = list.len();
+                put_element(&mut list, key, data.as_ref());
+                // The list attribute: a 4-byte header and the elements.
+                if 4 + list.len() > MAX_LIST && n > 0 {
+                    list.truncate(before);
                     break;
                 }
                 n += 1;
             }
-            end_attr(&mut self.buf, list);
-            self.finish(at);
-            self.messages += 1;
+            let m = Msg::new(
+                (NFNL_SUBSYS_NFTABLES << 8) | ty,
+                flags | NLM_F_ACK,
+                &nfgenmsg(family, 0),
+            )
+            .attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+            .attr_str(NFTA_SET_ELEM_LIST_SET, set)
+            .attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
+            self.push_request(m);
             rest = &rest[n..];
         }
     }
 
     /// Removes every element of set `set` (a DELSETELEM without a list).
     pub fn flush(&mut self, family: u8, table: &str, set: &str) {
-        let at = self.header(
+        let m = Msg::new(
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM,
-            NLM_F_REQUEST | NLM_F_ACK,
-            family,
-        );
-        self.last_seq = self.seq.wrapping_sub(1);
-        attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
-        attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
-        self.finish(at);
-        self.messages += 1;
+            NLM_F_ACK,
+            &nfgenmsg(family, 0),
+        )
+        .attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+        .attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        self.push_request(m);
     }
 
     /// Closes the batch: the bytes to send, the sequence number whose ack
     /// ends the reply, and the number of messages (0: nothing to send).
     pub fn end(mut self) -> (Vec<u8>, u32, usize) {
-        let at = self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, AF_UNSPEC);
-        self.buf[at + 18..at + 20].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-        self.finish(at);
+        self.push(Msg::new(
+            NFNL_MSG_BATCH_END,
+            0,
+            &nfgenmsg(AF_UNSPEC, NFNL_SUBSYS_NFTABLES),
+        ));
         (self.buf, self.last_seq, self.messages)
     }
 }
@@ -432,12 +395,7 @@ pub enum NetlinkError {
     Send {
         bytes: usize,
         #[source]
-        source: std::io::Error,
-    },
-    #[error("read nf_tables batch reply: {source}")]
-    Recv {
-        #[source]
-        source: std::io::Error,
+        source: nl::NlError,
     },
     #[error("nf_tables rejected the batch: {0}")]
     Rejected(String),
@@ -450,16 +408,11 @@ fn netns_suffix(netns: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-fn io(e: nix::Error) -> std::io::Error {
-    std::io::Error::from_raw_os_error(e as i32)
-}
-
 /// A NETLINK_NETFILTER socket, optionally opened inside a named network
 /// namespace (it stays bound to that namespace).
 #[derive(Debug)]
 pub struct NetlinkSocket {
-    fd: OwnedFd,
-    seq: u32,
+    sock: nl::Socket,
     netns: Option<String>,
 }
 
@@ -467,100 +420,68 @@ impl NetlinkSocket {
     /// Opens a socket in the current network namespace, or in
     /// `/run/netns/NAME` (entered on a short-lived thread).
     pub fn open(netns: Option<&str>) -> Result<NetlinkSocket, NetlinkError> {
-        let err = |source| NetlinkError::Open {
+        let opts = Options {
+            // Replies to big batches: room for acks and error echoes.
+            rcvbuf: Some(8 << 20),
+            recv_timeout: Some(Duration::from_secs(30)),
+            read_buffer: 1 << 20,
+        };
+        let proto = SockProtocol::NetlinkNetFilter;
+        let sock = match netns {
+            None => nl::Socket::open(proto, opts),
+            Some(name) => nl::Socket::open_in(&keelson_host::netns::named(name), proto, opts),
+        }
+        .map_err(|e| NetlinkError::Open {
             netns: netns.map(str::to_string),
-            source,
-        };
-        let fd = match netns {
-            None => Self::socket().map_err(err)?,
-            Some(name) => {
-                let path = format!("/run/netns/{name}");
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        let ns = std::fs::File::open(&path)?;
-                        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io)?;
-                        Self::socket()
-                    })
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
-                })
-                .map_err(err)?
-            }
-        };
+            source: std::io::Error::other(e),
+        })?;
+        // Numbered from the clock: a restarted proxy does not take its
+        // predecessor's acks for its own.
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(1);
+        sock.set_seq(seq);
         Ok(NetlinkSocket {
-            fd,
-            seq,
+            sock,
             netns: netns.map(str::to_string),
         })
     }
 
-    fn socket() -> std::io::Result<OwnedFd> {
-        use nix::sys::socket::{
-            AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, setsockopt, sockopt,
-        };
-        let fd = nix::sys::socket::socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )
-        .map_err(io)?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(io)?;
-        // Replies to big batches: room for acks and error echoes.
-        setsockopt(&fd, sockopt::RcvBufForce, &(8 << 20)).map_err(io)?;
-        setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(30, 0),
-        )
-        .map_err(io)?;
-        Ok(fd)
-    }
-
     /// The next free sequence number (for [`Batch::new`]).
     pub fn next_seq(&self) -> u32 {
-        self.seq
+        self.sock.next_seq()
     }
 
     /// Sends a closed batch and waits for the kernel's verdict: Ok once the
     /// last message is acknowledged and nothing failed.
     pub fn send_batch(&mut self, batch: Batch) -> Result<(), NetlinkError> {
-        use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
-        let first = self.seq;
+        let first = self.sock.next_seq();
         let (bytes, last_seq, messages) = batch.end();
         if messages == 0 {
             return Ok(());
         }
-        self.seq = last_seq.wrapping_add(2);
+        // BEGIN .. END: END is numbered last_seq + 1.
+        self.sock.set_seq(last_seq.wrapping_add(2));
+        let send_err = |source| NetlinkError::Send {
+            bytes: bytes.len(),
+            source,
+        };
         // The whole batch travels in one datagram: the kernel commits at
         // BATCH_END only when it arrives in the same skb.
-        let sndbuf = bytes.len() + (64 << 10);
-        setsockopt(&self.fd, sockopt::SndBufForce, &sndbuf).map_err(|e| NetlinkError::Send {
-            bytes: bytes.len(),
-            source: io(e),
-        })?;
-        send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty()).map_err(|e| NetlinkError::Send {
-            bytes: bytes.len(),
-            source: io(e),
-        })?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut errors = Vec::new();
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-                .map_err(|e| NetlinkError::Recv { source: io(e) })?;
-            let (done, errs) = parse_replies(&buf[..n], first, last_seq);
-            errors.extend(errs);
-            if done {
-                break;
-            }
-        }
-        if errors.is_empty() {
+        self.sock
+            .reserve_send(bytes.len() + (64 << 10))
+            .map_err(send_err)?;
+        let refused = self
+            .sock
+            .transact(&bytes, first, last_seq, &|| {
+                format!("nf_tables batch of {messages} messages")
+            })
+            .map_err(send_err)?;
+        if refused.is_empty() {
             Ok(())
         } else {
+            let errors: Vec<String> = refused.iter().map(|r| describe(r, first)).collect();
             Err(NetlinkError::Rejected(format!(
                 "{}{}",
                 errors.join("; "),
@@ -570,47 +491,28 @@ impl NetlinkSocket {
     }
 }
 
+/// "add elements (message 3): File exists".
+fn describe(r: &Refused, first_seq: u32) -> String {
+    let what = match r.request.map(|t| t & 0xff) {
+        Some(NFT_MSG_NEWSETELEM) => "add elements",
+        Some(NFT_MSG_DELSETELEM) => "delete elements",
+        _ => "batch",
+    };
+    format!(
+        "{what} (message {}): {}",
+        r.seq.wrapping_sub(first_seq),
+        std::io::Error::from_raw_os_error(r.errno as i32)
+    )
+}
+
 /// Reads a datagram of replies: (saw the ack of `last_seq`, errors).
 /// Replies to other sequence numbers (older batches) are ignored.
-pub fn parse_replies(mut data: &[u8], first_seq: u32, last_seq: u32) -> (bool, Vec<String>) {
-    let mut done = false;
-    let mut errors = Vec::new();
-    let in_batch = |seq: u32| seq.wrapping_sub(first_seq) <= last_seq.wrapping_sub(first_seq) + 1;
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
-        let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
-        let seq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
-        if len < 16 || len > data.len() {
-            break;
-        }
-        if ty == NLMSG_ERROR && len >= 20 && in_batch(seq) {
-            let code = i32::from_ne_bytes(data[16..20].try_into().unwrap());
-            if code != 0 {
-                // The failing request follows: say which message type.
-                let what = if len >= 26 {
-                    match u16::from_ne_bytes(data[24..26].try_into().unwrap()) & 0xff {
-                        NFT_MSG_NEWSETELEM => "add elements",
-                        NFT_MSG_DELSETELEM => "delete elements",
-                        _ => "batch",
-                    }
-                } else {
-                    "batch"
-                };
-                errors.push(format!(
-                    "{what} (message {}): {}",
-                    seq.wrapping_sub(first_seq),
-                    std::io::Error::from_raw_os_error(-code)
-                ));
-            }
-            if seq == last_seq {
-                done = true;
-            }
-        } else if ty == NLMSG_DONE && seq == last_seq {
-            done = true;
-        }
-        data = &data[align4(len).min(data.len())..];
-    }
-    (done, errors)
+pub fn parse_replies(data: &[u8], first_seq: u32, last_seq: u32) -> (bool, Vec<String>) {
+    let (done, refused) = nl::parse_acks(data, first_seq, last_seq);
+    (
+        done,
+        refused.iter().map(|r| describe(r, first_seq)).collect(),
+    )
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! Helpers shared by the proxy's real-kernel tests (nftables.rs, ebpf.rs):
-//! tools, network namespaces with routed veths, background processes, the
-//! test backends, and Service / EndpointSlice objects for the API server.
+//! routed veths between the test kit's network namespaces, the test
+//! backends, and Service / EndpointSlice objects for the API server. The
+//! skip rule, namespaces, processes and binaries come from the kit
+//! (keelson-e2e).
 
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -20,142 +20,42 @@ pub const NODE_NAME: &str = "node-a";
 pub const CLIENT_IP: &str = "10.250.0.2";
 pub const BACKEND_IPS: [&str; 3] = ["10.244.0.11", "10.244.0.12", "10.244.0.13"];
 
-pub fn require_all() -> bool {
-    std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
+pub use keelson_e2e::{Netns, Proc, keelson_bin, sh};
 
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// `$KEELSON_BIN`, else target/<profile>/keelson next to the test binary.
-pub fn keelson_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KEELSON_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("keelson");
-    bin.is_file().then_some(bin)
-}
-
-/// What of root, `tools` and (with `need_keelson`) the keelson binary is
-/// missing, as phrases for a skip reason.
-pub fn missing(tools: &[&str], need_keelson: bool) -> Vec<String> {
-    let mut missing = Vec::new();
-    if !is_root() {
-        missing.push("root".to_string());
-    }
-    for tool in tools {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            missing.push(format!("the `{tool}` tool"));
-        }
-    }
-    if need_keelson && keelson_bin().is_none() {
-        missing.push("the keelson binary (cargo build -p keelson)".into());
-    }
-    missing
-}
-
-/// The skip reason for `missing` (None: run); panics when everything is
-/// required (KEELSON_REQUIRE_ALL=1) and something is missing.
-pub fn skip_verdict(missing: Vec<String>) -> Option<String> {
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = format!("needs {}", missing.join(", "));
-    assert!(
-        !require_all(),
-        "KEELSON_REQUIRE_ALL=1 but this test {reason}"
-    );
-    Some(reason)
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// What a proxy test needs: root, `tools` and (with `need_keelson`) the
+/// keelson binary of this clone. The verdict is [`keelson_e2e::Needs::ok`].
+pub fn needs(test: &str, tools: &[&str], need_keelson: bool) -> keelson_e2e::Needs {
+    let n = keelson_e2e::needs(test).root().tools(tools);
+    if need_keelson { n.keelson() } else { n }
 }
 
 /// A name unique to this process and call: `prefix`, `tag`, pid, counter.
 pub fn unique(prefix: &str, tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{tag}{}x{}",
-        std::process::id() % 100000,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A named network namespace, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(name: String) -> Netns {
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    pub fn exec(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "netns", "exec", &self.0];
-        a.extend(args);
-        sh(&a)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A background process, killed by PID on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    keelson_e2e::unique(&format!("{prefix}{tag}"))
 }
 
 /// Joins `peer` (address `ip`) to the node netns with a veth `dev` on the
 /// node side; routed /32s through 169.254.1.1.
 pub fn link(node: &Netns, peer: &Netns, dev: &str, ip: &str) {
     sh(&[
-        "ip", "-n", &node.0, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns",
-        &peer.0,
+        "ip", "-n", &node.name, "link", "add", dev, "type", "veth", "peer", "name", "eth0",
+        "netns", &peer.name,
     ]);
     sh(&[
         "ip",
         "-n",
-        &node.0,
+        &node.name,
         "addr",
         "add",
         "169.254.1.1/32",
         "dev",
         dev,
     ]);
-    sh(&["ip", "-n", &node.0, "link", "set", dev, "up"]);
+    sh(&["ip", "-n", &node.name, "link", "set", dev, "up"]);
     sh(&[
         "ip",
         "-n",
-        &node.0,
+        &node.name,
         "route",
         "add",
         &format!("{ip}/32"),
@@ -165,18 +65,18 @@ pub fn link(node: &Netns, peer: &Netns, dev: &str, ip: &str) {
     sh(&[
         "ip",
         "-n",
-        &peer.0,
+        &peer.name,
         "addr",
         "add",
         &format!("{ip}/32"),
         "dev",
         "eth0",
     ]);
-    sh(&["ip", "-n", &peer.0, "link", "set", "eth0", "up"]);
+    sh(&["ip", "-n", &peer.name, "link", "set", "eth0", "up"]);
     sh(&[
         "ip",
         "-n",
-        &peer.0,
+        &peer.name,
         "route",
         "add",
         "169.254.1.1",
@@ -186,7 +86,7 @@ pub fn link(node: &Netns, peer: &Netns, dev: &str, ip: &str) {
     sh(&[
         "ip",
         "-n",
-        &peer.0,
+        &peer.name,
         "route",
         "add",
         "default",
@@ -204,10 +104,10 @@ pub fn start_backends(node: &Netns, base: &str) -> (Vec<Proc>, Vec<Netns>) {
     let mut backends = Vec::new();
     let mut procs = Vec::new();
     for (i, ip) in BACKEND_IPS.iter().enumerate() {
-        let b = Netns::new(format!("{base}b{i}"));
+        let b = Netns::named(format!("{base}b{i}"));
         link(node, &b, &format!("vb{i}"), ip);
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &b.0, TESTSRV, "serve"])
+            .args(["netns", "exec", &b.name, TESTSRV, "serve"])
             .args([format!("b{i}"), "0.0.0.0:80".into()])
             .stdout(Stdio::piped())
             .spawn()

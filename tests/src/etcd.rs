@@ -1,6 +1,7 @@
-//! Helpers for tests that need a real etcd: [`EtcdProcess`] starts a
-//! single-member etcd on loopback with its own data directory and kills it when
-//! dropped.
+//! A real etcd for tests: [`EtcdProcess`] starts a single-member etcd on
+//! loopback with its own data directory and kills it when dropped. (It was
+//! `keelson_control_plane::store::testing`, compiled into the product; the
+//! control plane's tests now take it from this kit.)
 //!
 //! The binary is `$KEELSON_ETCD_BIN`, else `etcd` on `PATH` (Debian package
 //! `etcd-server`). Tests call [`EtcdProcess::start_or_skip`]: without the binary
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::require_all;
 
 /// How long etcd gets to elect itself and answer `/health`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,12 +39,6 @@ pub fn etcd_binary() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join("etcd"))
         .find(|p| p.is_file())
-}
-
-/// True when every test tier must run (CI): missing tools are failures, not
-/// skips.
-pub fn require_all() -> bool {
-    std::env::var("KEELSON_REQUIRE_ALL").is_ok_and(|v| v == "1")
 }
 
 impl EtcdProcess {

@@ -1,0 +1,189 @@
+//! The one TLS serving loop, for the API server and the node API: rustls
+//! (ring provider only), ALPN h2 and http/1.1, hyper-util's automatic
+//! HTTP/1.1-or-HTTP/2 connections with upgrades, a handshake timeout, and
+//! an optional stop signal that ends the loop and every open connection.
+//!
+//! [`server_config`] builds the rustls configuration from PEM (with
+//! optional client certificates verified against a CA); [`serve`] accepts
+//! until stopped and hands each connection's [`Peer`] to a function that
+//! makes its hyper service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long a client gets to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The certificate chain the client presented (verified against the
+    /// CA of [`ClientAuth::Optional`]); empty when it presented none.
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+/// Whether clients may authenticate with certificates.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientAuth<'a> {
+    /// No client certificates are asked for.
+    None,
+    /// Clients may present a certificate signed by this CA (PEM); clients
+    /// without one are let through (they authenticate otherwise).
+    Optional {
+        /// The CA bundle, PEM.
+        ca_pem: &'a str,
+    },
+}
+
+/// A TLS configuration that could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS server configuration: {what}: {reason}")]
+pub struct TlsConfigError {
+    /// What was being read or built ("serving certificate", "CA", ...).
+    pub what: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// A rustls server configuration (ring provider, safe default protocol
+/// versions, ALPN h2 then http/1.1) serving `cert_pem` with `key_pem`.
+pub fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client: ClientAuth<'_>,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    let err = |what| {
+        move |e: &dyn std::fmt::Display| TlsConfigError {
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("parse serving certificate")(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| err("parse serving key")(&e))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("protocol versions")(&e))?;
+    let builder = match client {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Optional { ca_pem } => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                let ca = ca.map_err(|e| err("parse CA certificate")(&e))?;
+                roots.add(ca).map_err(|e| err("add CA")(&e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| err("client verifier")(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| err("serving certificate")(&e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Resolves when `stop` changes (or its sender is gone); never without one.
+async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Accepts TLS connections on `listener` until `stop` changes (with
+/// `None`, until the task is dropped), each served by the service
+/// `new_service` makes for its [`Peer`]. `name` goes into the logs. A
+/// connection whose handshake fails or takes longer than
+/// [`HANDSHAKE_TIMEOUT`] is dropped; when `stop` changes, open
+/// connections are closed too.
+pub async fn serve<F, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    new_service: F,
+    mut stop: Option<watch::Receiver<bool>>,
+) where
+    F: Fn(Peer) -> S + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let new_service = Arc::new(new_service);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(server = name, error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let new_service = new_service.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(server = name, %remote, error = %e, "TLS handshake");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(server = name, %remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = Peer {
+                remote,
+                certificates: stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default(),
+            };
+            let svc = new_service(peer);
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(server = name, %remote, error = %e, "connection");
+                },
+                _ = stopped(&mut stop) => {}
+            }
+        });
+    }
+}
