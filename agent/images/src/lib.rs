@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod digest;
 pub mod layout;
 pub mod manifest;

@@ -37,6 +37,11 @@ pub trait Remote: Send + Sync + fmt::Debug {
     async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError>;
     /// The bytes of the blob `desc` in `r`'s repository.
     async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError>;
+    /// This remote speaking with `cred` (None: it has no use for
+    /// credentials, e.g. a layout on disk or a fake).
+    fn with_credential(&self, _cred: &crate::auth::Credential) -> Option<Box<dyn Remote + '_>> {
+        None
+    }
 }
 
 /// [`Remote`] through oci-client, anonymous.
@@ -140,29 +145,80 @@ fn classify_io(e: std::io::Error) -> RemoteError {
     RemoteError::Other(format!("read blob: {e}"))
 }
 
-#[async_trait::async_trait]
-impl Remote for OciRemote {
-    async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError> {
+impl OciRemote {
+    async fn manifest_with(
+        &self,
+        r: &ImageRef,
+        accept: &[&str],
+        auth: &RegistryAuth,
+    ) -> Result<Vec<u8>, RemoteError> {
         let (body, _digest) = self
             .client(r)
-            .pull_manifest_raw(&oci_reference(r), &RegistryAuth::Anonymous, accept)
+            .pull_manifest_raw(&oci_reference(r), auth, accept)
             .await
             .map_err(classify)?;
         Ok(body.to_vec())
     }
 
-    async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {
+    async fn blob_with(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+        auth: &RegistryAuth,
+    ) -> Result<BlobStream, RemoteError> {
         let reference = oci_reference(r);
         let client = self.client(r);
         // Blob requests reuse the token from the manifest request; make sure
         // there is one even when the manifest came from the local store.
         client
-            .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+            .store_auth_if_needed(reference.resolve_registry(), auth)
             .await;
         let stream = client
             .pull_blob_stream(&reference, desc.digest.as_str())
             .await
             .map_err(classify)?;
         Ok(stream.map(|c| c.map_err(classify_io)).boxed())
+    }
+}
+
+#[async_trait::async_trait]
+impl Remote for OciRemote {
+    async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError> {
+        self.manifest_with(r, accept, &RegistryAuth::Anonymous).await
+    }
+
+    async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {
+        self.blob_with(r, desc, &RegistryAuth::Anonymous).await
+    }
+
+    fn with_credential(&self, cred: &crate::auth::Credential) -> Option<Box<dyn Remote + '_>> {
+        Some(Box::new(Authed {
+            inner: self,
+            auth: RegistryAuth::Basic(cred.username.clone(), cred.password.clone()),
+        }))
+    }
+}
+
+/// [`OciRemote`] with basic-auth credentials (exchanged for a token where
+/// the registry asks for one).
+struct Authed<'a> {
+    inner: &'a OciRemote,
+    auth: RegistryAuth,
+}
+
+impl fmt::Debug for Authed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Authed(..)")
+    }
+}
+
+#[async_trait::async_trait]
+impl Remote for Authed<'_> {
+    async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError> {
+        self.inner.manifest_with(r, accept, &self.auth).await
+    }
+
+    async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {
+        self.inner.blob_with(r, desc, &self.auth).await
     }
 }

@@ -187,6 +187,18 @@ impl ImageStore {
         reference: &str,
         policy: PullPolicy,
     ) -> Result<PulledImage, ImageError> {
+        self.ensure_with(reference, policy, &[]).await
+    }
+
+    /// [`ImageStore::ensure`], pulling with the first of `creds` that
+    /// applies and works (most specific first; anonymously when none
+    /// applies), as the kubelet tries a pod's pull secrets.
+    pub async fn ensure_with(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        creds: &[crate::auth::Credential],
+    ) -> Result<PulledImage, ImageError> {
         let r = parse(reference)?;
         let _gc = self.gc_lock.read().await;
         let lock = self.locks.get(&format!("ref {r}"));
@@ -200,9 +212,32 @@ impl ImageStore {
             }
             PullPolicy::IfNotPresent => match self.get_parsed(reference, &r)? {
                 Some(img) => Ok(img),
-                None => self.pull(reference, &r).await,
+                None => self.pull_authed(reference, &r, creds).await,
             },
-            PullPolicy::Always => self.pull(reference, &r).await,
+            PullPolicy::Always => self.pull_authed(reference, &r, creds).await,
+        }
+    }
+
+    async fn pull_authed(
+        &self,
+        reference: &str,
+        r: &ImageRef,
+        creds: &[crate::auth::Credential],
+    ) -> Result<PulledImage, ImageError> {
+        let mut last = None;
+        for cred in crate::auth::matching(creds, &r.registry, &r.repository) {
+            let Some(remote) = self.remote.with_credential(cred) else {
+                break;
+            };
+            match self.pull_from(remote.as_ref(), reference, r).await {
+                Ok(img) => return Ok(img),
+                // Not this one: the next credential, as the kubelet does.
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => self.pull(reference, r).await,
         }
     }
 
