@@ -202,14 +202,8 @@ pub fn pod_matches_node(spec: &PodSpec, node: &Node) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::selectors::labels;
     use serde_json::{Value, json};
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn spec(v: Value) -> PodSpec {
         let mut v = v;

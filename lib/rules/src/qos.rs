@@ -112,8 +112,7 @@ impl<'a> Requirements<'a> {
         if self.is_empty() {
             return QosClass::BestEffort;
         }
-        let mut class = None;
-        for res in ["cpu", "memory"] {
+        agree(["cpu", "memory"].into_iter().map(|res| {
             let limit = Self::get(&self.limits, res);
             // API defaulting: a request left unset takes the limit.
             let has_request = self.requests.iter().any(|(k, _)| *k == res);
@@ -122,21 +121,14 @@ impl<'a> Requirements<'a> {
             } else {
                 limit
             };
-            let this = if request != limit {
+            if request != limit {
                 QosClass::Burstable
             } else if request == 0 {
                 QosClass::BestEffort
             } else {
                 QosClass::Guaranteed
-            };
-            match class {
-                _ if this == QosClass::Burstable => return QosClass::Burstable,
-                None => class = Some(this),
-                Some(c) if c != this => return QosClass::Burstable,
-                Some(_) => {}
             }
-        }
-        class.unwrap_or(QosClass::BestEffort)
+        }))
     }
 }
 
@@ -148,9 +140,14 @@ fn pod_class<'a>(
     if pod_level.names_pod_level_resource() {
         return pod_level.class();
     }
+    agree(containers.map(|c| c.class()))
+}
+
+/// What the classes agree on: Burstable if any is, or if two differ;
+/// BestEffort for none.
+fn agree(classes: impl Iterator<Item = QosClass>) -> QosClass {
     let mut class = None;
-    for c in containers {
-        let this = c.class();
+    for this in classes {
         match class {
             _ if this == QosClass::Burstable => return QosClass::Burstable,
             None => class = Some(this),
@@ -219,8 +216,80 @@ mod tests {
         assert_eq!(pod_qos(&typed), want, "{name}");
     }
 
-    /// qos_test.go's TestComputePodQOS cases, and those the agent's cgroup
-    /// code and the API defaulting tested with their former copies.
+    /// qos_test.go's TestComputePodQOS container tables: one container of
+    /// each, two of each, every mix of two (as containers and as a
+    /// container plus an init container).
+    #[test]
+    fn upstream_container_tables() {
+        let guaranteed = json!({"requests": {"cpu": "100m", "memory": "100Mi", "ephemeral-storage": "10Gi"},
+                                "limits": {"cpu": "100m", "memory": "100Mi"}});
+        let best_effort = [
+            json!({}),
+            json!({"requests": {"cpu": "0", "memory": "0"}}),
+            json!({"requests": {"cpu": "0", "memory": "0"}, "limits": {"cpu": "0", "memory": "0"}}),
+            json!({"requests": {"ephemeral-storage": "10Gi"}}),
+            json!({"requests": {"ephemeral-storage": "10Gi"}, "limits": {"ephemeral-storage": "10Gi"}}),
+        ];
+        let burstable = [
+            json!({"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"cpu": "200m", "memory": "200Mi"}}),
+            json!({"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"cpu": "100m", "memory": "200Mi"}}),
+            json!({"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"cpu": "200m", "memory": "100Mi"}}),
+            json!({"requests": {"cpu": "100m", "memory": "100Mi"}}),
+            json!({"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"cpu": "100m"}}),
+        ];
+        let one = |r: &Value| json!({"containers": [container(Some(r.clone()))]});
+        check("guaranteed", one(&guaranteed), QosClass::Guaranteed);
+        for (i, r) in best_effort.iter().enumerate() {
+            check(&format!("best-effort-{i}"), one(r), QosClass::BestEffort);
+        }
+        for (i, r) in burstable.iter().enumerate() {
+            check(&format!("burstable-{i}"), one(r), QosClass::Burstable);
+        }
+        let mut two = vec![
+            (
+                "2c-guaranteed",
+                guaranteed.clone(),
+                guaranteed.clone(),
+                QosClass::Guaranteed,
+            ),
+            (
+                "2c-best-effort",
+                best_effort[0].clone(),
+                best_effort[1].clone(),
+                QosClass::BestEffort,
+            ),
+            (
+                "2c-burstable",
+                burstable[0].clone(),
+                burstable[1].clone(),
+                QosClass::Burstable,
+            ),
+        ];
+        let firsts = [&guaranteed, &best_effort[0], &burstable[0]];
+        let seconds = [&guaranteed, &best_effort[1], &burstable[1]];
+        for (i, a) in firsts.iter().enumerate() {
+            for (j, b) in seconds.iter().enumerate() {
+                if i != j {
+                    two.push(("2c-mixed", (*a).clone(), (*b).clone(), QosClass::Burstable));
+                }
+            }
+        }
+        for (name, a, b, want) in two {
+            check(
+                name,
+                json!({"containers": [container(Some(a.clone())), container(Some(b.clone()))]}),
+                want,
+            );
+            check(
+                &format!("{name}-init"),
+                json!({"containers": [container(Some(a))], "initContainers": [container(Some(b))]}),
+                want,
+            );
+        }
+    }
+
+    /// Cases the agent's cgroup code and the API defaulting tested with
+    /// their former copies, and pod-level resources.
     #[test]
     fn classes() {
         let g = res(

@@ -140,6 +140,14 @@ mod tests {
         let cases: Vec<(&str, Pod, i32, bool)> = vec![
             ("not ready", pod(json!({"conditions": []})), 0, false),
             ("ready, minReadySeconds 0", ready(Some(1000)), 0, true),
+            (
+                "ready just now, minReadySeconds 1",
+                ready(Some(1000)),
+                1,
+                false,
+            ),
+            ("ready 51 s of 50", ready(Some(949)), 50, true),
+            ("ready 51 s of 51", ready(Some(949)), 51, true),
             ("ready 5 s of 10", ready(Some(995)), 10, false),
             ("ready 11 s of 10", ready(Some(989)), 10, true),
             ("ready exactly 10 s of 10", ready(Some(990)), 10, true),

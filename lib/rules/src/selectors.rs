@@ -133,26 +133,32 @@ impl LabelSelector {
                             .collect()
                     })
                     .unwrap_or_default();
-                let op = match e
-                    .get("operator")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                {
-                    "In" => Op::In(values),
-                    "NotIn" => Op::NotIn(values),
-                    "Exists" => Op::Exists,
-                    "DoesNotExist" => Op::DoesNotExist,
-                    other => {
-                        return Err(SelectorError(format!(
-                            "{other:?} is not a valid label selector operator"
-                        )));
-                    }
-                };
+                let op = expression_op(
+                    e.get("operator")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    values,
+                )?;
                 reqs.push(Requirement { key, op });
             }
         }
         Ok(LabelSelector(reqs))
     }
+}
+
+/// The operator of a `matchExpressions` entry.
+fn expression_op(operator: &str, values: Vec<String>) -> Result<Op, SelectorError> {
+    Ok(match operator {
+        "In" => Op::In(values),
+        "NotIn" => Op::NotIn(values),
+        "Exists" => Op::Exists,
+        "DoesNotExist" => Op::DoesNotExist,
+        other => {
+            return Err(SelectorError(format!(
+                "{other:?} is not a valid label selector operator"
+            )));
+        }
+    })
 }
 
 fn split_top_level(s: &str) -> Result<Vec<&str>, SelectorError> {
@@ -300,18 +306,7 @@ impl LabelSelector {
             })
             .collect();
         for e in sel.match_expressions.iter().flatten() {
-            let values = e.values.clone().unwrap_or_default();
-            let op = match e.operator.as_str() {
-                "In" => Op::In(values),
-                "NotIn" => Op::NotIn(values),
-                "Exists" => Op::Exists,
-                "DoesNotExist" => Op::DoesNotExist,
-                other => {
-                    return Err(SelectorError(format!(
-                        "{other:?} is not a valid label selector operator"
-                    )));
-                }
-            };
+            let op = expression_op(&e.operator, e.values.clone().unwrap_or_default())?;
             reqs.push(Requirement {
                 key: e.key.clone(),
                 op,
@@ -354,17 +349,19 @@ pub fn set_matches<'a>(
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
+/// A label map from pairs, for tests.
+#[cfg(test)]
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
 
