@@ -26,6 +26,20 @@
 //! Environment (defaults are the targets): `KEELSON_BENCH_NODES` (500),
 //! `KEELSON_BENCH_PODS` (5000), `KEELSON_BENCH_CONCURRENCY` (32),
 //! `KEELSON_BENCH_CORE_ROUNDS` (3).
+//!
+//! Two binaries side by side: with `KEELSON_BENCH_COMPARE=OLD` (the path of
+//! another `keelson` binary), part 2 runs `KEELSON_BENCH_REPEAT` (5) times
+//! for each binary, alternating (old, new, old, new, ...), each run in a
+//! fresh process of this benchmark with `KEELSON_BIN` set; then the medians
+//! of throughput and server CPU per pod of each, and their ratio (new/old),
+//! are printed. "New" is `$KEELSON_BIN` or the `keelson` next to this
+//! benchmark. For example:
+//!
+//! ```sh
+//! cargo build --release -p keelson
+//! KEELSON_BENCH_COMPARE=/path/to/old/release/keelson \
+//!   cargo bench -p keelson-e2e --bench scheduler -- end-to-end
+//! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -449,6 +463,12 @@ async fn bench_end_to_end(s: &Settings, mode: Mode) -> Result<()> {
             c * 1e6 / s.pods as f64
         );
     }
+    // For comparisons (see the module documentation): one line to parse.
+    println!(
+        "RESULT pods_per_s={:.1} server_cpu_us_per_pod={:.1}",
+        s.pods as f64 / total.as_secs_f64(),
+        server_cpu.map_or(f64::NAN, |c| c * 1e6 / s.pods as f64)
+    );
     println!(
         "   benchmark process CPU {self_cpu:.1} s (creates, watch{}; shares the machine's {} cores)",
         if mode == Mode::Standalone {
@@ -592,6 +612,77 @@ async fn bench_deployment(s: &Settings) -> Result<()> {
     Ok(())
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Part 2 for two binaries, alternating, each run in a child process of
+/// this benchmark (see the module documentation).
+fn compare(old: &str) -> Result<()> {
+    let new = keelson_e2e::keelson_bin();
+    let repeat = env("KEELSON_BENCH_REPEAT", 5).max(1);
+    let exe = std::env::current_exe()?;
+    println!(
+        "== in-server scheduler, old against new, {repeat} runs each, alternating\n   old: {old}\n   new: {}",
+        new.display()
+    );
+    let mut results: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for round in 0..repeat {
+        for (label, bin) in [("old", std::path::PathBuf::from(old)), ("new", new.clone())] {
+            let out = std::process::Command::new(&exe)
+                .args(["end-to-end", "--bench"])
+                .env("KEELSON_BIN", &bin)
+                .env_remove("KEELSON_BENCH_COMPARE")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("run {label} round {round}"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!("{label} round {round} failed:\n{text}");
+            }
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .with_context(|| format!("{label} round {round}: no RESULT line in\n{text}"))?;
+            let field = |name: &str| -> f64 {
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let (rate, cpu) = (field("pods_per_s"), field("server_cpu_us_per_pod"));
+            println!(
+                "   round {round} {label}: {rate:>7.0} pods/s  {cpu:>6.0} µs server CPU per pod"
+            );
+            let e = results.entry(label).or_default();
+            e.0.push(rate);
+            e.1.push(cpu);
+        }
+    }
+    let mut med = BTreeMap::new();
+    for (label, (mut rates, mut cpus)) in results {
+        let m = (median(&mut rates), median(&mut cpus));
+        println!(
+            "   median {label}: {:.0} pods/s, {:.0} µs server CPU per pod",
+            m.0, m.1
+        );
+        med.insert(label, m);
+    }
+    if let (Some(o), Some(n)) = (med.get("old"), med.get("new")) {
+        println!(
+            "   new/old: throughput {:.3}x, server CPU per pod {:.3}x",
+            n.0 / o.0,
+            n.1 / o.1
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; a filter argument selects a part.
     let filter: Vec<String> = std::env::args()
@@ -608,7 +699,11 @@ fn main() -> Result<()> {
     if want("core") {
         bench_core(&s)?;
     }
-    if want("end-to-end") {
+    if want("end-to-end")
+        && let Ok(old) = std::env::var("KEELSON_BENCH_COMPARE")
+    {
+        compare(&old)?;
+    } else if want("end-to-end") {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;

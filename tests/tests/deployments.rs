@@ -1,5 +1,5 @@
 //! Deployments end to end: a real `keelson server` (its ReplicaSet and
-//! Deployment controllers, and its scheduler once that binds pods), three
+//! Deployment controllers, and its scheduler, which binds every pod), three
 //! fake nodes whose fake kubelet runs bound pods, and real kubectl 1.33 and
 //! 1.27: apply a 10-replica Deployment, scale it down and up, roll out a new
 //! image while a watch checks that maxUnavailable holds at every step,
@@ -68,58 +68,6 @@ fn image_of(p: &Pod) -> String {
         .as_ref()
         .and_then(|s| s.containers[0].image.clone())
         .unwrap_or_default()
-}
-
-/// Until the scheduler binds pods, bind any pod left unbound for 2 s,
-/// round-robin over the fake nodes. With a working scheduler it never acts.
-fn spawn_binder(client: kube::Client, nodes: Vec<String>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let pods: Api<Pod> = Api::namespaced(client, NS);
-        let mut first_seen: HashMap<String, Instant> = HashMap::new();
-        let mut next = 0usize;
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let Ok(list) = pods.list(&ListParams::default()).await else {
-                continue;
-            };
-            let unbound: Vec<&Pod> = list
-                .items
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter(|p| {
-                    p.spec
-                        .as_ref()
-                        .is_none_or(|s| s.node_name.as_deref().unwrap_or_default().is_empty())
-                })
-                .collect();
-            first_seen.retain(|uid, _| {
-                unbound
-                    .iter()
-                    .any(|p| p.metadata.uid.as_deref() == Some(uid))
-            });
-            for p in unbound {
-                let uid = p.metadata.uid.clone().unwrap_or_default();
-                let seen = *first_seen.entry(uid).or_insert_with(Instant::now);
-                if seen.elapsed() < Duration::from_secs(2) {
-                    continue;
-                }
-                let name = p.metadata.name.clone().unwrap_or_default();
-                let node = &nodes[next % nodes.len()];
-                next += 1;
-                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                                     "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                // A conflict means someone (the scheduler) bound it meanwhile.
-                let _ = pods
-                    .create_subresource::<_, serde_json::Value>(
-                        "binding",
-                        &name,
-                        &PostParams::default(),
-                        &binding,
-                    )
-                    .await;
-            }
-        }
-    })
 }
 
 /// Watches the Deployment's pods and, while armed, records the fewest
@@ -403,7 +351,6 @@ async fn deployment_apply_scale_rollout_undo() {
         client: client.clone(),
     };
     let nodes = FakeNodes::start(client.clone(), "dn", 3, NodeShape::default()).await;
-    let binder = spawn_binder(client.clone(), nodes.names.clone());
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let watch = spawn_tracker(client.clone(), tracker.clone());
 
@@ -653,7 +600,6 @@ async fn deployment_apply_scale_rollout_undo() {
     let failed: Vec<&str> = log.lines().filter(|l| l.contains("sync failed")).collect();
     eprintln!("{} failed syncs; first: {:?}", failed.len(), failed.first());
 
-    binder.abort();
     watch.abort();
     drop(nodes);
     eprintln!("done in {:?}", started.elapsed());
@@ -670,7 +616,6 @@ async fn replicaset_adopts_replaces_and_scales_down_unready_first() {
         client: client.clone(),
     };
     let nodes = FakeNodes::start(client.clone(), "rn", 3, NodeShape::default()).await;
-    let binder = spawn_binder(client.clone(), nodes.names.clone());
     c.kubectl_ok(33, &["create", "namespace", NS]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
 
@@ -830,6 +775,5 @@ async fn replicaset_adopts_replaces_and_scales_down_unready_first() {
         "the not-ready pod should have been deleted first"
     );
 
-    binder.abort();
     drop(nodes);
 }

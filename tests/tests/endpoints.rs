@@ -219,6 +219,7 @@ async fn endpoint_slices_follow_pods() {
             other => panic!("slice watch: {other:?}"),
         }
     }
+    let (watching_tx, watching) = tokio::sync::oneshot::channel::<()>();
     let pod_seen = {
         let pods = pods.clone();
         tokio::spawn(async move {
@@ -227,7 +228,14 @@ async fn endpoint_slices_follow_pods() {
                 watcher::Config::default().fields("metadata.name=web-1"),
             )
             .boxed();
+            let mut watching_tx = Some(watching_tx);
             while let Some(ev) = w.next().await {
+                // The initial list is done: the watch sees what comes next.
+                if let Ok(watcher::Event::InitDone) = ev
+                    && let Some(tx) = watching_tx.take()
+                {
+                    let _ = tx.send(());
+                }
                 if let Ok(watcher::Event::Apply(p)) = ev
                     && !p
                         .status
@@ -241,7 +249,10 @@ async fn endpoint_slices_follow_pods() {
             panic!("pod watch ended");
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(10), watching)
+        .await
+        .expect("the pod watch did not start within 10 s")
+        .expect("pod watch task");
     nodes.set_ready(ns, "web-1", false);
     let t0 = Instant::now();
     pods.patch(

@@ -108,7 +108,11 @@ pub fn parse_dockercfg(bytes: &[u8]) -> Result<Vec<Credential>, String> {
 /// The credentials that apply to `registry/repository`, most specific
 /// first (a `host/path` entry before a `host` one), as the kubelet's
 /// keyring orders them.
-pub fn matching<'a>(creds: &'a [Credential], registry: &str, repository: &str) -> Vec<&'a Credential> {
+pub fn matching<'a>(
+    creds: &'a [Credential],
+    registry: &str,
+    repository: &str,
+) -> Vec<&'a Credential> {
     let full = format!("{registry}/{repository}");
     let mut out: Vec<&Credential> = creds
         .iter()
@@ -144,28 +148,46 @@ mod tests {
         let c = parse_config_json(json.as_bytes()).unwrap();
         let mut regs: Vec<&str> = c.iter().map(|c| c.registry.as_str()).collect();
         regs.sort();
-        assert_eq!(regs, ["10.0.0.5:5000", "docker.io", "registry.example/team"]);
+        assert_eq!(
+            regs,
+            ["10.0.0.5:5000", "docker.io", "registry.example/team"]
+        );
         let by = |r: &str| c.iter().find(|c| c.registry == r).unwrap();
         let hub = by("docker.io");
-        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("hub", "pw"));
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("hub", "pw")
+        );
         assert_eq!(by("registry.example/team").password, "pw:with:colons");
-        assert!(!format!("{hub:?}").contains("pw"), "Debug shows no password");
+        assert!(
+            !format!("{hub:?}").contains("pw"),
+            "Debug shows no password"
+        );
     }
 
     #[test]
     fn legacy_dockercfg() {
-        let c = parse_dockercfg(format!(r#"{{"r.example": {{"auth": "{}"}}}}"#, b64("a:b")).as_bytes())
-            .unwrap();
+        let c =
+            parse_dockercfg(format!(r#"{{"r.example": {{"auth": "{}"}}}}"#, b64("a:b")).as_bytes())
+                .unwrap();
         assert_eq!(c[0].registry, "r.example");
     }
 
     #[test]
     fn malformed_configs_say_why() {
-        assert!(parse_config_json(b"not json").unwrap_err().contains("config.json"));
+        assert!(
+            parse_config_json(b"not json")
+                .unwrap_err()
+                .contains("config.json")
+        );
         let bad = br#"{"auths": {"r": {"auth": "%%%"}}}"#;
         assert!(parse_config_json(bad).unwrap_err().contains("not base64"));
         let bad = format!(r#"{{"auths": {{"r": {{"auth": "{}"}}}}}}"#, b64("nocolon"));
-        assert!(parse_config_json(bad.as_bytes()).unwrap_err().contains("user:password"));
+        assert!(
+            parse_config_json(bad.as_bytes())
+                .unwrap_err()
+                .contains("user:password")
+        );
     }
 
     #[test]
@@ -175,7 +197,11 @@ mod tests {
             username: r.into(),
             password: String::new(),
         };
-        let all = [c("registry.example"), c("registry.example/team"), c("other")];
+        let all = [
+            c("registry.example"),
+            c("registry.example/team"),
+            c("other"),
+        ];
         let m = matching(&all, "registry.example", "team/app");
         assert_eq!(
             m.iter().map(|c| c.registry.as_str()).collect::<Vec<_>>(),

@@ -184,7 +184,8 @@ impl OciRemote {
 #[async_trait::async_trait]
 impl Remote for OciRemote {
     async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError> {
-        self.manifest_with(r, accept, &RegistryAuth::Anonymous).await
+        self.manifest_with(r, accept, &RegistryAuth::Anonymous)
+            .await
     }
 
     async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {

@@ -1,8 +1,9 @@
 //! Kubelet-style cgroups: kubepods / burstable / besteffort / pod<uid> /
 //! container, on cgroup v1 or v2 (detected), rooted at a path argument.
 //!
-//! Pure part: [`qos_class`], [`container_resources`], [`pod_resources`] and
-//! [`parse_quantity`] (no I/O). I/O part: [`CgroupManager`].
+//! Pure part: [`qos_class`], [`container_resources`] and [`pod_resources`]
+//! (no I/O; quantities and QoS classes are `keelson_rules`'). I/O part:
+//! [`CgroupManager`].
 
 use std::collections::BTreeSet;
 use std::io;
@@ -14,27 +15,15 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::RuntimeError;
 
-/// A pod's QoS class, from its containers' requests and limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
-pub enum QosClass {
-    /// Every container has equal cpu and memory requests and limits.
-    Guaranteed,
-    /// Anything between.
-    Burstable,
-    /// No requests or limits at all.
-    #[default]
-    BestEffort,
-}
+pub use keelson_rules::qos::QosClass;
 
-impl QosClass {
-    /// The QoS level's directory under the root (`None` for Guaranteed, whose
-    /// pods sit directly under the root, as the kubelet does).
-    pub fn dir(self) -> Option<&'static str> {
-        match self {
-            QosClass::Guaranteed => None,
-            QosClass::Burstable => Some("burstable"),
-            QosClass::BestEffort => Some("besteffort"),
-        }
+/// The QoS level's directory under the root (`None` for Guaranteed, whose
+/// pods sit directly under the root, as the kubelet does).
+pub fn qos_dir(qos: QosClass) -> Option<&'static str> {
+    match qos {
+        QosClass::Guaranteed => None,
+        QosClass::Burstable => Some("burstable"),
+        QosClass::BestEffort => Some("besteffort"),
     }
 }
 
@@ -62,76 +51,18 @@ pub const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 /// The kubelet's minimum CFS quota (µs).
 pub const MIN_QUOTA_US: i64 = 1_000;
 
-/// Parses a Kubernetes quantity ("100m", "0.5", "64Mi", "1G", "1e3") and
-/// returns `ceil(value * scale)`, e.g. scale 1000 gives millicores and scale
-/// 1 gives bytes. Exact decimal arithmetic (no floating point).
-pub fn parse_quantity(q: &str, scale: u64) -> Result<i128, String> {
-    let s = q.trim();
-    let err = || format!("parse quantity {q:?}: not a Kubernetes quantity");
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let num_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(num_end);
-    if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-        return Err(err());
-    }
-    // value = mantissa / 10^frac_digits * mult_num / mult_den
-    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-    let digits = format!("{int_part}{frac_part}");
-    let mantissa: i128 = digits.parse().map_err(|_| err())?;
-    let mut den: i128 = 10i128.pow(frac_part.len() as u32);
-    let mut mult: i128 = 1;
-    let pow10 = |e: i32, mult: &mut i128, den: &mut i128| {
-        if e >= 0 {
-            *mult *= 10i128.pow(e as u32);
-        } else {
-            *den *= 10i128.pow((-e) as u32);
-        }
-    };
-    match suffix {
-        "" => {}
-        "Ki" => mult = 1 << 10,
-        "Mi" => mult = 1 << 20,
-        "Gi" => mult = 1 << 30,
-        "Ti" => mult = 1 << 40,
-        "Pi" => mult = 1 << 50,
-        "Ei" => mult = 1 << 60,
-        "n" => pow10(-9, &mut mult, &mut den),
-        "u" => pow10(-6, &mut mult, &mut den),
-        "m" => pow10(-3, &mut mult, &mut den),
-        "k" => pow10(3, &mut mult, &mut den),
-        "M" => pow10(6, &mut mult, &mut den),
-        "G" => pow10(9, &mut mult, &mut den),
-        "T" => pow10(12, &mut mult, &mut den),
-        "P" => pow10(15, &mut mult, &mut den),
-        "E" => pow10(18, &mut mult, &mut den),
-        s if s.starts_with(['e', 'E']) => {
-            let e: i32 = s[1..].parse().map_err(|_| err())?;
-            if !(-18..=18).contains(&e) {
-                return Err(err());
-            }
-            pow10(e, &mut mult, &mut den);
-        }
-        _ => return Err(err()),
-    }
-    let numer = mantissa
-        .checked_mul(mult)
-        .and_then(|v| v.checked_mul(scale as i128))
-        .ok_or_else(err)?;
-    let v = (numer + den - 1) / den; // ceil for non-negative
-    Ok(if neg { -(numer / den) } else { v })
-}
-
 fn quantity(
     map: Option<&std::collections::BTreeMap<String, Quantity>>,
     key: &str,
     scale: u64,
 ) -> Option<i128> {
-    map?.get(key).and_then(|q| parse_quantity(&q.0, scale).ok())
+    let q = &map?.get(key)?.0;
+    let v = if scale == 1000 {
+        keelson_rules::quantity::milli_value(q)
+    } else {
+        keelson_rules::quantity::value(q)
+    };
+    v.ok().map(i128::from)
 }
 
 /// A container's effective (request, limit) for one resource, with the API
@@ -148,36 +79,11 @@ fn req_lim(
     (request, limit)
 }
 
-/// The pod's QoS class, by the kubelet's rules (init containers included).
+/// The pod's QoS class (`keelson_rules::qos`).
 pub fn qos_class(pod: &Pod) -> QosClass {
-    let Some(spec) = pod.spec.as_ref() else {
-        return QosClass::BestEffort;
-    };
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in containers {
-        for key in ["cpu", "memory"] {
-            let (req, lim) = req_lim(c.resources.as_ref(), key, 1000);
-            if req.is_some() || lim.is_some() {
-                any = true;
-            }
-            match (req, lim) {
-                (Some(r), Some(l)) if r == l => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        QosClass::BestEffort
-    } else if guaranteed {
-        QosClass::Guaranteed
-    } else {
-        QosClass::Burstable
-    }
+    pod.spec
+        .as_ref()
+        .map_or(QosClass::BestEffort, keelson_rules::qos::pod_qos)
 }
 
 /// cpu.shares for a cpu request in millicores (the kubelet's MilliCPUToShares).
@@ -258,7 +164,7 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 /// The pod cgroup path relative to every hierarchy's root, with a leading
 /// slash (as an OCI `cgroupsPath`): `/<root>[/<qos>]/pod<uid>`.
 pub fn pod_path(root_name: &str, uid: &str, qos: QosClass) -> String {
-    match qos.dir() {
+    match qos_dir(qos) {
         Some(d) => format!("/{root_name}/{d}/pod{uid}"),
         None => format!("/{root_name}/pod{uid}"),
     }
@@ -354,7 +260,7 @@ impl CgroupManager {
     ) -> Result<String, RuntimeError> {
         let rel = pod_path(&self.root_name, uid, qos);
         let mut levels = vec![format!("/{}", self.root_name)];
-        if let Some(d) = qos.dir() {
+        if let Some(d) = qos_dir(qos) {
             levels.push(format!("/{}/{d}", self.root_name));
         }
         levels.push(rel.clone());
@@ -469,7 +375,7 @@ impl CgroupManager {
                 QosClass::Burstable,
                 QosClass::BestEffort,
             ] {
-                let dir = match qos.dir() {
+                let dir = match qos_dir(qos) {
                     Some(d) => base.join(d),
                     None => base.clone(),
                 };
@@ -734,33 +640,6 @@ mod tests {
     use k8s_openapi::api::core::v1::PodSpec;
     use std::collections::BTreeMap;
 
-    #[test]
-    fn quantities() {
-        let cases: &[(&str, u64, Option<i128>)] = &[
-            ("100m", 1000, Some(100)),
-            ("0.5", 1000, Some(500)),
-            ("1", 1000, Some(1000)),
-            ("2.25", 1000, Some(2250)),
-            ("0.1", 1000, Some(100)),
-            ("1.0001", 1000, Some(1001)), // rounded up like the API server
-            ("64Mi", 1, Some(64 << 20)),
-            ("1G", 1, Some(1_000_000_000)),
-            ("1Gi", 1, Some(1 << 30)),
-            ("128974848", 1, Some(128_974_848)),
-            ("129e6", 1, Some(129_000_000)),
-            ("123k", 1, Some(123_000)),
-            ("1.5Ki", 1, Some(1536)),
-            ("500u", 1000, Some(1)),
-            ("", 1, None),
-            ("abc", 1, None),
-            ("12Xi", 1, None),
-            ("1.2.3", 1, None),
-        ];
-        for (q, scale, want) in cases {
-            assert_eq!(parse_quantity(q, *scale).ok(), *want, "{q} x{scale}");
-        }
-    }
-
     fn rr(req: &[(&str, &str)], lim: &[(&str, &str)]) -> Option<ResourceRequirements> {
         let m = |v: &[(&str, &str)]| -> Option<BTreeMap<String, Quantity>> {
             (!v.is_empty()).then(|| {
@@ -792,53 +671,6 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }
-    }
-
-    #[test]
-    fn qos_classes() {
-        let g = rr(
-            &[("cpu", "1"), ("memory", "1Gi")],
-            &[("cpu", "1000m"), ("memory", "1Gi")],
-        );
-        let g_lim_only = rr(&[], &[("cpu", "1"), ("memory", "64Mi")]);
-        let b = rr(&[("cpu", "100m")], &[]);
-        let b2 = rr(
-            &[("cpu", "100m"), ("memory", "1Gi")],
-            &[("cpu", "200m"), ("memory", "1Gi")],
-        );
-        let cases = vec![
-            (pod(vec![container(None)], vec![]), QosClass::BestEffort),
-            (
-                pod(vec![container(rr(&[], &[]))], vec![]),
-                QosClass::BestEffort,
-            ),
-            (
-                pod(vec![container(g.clone())], vec![]),
-                QosClass::Guaranteed,
-            ),
-            (
-                pod(vec![container(g_lim_only)], vec![]),
-                QosClass::Guaranteed,
-            ),
-            (pod(vec![container(b)], vec![]), QosClass::Burstable),
-            (pod(vec![container(b2)], vec![]), QosClass::Burstable),
-            (
-                pod(vec![container(g.clone()), container(None)], vec![]),
-                QosClass::Burstable,
-            ),
-            (
-                pod(vec![container(g.clone())], vec![container(None)]),
-                QosClass::Burstable,
-            ),
-            (
-                pod(vec![container(None)], vec![container(g)]),
-                QosClass::Burstable,
-            ),
-            (Pod::default(), QosClass::BestEffort),
-        ];
-        for (i, (p, want)) in cases.into_iter().enumerate() {
-            assert_eq!(qos_class(&p), want, "case {i}");
         }
     }
 

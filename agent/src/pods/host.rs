@@ -117,23 +117,6 @@ pub struct Host {
     pub cgroups: CgroupManager,
 }
 
-/// QoS class name as the API spells it.
-pub fn qos_name(q: QosClass) -> &'static str {
-    match q {
-        QosClass::Guaranteed => "Guaranteed",
-        QosClass::Burstable => "Burstable",
-        QosClass::BestEffort => "BestEffort",
-    }
-}
-
-fn qos_parse(s: &str) -> QosClass {
-    match s {
-        "Guaranteed" => QosClass::Guaranteed,
-        "Burstable" => QosClass::Burstable,
-        _ => QosClass::BestEffort,
-    }
-}
-
 /// The runtime container ID of `container` attempt `attempt` of pod `uid`.
 pub fn container_id(uid: &str, container: &str, attempt: u32) -> String {
     let short: String = uid.chars().filter(|c| *c != '-').take(12).collect();
@@ -266,7 +249,7 @@ impl Host {
             uid: uid.clone(),
             namespace: ns.clone(),
             name: name.clone(),
-            qos: qos_name(qos).into(),
+            qos: qos.as_str().into(),
             cgroup_parent,
             netns: sb.netns.clone(),
             ipcns: sb.ipcns.clone(),
@@ -609,7 +592,7 @@ impl Host {
                     let size = ed
                         .size_limit
                         .as_ref()
-                        .map(|q| keelson_runtime::cgroups::parse_quantity(&q.0, 1))
+                        .map(|q| keelson_rules::quantity::value(&q.0))
                         .transpose()
                         .map_err(|e| format!("emptyDir {}: sizeLimit: {e}", v.name))?;
                     keelson_host::mounts::mount_tmpfs(&p, size.map(|s| s.max(4096) as u64))
@@ -753,7 +736,7 @@ impl Host {
             .map_err(|e| format!("remove sandbox {uid}: {e}"))?
             .map_err(|e| format!("remove sandbox {uid}: {e}"))?;
         let qoses: Vec<QosClass> = match &st {
-            Some(s) => vec![qos_parse(&s.qos)],
+            Some(s) => vec![QosClass::parse(&s.qos)],
             None => vec![
                 QosClass::Guaranteed,
                 QosClass::Burstable,

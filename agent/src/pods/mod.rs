@@ -672,7 +672,7 @@ impl Worker {
                 .unwrap_or_default(),
             host_ip: Some(self.ctx.host.cfg.node_ip),
             start_time: Some(self.start_time),
-            qos_class: host::qos_name(keelson_runtime::cgroups::qos_class(pod)).into(),
+            qos_class: keelson_runtime::cgroups::qos_class(pod).as_str().into(),
             runtime_name: self.ctx.host.cfg.runtime_name.clone(),
         };
         let st = status::compute(pod, obs, p, &inputs, now());

@@ -161,7 +161,7 @@ pub fn resource_field(
     let set = map.and_then(|m| m.get(name)).map(|q| q.0.clone());
     // In nano-units (of cores or bytes): exact for these magnitudes.
     let value: i128 = match (set, kind, name) {
-        (Some(q), _, _) => keelson_runtime::cgroups::parse_quantity(&q, NANO)?,
+        (Some(q), _, _) => keelson_rules::quantity::nano_value(&q).map_err(|e| e.to_string())?,
         (None, "limits", "cpu") => f.node_cpu_millis as i128 * 1_000_000,
         (None, "limits", "memory") => f.node_memory_bytes as i128 * NANO as i128,
         (None, _, "cpu" | "memory" | "ephemeral-storage") => 0,
@@ -170,7 +170,7 @@ pub fn resource_field(
         }
     };
     let divisor = rf.divisor.as_ref().map_or("1", |d| d.0.as_str());
-    let d = keelson_runtime::cgroups::parse_quantity(divisor, NANO)?;
+    let d = keelson_rules::quantity::nano_value(divisor).map_err(|e| e.to_string())?;
     if d <= 0 {
         return Err(format!(
             "resourceFieldRef: divisor {divisor:?} must be positive"

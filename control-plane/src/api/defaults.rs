@@ -1,6 +1,7 @@
 //! Defaulting, as the Kubernetes API server applies it on create and update,
 //! for the fields clients and controllers rely on.
 
+use keelson_rules::qos::{self, QosClass};
 use serde_json::{Map, Value, json};
 
 use super::resources::ResourceType;
@@ -206,39 +207,10 @@ pub fn image_is_latest(image: &str) -> bool {
     }
 }
 
-/// The pod's QoS class from its containers' requests and limits.
+/// The pod's QoS class (`keelson_rules::qos`), as the API names it.
 pub fn qos_class(spec: Option<&Value>) -> &'static str {
-    let Some(spec) = spec else {
-        return "BestEffort";
-    };
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
-        .flatten()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let req = c.pointer("/resources/requests").and_then(Value::as_object);
-        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
-        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = lim.and_then(|l| l.get(res));
-            let r = req.and_then(|r| r.get(res)).or(l);
-            if l.is_none() || r != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    spec.map_or(QosClass::BestEffort, qos::pod_qos_json)
+        .as_str()
 }
 
 #[cfg(test)]

@@ -26,25 +26,30 @@
 //! adopting orphaned pods that match the selector, backoff for pods that
 //! keep failing, and slow-start batches for creations.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
+use futures::stream;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodSpec, Taint, Toleration,
+    PodSpec, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use keelson_rules::taints::{
+    self, TAINT_DISK_PRESSURE, TAINT_MEMORY_PRESSURE, TAINT_NETWORK_UNAVAILABLE, TAINT_NOT_READY,
+    TAINT_PID_PRESSURE, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE,
+};
+use keelson_rules::{affinity, owners, readiness};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, applier, reflector as reflect, watcher};
 use serde_json::{Value, json};
+
+use super::runtime::{Controller, Key, SyncError};
+use crate::informers::{Cache, Event, Informers};
 
 pub const LABEL_REVISION_HASH: &str = "controller-revision-hash";
 
@@ -97,18 +102,15 @@ fn toleration(key: &str, effect: &str) -> Toleration {
 /// pressure and unschedulable, and network-unavailable for host-network pods.
 pub fn add_daemon_tolerations(spec: &mut PodSpec) {
     let mut wanted = vec![
-        toleration("node.kubernetes.io/not-ready", "NoExecute"),
-        toleration("node.kubernetes.io/unreachable", "NoExecute"),
-        toleration("node.kubernetes.io/disk-pressure", "NoSchedule"),
-        toleration("node.kubernetes.io/memory-pressure", "NoSchedule"),
-        toleration("node.kubernetes.io/pid-pressure", "NoSchedule"),
-        toleration("node.kubernetes.io/unschedulable", "NoSchedule"),
+        toleration(TAINT_NOT_READY, "NoExecute"),
+        toleration(TAINT_UNREACHABLE, "NoExecute"),
+        toleration(TAINT_DISK_PRESSURE, "NoSchedule"),
+        toleration(TAINT_MEMORY_PRESSURE, "NoSchedule"),
+        toleration(TAINT_PID_PRESSURE, "NoSchedule"),
+        toleration(TAINT_UNSCHEDULABLE, "NoSchedule"),
     ];
     if spec.host_network == Some(true) {
-        wanted.push(toleration(
-            "node.kubernetes.io/network-unavailable",
-            "NoSchedule",
-        ));
+        wanted.push(toleration(TAINT_NETWORK_UNAVAILABLE, "NoSchedule"));
     }
     let list = spec.tolerations.get_or_insert_with(Vec::new);
     for t in wanted {
@@ -123,102 +125,6 @@ pub fn add_daemon_tolerations(spec: &mut PodSpec) {
             None => list.push(t),
         }
     }
-}
-
-/// Whether `t` tolerates `taint` (upstream's `ToleratesTaint`).
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
-        && e != taint.effect
-    {
-        return false;
-    }
-    if let Some(k) = t.key.as_deref().filter(|k| !k.is_empty())
-        && k != taint.key
-    {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "" | "Equal" => {
-            t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
-fn untolerated<'a>(
-    taints: &'a [Taint],
-    tolerations: &[Toleration],
-    effects: &[&str],
-) -> Option<&'a Taint> {
-    taints
-        .iter()
-        .filter(|t| effects.contains(&t.effect.as_str()))
-        .find(|t| !tolerations.iter().any(|x| tolerates(x, t)))
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), [bound]) = (value.and_then(number), values) else {
-                return false;
-            };
-            let Some(bound) = number(bound) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = node.metadata.labels.as_ref();
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
-        && fields.iter().all(|r| {
-            r.key == "metadata.name" && requirement_matches(r, node.metadata.name.as_deref())
-        })
-}
-
-/// The pod's node selector and required node affinity, against `node`.
-pub fn node_affinity_matches(spec: &PodSpec, node: &Node) -> bool {
-    let labels = node.metadata.labels.as_ref();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    selector_ok
-        && required.is_none_or(|sel| {
-            sel.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, node))
-        })
 }
 
 /// The template's pod spec as daemon pods get it (tolerations added).
@@ -237,7 +143,7 @@ pub fn node_should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
     {
         return (false, false);
     }
-    if !node_affinity_matches(spec, node) {
+    if !affinity::pod_matches_node(spec, node) {
         return (false, false);
     }
     let taints = node
@@ -246,24 +152,16 @@ pub fn node_should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
         .and_then(|s| s.taints.as_deref())
         .unwrap_or_default();
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    if untolerated(taints, tolerations, &["NoSchedule", "NoExecute"]).is_some() {
-        return (
-            false,
-            untolerated(taints, tolerations, &["NoExecute"]).is_none(),
-        );
+    let untolerated = |effects: &[&str]| {
+        taints::find_untolerated(taints, tolerations, |t| {
+            effects.contains(&t.effect.as_str())
+        })
+        .is_some()
+    };
+    if untolerated(&["NoSchedule", "NoExecute"]) {
+        return (false, !untolerated(&["NoExecute"]));
     }
     (true, true)
-}
-
-fn owner(ds: &DaemonSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: ds.metadata.name.clone().unwrap_or_default(),
-        uid: ds.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// The daemon pod for `node`: the template, the revision hash label, the
@@ -299,7 +197,11 @@ pub fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
             namespace: ds.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: tmeta.annotations,
-            owner_references: Some(vec![owner(ds)]),
+            owner_references: Some(vec![owners::controller_owner_ref(
+                "apps/v1",
+                "DaemonSet",
+                &ds.metadata,
+            )]),
             ..Default::default()
         },
         spec: Some(spec),
@@ -331,33 +233,6 @@ fn target_node(pod: &Pod) -> Option<&str> {
                 _ => None,
             },
         )
-}
-
-fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
-    let cond = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(cond.last_transition_time.as_ref().map(|t| t.0))
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    ready_since(pod).is_some()
-}
-
-/// Ready for at least `min_ready` seconds at `now`.
-pub fn pod_available(pod: &Pod, min_ready: i32, now: Timestamp) -> bool {
-    match ready_since(pod) {
-        None => false,
-        Some(_) if min_ready <= 0 => true,
-        Some(None) => false,
-        Some(Some(since)) => {
-            since.as_second().saturating_add(i64::from(min_ready)) <= now.as_second()
-        }
-    }
 }
 
 fn deleting(pod: &Pod) -> bool {
@@ -456,7 +331,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: Timestamp) -> P
         == "RollingUpdate";
     let ru = strategy.and_then(|s| s.rolling_update.as_ref());
     let pod_spec = daemon_spec(ds);
-    let available = |p: &Pod| pod_available(p, min_ready, now);
+    let available = |p: &Pod| readiness::is_pod_available(p, min_ready, now);
 
     let mut nodes: Vec<&Node> = nodes.to_vec();
     nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -526,7 +401,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: Timestamp) -> P
                     }
                 }
                 if let (Some(new), Some(old)) = (oldest_new, oldest_old)
-                    && (!pod_ready(old) || available(new))
+                    && (!readiness::is_pod_ready(old) || available(new))
                 {
                     delete.push(name_of(old));
                 }
@@ -604,11 +479,11 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: Timestamp) -> P
         }
         let Some(first) = pods.first() else { continue };
         current += 1;
-        if pod_ready(first) {
+        if readiness::is_pod_ready(first) {
             ready += 1;
             if available(first) {
                 avail += 1;
-            } else if let Some(Some(since)) = ready_since(first) {
+            } else if let Some(Some(since)) = readiness::ready_since(first) {
                 let due = since.as_second() + i64::from(min_ready) - now.as_second();
                 let due = Duration::from_secs(due.max(0) as u64 + 1);
                 requeue_after = Some(requeue_after.map_or(due, |d| d.min(due)));
@@ -640,25 +515,12 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: Timestamp) -> P
     }
 }
 
-/// A `LabelSelector` in the `?labelSelector=` form.
+/// A `LabelSelector` in the `?labelSelector=` form (an invalid one selects
+/// nothing here: the API rejects such DaemonSets).
 pub fn selector_query(sel: &LabelSelector) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.as_deref().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            other => format!("{} {other} ({values})", e.key),
-        });
-    }
-    parts.join(",")
+    keelson_rules::selectors::LabelSelector::from_api(sel)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 fn status_patch(s: &DaemonSetStatus) -> Value {
@@ -681,31 +543,32 @@ fn status_patch(s: &DaemonSetStatus) -> Value {
 pub enum Error {
     #[error("{op}: {err}")]
     Api { op: String, err: kube::Error },
-    #[error("watch caches stopped")]
-    CacheGone,
 }
 
-impl Error {
-    fn is_conflict(&self) -> bool {
+impl SyncError for Error {
+    fn quiet(&self) -> bool {
         matches!(self, Error::Api { err: kube::Error::Api(s), .. } if s.code == 409)
     }
 }
 
 struct Ctx {
     client: kube::Client,
-    nodes: Store<Node>,
+    daemonsets: Cache<DaemonSet>,
+    nodes: Cache<Node>,
 }
 
-async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+/// A DaemonSet is looked at again at least this often.
+const RESYNC: Duration = Duration::from_secs(300);
+
+async fn reconcile(key: &Key, ctx: &Ctx) -> Result<Option<Duration>, Error> {
+    let Some(ds) = ctx.daemonsets.get(key) else {
+        return Ok(None);
+    };
     if ds.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(None);
     }
-    ctx.nodes
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheGone)?;
-    let ns = ds.metadata.namespace.clone().unwrap_or_default();
-    let name = ds.metadata.name.clone().unwrap_or_default();
+    let ns = key.namespace.clone();
+    let name = key.name.clone();
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let spec = &ds.spec;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -720,13 +583,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .items;
     let pods: Vec<&Pod> = pods
         .iter()
-        .filter(|p| {
-            p.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-        })
+        .filter(|p| owners::controlled_by(&p.metadata, &uid))
         .collect();
     let nodes = ctx.nodes.state();
     let nodes: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
@@ -757,7 +614,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     for pod in &plan.delete {
         match api.delete(pod, &DeleteParams::default()).await {
             Ok(_) => {
-                tracing::debug!(daemonset = %format!("{ns}/{name}"), pod = %pod, "deleted daemon pod")
+                tracing::debug!(daemonset = %key, pod = %pod, "deleted daemon pod")
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(err) => {
@@ -787,148 +644,61 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if let Some(e) = first_err {
         return Err(e);
     }
-    Ok(Action::requeue(
-        plan.requeue_after.unwrap_or(Duration::from_secs(300)),
-    ))
+    Ok(Some(plan.requeue_after.unwrap_or(RESYNC)))
 }
 
-fn error_policy(ds: Arc<DaemonSet>, err: &Error, _ctx: Arc<Ctx>) -> Action {
-    let who = format!(
-        "{}/{}",
-        ds.metadata.namespace.as_deref().unwrap_or_default(),
-        ds.metadata.name.as_deref().unwrap_or_default()
-    );
-    if err.is_conflict() {
-        Action::requeue(Duration::from_millis(200))
-    } else {
-        tracing::warn!(daemonset = %who, error = %err, "daemon set sync failed; retrying");
-        Action::requeue(Duration::from_secs(2))
+/// Whether a node change can change where daemon pods run: it came, went,
+/// or changed its labels or taints.
+fn node_changed(ev: &Event<Node>) -> bool {
+    match ev {
+        Event::Added(_) | Event::Deleted(_) => true,
+        Event::Updated { old, new } => {
+            old.metadata.labels != new.metadata.labels
+                || old.spec.as_ref().map(|s| &s.taints) != new.spec.as_ref().map(|s| &s.taints)
+        }
+        Event::Synced => false,
     }
-}
-
-type Refs = Vec<ObjectRef<DaemonSet>>;
-type Triggers = BoxStream<'static, Result<Refs, watcher::Error>>;
-
-fn all(store: &Store<DaemonSet>) -> Refs {
-    store
-        .state()
-        .iter()
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
-        .collect()
-}
-
-/// What of a node the controller looks at.
-fn node_fingerprint(n: &Node) -> String {
-    serde_json::to_string(&(&n.metadata.labels, n.spec.as_ref().map(|s| &s.taints)))
-        .unwrap_or_default()
 }
 
 /// Run the controller until the task is aborted.
-pub async fn run(ctx: Arc<super::Context>) {
-    loop {
-        run_once(ctx.client.clone()).await;
-        tracing::warn!("daemon set controller stream ended; restarting");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn run_once(client: kube::Client) {
-    let (ds_store, ds_writer) = reflector::store::<DaemonSet>();
-    let (node_store, node_writer) = reflector::store::<Node>();
-
-    let daemonsets: Triggers = {
-        let store = ds_store.clone();
-        reflect(
-            ds_writer,
-            watcher(
-                Api::<DaemonSet>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map_ok(move |ev| match ev {
-            watcher::Event::Apply(d) | watcher::Event::InitApply(d) => {
-                vec![ObjectRef::from_obj(&d)]
-            }
-            watcher::Event::InitDone => all(&store),
-            _ => Vec::new(),
-        })
-        .boxed()
-    };
-    // Pods: their controlling DaemonSet.
-    let pods: Triggers = {
-        let store = ds_store.clone();
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .map_ok(move |ev| match ev {
-                watcher::Event::Apply(p)
-                | watcher::Event::InitApply(p)
-                | watcher::Event::Delete(p) => {
-                    let ns = p.metadata.namespace.clone().unwrap_or_default();
-                    p.metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|o| o.controller == Some(true) && o.kind == "DaemonSet")
-                        .map(|o| ObjectRef::new(&o.name).within(&ns))
-                        .collect()
-                }
-                watcher::Event::InitDone => all(&store),
-                watcher::Event::Init => Vec::new(),
-            })
-            .boxed()
-    };
-    // Nodes: every DaemonSet, when a node comes, goes, or changes labels or taints.
-    let nodes: Triggers = {
-        let store = ds_store.clone();
-        let seen: Mutex<HashMap<String, String>> = Mutex::new(HashMap::new());
-        reflect(
-            node_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map_ok(move |ev| {
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            match ev {
-                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
-                    let key = n.metadata.name.clone().unwrap_or_default();
-                    let fp = node_fingerprint(&n);
-                    if seen.insert(key, fp.clone()).as_ref() == Some(&fp) {
-                        Vec::new()
-                    } else {
-                        all(&store)
-                    }
-                }
-                watcher::Event::Delete(n) => {
-                    seen.remove(n.metadata.name.as_deref().unwrap_or_default());
-                    all(&store)
-                }
-                watcher::Event::InitDone => all(&store),
-                watcher::Event::Init => Vec::new(),
-            }
-        })
-        .boxed()
-    };
-
-    let queue = trigger_with(
-        stream::select_all([daemonsets, pods, nodes]),
-        |refs: Refs| refs,
-    );
-    let ctx = Arc::new(Ctx {
-        client,
-        nodes: node_store,
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    let mut c: Controller<Key> = Controller::new("daemonset");
+    let daemonsets = c.watch(&informers.get::<DaemonSet>(), |ev, q| {
+        if let Some(d) = ev.object() {
+            q.add(Key::of(d.as_ref()));
+        }
     });
-    super::drive(
-        applier(
-            |ds, ctx| Box::pin(reconcile(ds, ctx)),
-            error_policy,
-            ctx,
-            ds_store,
-            queue,
-            kube::runtime::Config::default(),
-        ),
-        "daemon set controller",
-    )
+    // Pods: their controlling DaemonSet.
+    c.watch(&informers.get::<Pod>(), |ev, q| {
+        for p in ev.old().into_iter().chain(ev.object()) {
+            if let Some(o) = owners::controller_ref(&p.metadata).filter(|o| o.kind == "DaemonSet") {
+                q.add(Key::new(
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    &o.name,
+                ));
+            }
+        }
+    });
+    // Nodes: every DaemonSet, when a node comes, goes, or changes labels or taints.
+    let nodes = {
+        let daemonsets = daemonsets.clone();
+        c.watch(&informers.get::<Node>(), move |ev, q| {
+            if node_changed(ev) {
+                for d in daemonsets.state() {
+                    q.add(Key::of(d.as_ref()));
+                }
+            }
+        })
+    };
+    let ctx = Arc::new(Ctx {
+        client: ctx.client.clone(),
+        daemonsets,
+        nodes,
+    });
+    c.run(4, move |key: Key| {
+        let ctx = ctx.clone();
+        async move { reconcile(&key, &ctx).await }
+    })
     .await;
 }
 
@@ -1403,35 +1173,9 @@ mod tests {
     }
 
     #[test]
-    fn selectors_and_tolerations() {
+    fn selector_query_form() {
         let sel: LabelSelector = serde_json::from_value(json!({"matchLabels": {"app": "x"}, "matchExpressions": [
             {"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "legacy", "operator": "DoesNotExist"}]})).unwrap();
         assert_eq!(selector_query(&sel), "app=x,tier in (a,b),!legacy");
-        let t = |v: Value| -> Toleration { serde_json::from_value(v).unwrap() };
-        let taint: Taint =
-            serde_json::from_value(json!({"key": "k", "value": "v", "effect": "NoSchedule"}))
-                .unwrap();
-        assert!(tolerates(&t(json!({"operator": "Exists"})), &taint));
-        assert!(tolerates(
-            &t(json!({"key": "k", "operator": "Exists"})),
-            &taint
-        ));
-        assert!(tolerates(&t(json!({"key": "k", "value": "v"})), &taint));
-        assert!(!tolerates(&t(json!({"key": "k", "value": "w"})), &taint));
-        assert!(!tolerates(
-            &t(json!({"key": "k", "operator": "Exists", "effect": "NoExecute"})),
-            &taint
-        ));
-        let n = node("n1", json!({"metadata": {"labels": {"cpus": "8"}}}));
-        let term = |op: &str, v: &str| -> NodeSelectorTerm {
-            serde_json::from_value(
-                json!({"matchExpressions": [{"key": "cpus", "operator": op, "values": [v]}]}),
-            )
-            .unwrap()
-        };
-        assert!(term_matches(&term("Gt", "4"), &n));
-        assert!(!term_matches(&term("Lt", "4"), &n));
-        assert!(term_matches(&term("NotIn", "4"), &n));
-        assert!(!term_matches(&NodeSelectorTerm::default(), &n));
     }
 }

@@ -1,10 +1,11 @@
 //! The Deployment controller: one ReplicaSet per pod-template revision,
 //! rolled from old to new by the Deployment's strategy.
 //!
-//! Watches Deployments, ReplicaSets and pods into caches. A ReplicaSet
-//! change queues its controlling Deployment (for an orphan, every
-//! Deployment that selects it); a pod change queues the Deployment above it
-//! only for Recreate, which waits for old pods to be gone. Each sync adopts
+//! Deployments, ReplicaSets and pods come from the shared informers. A
+//! ReplicaSet change queues its controlling Deployment, before and after
+//! the change (for an orphan, every Deployment that selects it); a pod
+//! change queues the Deployment above it only for Recreate, which waits for
+//! old pods to be gone. Each sync adopts
 //! and releases ReplicaSets, plans purely ([`workload_deployplan::plan`]),
 //! then acts: create the new ReplicaSet, record the revision on the
 //! Deployment, scale (merge patches pinned to the planned resourceVersion,
@@ -17,15 +18,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
+use keelson_rules::{owners, readiness};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::Store;
 use serde_json::{Value, json};
 
+use super::runtime::{Controller, Key, SyncError, brief, is_status};
 use super::workload_deployplan::{self as dplan, DeployInput, RsPatch};
-use super::workload_queue::{
-    Change, Key, SyncError, WorkQueue, brief, is_status, run_workers, spawn_reflector,
-};
 use super::workload_util as wu;
+use crate::informers::{Cache, Event, Informers};
 
 const CONTROLLER: &str = "deployment";
 const WORKERS: usize = 4;
@@ -57,25 +57,24 @@ impl SyncError for Error {
 
 struct Dc {
     client: kube::Client,
-    deployments: Store<Deployment>,
-    replicasets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    deployments: Cache<Deployment>,
+    replicasets: Cache<ReplicaSet>,
+    pods: Cache<Pod>,
 }
 
 /// Deployments that should look at `rs`: its controller, or for an orphan
 /// every Deployment in its namespace that selects it.
-fn deployments_for_rs(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<Key> {
+fn deployments_for_rs(rs: &ReplicaSet, deployments: &Cache<Deployment>) -> Vec<Key> {
     let ns = wu::namespace(&rs.metadata);
-    if let Some(r) = wu::controller_ref(&rs.metadata) {
+    if let Some(r) = owners::controller_ref(&rs.metadata) {
         if r.kind == "Deployment" && r.api_version.starts_with("apps/") {
             return vec![Key::new(ns, &r.name)];
         }
         return vec![];
     }
     deployments
-        .state()
-        .iter()
         .filter(|d| wu::namespace(&d.metadata) == ns)
+        .iter()
         .filter(|d| wu::selects(wu::selector(&d.spec.selector).as_ref(), &rs.metadata))
         .map(|d| Key::of(d.as_ref()))
         .collect()
@@ -84,103 +83,58 @@ fn deployments_for_rs(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<K
 /// The Recreate Deployment above `pod`, if any.
 fn recreate_deployment_for_pod(
     pod: &Pod,
-    replicasets: &Store<ReplicaSet>,
-    deployments: &Store<Deployment>,
+    replicasets: &Cache<ReplicaSet>,
+    deployments: &Cache<Deployment>,
 ) -> Option<Key> {
     let ns = wu::namespace(&pod.metadata);
-    let r = wu::controller_ref(&pod.metadata).filter(|r| r.kind == "ReplicaSet")?;
-    let rs = replicasets.get(&Key::new(ns, &r.name).obj_ref())?;
-    let dr = wu::controller_ref(&rs.metadata).filter(|r| r.kind == "Deployment")?;
+    let r = owners::controller_ref(&pod.metadata).filter(|r| r.kind == "ReplicaSet")?;
+    let rs = replicasets.get(&Key::new(ns, &r.name))?;
+    let dr = owners::controller_ref(&rs.metadata).filter(|r| r.kind == "Deployment")?;
     let key = Key::new(ns, &dr.name);
-    let d = deployments.get(&key.obj_ref())?;
+    let d = deployments.get(&key)?;
     (!dplan::is_rolling(&d)).then_some(key)
 }
 
-pub async fn run(ctx: Arc<super::Context>) {
-    let client = ctx.client.clone();
-    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
-    // Watches live as long as this task: aborting it stops them.
-    let mut watches = tokio::task::JoinSet::new();
-    let deployments = {
-        let q = queue.clone();
-        spawn_reflector(
-            &mut watches,
-            CONTROLLER,
-            Api::<Deployment>::all(client.clone()),
-            move |c, cache| match c {
-                Change::Object(d) => q.add(Key::of(d)),
-                Change::Resynced => {
-                    for d in cache.state() {
-                        q.add(Key::of(d.as_ref()));
-                    }
-                }
-            },
-        )
-    };
+/// Objects an event concerns: the one before the change and the one after.
+fn both<T>(ev: &Event<T>) -> impl Iterator<Item = &T> {
+    ev.old().into_iter().chain(ev.object()).map(|o| o.as_ref())
+}
+
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    let mut c: Controller<Key> = Controller::new(CONTROLLER);
+    let deployments = c.watch(&informers.get::<Deployment>(), |ev, q| {
+        if let Some(d) = ev.object() {
+            q.add(Key::of(d.as_ref()));
+        }
+    });
     let replicasets = {
-        let q = queue.clone();
         let ds = deployments.clone();
-        spawn_reflector(
-            &mut watches,
-            CONTROLLER,
-            Api::<ReplicaSet>::all(client.clone()),
-            move |c, _| match c {
-                Change::Object(rs) => {
-                    for k in deployments_for_rs(rs, &ds) {
-                        q.add(k);
-                    }
+        c.watch(&informers.get::<ReplicaSet>(), move |ev, q| {
+            for rs in both(ev) {
+                for k in deployments_for_rs(rs, &ds) {
+                    q.add(k);
                 }
-                Change::Resynced => {
-                    for d in ds.state() {
-                        q.add(Key::of(d.as_ref()));
-                    }
-                }
-            },
-        )
+            }
+        })
     };
     let pods = {
-        let q = queue.clone();
-        let ds = deployments.clone();
-        let rss = replicasets.clone();
-        spawn_reflector(
-            &mut watches,
-            CONTROLLER,
-            Api::<Pod>::all(client.clone()),
-            move |c, _| match c {
-                Change::Object(pod) => {
-                    if let Some(k) = recreate_deployment_for_pod(pod, &rss, &ds) {
-                        q.add(k);
-                    }
-                }
-                Change::Resynced => {
-                    for d in ds.state().iter().filter(|d| !dplan::is_rolling(d)) {
-                        q.add(Key::of(d.as_ref()));
-                    }
-                }
-            },
-        )
+        let (ds, rss) = (deployments.clone(), replicasets.clone());
+        c.watch(&informers.get::<Pod>(), move |ev, q| {
+            if let Some(k) = ev
+                .object()
+                .and_then(|p| recreate_deployment_for_pod(p, &rss, &ds))
+            {
+                q.add(k);
+            }
+        })
     };
-    for ready in [
-        deployments.wait_until_ready().await,
-        replicasets.wait_until_ready().await,
-        pods.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
-            tracing::error!(controller = CONTROLLER, "caches never filled");
-            return;
-        }
-    }
-    for d in deployments.state() {
-        queue.add(Key::of(d.as_ref()));
-    }
-    tracing::info!(controller = CONTROLLER, "started");
     let dc = Arc::new(Dc {
-        client,
+        client: ctx.client.clone(),
         deployments,
         replicasets,
         pods,
     });
-    run_workers(CONTROLLER, queue, WORKERS, move |key: Key| {
+    c.run(WORKERS, move |key: Key| {
         let dc = dc.clone();
         async move { sync(&dc, &key).await }
     })
@@ -194,23 +148,21 @@ async fn claim(dc: &Dc, d: &Deployment, key: &Key) -> Result<Vec<ReplicaSet>, Er
     let sel = wu::selector(&d.spec.selector);
     let deleting = wu::is_terminating(&d.metadata);
     let api: Api<ReplicaSet> = Api::namespaced(dc.client.clone(), &key.namespace);
-    let owner = wu::controller_owner_ref("apps/v1", "Deployment", &d.metadata);
+    let owner = owners::controller_owner_ref("apps/v1", "Deployment", &d.metadata);
     let mut owned = Vec::new();
     for rs in dc
         .replicasets
-        .state()
-        .into_iter()
         .filter(|rs| wu::namespace(&rs.metadata) == key.namespace)
     {
         let matches = wu::selects(sel.as_ref(), &rs.metadata);
         let name = wu::name(&rs.metadata).to_string();
         let rv = rs.metadata.resource_version.clone();
-        match wu::controller_ref(&rs.metadata) {
+        match owners::controller_ref(&rs.metadata) {
             Some(r) if r.uid == d_uid => {
                 if matches {
                     owned.push((*rs).clone());
                 } else if !deleting && !wu::is_terminating(&rs.metadata) {
-                    let refs = wu::without_owner(rs.metadata.owner_references.as_ref(), &d_uid);
+                    let refs = owners::without_owner(rs.metadata.owner_references.as_ref(), &d_uid);
                     let patch =
                         json!({"metadata": {"ownerReferences": refs, "resourceVersion": rv}});
                     match api
@@ -227,7 +179,7 @@ async fn claim(dc: &Dc, d: &Deployment, key: &Key) -> Result<Vec<ReplicaSet>, Er
             }
             Some(_) => {}
             None if matches && !deleting && !wu::is_terminating(&rs.metadata) => {
-                let refs = wu::with_owner(rs.metadata.owner_references.as_ref(), owner.clone());
+                let refs = owners::with_owner(rs.metadata.owner_references.as_ref(), owner.clone());
                 let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": rv}});
                 let adopted = api
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -256,19 +208,22 @@ fn rs_patch_body(p: &RsPatch) -> Value {
 }
 
 async fn sync(dc: &Dc, key: &Key) -> Result<Option<Duration>, Error> {
-    let Some(d) = dc.deployments.get(&key.obj_ref()) else {
+    let Some(d) = dc.deployments.get(key) else {
         return Ok(None);
     };
     let rss = claim(dc, &d, key).await?;
     let uids: HashSet<&str> = rss.iter().map(|rs| wu::uid(&rs.metadata)).collect();
     let mut pods_per_rs: HashMap<String, usize> = HashMap::new();
     if !dplan::is_rolling(&d) {
-        for p in dc.pods.state() {
-            if wu::namespace(&p.metadata) != key.namespace || wu::is_pod_finished(&p) {
+        for p in dc
+            .pods
+            .filter(|p| wu::namespace(&p.metadata) == key.namespace)
+        {
+            if readiness::is_pod_terminal(&p) {
                 continue;
             }
             if let Some(r) =
-                wu::controller_ref(&p.metadata).filter(|r| uids.contains(r.uid.as_str()))
+                owners::controller_ref(&p.metadata).filter(|r| uids.contains(r.uid.as_str()))
             {
                 *pods_per_rs.entry(r.uid.clone()).or_default() += 1;
             }
@@ -295,7 +250,7 @@ async fn sync(dc: &Dc, key: &Key) -> Result<Option<Duration>, Error> {
                     .await
                     .map_err(api_err(format!("get replicaset {name}"), key))?;
                 let ours = existing.as_ref().is_some_and(|x| {
-                    wu::controlled_by(&x.metadata, wu::uid(&d.metadata))
+                    owners::controlled_by(&x.metadata, wu::uid(&d.metadata))
                         && x.spec
                             .template
                             .as_ref()

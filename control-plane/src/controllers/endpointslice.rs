@@ -17,11 +17,14 @@
 //!
 //! Plan, then act: [`plan_slices`] and [`plan_endpoints`] are pure; the
 //! executor writes only what differs, so a sync with nothing new writes
-//! nothing. Pods and Services come from watch caches; slices and the
-//! Endpoints object are read from the API at each sync (they are ours, and a
-//! stale cache of our own writes would make duplicates). A pod event
-//! reconciles, at once, every Service in its namespace whose selector
-//! matches the pod now or matched it before.
+//! nothing. Pods and Services come from the shared informers' caches;
+//! slices and the Endpoints object are read from the API at each sync (they
+//! are ours, and a stale cache of our own writes would make duplicates). A
+//! pod event queues every Service in its namespace whose selector matches
+//! the pod now or matched it before; a change to one of our slices or to a
+//! managed Service's Endpoints queues that Service. A deleted Service's
+//! Endpoints object and slices are removed by the same work queue, from the
+//! Service's last state.
 //!
 //! Not done (yet): topology zones and hints, trafficDistribution, the
 //! 1000-address truncation of Endpoints, and the startup sweep of Endpoints
@@ -31,8 +34,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference, Pod,
     Service, ServicePort,
@@ -40,10 +41,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use keelson_rules::{owners, readiness, selectors};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::controller::{Action, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, applier, reflector as reflect, watcher};
+
+use super::runtime::{Controller, Key, SyncError};
+use crate::informers::{Cache, Informers};
 
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -66,25 +68,9 @@ pub fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
     spec.selector.as_ref().filter(|s| !s.is_empty())
 }
 
+/// Whether a Service's selector selects `pod` (a label set).
 pub fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    let labels = pod.metadata.labels.as_ref();
-    selector
-        .iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-}
-
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Failed" | "Succeeded")
-    )
+    selectors::set_matches(selector, pod.metadata.labels.as_ref())
 }
 
 fn pod_ips(pod: &Pod) -> Vec<String> {
@@ -226,14 +212,14 @@ fn desired_groups(svc: &Service, pods: &[&Pod]) -> BTreeMap<(String, PortsKey), 
     let publish = publish_not_ready(svc);
     let mut groups: BTreeMap<(String, PortsKey), Group> = BTreeMap::new();
     for pod in pods {
-        if pod_terminal(pod) {
+        if readiness::is_pod_terminal(pod) {
             continue;
         }
         let ips = pod_ips(pod);
         if ips.is_empty() {
             continue;
         }
-        let serving = pod_ready(pod);
+        let serving = readiness::is_pod_ready(pod);
         let terminating = pod.metadata.deletion_timestamp.is_some();
         let ports: Vec<EndpointPort> = service_ports(svc)
             .iter()
@@ -302,24 +288,12 @@ pub fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
 }
 
 fn service_owner(svc: &Service) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+    owners::controller_owner_ref("v1", "Service", &svc.metadata)
 }
 
 fn owned_by(slice: &EndpointSlice, svc: &Service) -> bool {
     let uid = svc.metadata.uid.as_deref().unwrap_or_default();
-    slice
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "Service" && o.uid == uid && o.controller == Some(true))
+    owners::controller_ref(&slice.metadata).is_some_and(|o| o.kind == "Service" && o.uid == uid)
 }
 
 fn endpoint_key(ep: &Endpoint) -> Option<&str> {
@@ -567,7 +541,9 @@ pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
     type Entry = (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
     let mut groups: BTreeMap<CorePortKey, Entry> = BTreeMap::new();
     for pod in pods {
-        if pod_terminal(pod) || (pod.metadata.deletion_timestamp.is_some() && !publish) {
+        if readiness::is_pod_terminal(pod)
+            || (pod.metadata.deletion_timestamp.is_some() && !publish)
+        {
             continue;
         }
         let Some(ip) = pod_ips(pod).into_iter().find(|ip| family_of(ip) == primary) else {
@@ -602,7 +578,7 @@ pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
         let entry = groups
             .entry(key)
             .or_insert_with(|| (ports, Vec::new(), Vec::new()));
-        if publish || pod_ready(pod) {
+        if publish || readiness::is_pod_ready(pod) {
             entry.1.push(address);
         } else {
             entry.2.push(address);
@@ -673,8 +649,6 @@ pub fn plan_endpoints(
 pub enum Error {
     #[error("{op}: {err}")]
     Api { op: String, err: kube::Error },
-    #[error("watch caches stopped")]
-    CacheGone,
 }
 
 impl Error {
@@ -682,38 +656,58 @@ impl Error {
         let op = op.into();
         move |err| Error::Api { op, err }
     }
+}
 
-    fn is_conflict(&self) -> bool {
+impl SyncError for Error {
+    fn quiet(&self) -> bool {
         matches!(self, Error::Api { err: kube::Error::Api(s), .. } if s.code == 409)
     }
 }
 
+/// A Service is looked at again at least this often.
+const RESYNC: Duration = Duration::from_secs(300);
+
 struct Ctx {
     client: kube::Client,
-    pods: Store<Pod>,
+    services: Cache<Service>,
+    pods: Cache<Pod>,
+    /// Services deleted whose Endpoints and slices may remain: their last
+    /// state (filled by the Service event handler).
+    deleted: Arc<Mutex<HashMap<Key, Arc<Service>>>>,
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let resync = Action::requeue(Duration::from_secs(300));
+async fn reconcile(key: &Key, ctx: &Ctx) -> Result<Option<Duration>, Error> {
+    let Some(svc) = ctx.services.get(key) else {
+        let gone = ctx
+            .deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(svc) = gone {
+            cleanup(&ctx.client, &svc).await?;
+            ctx.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key);
+        }
+        return Ok(None);
+    };
     let Some(selector) = service_selector(&svc) else {
-        return Ok(Action::await_change());
+        return Ok(None);
     };
     if svc.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(None);
     }
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheGone)?;
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let pods = ctx.pods.state_filter(|p| {
-        p.metadata.namespace.as_deref() == Some(ns.as_str()) && selects(selector, p)
-    });
+    let ns = key.namespace.clone();
+    let name = key.name.clone();
+    let pods = ctx
+        .pods
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && selects(selector, p));
     let mut pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     pods.sort_by(|a, b| pod_name(a).cmp(pod_name(b)));
 
@@ -737,7 +731,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     .map_err(Error::api(format!(
                         "create endpoint slice for service {ns}/{name}"
                     )))?;
-                tracing::debug!(service = %format!("{ns}/{name}"), slice = ?made.metadata.name, "created endpoint slice");
+                tracing::debug!(service = %key, slice = ?made.metadata.name, "created endpoint slice");
             }
             SliceAction::Update(s) => {
                 let sname = slice_name(&s);
@@ -745,7 +739,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     .replace(&sname, &PostParams::default(), &s)
                     .await
                     .map_err(Error::api(format!("update endpoint slice {ns}/{sname}")))?;
-                tracing::debug!(service = %format!("{ns}/{name}"), slice = %sname, "updated endpoint slice");
+                tracing::debug!(service = %key, slice = %sname, "updated endpoint slice");
             }
             SliceAction::Delete(sname) => {
                 match slices.delete(&sname, &DeleteParams::default()).await {
@@ -782,234 +776,151 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .map_err(Error::api(format!("update endpoints {ns}/{name}")))?;
         }
     }
-    Ok(resync)
-}
-
-fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Ctx>) -> Action {
-    let who = format!(
-        "{}/{}",
-        svc.metadata.namespace.as_deref().unwrap_or_default(),
-        svc.metadata.name.as_deref().unwrap_or_default()
-    );
-    if err.is_conflict() {
-        tracing::debug!(service = %who, error = %err, "endpoint slice sync conflicted; retrying");
-        Action::requeue(Duration::from_millis(100))
-    } else {
-        tracing::warn!(service = %who, error = %err, "endpoint slice sync failed; retrying");
-        Action::requeue(Duration::from_secs(2))
-    }
+    Ok(Some(RESYNC))
 }
 
 /// After a Service is gone: remove its Endpoints object (when it is ours)
 /// and its slices (the garbage collector would too, through the owner
 /// reference).
-async fn cleanup(client: kube::Client, svc: Service) {
+async fn cleanup(client: &kube::Client, svc: &Service) -> Result<(), Error> {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
-    if service_selector(&svc).is_none() {
-        return;
+    if service_selector(svc).is_none() {
+        return Ok(());
     }
     let eps: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
-    match eps.get_opt(&name).await {
-        Ok(Some(e))
-            if e.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_SKIP_MIRROR))
-                .map(String::as_str)
-                == Some("true") =>
-        {
-            if let Err(e) = eps.delete(&name, &DeleteParams::default()).await
-                && !is_not_found(&e)
-            {
-                tracing::warn!(error = %e, "delete endpoints {ns}/{name} of a deleted service");
+    let current = eps.get_opt(&name).await.map_err(Error::api(format!(
+        "get endpoints {ns}/{name} of a deleted service"
+    )))?;
+    let ours = current.is_some_and(|e| {
+        e.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SKIP_MIRROR))
+            .map(String::as_str)
+            == Some("true")
+    });
+    if ours {
+        match eps.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(err) => {
+                return Err(Error::Api {
+                    op: format!("delete endpoints {ns}/{name} of a deleted service"),
+                    err,
+                });
             }
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "get endpoints {ns}/{name} of a deleted service"),
     }
-    let slices: Api<EndpointSlice> = Api::namespaced(client, &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let lp = ListParams::default().labels(&format!(
         "{LABEL_SERVICE_NAME}={name},{LABEL_MANAGED_BY}={CONTROLLER_NAME}"
     ));
-    match slices.list(&lp).await {
-        Ok(list) => {
-            for s in list.items.iter().filter(|s| owned_by(s, &svc)) {
-                let sname = slice_name(s);
-                if let Err(e) = slices.delete(&sname, &DeleteParams::default()).await
-                    && !is_not_found(&e)
-                {
-                    tracing::warn!(error = %e, "delete endpoint slice {ns}/{sname} of a deleted service");
-                }
+    let list = slices.list(&lp).await.map_err(Error::api(format!(
+        "list endpoint slices of deleted service {ns}/{name}"
+    )))?;
+    for s in list.items.iter().filter(|s| owned_by(s, svc)) {
+        let sname = slice_name(s);
+        match slices.delete(&sname, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(err) => {
+                return Err(Error::Api {
+                    op: format!("delete endpoint slice {ns}/{sname} of a deleted service"),
+                    err,
+                });
             }
         }
-        Err(e) => tracing::warn!(error = %e, "list endpoint slices of deleted service {ns}/{name}"),
     }
-}
-
-type Refs = Vec<ObjectRef<Service>>;
-type Triggers = BoxStream<'static, Result<Refs, watcher::Error>>;
-
-fn all_selecting(services: &Store<Service>) -> Refs {
-    services
-        .state()
-        .iter()
-        .filter(|s| service_selector(s).is_some())
-        .map(|s| ObjectRef::from_obj(s.as_ref()))
-        .collect()
+    Ok(())
 }
 
 /// Services in the pod's namespace whose selector matches it.
-fn matching(services: &Store<Service>, pod: &Pod) -> Refs {
+fn matching(services: &Cache<Service>, pod: &Pod) -> Vec<Key> {
     let ns = pod.metadata.namespace.as_deref();
     services
-        .state()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == ns
+                && service_selector(s).is_some_and(|sel| selects(sel, pod))
+        })
         .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == ns)
-        .filter(|s| service_selector(s).is_some_and(|sel| selects(sel, pod)))
-        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .map(|s| Key::of(s.as_ref()))
         .collect()
 }
 
 /// Run the controller until the task is aborted.
-pub async fn run(ctx: Arc<super::Context>) {
-    loop {
-        run_once(ctx.client.clone()).await;
-        tracing::warn!("endpoint slice controller stream ended; restarting");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn run_once(client: kube::Client) {
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-
-    // Services: themselves; a deleted one gets its Endpoints removed.
-    let services: Triggers = {
-        let store = svc_store.clone();
-        let client = client.clone();
-        reflect(
-            svc_writer,
-            watcher(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map_ok(move |ev| match ev {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                vec![ObjectRef::from_obj(&s)]
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    let mut c: Controller<Key> = Controller::new("endpointslice");
+    let deleted: Arc<Mutex<HashMap<Key, Arc<Service>>>> = Arc::default();
+    // Services: themselves; a deleted one is remembered for its cleanup.
+    let services = {
+        let deleted = deleted.clone();
+        c.watch(&informers.get::<Service>(), move |ev, q| {
+            let Some(s) = ev.object() else { return };
+            let key = Key::of(s.as_ref());
+            let mut gone = deleted.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(ev, crate::informers::Event::Deleted(_)) {
+                gone.insert(key.clone(), s.clone());
+            } else {
+                gone.remove(&key);
             }
-            watcher::Event::Delete(s) => {
-                tokio::spawn(cleanup(client.clone(), s));
-                Vec::new()
-            }
-            watcher::Event::InitDone => all_selecting(&store),
-            watcher::Event::Init => Vec::new(),
+            q.add(key);
         })
-        .boxed()
     };
-
     // Pods: the Services that select them now, and those that did before
     // (a pod whose labels changed leaves their slices).
-    let pods: Triggers = {
-        let store = svc_store.clone();
-        let previous: Mutex<HashMap<(String, String), Refs>> = Mutex::new(HashMap::new());
-        reflect(
-            pod_writer,
-            watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map_ok(move |ev| {
-            let key = |p: &Pod| {
-                (
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                    p.metadata.name.clone().unwrap_or_default(),
-                )
-            };
-            let mut prev = previous.lock().unwrap_or_else(|e| e.into_inner());
-            match ev {
-                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                    let now = matching(&store, &p);
-                    let mut out = prev.insert(key(&p), now.clone()).unwrap_or_default();
-                    out.extend(now);
-                    out
+    let pods = {
+        let services = services.clone();
+        c.watch(&informers.get::<Pod>(), move |ev, q| {
+            for p in ev.old().into_iter().chain(ev.object()) {
+                for k in matching(&services, p) {
+                    q.add(k);
                 }
-                watcher::Event::Delete(p) => {
-                    let mut out = prev.remove(&key(&p)).unwrap_or_default();
-                    out.extend(matching(&store, &p));
-                    out
-                }
-                watcher::Event::InitDone => all_selecting(&store),
-                watcher::Event::Init => Vec::new(),
             }
         })
-        .boxed()
     };
-
     // Our slices: changed or deleted behind our back.
-    let slices: Triggers = {
-        let wc =
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={CONTROLLER_NAME}"));
-        watcher(Api::<EndpointSlice>::all(client.clone()), wc)
-            .default_backoff()
-            .map_ok(|ev| match ev {
-                watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
-                    let svc = s
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_SERVICE_NAME));
-                    match (svc, s.metadata.namespace.as_deref()) {
-                        (Some(n), Some(ns)) => vec![ObjectRef::new(n).within(ns)],
-                        _ => Vec::new(),
-                    }
-                }
-                _ => Vec::new(),
-            })
-            .boxed()
-    };
-
-    // Endpoints objects of Services we manage.
-    let endpoints: Triggers = {
-        let store = svc_store.clone();
-        watcher(
-            Api::<Endpoints>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(move |ev| match ev {
-            watcher::Event::Apply(e) | watcher::Event::Delete(e) => {
-                let r = ObjectRef::from_obj(&e).into_kind_unchecked::<Service>(());
-                match store.get(&r) {
-                    Some(s) if service_selector(&s).is_some() => vec![r],
-                    _ => Vec::new(),
-                }
-            }
-            _ => Vec::new(),
-        })
-        .boxed()
-    };
-
-    let queue = trigger_with(
-        stream::select_all([services, pods, slices, endpoints]),
-        |refs: Refs| refs,
-    );
-    let ctx = Arc::new(Ctx {
-        client,
-        pods: pod_store,
+    c.watch(&informers.get::<EndpointSlice>(), |ev, q| {
+        let Some(s) = ev.object() else { return };
+        let labels = s.metadata.labels.as_ref();
+        if labels
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .map(String::as_str)
+            != Some(CONTROLLER_NAME)
+        {
+            return;
+        }
+        if let (Some(n), Some(ns)) = (
+            labels.and_then(|l| l.get(LABEL_SERVICE_NAME)),
+            s.metadata.namespace.as_deref(),
+        ) {
+            q.add(Key::new(ns, n));
+        }
     });
-    super::drive(
-        applier(
-            |svc, ctx| Box::pin(reconcile(svc, ctx)),
-            error_policy,
-            ctx,
-            svc_store,
-            queue,
-            kube::runtime::Config::default(),
-        ),
-        "endpoint slice controller",
-    )
+    // Endpoints objects of Services we manage.
+    {
+        let services = services.clone();
+        c.watch(&informers.get::<Endpoints>(), move |ev, q| {
+            let Some(e) = ev.object() else { return };
+            let key = Key::of(e.as_ref());
+            if services
+                .get(&key)
+                .is_some_and(|s| service_selector(&s).is_some())
+            {
+                q.add(key);
+            }
+        });
+    }
+    let ctx = Arc::new(Ctx {
+        client: ctx.client.clone(),
+        services,
+        pods,
+        deleted,
+    });
+    c.run(4, move |key: Key| {
+        let ctx = ctx.clone();
+        async move { reconcile(&key, &ctx).await }
+    })
     .await;
 }
 

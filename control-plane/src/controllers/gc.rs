@@ -15,26 +15,29 @@
 //!     it until no dependent is left, then the finalizer is removed (the API
 //!     then removes the owner).
 //! - [`run`] (the executor) discovers every resource type that can be
-//!   listed, watched and deleted, keeps one watch per type feeding an
-//!   in-memory graph, and after each burst of events (and every
-//!   [`RESYNC`]) plans and applies the actions. Watches lag one another (a
-//!   Pod's watch may show it before its ReplicaSet's watch shows the
-//!   ReplicaSet), so an owner the graph lacks is confirmed gone by a live
-//!   read before anything is deleted or unlinked because of it. Every write
-//!   carries the uid and resourceVersion it was planned against; a conflict
-//!   or a 404 just waits for the next pass.
+//!   listed, watched and deleted, subscribes to the metadata of each through
+//!   the shared informers (types other consumers watch share their watch),
+//!   feeding an in-memory graph, and after each burst of events (and every
+//!   [`RESYNC`]) plans and applies the actions. Its work queue has one key,
+//!   the whole graph: a change queues a pass [`BATCH`] later, so a burst of
+//!   changes makes one pass. Watches lag one another (a Pod's watch may show
+//!   it before its ReplicaSet's watch shows the ReplicaSet), so an owner the
+//!   graph lacks is confirmed gone by a live read before anything is
+//!   deleted or unlinked because of it. Every write carries the uid and
+//!   resourceVersion it was planned against; a conflict or a 404 just waits
+//!   for the next pass.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::discovery::{Discovery, Scope, verbs};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tokio::sync::mpsc;
+
+use super::runtime::{Controller, Key, WorkQueue};
+use crate::informers::{Informers, MetaEvent};
 
 /// Finalizer of an owner deleted with propagationPolicy=Foreground.
 pub const FOREGROUND: &str = "foregroundDeletion";
@@ -286,18 +289,15 @@ pub fn plan(objects: &BTreeMap<String, Obj>) -> Vec<Action> {
 #[derive(Default)]
 struct Source {
     objects: HashMap<String, Obj>,
-    /// Objects of a (re)list in progress, swapped in at its end.
-    relist: Option<HashMap<String, Obj>>,
     synced: bool,
 }
 
-/// One change from a watch, already reduced to the collector's view.
+/// One change from an informer, already reduced to the collector's view.
+/// (A relist arrives as the changes it implies: the informer works them out.)
 enum Change {
     Apply(Obj),
     Delete(String),
-    Init,
-    InitApply(Obj),
-    InitDone,
+    Synced,
 }
 
 #[derive(Default)]
@@ -322,20 +322,10 @@ impl Graph {
                 relevant
             }
             Change::Delete(uid) => s.objects.remove(&uid).is_some(),
-            Change::Init => {
-                s.relist = Some(HashMap::new());
-                false
-            }
-            Change::InitApply(o) => {
-                s.relist
-                    .get_or_insert_with(HashMap::new)
-                    .insert(o.uid.clone(), o);
-                false
-            }
-            Change::InitDone => {
-                s.objects = s.relist.take().unwrap_or_default();
+            Change::Synced => {
+                let first = !s.synced;
                 s.synced = true;
-                true
+                first
             }
         }
     }
@@ -420,42 +410,15 @@ fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
 }
 
-/// Keep one watch on `r` running, sending changes tagged with `index`.
-fn spawn_watch(
-    client: kube::Client,
-    index: usize,
-    r: &Resource,
-    tx: mpsc::Sender<(usize, Change)>,
-) -> tokio::task::JoinHandle<()> {
-    let api: Api<DynamicObject> = Api::all_with(client, &r.ar);
-    let plural = r.ar.plural.clone();
-    tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = stream.next().await {
-            let change = match ev {
-                Ok(watcher::Event::Apply(o)) => {
-                    Obj::from_meta(index, &o.metadata).map(Change::Apply)
-                }
-                Ok(watcher::Event::InitApply(o)) => {
-                    Obj::from_meta(index, &o.metadata).map(Change::InitApply)
-                }
-                Ok(watcher::Event::Delete(o)) => o.metadata.uid.map(Change::Delete),
-                Ok(watcher::Event::Init) => Some(Change::Init),
-                Ok(watcher::Event::InitDone) => Some(Change::InitDone),
-                Err(e) => {
-                    tracing::warn!(resource = %plural, error = %e, "garbage collector: watch");
-                    None
-                }
-            };
-            if let Some(c) = change
-                && tx.send((index, c)).await.is_err()
-            {
-                return;
-            }
+/// The change a metadata event makes to source `index`.
+fn change_of(index: usize, ev: MetaEvent<'_>) -> Option<Change> {
+    match ev {
+        MetaEvent::Added(m) | MetaEvent::Updated { new: m, .. } => {
+            Obj::from_meta(index, m).map(Change::Apply)
         }
-    })
+        MetaEvent::Deleted(m) => m.uid.clone().map(Change::Delete),
+        MetaEvent::Synced => Some(Change::Synced),
+    }
 }
 
 /// Whether a live read found an owner.
@@ -647,97 +610,128 @@ fn ok_unless_raced(r: Result<(), kube::Error>) -> Result<bool, kube::Error> {
 }
 
 /// How long changes are gathered before a pass.
-const BATCH: Duration = Duration::from_millis(250);
+pub const BATCH: Duration = Duration::from_millis(250);
 
-pub async fn run(ctx: Arc<super::Context>) {
-    let client = ctx.client.clone();
-    let (tx, mut rx) = mpsc::channel::<(usize, Change)>(4096);
-    let mut graph = Graph::default();
-    let mut exec = Executor {
-        client: client.clone(),
-        resources: Vec::new(),
-        by_kind: HashMap::new(),
-        present: HashMap::new(),
-        done: HashMap::new(),
-    };
-    // Aborts the watches when this task is aborted (the leader steps down).
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
+/// The one key of the collector's work queue: the whole graph.
+fn graph_key() -> Key {
+    Key::cluster("graph")
+}
+
+struct Collector {
+    client: kube::Client,
+    informers: Arc<Informers>,
+    queue: std::sync::Weak<WorkQueue<Key>>,
+    graph: Arc<Mutex<Graph>>,
+    started: Instant,
+    /// Discovery, the executor and warnings: one pass at a time.
+    state: tokio::sync::Mutex<PassState>,
+}
+
+struct PassState {
+    exec: Executor,
+    last_discovery: Option<Instant>,
+    warned_unsynced: bool,
+}
+
+impl Collector {
+    fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
+        self.graph.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let mut watches = AbortOnDrop(Vec::new());
-    let mut last_discovery: Option<Instant> = None;
-    let mut resync = tokio::time::interval(RESYNC);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut dirty = true;
-    let mut warned_unsynced = false;
-    let started = Instant::now();
-    loop {
-        if last_discovery.is_none_or(|t| t.elapsed() >= REDISCOVER) {
-            match discover(&client).await {
-                Ok(d) => {
-                    last_discovery = Some(Instant::now());
-                    exec.by_kind = d.by_kind;
-                    for r in d.watchable {
-                        let known = exec
-                            .resources
-                            .iter()
-                            .any(|k| k.ar.group == r.ar.group && k.ar.plural == r.ar.plural);
-                        if !known {
-                            let index = exec.resources.len();
-                            tracing::debug!(resource = %r.ar.plural, group = %r.ar.group, "garbage collector: watching");
-                            watches
-                                .0
-                                .push(spawn_watch(client.clone(), index, &r, tx.clone()));
-                            exec.resources.push(r);
-                            graph.sources.push(Source::default());
-                        }
+
+    /// Subscribe to the metadata of types not seen before.
+    fn watch_new(&self, exec: &mut Executor, watchable: Vec<Resource>) {
+        for r in watchable {
+            let known = exec
+                .resources
+                .iter()
+                .any(|k| k.ar.group == r.ar.group && k.ar.plural == r.ar.plural);
+            if known {
+                continue;
+            }
+            let index = exec.resources.len();
+            tracing::debug!(resource = %r.ar.plural, group = %r.ar.group, "garbage collector: watching");
+            self.graph().sources.push(Source::default());
+            let (graph, queue) = (self.graph.clone(), self.queue.clone());
+            self.informers.metadata(&r.ar, move |ev| {
+                let Some(q) = queue.upgrade() else {
+                    return false;
+                };
+                if let Some(c) = change_of(index, ev) {
+                    let relevant = graph
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .apply(index, c);
+                    if relevant {
+                        q.add_after(graph_key(), BATCH);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "garbage collector");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            }
-        }
-        // Wait for a change or the resync period.
-        tokio::select! {
-            msg = rx.recv() => {
-                if let Some((i, c)) = msg {
-                    dirty |= graph.apply(i, c);
-                }
-            }
-            _ = resync.tick() => dirty = true,
-        }
-        // Take the rest of the burst. A pass snapshots the whole graph, so
-        // under a stream of changes plan at most every BATCH.
-        if dirty {
-            tokio::time::sleep(BATCH).await;
-        }
-        while let Ok((i, c)) = rx.try_recv() {
-            dirty |= graph.apply(i, c);
-        }
-        if !dirty {
-            continue;
-        }
-        if !graph.synced() {
-            if !warned_unsynced && started.elapsed() > Duration::from_secs(60) {
-                warned_unsynced = true;
-                tracing::warn!("garbage collector: some watches have not synced yet; waiting");
-            }
-            continue;
-        }
-        dirty = false;
-        let actions = plan(&graph.snapshot());
-        if !actions.is_empty() {
-            exec.execute(actions).await;
+                true
+            });
+            exec.resources.push(r);
         }
     }
+
+    /// Discover new types when due, then plan over the whole graph and act.
+    async fn pass(&self) -> Result<Option<Duration>, GcError> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        if state
+            .last_discovery
+            .is_none_or(|t| t.elapsed() >= REDISCOVER)
+        {
+            let d = discover(&self.client).await?;
+            state.last_discovery = Some(Instant::now());
+            state.exec.by_kind = d.by_kind;
+            self.watch_new(&mut state.exec, d.watchable);
+        }
+        let snapshot = {
+            let g = self.graph();
+            g.synced().then(|| g.snapshot())
+        };
+        let Some(snapshot) = snapshot else {
+            if !state.warned_unsynced && self.started.elapsed() > Duration::from_secs(60) {
+                state.warned_unsynced = true;
+                tracing::warn!("garbage collector: some watches have not synced yet; waiting");
+            }
+            // The informers' Synced events queue the next pass.
+            return Ok(Some(RESYNC));
+        };
+        let actions = plan(&snapshot);
+        if !actions.is_empty() {
+            state.exec.execute(actions).await;
+        }
+        Ok(Some(RESYNC))
+    }
+}
+
+impl super::runtime::SyncError for GcError {}
+
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    let c: Controller<Key> = Controller::new("garbage-collector");
+    let collector = Arc::new(Collector {
+        client: ctx.client.clone(),
+        informers,
+        queue: Arc::downgrade(c.queue()),
+        graph: Arc::default(),
+        started: Instant::now(),
+        state: tokio::sync::Mutex::new(PassState {
+            exec: Executor {
+                client: ctx.client.clone(),
+                resources: Vec::new(),
+                by_kind: HashMap::new(),
+                present: HashMap::new(),
+                done: HashMap::new(),
+            },
+            last_discovery: None,
+            warned_unsynced: false,
+        }),
+    });
+    c.queue().add(graph_key());
+    c.run(1, move |_key: Key| {
+        let collector = collector.clone();
+        async move { collector.pass().await }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -941,18 +935,18 @@ mod tests {
         assert_eq!(plan(&graph(vec![freed])), vec![]);
     }
 
+    /// (Relists, which this graph handled itself before, are the shared
+    /// informer's now: `informers::tests::relist_becomes_the_changes_it_implies`.)
     #[test]
-    fn graph_relist_replaces_a_source() {
+    fn graph_tracks_its_sources() {
         let mut g = Graph {
             sources: vec![Source::default(), Source::default()],
         };
         assert!(!g.synced());
-        g.apply(0, Change::Init);
-        g.apply(0, Change::InitApply(obj("a", &[])));
-        g.apply(0, Change::InitDone);
+        g.apply(0, Change::Apply(obj("a", &[])));
+        g.apply(0, Change::Synced);
         assert!(!g.synced());
-        g.apply(1, Change::Init);
-        g.apply(1, Change::InitDone);
+        g.apply(1, Change::Synced);
         assert!(g.synced());
         assert!(g.apply(0, Change::Apply(obj("b", &["a"]))));
         assert_eq!(g.snapshot().len(), 2);
@@ -963,11 +957,7 @@ mod tests {
         assert_eq!(g.snapshot()["b"].resource_version, "2");
         b2.finalizers = vec!["x".into()];
         assert!(g.apply(0, Change::Apply(b2)));
-        // A relist that no longer has "a" drops it; the old set stays until done.
-        g.apply(0, Change::Init);
-        g.apply(0, Change::InitApply(obj("b", &["a"])));
-        assert_eq!(g.snapshot().len(), 2);
-        g.apply(0, Change::InitDone);
+        assert!(g.apply(0, Change::Delete("a".into())));
         assert_eq!(
             g.snapshot().keys().cloned().collect::<Vec<_>>(),
             vec!["b".to_string()]
@@ -975,6 +965,29 @@ mod tests {
         assert!(g.apply(0, Change::Delete("b".into())));
         assert!(!g.apply(0, Change::Delete("b".into())));
         assert!(g.snapshot().is_empty());
+    }
+
+    #[test]
+    fn metadata_events_become_changes() {
+        let m: ObjectMeta = serde_json::from_value(
+            json!({"name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "3"}),
+        )
+        .unwrap();
+        assert!(
+            matches!(change_of(2, MetaEvent::Added(&m)), Some(Change::Apply(o)) if o.uid == "u1" && o.resource == 2)
+        );
+        assert!(
+            matches!(change_of(2, MetaEvent::Deleted(&m)), Some(Change::Delete(u)) if u == "u1")
+        );
+        assert!(matches!(
+            change_of(2, MetaEvent::Synced),
+            Some(Change::Synced)
+        ));
+        let no_uid = ObjectMeta {
+            name: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(change_of(0, MetaEvent::Added(&no_uid)).is_none());
     }
 
     #[test]

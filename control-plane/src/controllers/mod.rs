@@ -1,12 +1,20 @@
-//! Controllers: level-triggered reconcilers built on kube-rs's runtime
-//! (watchers, reflectors, work queues) that talk to the API through a
+//! Controllers: level-triggered reconcilers that talk to the API through a
 //! `kube::Client`, so they run against our server or any upstream one.
 //!
-//! [`run_all`] starts the scheduler and every controller; `keelson server`
+//! Every controller has the same shape ([`runtime`]): shared informers
+//! ([`crate::informers`]) feed a work queue of object keys; workers call the
+//! controller's reconcile function for a key; errors are retried per key
+//! with backoff; [`runtime::supervise`] restarts a controller that stops.
+//! The scheduler and all controllers of a process share one informer
+//! factory, so each resource type is watched once.
+//!
+//! [`spawn_all`] starts the scheduler and every controller; `keelson server`
 //! calls it while it holds the leader Lease ([`leader`]).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::informers::Informers;
 
 pub mod daemonset;
 pub mod deployment;
@@ -15,9 +23,9 @@ pub mod gc;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod runtime;
 pub mod serviceaccount;
 pub mod workload_deployplan;
-pub mod workload_queue;
 pub mod workload_rsplan;
 pub mod workload_util;
 
@@ -49,39 +57,26 @@ pub struct Context {
     pub config: ControllerConfig,
 }
 
-/// Drive an applier's result stream to its end, logging the failures worth
-/// a warning (a vanished object or a reconcile error is handled by the
-/// controller's own error policy).
-pub(crate) async fn drive<T, E1, E2>(
-    results: impl futures::Stream<Item = Result<T, kube::runtime::controller::Error<E1, E2>>>,
-    controller: &'static str,
-) where
-    E1: std::error::Error + 'static,
-    E2: std::error::Error + 'static,
-{
-    use futures::StreamExt;
-    use kube::runtime::controller::Error;
-    results
-        .for_each(|res| {
-            match res {
-                Ok(_) | Err(Error::ObjectNotFound(_) | Error::ReconcilerFailed(..)) => {}
-                Err(e) => tracing::warn!(error = %e, "{controller}"),
-            }
-            std::future::ready(())
-        })
-        .await
-}
-
-/// Run the scheduler and every controller until the returned tasks are aborted.
+/// Run the scheduler and every controller, over one informer factory,
+/// until the returned tasks are aborted (the watches stop with them).
 pub fn spawn_all(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
+    let informers = Informers::new(ctx.client.clone());
+    macro_rules! supervised {
+        ($name:literal, $run:path) => {{
+            let (ctx, informers) = (ctx.clone(), informers.clone());
+            tokio::spawn(runtime::supervise($name, move || {
+                $run(ctx.clone(), informers.clone())
+            }))
+        }};
+    }
     vec![
-        tokio::spawn(crate::scheduler::run(ctx.clone())),
-        tokio::spawn(deployment::run(ctx.clone())),
-        tokio::spawn(replicaset::run(ctx.clone())),
-        tokio::spawn(daemonset::run(ctx.clone())),
-        tokio::spawn(endpointslice::run(ctx.clone())),
-        tokio::spawn(serviceaccount::run(ctx.clone())),
-        tokio::spawn(gc::run(ctx.clone())),
-        tokio::spawn(nodelifecycle::run(ctx)),
+        supervised!("scheduler", crate::scheduler::run_with),
+        supervised!("deployment", deployment::run),
+        supervised!("replicaset", replicaset::run),
+        supervised!("daemonset", daemonset::run),
+        supervised!("endpointslice", endpointslice::run),
+        supervised!("serviceaccount", serviceaccount::run),
+        supervised!("garbage-collector", gc::run),
+        supervised!("node-lifecycle", nodelifecycle::run),
     ]
 }

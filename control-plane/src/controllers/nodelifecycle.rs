@@ -25,25 +25,29 @@
 //!   out is force-deleted (grace 0): its kubelet is not there to finish it.
 //!
 //! [`Tracker::tick`] (observations + the pure [`plan`]) runs every [`TICK`]
-//! over reflector caches of Nodes, node Leases and Pods; the executor
-//! applies the actions, each pinned to the resourceVersion or uid it was
-//! planned against, so a race costs one tick.
+//! over the shared informers' caches of Nodes, Leases (those in
+//! `kube-node-lease`) and Pods; the executor applies the actions, each
+//! pinned to the resourceVersion or uid it was planned against, so a race
+//! costs one tick. The work queue has one key, the whole cluster: a pass
+//! looks at every node (as upstream's `monitorNodeHealth` does), and its
+//! reconcile asks to run again after a tick.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+pub use keelson_rules::taints::{TAINT_NOT_READY, TAINT_UNREACHABLE};
+use keelson_rules::{readiness, taints};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+use super::runtime::{Controller, Key};
+use crate::informers::{Cache, Informers};
+
 pub const NO_EXECUTE: &str = "NoExecute";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// How often the controller looks: eviction timing is this accurate.
@@ -151,25 +155,6 @@ pub enum Action {
 // ---------------------------------------------------------------------------
 // Tolerations (pure).
 
-/// Whether `t` tolerates `taint` (upstream's ToleratesTaint).
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = t.effect.as_deref()
-        && !e.is_empty()
-        && e != taint.effect
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("") {
-        "Exists" => true,
-        "" | "Equal" => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        _ => false,
-    }
-}
-
 /// The pod's tolerations plus the defaults for the not-ready and
 /// unreachable NoExecute taints when it has none for them.
 pub fn with_default_tolerations(
@@ -212,7 +197,7 @@ pub enum Eviction {
 pub fn eviction(tolerations: &[Toleration], taints: &[(&Taint, Timestamp)]) -> Eviction {
     let mut at: Option<Timestamp> = None;
     for (taint, added) in taints {
-        match tolerations.iter().find(|t| tolerates(t, taint)) {
+        match tolerations.iter().find(|t| taints::tolerates(t, taint)) {
             None => return Eviction::Now,
             Some(t) => {
                 if let Some(secs) = t.toleration_seconds {
@@ -248,13 +233,6 @@ fn condition_status<'a>(conds: &'a [NodeCondition], type_: &str) -> Option<&'a s
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| c.status.as_str())
-}
-
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Everything to do now. `observed` has an entry for every node (a node
@@ -416,7 +394,7 @@ pub fn plan(
                 uid: uid.into(),
                 node: node.into(),
             });
-        } else if *stale && pod_ready(pod) {
+        } else if *stale && readiness::is_pod_ready(pod) {
             let conditions = pod
                 .status
                 .as_ref()
@@ -704,78 +682,75 @@ impl Executor {
     }
 }
 
-/// Keep a reflector for `api` running; returns its store.
-fn reflect<K>(api: Api<K>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K: serde::de::DeserializeOwned,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    tasks.push(tokio::spawn(async move {
-        let mut stream = stream.boxed();
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "node lifecycle: watch");
-            }
-        }
-    }));
-    store
+/// The one key of the node lifecycle's work queue: the whole cluster.
+fn cluster_key() -> Key {
+    Key::cluster("nodes")
 }
 
-pub async fn run(ctx: Arc<super::Context>) {
-    run_with_clock(ctx, Arc::new(SystemClock)).await
+struct Ctx {
+    nodes: Cache<Node>,
+    leases: Cache<Lease>,
+    pods: Cache<Pod>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    /// One pass at a time (the queue never runs a key twice at once).
+    state: tokio::sync::Mutex<(Tracker, Executor)>,
 }
 
-pub async fn run_with_clock(ctx: Arc<super::Context>, clock: Arc<dyn Clock>) {
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let settings = Settings::from_config(&ctx.config);
-    let client = ctx.client.clone();
-    let mut tasks = AbortOnDrop(Vec::new());
-    let nodes = reflect(Api::<Node>::all(client.clone()), &mut tasks.0);
-    let leases = reflect(
-        Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
-        &mut tasks.0,
+/// One pass: observe, plan, act. Write failures are logged; the next tick
+/// retries them from the state it sees then.
+async fn pass(ctx: &Ctx) -> Result<Option<Duration>, String> {
+    let (n, l, p) = (
+        ctx.nodes.state(),
+        ctx.leases
+            .filter(|l| l.metadata.namespace.as_deref() == Some(LEASE_NAMESPACE)),
+        ctx.pods.state(),
     );
-    let pods = reflect(Api::<Pod>::all(client.clone()), &mut tasks.0);
-    for ready in [
-        nodes.wait_until_ready().await,
-        leases.wait_until_ready().await,
-        pods.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
-            tracing::error!("node lifecycle: a watch stopped before its first list");
-            return std::future::pending::<()>().await;
-        }
+    let n: Vec<&Node> = n.iter().map(|x| x.as_ref()).collect();
+    let l: Vec<&Lease> = l.iter().map(|x| x.as_ref()).collect();
+    let p: Vec<&Pod> = p.iter().map(|x| x.as_ref()).collect();
+    let mut state = ctx.state.lock().await;
+    let (tracker, exec) = &mut *state;
+    let actions = tracker.tick(&n, &l, &p, ctx.clock.now(), &ctx.settings);
+    if !actions.is_empty() {
+        exec.execute(actions).await;
     }
-    let mut tracker = Tracker::default();
-    let mut exec = Executor {
-        client,
-        node_rv: HashMap::new(),
-    };
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (n, l, p) = (nodes.state(), leases.state(), pods.state());
-        let n: Vec<&Node> = n.iter().map(|x| x.as_ref()).collect();
-        let l: Vec<&Lease> = l.iter().map(|x| x.as_ref()).collect();
-        let p: Vec<&Pod> = p.iter().map(|x| x.as_ref()).collect();
-        let actions = tracker.tick(&n, &l, &p, clock.now(), &settings);
-        if !actions.is_empty() {
-            exec.execute(actions).await;
-        }
-    }
+    Ok(Some(TICK))
+}
+
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    run_with_clock(ctx, informers, Arc::new(SystemClock)).await
+}
+
+pub async fn run_with_clock(
+    ctx: Arc<super::Context>,
+    informers: Arc<Informers>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut c: Controller<Key> = Controller::new("node-lifecycle");
+    let nodes = informers.get::<Node>();
+    let leases = informers.get::<Lease>();
+    let pods = informers.get::<Pod>();
+    let ctx = Arc::new(Ctx {
+        nodes: c.wait_for(nodes.what().into(), nodes.cache()),
+        leases: c.wait_for(leases.what().into(), leases.cache()),
+        pods: c.wait_for(pods.what().into(), pods.cache()),
+        clock,
+        settings: Settings::from_config(&ctx.config),
+        state: tokio::sync::Mutex::new((
+            Tracker::default(),
+            Executor {
+                client: ctx.client.clone(),
+                node_rv: HashMap::new(),
+            },
+        )),
+    });
+    c.queue().add(cluster_key());
+    c.run(1, move |_key: Key| {
+        let ctx = ctx.clone();
+        async move { pass(&ctx).await }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -881,75 +856,6 @@ mod tests {
                 Action::ForceDelete { name, .. } => format!("force {name}"),
             })
             .collect()
-    }
-
-    #[test]
-    fn toleration_matching() {
-        let t = |key: &str, value: Option<&str>, effect: &str| Taint {
-            key: key.into(),
-            value: value.map(String::from),
-            effect: effect.into(),
-            time_added: None,
-        };
-        let equal = |key: &str, value: &str| Toleration {
-            key: Some(key.into()),
-            operator: Some("Equal".into()),
-            value: Some(value.into()),
-            ..Default::default()
-        };
-        let cases = [
-            (
-                "exists, same key",
-                tol("k", "Exists", "", None),
-                t("k", Some("v"), "NoExecute"),
-                true,
-            ),
-            (
-                "exists, other key",
-                tol("k", "Exists", "", None),
-                t("x", None, "NoExecute"),
-                false,
-            ),
-            (
-                "empty key tolerates all",
-                tol("", "Exists", "", None),
-                t("x", None, "NoExecute"),
-                true,
-            ),
-            (
-                "effect must match",
-                tol("k", "Exists", "NoSchedule", None),
-                t("k", None, "NoExecute"),
-                false,
-            ),
-            (
-                "equal, same value",
-                equal("k", "v"),
-                t("k", Some("v"), "NoExecute"),
-                true,
-            ),
-            (
-                "equal, other value",
-                equal("k", "v"),
-                t("k", Some("w"), "NoExecute"),
-                false,
-            ),
-            (
-                "equal, both empty",
-                tol("k", "Equal", "", None),
-                t("k", None, "NoExecute"),
-                true,
-            ),
-            (
-                "unknown operator",
-                tol("k", "Gt", "", None),
-                t("k", None, "NoExecute"),
-                false,
-            ),
-        ];
-        for (name, tol, taint, want) in cases {
-            assert_eq!(tolerates(&tol, &taint), want, "{name}");
-        }
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! a ReplicaSet's selector and name it as their controller, and reports how
 //! many are ready and available.
 //!
-//! Watches ReplicaSets and pods into caches; a pod change queues its
-//! controlling ReplicaSet (or, for an orphan, every ReplicaSet that selects
-//! it). Each sync plans purely ([`workload_rsplan::plan`]) and then acts:
+//! ReplicaSets and pods come from the shared informers; a pod change
+//! queues its controlling ReplicaSet before and after the change (or, for
+//! an orphan, every ReplicaSet that selects it). Each sync plans purely ([`workload_rsplan::plan`]) and then acts:
 //! adopt/release, create (in slow-start batches), delete, write status.
 //!
 //! Expectations: pods this controller created or deleted may not be in its
@@ -18,15 +18,14 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
+use keelson_rules::owners;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::Store;
 use serde_json::json;
 
-use super::workload_queue::{
-    Change, Key, SyncError, WorkQueue, brief, is_status, run_workers, spawn_reflector,
-};
+use super::runtime::{Controller, Key, SyncError, brief, is_status};
 use super::workload_rsplan::{self as rsplan, PodRef, RsInput};
 use super::workload_util as wu;
+use crate::informers::{Cache, Informers};
 
 const CONTROLLER: &str = "replicaset";
 const WORKERS: usize = 4;
@@ -118,25 +117,24 @@ impl Expectations {
 
 struct Rsc {
     client: kube::Client,
-    rs_store: Store<ReplicaSet>,
-    pod_store: Store<Pod>,
+    rs_store: Cache<ReplicaSet>,
+    pod_store: Cache<Pod>,
     expectations: Expectations,
 }
 
 /// ReplicaSets that should look at `pod`: its controller, or for an orphan
 /// every ReplicaSet in its namespace that selects it.
-fn replicasets_for_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<Key> {
+fn replicasets_for_pod(pod: &Pod, rs_store: &Cache<ReplicaSet>) -> Vec<Key> {
     let ns = wu::namespace(&pod.metadata);
-    if let Some(r) = wu::controller_ref(&pod.metadata) {
+    if let Some(r) = owners::controller_ref(&pod.metadata) {
         if r.kind == "ReplicaSet" && r.api_version.starts_with("apps/") {
             return vec![Key::new(ns, &r.name)];
         }
         return vec![];
     }
     rs_store
-        .state()
-        .iter()
         .filter(|rs| wu::namespace(&rs.metadata) == ns)
+        .iter()
         .filter(|rs| {
             let sel = wu::selector(&rs.spec.selector);
             wu::selects(sel.as_ref(), &pod.metadata)
@@ -145,64 +143,31 @@ fn replicasets_for_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<Key> {
         .collect()
 }
 
-pub async fn run(ctx: Arc<super::Context>) {
-    let client = ctx.client.clone();
-    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
-    // Watches live as long as this task: aborting it stops them.
-    let mut watches = tokio::task::JoinSet::new();
-    let rs_store = {
-        let q = queue.clone();
-        spawn_reflector(
-            &mut watches,
-            CONTROLLER,
-            Api::<ReplicaSet>::all(client.clone()),
-            move |c, cache| match c {
-                Change::Object(rs) => q.add(Key::of(rs)),
-                Change::Resynced => {
-                    for rs in cache.state() {
-                        q.add(Key::of(rs.as_ref()));
-                    }
-                }
-            },
-        )
-    };
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    let mut c: Controller<Key> = Controller::new(CONTROLLER);
+    let rs_store = c.watch(&informers.get::<ReplicaSet>(), |ev, q| {
+        if let Some(rs) = ev.object() {
+            q.add(Key::of(rs.as_ref()));
+        }
+    });
     let pod_store = {
-        let q = queue.clone();
         let rs_store = rs_store.clone();
-        spawn_reflector(
-            &mut watches,
-            CONTROLLER,
-            Api::<Pod>::all(client.clone()),
-            move |c, _| match c {
-                Change::Object(pod) => {
-                    for k in replicasets_for_pod(pod, &rs_store) {
-                        q.add(k);
-                    }
+        c.watch(&informers.get::<Pod>(), move |ev, q| {
+            // Before and after: a pod whose controller changed concerns both.
+            for pod in ev.old().into_iter().chain(ev.object()) {
+                for k in replicasets_for_pod(pod, &rs_store) {
+                    q.add(k);
                 }
-                Change::Resynced => {
-                    for rs in rs_store.state() {
-                        q.add(Key::of(rs.as_ref()));
-                    }
-                }
-            },
-        )
+            }
+        })
     };
-    // Acting on a partial cache would create pods that already exist.
-    if rs_store.wait_until_ready().await.is_err() || pod_store.wait_until_ready().await.is_err() {
-        tracing::error!(controller = CONTROLLER, "caches never filled");
-        return;
-    }
-    for rs in rs_store.state() {
-        queue.add(Key::of(rs.as_ref()));
-    }
-    tracing::info!(controller = CONTROLLER, "started");
     let rsc = Arc::new(Rsc {
-        client,
+        client: ctx.client.clone(),
         rs_store,
         pod_store,
         expectations: Expectations::default(),
     });
-    run_workers(CONTROLLER, queue, WORKERS, move |key: Key| {
+    c.run(WORKERS, move |key: Key| {
         let rsc = rsc.clone();
         async move { sync(&rsc, &key).await }
     })
@@ -225,23 +190,20 @@ impl SyncError for Error {
 }
 
 async fn sync(rsc: &Rsc, key: &Key) -> Result<Option<Duration>, Error> {
-    let Some(rs) = rsc.rs_store.get(&key.obj_ref()) else {
+    let Some(rs) = rsc.rs_store.get(key) else {
         rsc.expectations.forget(key);
         return Ok(None);
     };
     let rs_uid = wu::uid(&rs.metadata).to_string();
     let pods: Vec<Arc<Pod>> = rsc
         .pod_store
-        .state()
-        .into_iter()
-        .filter(|p| wu::namespace(&p.metadata) == key.namespace)
-        .collect();
+        .filter(|p| wu::namespace(&p.metadata) == key.namespace);
     // Siblings: ReplicaSets with the same controller (a Deployment's revisions).
     let mut related_uids: HashSet<String> = HashSet::from([rs_uid.clone()]);
-    if let Some(owner) = wu::controller_ref(&rs.metadata) {
+    if let Some(owner) = owners::controller_ref(&rs.metadata) {
         for s in rsc.rs_store.state() {
             if wu::namespace(&s.metadata) == key.namespace
-                && wu::controlled_by(&s.metadata, &owner.uid)
+                && owners::controlled_by(&s.metadata, &owner.uid)
             {
                 related_uids.insert(wu::uid(&s.metadata).to_string());
             }
@@ -249,7 +211,9 @@ async fn sync(rsc: &Rsc, key: &Key) -> Result<Option<Duration>, Error> {
     }
     let related: Vec<Arc<Pod>> = pods
         .iter()
-        .filter(|p| wu::controller_ref(&p.metadata).is_some_and(|r| related_uids.contains(&r.uid)))
+        .filter(|p| {
+            owners::controller_ref(&p.metadata).is_some_and(|r| related_uids.contains(&r.uid))
+        })
         .cloned()
         .collect();
     let by_name: HashMap<&str, &Pod> = pods
@@ -275,9 +239,9 @@ async fn sync(rsc: &Rsc, key: &Key) -> Result<Option<Duration>, Error> {
     });
 
     let pods_api: Api<Pod> = Api::namespaced(rsc.client.clone(), &key.namespace);
-    let owner = wu::controller_owner_ref("apps/v1", "ReplicaSet", &rs.metadata);
+    let owner = owners::controller_owner_ref("apps/v1", "ReplicaSet", &rs.metadata);
     for p in &plan.adopt {
-        let refs = wu::with_owner(
+        let refs = owners::with_owner(
             by_name
                 .get(p.name.as_str())
                 .and_then(|x| x.metadata.owner_references.as_ref()),
@@ -290,7 +254,7 @@ async fn sync(rsc: &Rsc, key: &Key) -> Result<Option<Duration>, Error> {
             .map_err(api_err(format!("adopt pod {}", p.name), key))?;
     }
     for p in &plan.release {
-        let refs = wu::without_owner(
+        let refs = owners::without_owner(
             by_name
                 .get(p.name.as_str())
                 .and_then(|x| x.metadata.owner_references.as_ref()),

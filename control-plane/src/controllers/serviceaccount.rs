@@ -3,20 +3,19 @@
 //! is deleted, as upstream's serviceaccounts controller does. Namespaces
 //! that are terminating are skipped (creating in them would fail anyway).
 //!
-//! [`plan`] is pure; namespaces come from a watch cache, and so do the
-//! ServiceAccounts (a stale cache only costs a create answered with 409).
+//! [`plan`] is pure; namespaces come from the shared informers, and so do
+//! the ServiceAccounts (a stale cache only costs a create answered with
+//! 409). The work queue is keyed by namespace.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, trigger_with};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, applier, reflector as reflect, watcher};
+
+use super::runtime::{Controller, Key, SyncError};
+use crate::informers::{Cache, Event, Informers};
 
 /// The ServiceAccounts every namespace gets.
 pub const DEFAULT_SERVICE_ACCOUNTS: &[&str] = &["default"];
@@ -54,19 +53,20 @@ pub struct Error {
     err: kube::Error,
 }
 
+impl SyncError for Error {}
+
 struct Ctx {
     client: kube::Client,
-    accounts: Store<ServiceAccount>,
+    namespaces: Cache<Namespace>,
+    accounts: Cache<ServiceAccount>,
 }
 
-async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let _ = ctx.accounts.wait_until_ready().await;
-    let namespace = ns.metadata.name.clone().unwrap_or_default();
-    let exists = |name: &str| {
-        ctx.accounts
-            .get(&ObjectRef::new(name).within(&namespace))
-            .is_some()
+async fn reconcile(key: &Key, ctx: &Ctx) -> Result<Option<Duration>, Error> {
+    let Some(ns) = ctx.namespaces.get(key) else {
+        return Ok(None);
     };
+    let namespace = key.name.clone();
+    let exists = |name: &str| ctx.accounts.get(&Key::new(&namespace, name)).is_some();
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
     for sa in plan(&ns, exists) {
         let name = sa.metadata.name.clone().unwrap_or_default();
@@ -86,100 +86,34 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             }
         }
     }
-    Ok(Action::await_change())
+    Ok(None)
 }
-
-fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(error = %err, "service account sync failed; retrying");
-    Action::requeue(Duration::from_secs(2))
-}
-
-type Refs = Vec<ObjectRef<Namespace>>;
 
 /// Run the controller until the task is aborted.
-pub async fn run(ctx: Arc<super::Context>) {
-    loop {
-        run_once(ctx.client.clone()).await;
-        tracing::warn!("service account controller stream ended; restarting");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn run_once(client: kube::Client) {
-    let (ns_store, ns_writer) = reflector::store::<Namespace>();
-    let (sa_store, sa_writer) = reflector::store::<ServiceAccount>();
-    let namespaces: BoxStream<'static, Result<Refs, watcher::Error>> = {
-        let store = ns_store.clone();
-        reflect(
-            ns_writer,
-            watcher(
-                Api::<Namespace>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map_ok(move |ev| match ev {
-            watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
-                vec![ObjectRef::from_obj(&n)]
-            }
-            watcher::Event::InitDone => store
-                .state()
-                .iter()
-                .map(|n| ObjectRef::from_obj(n.as_ref()))
-                .collect(),
-            _ => Vec::new(),
-        })
-        .boxed()
-    };
-    let accounts: BoxStream<'static, Result<Refs, watcher::Error>> = {
-        let store = ns_store.clone();
-        reflect(
-            sa_writer,
-            watcher(
-                Api::<ServiceAccount>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map_ok(move |ev| match ev {
-            watcher::Event::Delete(sa)
-                if DEFAULT_SERVICE_ACCOUNTS
-                    .contains(&sa.metadata.name.as_deref().unwrap_or_default()) =>
-            {
-                sa.metadata
-                    .namespace
-                    .iter()
-                    .map(|n| ObjectRef::new(n))
-                    .collect()
-            }
-            // A relist may have missed deletions.
-            watcher::Event::InitDone => store
-                .state()
-                .iter()
-                .map(|n| ObjectRef::from_obj(n.as_ref()))
-                .collect(),
-            _ => Vec::new(),
-        })
-        .boxed()
-    };
-    let queue = trigger_with(stream::select_all([namespaces, accounts]), |refs: Refs| {
-        refs
+pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
+    let mut c: Controller<Key> = Controller::new("serviceaccount");
+    let namespaces = c.watch(&informers.get::<Namespace>(), |ev, q| {
+        if let Some(n) = ev.object() {
+            q.add(Key::of(n.as_ref()));
+        }
+    });
+    let accounts = c.watch(&informers.get::<ServiceAccount>(), |ev, q| {
+        if let Event::Deleted(sa) = ev
+            && DEFAULT_SERVICE_ACCOUNTS.contains(&sa.metadata.name.as_deref().unwrap_or_default())
+            && let Some(ns) = sa.metadata.namespace.as_deref()
+        {
+            q.add(Key::cluster(ns));
+        }
     });
     let ctx = Arc::new(Ctx {
-        client,
-        accounts: sa_store,
+        client: ctx.client.clone(),
+        namespaces,
+        accounts,
     });
-    super::drive(
-        applier(
-            |ns, ctx| Box::pin(reconcile(ns, ctx)),
-            error_policy,
-            ctx,
-            ns_store,
-            queue,
-            kube::runtime::Config::default(),
-        ),
-        "service account controller",
-    )
+    c.run(2, move |key: Key| {
+        let ctx = ctx.clone();
+        async move { reconcile(&key, &ctx).await }
+    })
     .await;
 }
 

@@ -25,6 +25,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use keelson_rules::owners;
+
 use super::workload_util as wu;
 
 /// Revision-history annotation values are kept under this many characters.
@@ -492,7 +494,7 @@ impl<'a> Planner<'a> {
                 name: Some(name.clone()),
                 namespace: d.metadata.namespace.clone(),
                 labels,
-                owner_references: Some(vec![wu::controller_owner_ref(
+                owner_references: Some(vec![owners::controller_owner_ref(
                     "apps/v1",
                     "Deployment",
                     &d.metadata,
@@ -1197,7 +1199,7 @@ mod tests {
         assert_eq!(wu::annotation(&rs.metadata, wu::MAX_REPLICAS), Some("13"));
         assert_eq!(wu::annotation(&rs.metadata, "team"), Some("a"));
         assert_eq!(wu::annotation(&rs.metadata, wu::LAST_APPLIED), None);
-        assert!(wu::controlled_by(&rs.metadata, "d-uid"));
+        assert!(owners::controlled_by(&rs.metadata, "d-uid"));
         assert_eq!(p.revision.as_deref(), Some("1"));
         let st = p.status.unwrap();
         let prog = condition(st.conditions.as_deref().unwrap(), "Progressing").unwrap();

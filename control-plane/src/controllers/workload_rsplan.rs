@@ -12,8 +12,15 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStat
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use keelson_rules::{owners, readiness};
 
 use super::workload_util as wu;
+
+/// When a ready pod became ready (a Ready condition without a time counts
+/// from the epoch), for ranking.
+fn ready_since(pod: &Pod) -> Option<Timestamp> {
+    readiness::ready_since(pod).map(|t| t.unwrap_or(Timestamp::UNIX_EPOCH))
+}
 
 /// At most this many pods are created or deleted in one sync (upstream's
 /// burstReplicas).
@@ -80,7 +87,7 @@ pub fn plan(input: &RsInput<'_>) -> RsPlan {
     let mut out = RsPlan::default();
     for p in input.pods {
         let matches = wu::selects(sel.as_ref(), &p.metadata);
-        match wu::controller_ref(&p.metadata) {
+        match owners::controller_ref(&p.metadata) {
             Some(r) if r.uid == rs_uid => {
                 if matches {
                     out.claimed.push(p.clone());
@@ -101,7 +108,7 @@ pub fn plan(input: &RsInput<'_>) -> RsPlan {
         .claimed
         .iter()
         .map(|p| p.as_ref())
-        .filter(|p| wu::is_pod_active(p))
+        .filter(|p| readiness::is_pod_active(p))
         .collect();
     let want = usize::try_from(replicas(rs).max(0)).unwrap_or(0);
     if input.expectations_satisfied && !deleting {
@@ -125,7 +132,7 @@ pub fn plan(input: &RsInput<'_>) -> RsPlan {
     if min_ready > 0 {
         out.requeue_after = active
             .iter()
-            .filter_map(|p| wu::available_at(p, min_ready))
+            .filter_map(|p| readiness::available_at(p, min_ready))
             .filter(|at| *at >= input.now)
             .map(|at| {
                 let d = at.duration_since(input.now);
@@ -157,7 +164,7 @@ pub fn status(
     let active: Vec<&Pod> = claimed
         .iter()
         .map(|p| p.as_ref())
-        .filter(|p| wu::is_pod_active(p))
+        .filter(|p| readiness::is_pod_active(p))
         .collect();
     let count = |f: &dyn Fn(&Pod) -> bool| -> i32 {
         i32::try_from(active.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
@@ -192,8 +199,8 @@ pub fn status(
     ReplicaSetStatus {
         replicas: i32::try_from(active.len()).unwrap_or(i32::MAX),
         fully_labeled_replicas: Some(fully_labeled),
-        ready_replicas: Some(count(&|p| wu::is_pod_ready(p))),
-        available_replicas: Some(count(&|p| wu::is_pod_available(p, min_ready, now))),
+        ready_replicas: Some(count(&|p| readiness::is_pod_ready(p))),
+        available_replicas: Some(count(&|p| readiness::is_pod_available(p, min_ready, now))),
         observed_generation: rs.metadata.generation,
         conditions: (!conditions.is_empty()).then_some(conditions),
         terminating_replicas: old.terminating_replicas,
@@ -211,7 +218,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Option<Pod> {
             labels: tm.labels,
             annotations: tm.annotations,
             finalizers: tm.finalizers,
-            owner_references: Some(vec![wu::controller_owner_ref(
+            owner_references: Some(vec![owners::controller_owner_ref(
                 "apps/v1",
                 "ReplicaSet",
                 &rs.metadata,
@@ -281,7 +288,7 @@ fn cmp_age(a: Option<Timestamp>, b: Option<Timestamp>, now: Timestamp) -> Orderi
 /// restarts first, newer before older (upstream's ActivePodsWithRanks).
 pub fn rank_for_deletion<'a>(pods: Vec<&'a Pod>, related: &[&Pod], now: Timestamp) -> Vec<&'a Pod> {
     let mut on_node: HashMap<&str, usize> = HashMap::new();
-    for p in related.iter().filter(|p| wu::is_pod_active(p)) {
+    for p in related.iter().filter(|p| readiness::is_pod_active(p)) {
         *on_node.entry(node(p)).or_default() += 1;
     }
     let rank = |p: &Pod| on_node.get(node(p)).copied().unwrap_or(0);
@@ -297,12 +304,12 @@ pub fn rank_for_deletion<'a>(pods: Vec<&'a Pod>, related: &[&Pod], now: Timestam
         }
         phase_ordinal(a)
             .cmp(&phase_ordinal(b))
-            .then_with(|| wu::is_pod_ready(a).cmp(&wu::is_pod_ready(b)))
+            .then_with(|| readiness::is_pod_ready(a).cmp(&readiness::is_pod_ready(b)))
             .then_with(|| deletion_cost(a).cmp(&deletion_cost(b)))
             .then_with(|| rank(b).cmp(&rank(a)))
             .then_with(|| {
-                if wu::is_pod_ready(a) && wu::is_pod_ready(b) {
-                    cmp_age(wu::ready_since(a), wu::ready_since(b), now)
+                if readiness::is_pod_ready(a) && readiness::is_pod_ready(b) {
+                    cmp_age(ready_since(a), ready_since(b), now)
                 } else {
                     Ordering::Equal
                 }
@@ -668,7 +675,7 @@ mod tests {
             wu::labels(&p.metadata).get("tier").map(String::as_str),
             Some("fe")
         );
-        let owner = wu::controller_ref(&p.metadata).unwrap();
+        let owner = owners::controller_ref(&p.metadata).unwrap();
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str()),
             ("ReplicaSet", "rs-uid")

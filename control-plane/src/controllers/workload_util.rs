@@ -1,19 +1,17 @@
 //! Pure helpers shared by the workload controllers (ReplicaSet and
-//! Deployment): owner references, label selectors, pod readiness and
-//! availability, int-or-percent scaling, the pod-template hash and the
-//! annotations that `kubectl rollout` reads. No I/O here.
+//! Deployment): metadata accessors, their selectors, int-or-percent
+//! scaling, the pod-template hash and the annotations that `kubectl
+//! rollout` reads. No I/O here. Owner references, readiness and label
+//! selectors themselves are Kubernetes rules: `keelson_rules`.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector as MetaSelector, ObjectMeta, OwnerReference,
-};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as MetaSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
+use keelson_rules::selectors::LabelSelector;
 use serde_json::Value;
-
-use crate::api::selectors::LabelSelector;
 
 /// Label a Deployment puts on its ReplicaSets, their selectors and their pods.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -59,8 +57,7 @@ pub fn namespace(meta: &ObjectMeta) -> &str {
 /// A workload's selector. An empty or invalid selector selects nothing
 /// (apps/v1 validation forbids both; a controller must not grab every pod).
 pub fn selector(sel: &MetaSelector) -> Option<LabelSelector> {
-    let v = serde_json::to_value(sel).ok()?;
-    let s = LabelSelector::from_object(&v).ok()?;
+    let s = LabelSelector::from_api(sel).ok()?;
     (!s.is_empty()).then_some(s)
 }
 
@@ -68,110 +65,8 @@ pub fn selects(sel: Option<&LabelSelector>, meta: &ObjectMeta) -> bool {
     sel.is_some_and(|s| s.matches(labels(meta)))
 }
 
-/// The owner reference with `controller: true`, if any.
-pub fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-}
-
-/// Whether the object's controller is the object with `uid`.
-pub fn controlled_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
-    controller_ref(meta).is_some_and(|r| r.uid == owner_uid)
-}
-
-/// A controller reference to `owner` (controller and blockOwnerDeletion set).
-pub fn controller_owner_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> OwnerReference {
-    OwnerReference {
-        api_version: api_version.to_string(),
-        kind: kind.to_string(),
-        name: name(owner).to_string(),
-        uid: uid(owner).to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// `refs` with `new` added as controller (adoption).
-pub fn with_owner(refs: Option<&Vec<OwnerReference>>, new: OwnerReference) -> Vec<OwnerReference> {
-    let mut out: Vec<OwnerReference> = refs
-        .map(|r| r.iter().filter(|r| r.uid != new.uid).cloned().collect())
-        .unwrap_or_default();
-    out.push(new);
-    out
-}
-
-/// `refs` without the reference to `owner_uid` (release).
-pub fn without_owner(refs: Option<&Vec<OwnerReference>>, owner_uid: &str) -> Vec<OwnerReference> {
-    refs.map(|r| r.iter().filter(|r| r.uid != owner_uid).cloned().collect())
-        .unwrap_or_default()
-}
-
 pub fn is_terminating(meta: &ObjectMeta) -> bool {
     meta.deletion_timestamp.is_some()
-}
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-/// Counts toward a ReplicaSet: not terminating and not finished.
-pub fn is_pod_active(pod: &Pod) -> bool {
-    let p = phase(pod);
-    !is_terminating(&pod.metadata) && p != "Succeeded" && p != "Failed"
-}
-
-/// Whether the pod has finished (Succeeded or Failed).
-pub fn is_pod_finished(pod: &Pod) -> bool {
-    matches!(phase(pod), "Succeeded" | "Failed")
-}
-
-/// When the pod last became Ready, if it is Ready now. A Ready condition
-/// without a transition time counts as ready since the epoch.
-pub fn ready_since(pod: &Pod) -> Option<Timestamp> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    (c.status == "True").then(|| {
-        c.last_transition_time
-            .as_ref()
-            .map_or(Timestamp::UNIX_EPOCH, |t| t.0)
-    })
-}
-
-pub fn is_pod_ready(pod: &Pod) -> bool {
-    ready_since(pod).is_some()
-}
-
-/// When a ready pod counts as available: `minReadySeconds` after it became
-/// Ready. `None` when it is not ready.
-pub fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Timestamp> {
-    let since = ready_since(pod)?;
-    if min_ready_seconds <= 0 {
-        return Some(since);
-    }
-    Some(
-        since
-            .saturating_add(SignedDuration::from_secs(i64::from(min_ready_seconds)))
-            .unwrap_or(since),
-    )
-}
-
-/// Ready for at least `min_ready_seconds` at `now` (upstream's IsPodAvailable).
-pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
-    match available_at(pod, min_ready_seconds) {
-        None => false,
-        Some(_) if min_ready_seconds <= 0 => true,
-        Some(at) => at < now,
-    }
 }
 
 /// `value` scaled against `total`: an int as is, "N%" as N% of `total`,
@@ -332,31 +227,7 @@ pub fn whole_seconds(t: Timestamp) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
-
-    fn ts(s: i64) -> Timestamp {
-        Timestamp::from_second(s).unwrap()
-    }
-
-    fn pod_ready_at(t: Option<i64>) -> Pod {
-        Pod {
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                conditions: t.map(|t| {
-                    vec![PodCondition {
-                        type_: "Ready".into(),
-                        status: "True".into(),
-                        last_transition_time: Some(Time(ts(t))),
-                        ..Default::default()
-                    }]
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn scaled_values_round_like_upstream() {
@@ -403,26 +274,6 @@ mod tests {
                 resolve_fenceposts(Some(&s), Some(&u), d),
                 want,
                 "{s:?} {u:?} {d}"
-            );
-        }
-    }
-
-    #[test]
-    fn availability_honours_min_ready_seconds() {
-        let now = ts(1000);
-        // (ready at, minReadySeconds, available)
-        let cases = [
-            (None, 0, false),
-            (Some(1000), 0, true),
-            (Some(995), 10, false),
-            (Some(989), 10, true),
-            (Some(990), 10, false),
-        ];
-        for (at, min, want) in cases {
-            assert_eq!(
-                is_pod_available(&pod_ready_at(at), min, now),
-                want,
-                "{at:?} {min}"
             );
         }
     }
@@ -504,30 +355,6 @@ mod tests {
         };
         assert_eq!(status_patch(Some(&empty), &healed), None);
         assert!(status_patch(None, &healed).is_some());
-    }
-
-    #[test]
-    fn owner_refs() {
-        let owner = ObjectMeta {
-            name: Some("rs".into()),
-            uid: Some("u1".into()),
-            ..Default::default()
-        };
-        let r = controller_owner_ref("apps/v1", "ReplicaSet", &owner);
-        assert_eq!(r.controller, Some(true));
-        assert_eq!(r.block_owner_deletion, Some(true));
-        let other = OwnerReference {
-            uid: "u2".into(),
-            ..Default::default()
-        };
-        let refs = with_owner(Some(&vec![other.clone()]), r.clone());
-        assert_eq!(refs.len(), 2);
-        let meta = ObjectMeta {
-            owner_references: Some(refs.clone()),
-            ..Default::default()
-        };
-        assert!(controlled_by(&meta, "u1"));
-        assert_eq!(without_owner(Some(&refs), "u1"), vec![other]);
     }
 
     #[test]

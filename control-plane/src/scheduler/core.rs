@@ -26,22 +26,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, ResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-
-use super::quantity;
+use keelson_rules::affinity::{self, RequiredNodeAffinity, Term};
+use keelson_rules::quantity;
+pub use keelson_rules::taints::{
+    Effect, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE, Taint, Toleration,
+    tolerated_compiled as tolerated,
+};
 
 pub const MAX_SCORE: i64 = 100;
 /// Requests assumed, for scoring only, for a container that sets none
 /// (kube-scheduler's `DefaultMilliCPURequest` / `DefaultMemoryRequest`).
 pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;
 pub const DEFAULT_MEMORY_REQUEST: i64 = 200 * 1024 * 1024;
-
-pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
 /// Score weights (kube-scheduler's default profile).
 pub const WEIGHT_LEAST_ALLOCATED: i64 = 1;
@@ -177,200 +175,7 @@ pub fn pod_requests(pod: &Pod) -> (Resources, Resources) {
 }
 
 // ---------------------------------------------------------------------------
-// Taints, tolerations, selectors
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Effect {
-    NoSchedule,
-    PreferNoSchedule,
-    NoExecute,
-    Other,
-}
-
-impl Effect {
-    fn parse(s: &str) -> Effect {
-        match s {
-            "NoSchedule" => Effect::NoSchedule,
-            "PreferNoSchedule" => Effect::PreferNoSchedule,
-            "NoExecute" => Effect::NoExecute,
-            _ => Effect::Other,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Taint {
-    pub key: String,
-    pub value: String,
-    pub effect: Effect,
-}
-
-impl Taint {
-    pub fn new(key: &str, value: &str, effect: Effect) -> Taint {
-        Taint {
-            key: key.into(),
-            value: value.into(),
-            effect,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TolerationOp {
-    /// `Equal` or unset.
-    Equal,
-    Exists,
-    /// An unknown operator: tolerates nothing.
-    Invalid,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Toleration {
-    /// Empty with `Exists`: tolerates every key.
-    pub key: String,
-    pub operator: TolerationOp,
-    pub value: String,
-    /// `None`: every effect.
-    pub effect: Option<Effect>,
-}
-
-impl Toleration {
-    pub fn from_api(t: &k8s_openapi::api::core::v1::Toleration) -> Toleration {
-        Toleration {
-            key: t.key.clone().unwrap_or_default(),
-            operator: match t.operator.as_deref() {
-                None | Some("" | "Equal") => TolerationOp::Equal,
-                Some("Exists") => TolerationOp::Exists,
-                Some(_) => TolerationOp::Invalid,
-            },
-            value: t.value.clone().unwrap_or_default(),
-            effect: t
-                .effect
-                .as_deref()
-                .filter(|e| !e.is_empty())
-                .map(Effect::parse),
-        }
-    }
-
-    /// `ToleratesTaint` of k8s.io/api/core/v1.
-    pub fn tolerates(&self, taint: &Taint) -> bool {
-        if self.effect.is_some_and(|e| e != taint.effect) {
-            return false;
-        }
-        if !self.key.is_empty() && self.key != taint.key {
-            return false;
-        }
-        match self.operator {
-            TolerationOp::Equal => self.value == taint.value,
-            TolerationOp::Exists => true,
-            TolerationOp::Invalid => false,
-        }
-    }
-}
-
-fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| t.tolerates(taint))
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    In(Vec<String>),
-    NotIn(Vec<String>),
-    Exists,
-    DoesNotExist,
-    Gt(i64),
-    Lt(i64),
-    /// An unknown operator or a malformed value: matches nothing.
-    Invalid,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Requirement {
-    pub key: String,
-    pub op: Op,
-}
-
-impl Requirement {
-    fn from_api(r: &NodeSelectorRequirement) -> Requirement {
-        let values = r.values.clone().unwrap_or_default();
-        let single_int = || {
-            if values.len() == 1 {
-                values[0].parse::<i64>().ok()
-            } else {
-                None
-            }
-        };
-        let op = match r.operator.as_str() {
-            "In" if !values.is_empty() => Op::In(values.clone()),
-            "NotIn" if !values.is_empty() => Op::NotIn(values.clone()),
-            "Exists" if values.is_empty() => Op::Exists,
-            "DoesNotExist" if values.is_empty() => Op::DoesNotExist,
-            "Gt" => single_int().map_or(Op::Invalid, Op::Gt),
-            "Lt" => single_int().map_or(Op::Invalid, Op::Lt),
-            _ => Op::Invalid,
-        };
-        Requirement {
-            key: r.key.clone(),
-            op,
-        }
-    }
-
-    fn matches(&self, value: Option<&str>) -> bool {
-        match (&self.op, value) {
-            (Op::In(vs), Some(v)) => vs.iter().any(|x| x == v),
-            (Op::In(_), None) => false,
-            (Op::NotIn(vs), Some(v)) => !vs.iter().any(|x| x == v),
-            (Op::NotIn(_), None) => true,
-            (Op::Exists, v) => v.is_some(),
-            (Op::DoesNotExist, v) => v.is_none(),
-            (Op::Gt(n), Some(v)) => v.parse::<i64>().is_ok_and(|x| x > *n),
-            (Op::Lt(n), Some(v)) => v.parse::<i64>().is_ok_and(|x| x < *n),
-            (Op::Gt(_) | Op::Lt(_), None) => false,
-            (Op::Invalid, _) => false,
-        }
-    }
-}
-
-/// One node selector term: label expressions AND field expressions (only
-/// `metadata.name` is a valid field). An empty term matches no node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Term {
-    pub labels: Vec<Requirement>,
-    pub fields: Vec<Requirement>,
-}
-
-impl Term {
-    pub fn from_api(t: &NodeSelectorTerm) -> Term {
-        Term {
-            labels: t
-                .match_expressions
-                .iter()
-                .flatten()
-                .map(Requirement::from_api)
-                .collect(),
-            fields: t
-                .match_fields
-                .iter()
-                .flatten()
-                .map(Requirement::from_api)
-                .collect(),
-        }
-    }
-
-    pub fn matches(&self, node: &NodeInfo) -> bool {
-        if self.labels.is_empty() && self.fields.is_empty() {
-            return false;
-        }
-        self.labels
-            .iter()
-            .all(|r| r.matches(node.labels.get(&r.key).map(String::as_str)))
-            && self.fields.iter().all(|r| {
-                r.key == "metadata.name"
-                    && matches!(r.op, Op::In(_) | Op::NotIn(_))
-                    && r.matches(Some(&node.name))
-            })
-    }
-}
+// Host ports
 
 /// A host port a pod claims: (protocol, host IP, port).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -416,9 +221,8 @@ pub struct PodInfo {
     pub host_ports: Vec<HostPort>,
     /// `spec.nodeName` (empty: none).
     pub node_name: String,
-    pub node_selector: Vec<(String, String)>,
-    /// Required node affinity terms (ORed); `None`: no requirement.
-    pub required_terms: Option<Vec<Term>>,
+    /// `nodeSelector` and required node affinity.
+    pub required: RequiredNodeAffinity,
     pub preferred_terms: Vec<(i64, Term)>,
     pub tolerations: Vec<Toleration>,
     /// Hash of the controller owner's uid (pods of one owner are spread).
@@ -480,28 +284,8 @@ impl PodInfo {
             }
         }
         info.node_name = spec.node_name.clone().unwrap_or_default();
-        info.node_selector = spec
-            .node_selector
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let Some(na) = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-        {
-            info.required_terms = na
-                .required_during_scheduling_ignored_during_execution
-                .as_ref()
-                .map(|s| s.node_selector_terms.iter().map(Term::from_api).collect());
-            info.preferred_terms = na
-                .preferred_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(|p| (i64::from(p.weight), Term::from_api(&p.preference)))
-                .collect();
-        }
+        info.required = RequiredNodeAffinity::from_spec(spec);
+        info.preferred_terms = affinity::preferred_terms(spec);
         info.tolerations = spec
             .tolerations
             .iter()
@@ -554,11 +338,7 @@ impl NodeSpec {
                 .and_then(|s| s.taints.as_ref())
                 .into_iter()
                 .flatten()
-                .map(|t| Taint {
-                    key: t.key.clone(),
-                    value: t.value.clone().unwrap_or_default(),
-                    effect: Effect::parse(&t.effect),
-                })
+                .map(Taint::from_api)
                 .collect(),
             unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
             readiness,
@@ -719,15 +499,7 @@ pub fn filter_taints(pod: &PodInfo, node: &NodeInfo) -> Result<(), Reason> {
 
 /// NodeAffinity: `nodeSelector` and required node affinity.
 pub fn filter_node_affinity(pod: &PodInfo, node: &NodeInfo) -> Result<(), Reason> {
-    let selector_ok = pod
-        .node_selector
-        .iter()
-        .all(|(k, v)| node.labels.get(k).is_some_and(|x| x == v));
-    let affinity_ok = pod
-        .required_terms
-        .as_ref()
-        .is_none_or(|terms| terms.iter().any(|t| t.matches(node)));
-    if selector_ok && affinity_ok {
+    if pod.required.matches(&node.labels, &node.name) {
         Ok(())
     } else {
         Err(Reason::NodeAffinity)
@@ -843,11 +615,7 @@ pub fn spread_count(pod: &PodInfo, node: &NodeInfo) -> i64 {
 /// Sum of the weights of the pod's preferred node affinity terms the node
 /// matches (raw; more is better).
 pub fn node_affinity_weight(pod: &PodInfo, node: &NodeInfo) -> i64 {
-    pod.preferred_terms
-        .iter()
-        .filter(|(_, t)| t.matches(node))
-        .map(|(w, _)| *w)
-        .sum()
+    affinity::preferred_score(&pod.preferred_terms, &node.labels, &node.name)
 }
 
 /// PreferNoSchedule taints the pod does not tolerate (raw; fewer is better).

@@ -5,14 +5,14 @@
 //!
 //! - [`core`] (pure): what a pod asks for and a node offers, the filters,
 //!   the scores, and `schedule(pod, nodes) -> node | FitError`.
-//! - [`quantity`] (pure): resource quantity parsing.
 //! - [`cache`] (pure): nodes plus every pod assigned to one, including pods
 //!   we assumed onto a node while their Binding is in flight.
 //! - [`queue`] (pure): pods waiting for a node; backoff 1 s doubling to
 //!   10 s, cut short when nodes or pods change.
 //! - this module: one task owns the cache and the queue. It feeds them from
-//!   two watches (all Nodes, all Pods), takes pods from the queue one at a
-//!   time through `core::schedule`, assumes the result and binds
+//!   two subscriptions to the shared informers (all Nodes, all Pods; see
+//!   [`crate::informers`]), takes pods from the queue one at a time through
+//!   `core::schedule`, assumes the result and binds
 //!   asynchronously ([`MAX_BINDS_IN_FLIGHT`] at once). A pod that fits
 //!   nowhere gets PodScheduled=False (reason Unschedulable) and a
 //!   `FailedScheduling` Warning event; a bound pod gets a `Scheduled` event.
@@ -28,27 +28,26 @@
 
 pub mod cache;
 pub mod core;
-pub mod quantity;
 pub mod queue;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use keelson_rules::readiness::is_pod_terminal;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use self::cache::{Cache, NodeChange, Placement};
+use self::cache::{Cache, NodeChange};
 use self::core::{NodeSpec, PodInfo, Scratch};
 use self::queue::{Observed, Queue};
 use crate::controllers::Context;
+use crate::informers::{Event, Informers, Subscription};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Binding requests in flight at once.
@@ -60,14 +59,21 @@ pub const REPORT_CONCURRENCY: usize = 8;
 /// Pods scheduled between two looks at the watches.
 const BATCH: usize = 128;
 
-/// Run the scheduler until the task is aborted; restarts its watches after
-/// a failure.
+/// Run the scheduler on informers of its own (a scheduler in a process of
+/// its own, as kube-scheduler runs), restarted if it stops, until the task
+/// is aborted.
 pub async fn run(ctx: Arc<Context>) {
-    loop {
-        Scheduler::new(&ctx).run(&ctx).await;
-        tracing::warn!("scheduler watches ended; restarting in 1s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let informers = Informers::new(ctx.client.clone());
+    crate::controllers::runtime::supervise("scheduler", || run_with(ctx.clone(), informers.clone()))
+        .await
+}
+
+/// Run the scheduler over the process's shared informers until its
+/// subscriptions end or the task is aborted.
+pub async fn run_with(ctx: Arc<Context>, informers: Arc<Informers>) {
+    let nodes = informers.get::<Node>().subscribe();
+    let pods = informers.get::<Pod>().subscribe();
+    Scheduler::new(&ctx).run(nodes, pods).await;
 }
 
 /// Whether the default scheduler should place this unassigned pod.
@@ -82,14 +88,7 @@ pub fn wants_scheduling(pod: &Pod) -> bool {
     spec.node_name.as_deref().unwrap_or("").is_empty()
         && ours
         && pod.metadata.deletion_timestamp.is_none()
-        && !is_terminal(pod)
-}
-
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+        && !is_pod_terminal(pod)
 }
 
 fn scheduled_false_message(pod: &Pod) -> Option<String> {
@@ -165,9 +164,6 @@ struct Scheduler {
     reports: mpsc::Sender<Report>,
     nodes_synced: bool,
     pods_synced: bool,
-    /// Names / uids seen since a relist began.
-    node_relist: Option<HashSet<String>>,
-    pod_relist: Option<HashSet<String>>,
 }
 
 impl Scheduler {
@@ -191,14 +187,10 @@ impl Scheduler {
             reports: tx,
             nodes_synced: false,
             pods_synced: false,
-            node_relist: None,
-            pod_relist: None,
         }
     }
 
-    async fn run(&mut self, ctx: &Context) {
-        let mut nodes = watch::<Node>(&ctx.client);
-        let mut pods = watch::<Pod>(&ctx.client);
+    async fn run(&mut self, mut nodes: Subscription<Node>, mut pods: Subscription<Pod>) {
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let timer = tokio::time::sleep_until(far);
         tokio::pin!(timer);
@@ -228,14 +220,12 @@ impl Scheduler {
                     Ok(r) => self.on_bind_result(r),
                     Err(e) => tracing::error!(error = %e, "bind task failed"),
                 },
-                ev = nodes.next() => match ev {
-                    Some(Ok(ev)) => self.on_node_event(ev),
-                    Some(Err(e)) => tracing::warn!(error = %e, "scheduler: node watch"),
+                ev = nodes.recv() => match ev {
+                    Some(ev) => self.on_node_event(ev),
                     None => return,
                 },
-                ev = pods.next() => match ev {
-                    Some(Ok(ev)) => self.on_pod_event(ev),
-                    Some(Err(e)) => tracing::warn!(error = %e, "scheduler: pod watch"),
+                ev = pods.recv() => match ev {
+                    Some(ev) => self.on_pod_event(ev),
                     None => return,
                 },
                 () = &mut timer, if deadline.is_some() => {}
@@ -316,70 +306,37 @@ impl Scheduler {
         }
     }
 
-    fn on_node_event(&mut self, ev: watcher::Event<Node>) {
+    fn on_node_event(&mut self, ev: Event<Node>) {
         let now = Instant::now();
         match ev {
-            watcher::Event::Init => self.node_relist = Some(HashSet::new()),
-            watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
-                let spec = NodeSpec::from_node(&node);
-                if let Some(seen) = self.node_relist.as_mut() {
-                    seen.insert(spec.name.clone());
-                }
-                if self.cache.upsert_node(spec) != NodeChange::Unchanged {
+            Event::Added(node) | Event::Updated { new: node, .. } => {
+                if self.cache.upsert_node(NodeSpec::from_node(&node)) != NodeChange::Unchanged {
                     self.queue.cluster_changed(now);
                 }
             }
-            watcher::Event::Delete(node) => {
+            Event::Deleted(node) => {
                 self.cache
-                    .remove_node(&node.metadata.name.unwrap_or_default());
+                    .remove_node(node.metadata.name.as_deref().unwrap_or_default());
             }
-            watcher::Event::InitDone => {
-                if let Some(seen) = self.node_relist.take() {
-                    for name in self.cache.node_names() {
-                        if !seen.contains(&name) {
-                            self.cache.remove_node(&name);
-                        }
-                    }
-                }
+            Event::Synced => {
                 self.nodes_synced = true;
                 tracing::debug!(nodes = self.cache.nodes().len(), "scheduler: nodes synced");
             }
         }
     }
 
-    fn on_pod_event(&mut self, ev: watcher::Event<Pod>) {
+    fn on_pod_event(&mut self, ev: Event<Pod>) {
         let now = Instant::now();
         match ev {
-            watcher::Event::Init => self.pod_relist = Some(HashSet::new()),
-            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => self.on_pod(&pod, now),
-            watcher::Event::Delete(pod) => {
-                let uid = pod.metadata.uid.unwrap_or_default();
-                self.queue.remove(&uid);
-                if self.cache.remove_pod(&uid).is_some() {
+            Event::Added(pod) | Event::Updated { new: pod, .. } => self.on_pod(&pod, now),
+            Event::Deleted(pod) => {
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                self.queue.remove(uid);
+                if self.cache.remove_pod(uid).is_some() {
                     self.queue.cluster_changed(now);
                 }
             }
-            watcher::Event::InitDone => {
-                if let Some(seen) = self.pod_relist.take() {
-                    let mut freed = false;
-                    for uid in self.cache.pod_uids() {
-                        let in_flight = self
-                            .cache
-                            .pod(&uid)
-                            .is_some_and(|a| a.placement == Placement::Binding);
-                        if !seen.contains(&uid) && !in_flight {
-                            freed |= self.cache.remove_pod(&uid).is_some();
-                        }
-                    }
-                    for uid in self.queue.uids() {
-                        if !seen.contains(&uid) {
-                            self.queue.remove(&uid);
-                        }
-                    }
-                    if freed {
-                        self.queue.cluster_changed(now);
-                    }
-                }
+            Event::Synced => {
                 self.pods_synced = true;
                 tracing::debug!(
                     assigned = self.cache.pod_count(),
@@ -394,9 +351,6 @@ impl Scheduler {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
-        if let Some(seen) = self.pod_relist.as_mut() {
-            seen.insert(uid.clone());
-        }
         let node = pod
             .spec
             .as_ref()
@@ -404,7 +358,7 @@ impl Scheduler {
             .unwrap_or("");
         if !node.is_empty() {
             self.queue.remove(&uid);
-            let changed = if is_terminal(pod) {
+            let changed = if is_pod_terminal(pod) {
                 self.cache.remove_pod(&uid).is_some()
             } else {
                 self.cache.confirm(Arc::new(PodInfo::from_pod(pod)), node)
@@ -429,22 +383,6 @@ impl Scheduler {
         self.queue
             .upsert(Arc::new(PodInfo::from_pod(pod)), observed, now);
     }
-}
-
-fn watch<K>(
-    client: &kube::Client,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin + use<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
-{
-    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .boxed()
 }
 
 /// POST pods/{name}/binding.

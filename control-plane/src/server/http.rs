@@ -15,6 +15,7 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::metrics::{Metrics, WatchLabels};
 use super::{discovery, openapi};
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::{
@@ -31,12 +32,14 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 struct AppState {
     registry: Arc<Registry>,
     server_address: String,
+    metrics: Arc<Metrics>,
 }
 
 pub fn router(registry: Arc<Registry>, addr: SocketAddr) -> Router {
     let state = AppState {
         registry,
         server_address: addr.to_string(),
+        metrics: Arc::new(Metrics::new()),
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -343,6 +346,19 @@ async fn route(
     };
     match segs.as_slice() {
         ["version"] => get_only(Some(discovery::version())),
+        ["metrics"] => {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{method} is not supported on {path}"
+                )));
+            }
+            let mut r = Response::new(Body::from(state.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(r)
+        }
         ["healthz"] | ["livez"] | ["readyz"] => {
             state
                 .registry
@@ -643,6 +659,31 @@ async fn watch(
     table: bool,
 ) -> ApiResult<Response> {
     let start_rv = opts.resource_version.unwrap_or(0);
+    let object = opts
+        .field_selector
+        .required_value("metadata.name")
+        .is_some();
+    let selector = match (
+        opts.label_selector.is_empty(),
+        opts.field_selector.fields().any(|f| f != "metadata.name"),
+    ) {
+        (true, false) => "none",
+        (false, false) => "label",
+        (true, true) => "field",
+        (false, true) => "label+field",
+    };
+    state.metrics.watch_started(WatchLabels {
+        group: rt.group.into(),
+        version: rt.version.into(),
+        resource: rt.plural.into(),
+        scope: match (object, &ns) {
+            (true, _) => "object",
+            (false, Some(_)) => "namespace",
+            (false, None) => "cluster",
+        }
+        .into(),
+        selector: selector.into(),
+    });
     let mut events = state.registry.watch(rt, ns, opts).await?;
     let bookmarks = flag(q, "allowWatchBookmarks");
     let timeout = q

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod background;
 pub mod discovery;
 pub mod http;
+pub mod metrics;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod pki;

@@ -987,7 +987,7 @@ fn schedule_explains_why_nothing_fits() {
         ),
     ];
     let mut p = requesting("3", "1Gi");
-    p.node_selector = vec![("disk".into(), "ssd".into())];
+    p.required.node_selector = vec![("disk".into(), "ssd".into())];
     // Reasons are counted per node and sorted as strings, as kube-scheduler does.
     let want = "0/6 nodes are available: 1 Insufficient memory, \
                 1 node(s) didn't match Pod's node affinity/selector, \

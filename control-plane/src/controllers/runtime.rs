@@ -1,60 +1,39 @@
-//! The plumbing the workload controllers share: a work queue in the manner
-//! of client-go's (a key queued twice is processed once; a key is never
-//! processed by two workers at once; a key added while it is processed runs
-//! again afterwards; failures back off per key), workers that drain it, and
-//! reflectors whose events turn into keys only after the cache has applied
-//! them, so a reconcile always sees at least the state that triggered it.
+//! The one controller idiom: every controller here is a work queue of
+//! object keys fed by shared informers ([`crate::informers`]), drained by
+//! workers that call a reconcile function, with failures retried per key
+//! with backoff, and restarts handled by [`supervise`].
+//!
+//! - [`WorkQueue`], in the manner of client-go's: a key queued twice is
+//!   processed once; a key is never processed by two workers at once; a key
+//!   added while it is processed runs again afterwards; delayed adds are
+//!   deduplicated (the earliest wins); failures back off per key.
+//! - [`Controller`]: subscribes the queue to informers (each event turned
+//!   into keys by the controller's own function, after the informer's cache
+//!   has applied it, so a reconcile always sees at least the state that
+//!   triggered it), waits for those caches to fill, then runs the workers.
+//! - [`run_workers`]: a reconcile returns when to look at the key again (if
+//!   ever); an error is retried with backoff (quiet errors, such as a
+//!   conflict with a write the cache has not shown yet, are logged at
+//!   debug); a panic is logged and treated as an error.
+//! - [`supervise`]: runs a controller and starts it again (after a backoff)
+//!   if it ever returns or panics.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::fmt::{Debug, Display};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt::Display;
 use std::future::Future;
 use std::hash::Hash;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use kube::Resource;
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use serde::de::DeserializeOwned;
+use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-/// The namespace and name of an object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    pub namespace: String,
-    pub name: String,
-}
+use crate::informers::{Cache, Event, Informer};
 
-impl Key {
-    pub fn new(namespace: &str, name: &str) -> Key {
-        Key {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    pub fn of<K: Resource>(obj: &K) -> Key {
-        let m = obj.meta();
-        Key::new(
-            m.namespace.as_deref().unwrap_or_default(),
-            m.name.as_deref().unwrap_or_default(),
-        )
-    }
-
-    pub fn obj_ref<K: Resource<DynamicType = ()>>(&self) -> reflector::ObjectRef<K> {
-        reflector::ObjectRef::new(&self.name).within(&self.namespace)
-    }
-}
-
-impl Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::informers::Key;
 
 struct State<K> {
     queue: VecDeque<K>,
@@ -62,6 +41,9 @@ struct State<K> {
     dirty: HashSet<K>,
     processing: HashSet<K>,
     failures: HashMap<K, u32>,
+    /// Delayed adds: when each key is due, and the keys due at each time.
+    due: HashMap<K, Instant>,
+    timers: BTreeMap<Instant, Vec<K>>,
 }
 
 pub struct WorkQueue<K> {
@@ -83,6 +65,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 dirty: HashSet::new(),
                 processing: HashSet::new(),
                 failures: HashMap::new(),
+                due: HashMap::new(),
+                timers: BTreeMap::new(),
             }),
             notify: Notify::new(),
             base_backoff: base,
@@ -94,33 +78,53 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add(&self, key: K) {
-        let mut s = self.lock();
+    /// Queue `key` in `s`; true when a worker should be woken.
+    fn add_locked(s: &mut State<K>, key: K) -> bool {
         if !s.dirty.insert(key.clone()) {
-            return;
+            return false;
         }
         if s.processing.contains(&key) {
-            return;
+            return false;
         }
         s.queue.push_back(key);
-        drop(s);
-        self.notify.notify_one();
+        true
     }
 
-    pub fn add_after(self: &Arc<Self>, key: K, after: Duration) {
+    pub fn add(&self, key: K) {
+        if Self::add_locked(&mut self.lock(), key) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Add `key` once `after` has passed; a key already waiting keeps the
+    /// earlier of its two times.
+    pub fn add_after(&self, key: K, after: Duration) {
         if after.is_zero() {
             self.add(key);
             return;
         }
-        let q = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            q.add(key);
-        });
+        let at = Instant::now() + after;
+        let mut s = self.lock();
+        if let Some(&old) = s.due.get(&key) {
+            if old <= at {
+                return;
+            }
+            if let Some(keys) = s.timers.get_mut(&old) {
+                keys.retain(|k| k != &key);
+                if keys.is_empty() {
+                    s.timers.remove(&old);
+                }
+            }
+        }
+        s.due.insert(key.clone(), at);
+        s.timers.entry(at).or_default().push(key);
+        drop(s);
+        // A worker waiting for a later timer must look again.
+        self.notify.notify_waiters();
     }
 
     /// Re-add after this key's next backoff step.
-    pub fn add_rate_limited(self: &Arc<Self>, key: K) {
+    pub fn add_rate_limited(&self, key: K) {
         let delay = {
             let mut s = self.lock();
             let n = s.failures.entry(key.clone()).or_insert(0);
@@ -142,12 +146,27 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         self.lock().failures.remove(key);
     }
 
+    /// Move delayed keys that are due into the queue; the next time one is due.
+    fn promote(s: &mut State<K>, now: Instant) -> Option<Instant> {
+        while let Some(entry) = s.timers.first_entry() {
+            if *entry.key() > now {
+                return Some(*entry.key());
+            }
+            for k in entry.remove() {
+                s.due.remove(&k);
+                Self::add_locked(s, k);
+            }
+        }
+        None
+    }
+
     /// The next key to process; call [`WorkQueue::done`] with it afterwards.
     pub async fn get(&self) -> K {
         loop {
             let notified = self.notify.notified();
-            {
+            let next_due = {
                 let mut s = self.lock();
+                let next_due = Self::promote(&mut s, Instant::now());
                 if let Some(k) = s.queue.pop_front() {
                     s.dirty.remove(&k);
                     s.processing.insert(k.clone());
@@ -158,8 +177,17 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                     }
                     return k;
                 }
+                next_due
+            };
+            match next_due {
+                Some(at) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
@@ -173,6 +201,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         }
     }
 
+    /// Keys ready to be processed now (delayed ones not counted).
     pub fn len(&self) -> usize {
         self.lock().queue.len()
     }
@@ -255,48 +284,94 @@ pub async fn run_workers<K, F, Fut, E>(
     while tasks.join_next().await.is_some() {}
 }
 
-/// What a watched object's change means to a controller.
-pub enum Change<'a, K> {
-    /// Added, modified or deleted.
-    Object(&'a K),
-    /// The cache was (re)filled from a fresh list: events may have been missed.
-    Resynced,
+/// A controller being put together: its work queue, the informers feeding
+/// it, and the caches it waits for before its workers start.
+pub struct Controller<K> {
+    name: &'static str,
+    queue: Arc<WorkQueue<K>>,
+    ready: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
 }
 
-/// Keep a cache of `api`'s objects and call `on_change` (with the cache)
-/// after each change has been applied to it. The watch runs in `tasks`
-/// (and stops when they are dropped). Returns the cache; it is ready once
-/// the first list has completed ([`Store::wait_until_ready`]).
-pub fn spawn_reflector<K, F>(
-    tasks: &mut JoinSet<()>,
-    controller: &'static str,
-    api: Api<K>,
-    on_change: F,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    F: Fn(Change<'_, K>, &Store<K>) + Send + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let cache = reader.clone();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    tasks.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                    on_change(Change::Object(&o), &cache)
-                }
-                Ok(watcher::Event::InitDone) => on_change(Change::Resynced, &cache),
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(e) => tracing::warn!(controller, kind = %K::kind(&()), "watch failed: {e}"),
+impl<K: Clone + Eq + Hash + Send + Sync + Display + 'static> Controller<K> {
+    pub fn new(name: &'static str) -> Controller<K> {
+        Controller {
+            name,
+            queue: WorkQueue::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    pub fn queue(&self) -> &Arc<WorkQueue<K>> {
+        &self.queue
+    }
+
+    /// Feed the queue from `informer`: `keys` gets every event (with the
+    /// queue, to add the keys the event concerns). The subscription ends
+    /// with the controller. Returns the informer's cache.
+    pub fn watch<T: Send + Sync + 'static>(
+        &mut self,
+        informer: &Informer<T>,
+        keys: impl Fn(&Event<T>, &WorkQueue<K>) + Send + 'static,
+    ) -> Cache<T> {
+        let queue: Weak<WorkQueue<K>> = Arc::downgrade(&self.queue);
+        informer.subscribe_with(move |ev| match queue.upgrade() {
+            Some(q) => {
+                keys(ev, &q);
+                true
+            }
+            None => false,
+        });
+        self.wait_for(informer.what().to_string(), informer.cache())
+    }
+
+    /// Wait for `cache` to fill before the workers start (a cache read by
+    /// the reconcile function without feeding the queue).
+    pub fn wait_for<T>(&mut self, what: String, cache: Cache<T>) -> Cache<T> {
+        self.ready.push((what, cache.ready_signal()));
+        cache
+    }
+
+    /// Wait for the caches, then work the queue until the task is aborted.
+    /// Acting on a partial cache would, say, create pods that already exist.
+    pub async fn run<F, Fut, E>(mut self, workers: usize, reconcile: F)
+    where
+        F: Fn(K) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Duration>, E>> + Send + 'static,
+        E: SyncError + Send + 'static,
+    {
+        for (what, ready) in &mut self.ready {
+            if ready.wait_for(|r| *r).await.is_err() {
+                tracing::error!(controller = self.name, watch = %what, "cache never filled");
+                return;
             }
         }
-    });
-    reader
+        tracing::info!(controller = self.name, "started");
+        run_workers(self.name, self.queue, workers, reconcile).await
+    }
+}
+
+/// Run `start()`'s future, and start it again whenever it returns or
+/// panics, after a backoff (1 s doubling to 30 s; back to 1 s after a run
+/// of a minute or more). The one place controllers are restarted.
+pub async fn supervise<F, Fut>(name: &'static str, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let began = Instant::now();
+        let outcome = AssertUnwindSafe(start()).catch_unwind().await;
+        if began.elapsed() >= Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        match outcome {
+            Ok(()) => tracing::warn!(controller = name, ?backoff, "stopped; restarting"),
+            Err(_) => tracing::error!(controller = name, ?backoff, "panicked; restarting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }
 
 #[cfg(test)]
@@ -323,8 +398,6 @@ mod tests {
         assert!(q.is_empty());
     }
 
-    // (tokio's paused clock needs its test-util feature, which this crate
-    // does not enable: the delays here are real but short.)
     #[tokio::test]
     async fn backoff_grows_and_resets() {
         let q: Arc<WorkQueue<&'static str>> =
@@ -340,6 +413,32 @@ mod tests {
         q.done(&"k");
         q.forget(&"k");
         assert!(!q.lock().failures.contains_key("k"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_adds_wait_and_keep_the_earliest_time() {
+        let q: Arc<WorkQueue<&'static str>> = WorkQueue::new();
+        q.add_after("a", Duration::from_secs(10));
+        q.add_after("a", Duration::from_secs(3));
+        q.add_after("a", Duration::from_secs(20));
+        q.add_after("b", Duration::from_secs(5));
+        assert!(q.is_empty());
+        let start = Instant::now();
+        assert_eq!(q.get().await, "a");
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        q.done(&"a");
+        assert_eq!(q.get().await, "b");
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        q.done(&"b");
+        // "a" was due once: nothing more comes.
+        let more = tokio::time::timeout(Duration::from_secs(60), q.get()).await;
+        assert!(more.is_err(), "{more:?}");
+        // A worker waiting for nothing wakes for a delayed add.
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.get().await });
+        tokio::task::yield_now().await;
+        q.add_after("c", Duration::from_secs(1));
+        assert_eq!(waiter.await.unwrap(), "c");
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Kubernetes resource quantities (`500m`, `2`, `128Mi`, `1G`, `1e3`, `.5`)
-//! turned into integers the scheduler can add up: millicores for cpu, bytes
-//! for memory, plain counts for pods. Pure; no I/O.
+//! turned into integers that can be added up and compared: millicores for
+//! cpu, bytes for memory, plain counts for pods (apimachinery's
+//! `resource.Quantity`, its `MilliValue()` and `Value()`).
 //!
 //! The grammar is apimachinery's: an optionally signed decimal number
 //! followed by a binary suffix (`Ki` .. `Ei`), a decimal suffix (`n`, `u`,
@@ -10,6 +11,7 @@
 
 use std::fmt;
 
+/// A string that is not a quantity, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantityError {
     pub quantity: String,
@@ -107,6 +109,12 @@ fn parse(s: &str) -> Result<Parsed, QuantityError> {
             (e, 0)
         }
     };
+    // Trailing fraction zeros carry no value: dropping them keeps the
+    // products below small (`1.000Ei` is `1Ei`).
+    while mantissa != 0 && mantissa.is_multiple_of(10) && exp10 < 0 {
+        mantissa /= 10;
+        exp10 += 1;
+    }
     Ok(Parsed {
         negative,
         mantissa,
@@ -134,8 +142,9 @@ fn scaled(p: Parsed, scale: i32) -> i64 {
             None => return sat(p.negative),
         }
     } else {
-        // mantissa < 10^31 and 2^exp2 <= 2^60: the product fits in u128.
-        let num = p.mantissa * (1u128 << p.exp2);
+        let Some(num) = p.mantissa.checked_mul(1u128 << p.exp2) else {
+            return sat(p.negative);
+        };
         let mut den: u128 = 1;
         for _ in 0..e10.unsigned_abs() {
             match den.checked_mul(10) {
@@ -169,6 +178,46 @@ pub fn milli_value(s: &str) -> Result<i64, QuantityError> {
 /// The quantity as a whole number, rounded up: memory `"128Mi"` -> 134217728.
 pub fn value(s: &str) -> Result<i64, QuantityError> {
     parse(s).map(|p| scaled(p, 0))
+}
+
+/// The quantity in billionths (a `Quantity`'s precision), rounded up and
+/// saturating: exact enough to compare two quantities, as `Quantity.Cmp`
+/// does (`"1"` and `"1000m"` are equal).
+pub fn nano_value(s: &str) -> Result<i128, QuantityError> {
+    let p = parse(s)?;
+    if p.mantissa == 0 {
+        return Ok(0);
+    }
+    let saturated = if p.negative { i128::MIN } else { i128::MAX };
+    let e10 = p.exp10.saturating_add(9);
+    let Some(num) = p.mantissa.checked_mul(1u128 << p.exp2) else {
+        return Ok(saturated);
+    };
+    let magnitude = if e10 >= 0 {
+        let mut v = num;
+        for _ in 0..e10 {
+            match v.checked_mul(10) {
+                Some(n) if n <= i128::MAX as u128 => v = n,
+                _ => return Ok(saturated),
+            }
+        }
+        v
+    } else {
+        let mut den: u128 = 1;
+        for _ in 0..e10.unsigned_abs() {
+            match den.checked_mul(10) {
+                Some(d) if d <= num => den = d,
+                // Below one billionth: rounds up to one.
+                _ => return Ok(if p.negative { -1 } else { 1 }),
+            }
+        }
+        num.div_ceil(den)
+    };
+    if magnitude > i128::MAX as u128 {
+        return Ok(saturated);
+    }
+    let m = magnitude as i128;
+    Ok(if p.negative { -m } else { m })
 }
 
 #[cfg(test)]
@@ -237,6 +286,75 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(milli_value(s), Ok(*want), "milli_value({s:?})");
         }
+    }
+
+    /// The cases the agent's cgroup code tested its own parser with (values
+    /// scaled by 1000 are millicores, by 1 are bytes).
+    #[test]
+    fn cgroup_cases() {
+        let cases: &[(&str, u64, Option<i64>)] = &[
+            ("100m", 1000, Some(100)),
+            ("0.5", 1000, Some(500)),
+            ("1", 1000, Some(1000)),
+            ("2.25", 1000, Some(2250)),
+            ("0.1", 1000, Some(100)),
+            ("1.0001", 1000, Some(1001)), // rounded up like the API server
+            ("64Mi", 1, Some(64 << 20)),
+            ("1G", 1, Some(1_000_000_000)),
+            ("1Gi", 1, Some(1 << 30)),
+            ("128974848", 1, Some(128_974_848)),
+            ("129e6", 1, Some(129_000_000)),
+            ("123k", 1, Some(123_000)),
+            ("1.5Ki", 1, Some(1536)),
+            ("500u", 1000, Some(1)),
+            ("", 1, None),
+            ("abc", 1, None),
+            ("12Xi", 1, None),
+            ("1.2.3", 1, None),
+        ];
+        for (q, scale, want) in cases {
+            let got = if *scale == 1000 {
+                milli_value(q)
+            } else {
+                value(q)
+            };
+            assert_eq!(got.ok(), *want, "{q} x{scale}");
+        }
+    }
+
+    /// apimachinery's quantity tests: equal values in different forms
+    /// (`Quantity.Cmp` == 0), and precision rounded up to 1n.
+    #[test]
+    fn nano_values_compare_exactly() {
+        let equal: &[(&str, &str)] = &[
+            ("1", "1000m"),
+            ("1k", "1000"),
+            ("1Ki", "1024"),
+            ("1.5Gi", "1536Mi"),
+            ("1e3", "1k"),
+            ("0.1", "100m"),
+            ("100m", "100000u"),
+            ("1M", "1000k"),
+            ("0", "0m"),
+            ("1Ei", "1024Pi"),
+        ];
+        for (a, b) in equal {
+            assert_eq!(nano_value(a), nano_value(b), "{a} == {b}");
+        }
+        let differ: &[(&str, &str)] = &[("1n", "2n"), ("1", "1001m"), ("1Ki", "1k")];
+        for (a, b) in differ {
+            assert_ne!(nano_value(a), nano_value(b), "{a} != {b}");
+        }
+        assert_eq!(nano_value("1e-10"), Ok(1));
+        assert_eq!(nano_value("-1n"), Ok(-1));
+        assert_eq!(nano_value("1e400"), Ok(i128::MAX));
+        assert_eq!(nano_value("1.5"), Ok(1_500_000_000));
+        // Many fraction digits with a binary suffix saturate instead of overflowing.
+        assert_eq!(
+            value("1.00000000000000000000000000000Ei"),
+            Ok(1 << 60),
+            "exact"
+        );
     }
 
     #[test]
