@@ -619,6 +619,8 @@ pub struct ClusterOptions<'a> {
     pub proxy_mode: ProxyMode,
     /// The agents' `PATH` (None: the test's), to take programs away.
     pub agent_path: Option<String>,
+    /// A login the registry requires (None: it answers anyone).
+    pub registry_login: Option<crate::registry::Login>,
 }
 
 /// A server, a registry with the test images and `n` nodes on one link,
@@ -659,6 +661,7 @@ impl Cluster {
             server_extra,
             proxy_mode,
             agent_path: None,
+            registry_login: None,
         })
     }
 
@@ -677,7 +680,11 @@ impl Cluster {
             })
             .collect();
         let server = Server::start(host, server_extra);
-        let registry = Registry::start_on(host.into()).expect("start docker-registry on the link");
+        let registry = match o.registry_login {
+            Some(login) => Registry::start_with_login(host.into(), login),
+            None => Registry::start_on(host.into()),
+        }
+        .expect("start docker-registry on the link");
         registry.push_test_images().expect("push test images");
         let mut started = Vec::new();
         for (i, (ns, addr)) in node_ns.iter().enumerate() {
@@ -727,14 +734,19 @@ impl Cluster {
         c
     }
 
+    /// A kubectl command with this cluster's kubeconfig, to spawn (e.g. a
+    /// `--watch` that records every change while the test goes on).
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(kubectl_path(KUBECTL));
+        cmd.args(args)
+            .env("KUBECONFIG", &self.server.kubeconfig)
+            .env("HOME", self.server.kubeconfig.parent().expect("data dir"));
+        cmd
+    }
+
     /// kubectl with this cluster's kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(kubectl_path(KUBECTL))
-            .args(args)
-            .env("KUBECONFIG", &self.server.kubeconfig)
-            .env("HOME", self.server.kubeconfig.parent().expect("data dir"))
-            .output()
-            .expect("run kubectl")
+        self.kubectl_command(args).output().expect("run kubectl")
     }
 
     /// kubectl's stdout; panics with stderr when it fails.

@@ -28,6 +28,22 @@ pub const BUSYBOX: &str = "keelson-test/busybox:latest";
 /// /data/old.txt and replaces /etc/replaced (opaque) with new.txt.
 pub const WHITEOUT: &str = "keelson-test/whiteout:latest";
 
+/// A user the registry can require ([`Registry::start_with_login`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Login {
+    pub user: &'static str,
+    pub password: &'static str,
+    /// The password's bcrypt hash, for the registry's htpasswd file.
+    pub bcrypt: &'static str,
+}
+
+/// The test login: user `puller`, password `pull-s3cret`.
+pub const LOGIN: Login = Login {
+    user: "puller",
+    password: "pull-s3cret",
+    bcrypt: "$2b$05$9CuQat6fa2uFqAasDgD.4uEhW68Y/ELylQkH/omdOm3G2bWHODKo6",
+};
+
 /// Layout tag -> repository:tag pushed.
 const PUSHES: &[(&str, &str)] = &[("busybox", BUSYBOX), ("whiteout", WHITEOUT)];
 
@@ -112,6 +128,7 @@ pub struct Registry {
     host: IpAddr,
     port: u16,
     dir: tempfile::TempDir,
+    login: Option<Login>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -134,6 +151,17 @@ impl Registry {
     /// machine, e.g. a test bridge's that network namespaces reach) instead
     /// of 127.0.0.1.
     pub fn start_on(host: IpAddr) -> anyhow::Result<Registry> {
+        Self::start_with(host, None)
+    }
+
+    /// Like [`Registry::start_on`], answering only requests that carry
+    /// `login`'s user and password (htpasswd basic auth): anything else
+    /// gets 401, as from a private registry.
+    pub fn start_with_login(host: IpAddr, login: Login) -> anyhow::Result<Registry> {
+        Self::start_with(host, Some(login))
+    }
+
+    fn start_with(host: IpAddr, login: Option<Login>) -> anyhow::Result<Registry> {
         let bin = registry_binary();
         if !bin.is_file() {
             return Err(std::io::Error::new(
@@ -147,7 +175,7 @@ impl Registry {
         }
         let mut last = None;
         for _ in 0..3 {
-            match Self::start_once(&bin, host) {
+            match Self::start_once(&bin, host, login) {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
             }
@@ -155,12 +183,23 @@ impl Registry {
         Err(last.expect("tried"))
     }
 
-    fn start_once(bin: &Path, host: IpAddr) -> anyhow::Result<Registry> {
+    fn start_once(bin: &Path, host: IpAddr, login: Option<Login>) -> anyhow::Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("keelson-registry-")
             .tempdir()?;
         let port = free_port();
         let config = dir.path().join("config.yml");
+        let auth = match login {
+            Some(l) => {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{}:{}\n", l.user, l.bcrypt))?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: keelson-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
@@ -168,7 +207,7 @@ impl Registry {
                  log:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {}\n",
+                 http:\n  addr: {}\n{auth}",
                 dir.path().join("storage").display(),
                 std::net::SocketAddr::new(host, port)
             ),
@@ -187,6 +226,7 @@ impl Registry {
             host,
             port,
             dir,
+            login,
         };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
@@ -273,13 +313,17 @@ impl Registry {
 
     /// `skopeo copy oci:LAYOUT:TAG docker://ADDR/DEST`.
     pub fn push_layout(&self, layout: &Path, tag: &str, dest: &str) -> anyhow::Result<()> {
-        let out = Command::new("skopeo")
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-            ])
+        let mut cmd = Command::new("skopeo");
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ]);
+        if let Some(l) = self.login {
+            cmd.arg(format!("--dest-creds={}:{}", l.user, l.password));
+        }
+        let out = cmd
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}", self.image(dest)))
             .stdin(Stdio::null())
@@ -352,9 +396,20 @@ impl Registry {
         let accept = accept
             .map(|a| format!("Accept: {a}\r\n"))
             .unwrap_or_default();
+        let auth = self
+            .login
+            .map(|l| {
+                use base64::Engine;
+                let b = base64::engine::general_purpose::STANDARD;
+                format!(
+                    "Authorization: Basic {}\r\n",
+                    b.encode(format!("{}:{}", l.user, l.password))
+                )
+            })
+            .unwrap_or_default();
         write!(
             s,
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\n{accept}\r\n",
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\n{accept}{auth}\r\n",
             self.addr()
         )?;
         let mut raw = Vec::new();

@@ -593,6 +593,7 @@ fn a_failed_proxy_is_visible_refuses_cluster_ips_and_recovers() {
         server_extra: SERVER_FLAGS,
         proxy_mode: ProxyMode::Nftables,
         agent_path: Some(path),
+        registry_login: None,
     });
     let node = &c.nodes[0];
     c.apply(&deployment("web", &c.busybox(), "ClusterIP"));

@@ -233,3 +233,155 @@ spec:
     let hosts = String::from_utf8_lossy(&out.stdout);
     assert!(hosts.contains("10.9.9.9\tdb.example"), "{hosts}");
 }
+
+#[test]
+fn a_private_registry_is_pulled_from_with_an_image_pull_secret_and_refused_without() {
+    if !can_run("a_private_registry_is_pulled_from_with_an_image_pull_secret_and_refused_without") {
+        return;
+    }
+    use base64::Engine;
+    use keelson_e2e::registry::LOGIN;
+    let c = Cluster::start_opts(&keelson_e2e::multinode::ClusterOptions {
+        nodes: 1,
+        server_extra: &[],
+        proxy_mode: keelson_e2e::multinode::ProxyMode::Nftables,
+        agent_path: None,
+        registry_login: Some(LOGIN),
+    });
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let config = serde_json::json!({"auths": {c.registry.addr(): {
+        "username": LOGIN.user,
+        "password": LOGIN.password,
+    }}});
+    let pod = |name: &str, secret: Option<&str>| {
+        let secrets = secret
+            .map(|s| format!("  imagePullSecrets: [{{name: {s}}}]\n"))
+            .unwrap_or_default();
+        format!(
+            r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+{secrets}  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Always
+    command: ["sleep", "3600"]
+"#,
+            image = c.busybox()
+        )
+    };
+    // Every status change of the pod without a secret, from before it exists.
+    let watched = tempfile::NamedTempFile::new().unwrap();
+    let mut watch = c
+        .kubectl_command(&[
+            "get",
+            "pods",
+            "--field-selector=metadata.name=without-secret",
+            "--watch",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}{\"\\n\"}",
+        ])
+        .stdout(watched.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: regcred}}
+type: kubernetes.io/dockerconfigjson
+data:
+  .dockerconfigjson: {good}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: garbled}}
+type: kubernetes.io/dockerconfigjson
+data:
+  .dockerconfigjson: {bad}
+{with}{without}{garbled}"#,
+        good = b64.encode(config.to_string()),
+        bad = b64.encode("{not json"),
+        with = pod("with-secret", Some("regcred")),
+        without = pod("without-secret", None),
+        garbled = pod("garbled-secret", Some("garbled")),
+    ));
+    let field = |pod: &str, path: &str| {
+        c.kubectl_ok(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+    };
+    c.wait_until(
+        "the pod with the pull secret Running",
+        Duration::from_secs(90),
+        || field("with-secret", "{.status.phase}") == "Running",
+    );
+    // Without credentials the registry's refusal is the pod's reason:
+    // ErrImagePull first, then the back-off (every change the watch saw).
+    let waiting = "{.status.containerStatuses[0].state.waiting.reason}";
+    c.wait_until(
+        "ImagePullBackOff without the secret",
+        Duration::from_secs(90),
+        || field("without-secret", waiting) == "ImagePullBackOff",
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen = std::fs::read_to_string(watched.path()).unwrap();
+    let reasons: Vec<&str> = seen.lines().filter(|l| !l.is_empty()).collect();
+    let at = |r: &str| reasons.iter().position(|x| *x == r);
+    assert!(
+        at("ErrImagePull").is_some() && at("ErrImagePull") < at("ImagePullBackOff"),
+        "ErrImagePull, then ImagePullBackOff: {reasons:?}"
+    );
+    let events = |pod: &str| -> Vec<String> {
+        let out = c.kubectl_ok(&[
+            "get",
+            "events",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.name}|{.reason}|{.message}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{pod}|")).map(String::from))
+            .collect()
+    };
+    let seen = events("without-secret");
+    assert!(
+        seen.iter()
+            .any(|e| e.starts_with("Failed|Failed to pull image")
+                && (e.to_lowercase().contains("not authorized")
+                    || e.to_lowercase().contains("unauthorized"))),
+        "the registry's refusal in an Event: {seen:#?}"
+    );
+    let message = field(
+        "without-secret",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        message.to_lowercase().contains("not authorized")
+            || message.to_lowercase().contains("unauthorized"),
+        "the registry's reason in the message: {message}"
+    );
+    assert_ne!(field("without-secret", "{.status.phase}"), "Running");
+    // A secret that is not a docker config is an Event; the pull goes on
+    // without it (and is refused), and the agent keeps running pods.
+    c.wait_until(
+        "a FailedToRetrieveImagePullSecret Event",
+        Duration::from_secs(60),
+        || {
+            events("garbled-secret").iter().any(|e| {
+                e.starts_with("FailedToRetrieveImagePullSecret|") && e.contains("default/garbled")
+            })
+        },
+    );
+    c.wait_until(
+        "the garbled-secret pod backs off",
+        Duration::from_secs(60),
+        || field("garbled-secret", waiting) == "ImagePullBackOff",
+    );
+    assert_eq!(field("with-secret", "{.status.phase}"), "Running");
+    assert_eq!(
+        field("with-secret", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+}

@@ -44,11 +44,13 @@ pub trait Remote: Send + Sync + fmt::Debug {
     }
 }
 
-/// [`Remote`] through oci-client, anonymous.
+/// [`Remote`] through oci-client: anonymous, or with one credential
+/// ([`Remote::with_credential`]).
 pub struct OciRemote {
     http: oci_client::Client,
     https: oci_client::Client,
     insecure: Vec<String>,
+    auth: RegistryAuth,
 }
 
 impl fmt::Debug for OciRemote {
@@ -76,6 +78,7 @@ impl OciRemote {
             http: oci_client::Client::new(config(ClientProtocol::Http)),
             https: oci_client::Client::new(config(ClientProtocol::Https)),
             insecure,
+            auth: RegistryAuth::Anonymous,
         }
     }
 
@@ -184,42 +187,19 @@ impl OciRemote {
 #[async_trait::async_trait]
 impl Remote for OciRemote {
     async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError> {
-        self.manifest_with(r, accept, &RegistryAuth::Anonymous)
-            .await
+        self.manifest_with(r, accept, &self.auth).await
     }
 
     async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {
-        self.blob_with(r, desc, &RegistryAuth::Anonymous).await
+        self.blob_with(r, desc, &self.auth).await
     }
 
+    /// A remote of its own (new clients, so its own token cache): oci-client
+    /// caches credentials per registry, and a pull without credentials must
+    /// never ride on another pod's.
     fn with_credential(&self, cred: &crate::auth::Credential) -> Option<Box<dyn Remote + '_>> {
-        Some(Box::new(Authed {
-            inner: self,
-            auth: RegistryAuth::Basic(cred.username.clone(), cred.password.clone()),
-        }))
-    }
-}
-
-/// [`OciRemote`] with basic-auth credentials (exchanged for a token where
-/// the registry asks for one).
-struct Authed<'a> {
-    inner: &'a OciRemote,
-    auth: RegistryAuth,
-}
-
-impl fmt::Debug for Authed<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Authed(..)")
-    }
-}
-
-#[async_trait::async_trait]
-impl Remote for Authed<'_> {
-    async fn manifest(&self, r: &ImageRef, accept: &[&str]) -> Result<Vec<u8>, RemoteError> {
-        self.inner.manifest_with(r, accept, &self.auth).await
-    }
-
-    async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {
-        self.inner.blob_with(r, desc, &self.auth).await
+        let mut r = OciRemote::new(self.insecure.clone());
+        r.auth = RegistryAuth::Basic(cred.username.clone(), cred.password.clone());
+        Some(Box::new(r))
     }
 }

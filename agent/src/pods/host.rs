@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use keelson_host::fs::write_atomic;
+use keelson_images::auth::Credential;
 use keelson_images::{ImageStore, PullPolicy, PulledImage};
 use keelson_runtime::cgroups::{self, CgroupManager, QosClass};
 use keelson_runtime::{ContainerConfig, ContainerInfo, Mount, OciRuntime, Runtime, sandbox};
@@ -347,16 +348,42 @@ impl Host {
         &self,
         reference: &str,
         policy: PullPolicy,
+        creds: &[Credential],
     ) -> Result<PulledImage, keelson_images::ImageError> {
         let images = self.images.clone();
         let r = reference.to_string();
+        let mut creds = creds.to_vec();
+        creds.extend(self.node_credentials());
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(images.ensure(&r, policy)))
+        tokio::task::spawn_blocking(move || handle.block_on(images.ensure_with(&r, policy, &creds)))
             .await
             .map_err(|e| keelson_images::ImageError::Pull {
                 reference: reference.to_string(),
                 detail: format!("pull task: {e}"),
             })?
+    }
+
+    /// The node's own registry credentials, read at each pull (so an edit
+    /// applies at once): `<root dir>/config.json`, then
+    /// `$HOME/.docker/config.json`, in docker's format, as the kubelet
+    /// reads its root directory's and the user's. A malformed file is
+    /// logged and skipped: a pull without it may still work.
+    fn node_credentials(&self) -> Vec<Credential> {
+        let mut files = vec![self.cfg.root_dir.join("config.json")];
+        if let Some(home) = std::env::var_os("HOME") {
+            files.push(PathBuf::from(home).join(".docker/config.json"));
+        }
+        let mut out = Vec::new();
+        for f in files {
+            let Ok(bytes) = std::fs::read(&f) else {
+                continue;
+            };
+            match keelson_images::auth::parse_config_json(&bytes) {
+                Ok(c) => out.extend(c),
+                Err(e) => tracing::warn!("registry credentials {}: {e}", f.display()),
+            }
+        }
+        out
     }
 
     /// Where a pod volume lives on the node:
@@ -448,11 +475,12 @@ impl Host {
         attempt: u32,
         streak: u32,
         env_src: spec::EnvSources<'_>,
+        creds: &[Credential],
     ) -> Result<(String, PulledImage), StartError> {
         use super::plan::FailureKind;
         let image_ref = c.image.clone().unwrap_or_default();
         let image = self
-            .pull(&image_ref, pull_policy(c))
+            .pull(&image_ref, pull_policy(c), creds)
             .await
             .map_err(|e| StartError {
                 kind: FailureKind::of_image_error(&e),

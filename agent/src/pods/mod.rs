@@ -532,6 +532,8 @@ impl Worker {
             objects: &sources,
             services: &services,
         };
+        let creds = pull_credentials(&self.ctx.client, &self.ctx.events, pod).await;
+        let creds = &creds;
         let host = self.ctx.host.clone();
         let futs = starts.iter().map(|(name, init, attempt, streak)| {
             let c = if *init {
@@ -556,7 +558,7 @@ impl Worker {
                 );
                 let t0 = std::time::Instant::now();
                 let r = host
-                    .start_container(pod, st, c, *attempt, *streak, env_src)
+                    .start_container(pod, st, c, *attempt, *streak, env_src, creds)
                     .await;
                 match &r {
                     Ok(_) => {
@@ -580,8 +582,21 @@ impl Worker {
                         );
                     }
                     Err(e) => {
-                        let reason = "Failed";
-                        events.pod(pod, EventType::Warning, reason, &e.message);
+                        // The kubelet's pair: what failed, then the
+                        // container's waiting reason.
+                        let what = match e.kind {
+                            FailureKind::Pull => {
+                                format!("Failed to pull image \"{image}\": {}", e.message)
+                            }
+                            _ => e.message.clone(),
+                        };
+                        events.pod(pod, EventType::Warning, "Failed", &what);
+                        events.pod(
+                            pod,
+                            EventType::Warning,
+                            "Failed",
+                            &format!("Error: {}", e.kind.reason()),
+                        );
                     }
                 }
                 Some((c.name.clone(), r))
@@ -686,12 +701,27 @@ impl Worker {
                         "BackOff",
                         &format!("Back-off restarting failed container {name}"),
                     ),
-                    "ImagePullBackOff" => self.ctx.events.pod(
-                        pod,
-                        EventType::Normal,
-                        "BackOff",
-                        &format!("Back-off pulling image for container {name}"),
-                    ),
+                    "ImagePullBackOff" => {
+                        let image = pod
+                            .spec
+                            .iter()
+                            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+                            .find(|c| &c.name == name)
+                            .and_then(|c| c.image.clone())
+                            .unwrap_or_default();
+                        self.ctx.events.pod(
+                            pod,
+                            EventType::Normal,
+                            "BackOff",
+                            &format!("Back-off pulling image \"{image}\""),
+                        );
+                        self.ctx.events.pod(
+                            pod,
+                            EventType::Warning,
+                            "Failed",
+                            "Error: ImagePullBackOff",
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -799,6 +829,68 @@ async fn request_token(
         issued,
         expires,
     })
+}
+
+/// The registry credentials of the pod's `imagePullSecrets`, in order
+/// (`kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`
+/// Secrets). A secret that is missing or malformed is a Warning Event on
+/// the pod (the kubelet's `FailedToRetrieveImagePullSecret`) and is
+/// skipped: the pull is still tried, with the rest.
+async fn pull_credentials(
+    client: &kube::Client,
+    events: &Recorder,
+    pod: &Pod,
+) -> Vec<keelson_images::auth::Credential> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let names = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .filter(|n| !n.is_empty());
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let mut out = Vec::new();
+    for name in names {
+        let parsed = match secrets.get_opt(&name).await {
+            Ok(Some(s)) => pull_secret_credentials(&s),
+            Ok(None) => Err("not found".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match parsed {
+            Ok(c) => out.extend(c),
+            Err(e) => events.pod(
+                pod,
+                EventType::Warning,
+                "FailedToRetrieveImagePullSecret",
+                &format!(
+                    "Unable to retrieve image pull secret {ns}/{name} ({e}); \
+                     attempting to pull the image may not succeed."
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// The credentials one pull Secret holds.
+fn pull_secret_credentials(s: &Secret) -> Result<Vec<keelson_images::auth::Credential>, String> {
+    let data = s.data.clone().unwrap_or_default();
+    let ty = s.type_.as_deref().unwrap_or("Opaque");
+    let (key, parse): (_, fn(&[u8]) -> Result<_, String>) = match ty {
+        "kubernetes.io/dockerconfigjson" => {
+            (".dockerconfigjson", keelson_images::auth::parse_config_json)
+        }
+        "kubernetes.io/dockercfg" => (".dockercfg", keelson_images::auth::parse_dockercfg),
+        other => {
+            return Err(format!(
+                "type {other:?} is not kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg"
+            ));
+        }
+    };
+    let bytes = data.get(key).ok_or_else(|| format!("no {key} key"))?;
+    parse(&bytes.0)
 }
 
 /// Fetches what the pod refers to (ConfigMaps, Secrets: one GET each, a

@@ -29,6 +29,10 @@ pub struct Instance {
     pub image_id: String,
 }
 
+/// How long a failed start shows its own reason (ErrImagePull) before the
+/// back-off's (ImagePullBackOff): less than the shortest back-off.
+pub const FAILURE_SHOWN: Duration = Duration::from_secs(3);
+
 /// Why the last start attempt failed before a container existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -311,6 +315,17 @@ fn gate(
                         attempt: 0,
                         streak: 0,
                     }
+                } else if elapsed < FAILURE_SHOWN && f.kind.backoff_reason() != f.kind.reason() {
+                    // The failure itself first (ErrImagePull), as the
+                    // kubelet's sync that failed reports it; the back-off
+                    // reason from the next look on.
+                    Gate::Wait(
+                        FAILURE_SHOWN - elapsed,
+                        Waiting {
+                            reason: f.kind.reason().into(),
+                            message: f.message.clone(),
+                        },
+                    )
                 } else {
                     Gate::Wait(
                         delay - elapsed,

@@ -607,16 +607,21 @@ mod tests {
                 .waiting
                 .unwrap();
             assert_eq!(w.reason.as_deref(), Some(now), "{err}");
-            // While the next attempt is held back (the planner's reason).
-            let plan = crate::pods::plan::plan(&p, &o, t(1));
-            let st = compute(&p, &o, &plan, &inputs(), t(1));
-            let w = st.container_statuses.unwrap()[0]
-                .state
-                .clone()
-                .unwrap()
-                .waiting
-                .unwrap();
-            assert_eq!(w.reason.as_deref(), Some(later), "{err}");
+            // While the next attempt is held back (the planner's reason):
+            // the failure's own reason for a moment, then the back-off's.
+            let reason_at = |s: u64| {
+                let plan = crate::pods::plan::plan(&p, &o, t(s));
+                let st = compute(&p, &o, &plan, &inputs(), t(s));
+                st.container_statuses.unwrap()[0]
+                    .state
+                    .clone()
+                    .unwrap()
+                    .waiting
+                    .unwrap()
+                    .reason
+            };
+            assert_eq!(reason_at(1).as_deref(), Some(now), "{err}");
+            assert_eq!(reason_at(5).as_deref(), Some(later), "{err}");
         }
     }
 }
