@@ -242,6 +242,22 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     };
     // Known before the Node is registered, so that its first status says it.
     let cidr = args.pod_cidr;
+    if let Some(pod_cidr) = cidr {
+        let nft = keelson_proxy::nft::NftCli::default();
+        match crate::network::egress::apply(&nft, pod_cidr, args.proxy.nft.cluster_cidr) {
+            Ok(()) => {
+                tracing::info!(%pod_cidr, cluster_cidr = ?args.proxy.nft.cluster_cidr, "pod egress masqueraded")
+            }
+            Err(e) => {
+                events.node(
+                    crate::events::EventType::Warning,
+                    "EgressMasqueradeFailed",
+                    &e.to_string(),
+                );
+                tracing::warn!("pod egress masquerade: {e}");
+            }
+        }
+    }
     health.set(
         Part::Network,
         crate::network::ready::check(&cni, &own_cni, cidr).await,

@@ -55,6 +55,9 @@ pub async fn run(args: DownArgs) -> anyhow::Result<()> {
     )
     .context("remove the Service proxy's state")?;
     println!("removed the Service proxy's nftables table and eBPF pins");
+    keelson_agent::network::egress::remove(&keelson_proxy::nft::NftCli::default())
+        .context("remove the pod egress table")?;
+    println!("removed the pod egress nftables table");
     let nl = keelson_host::rtnetlink::Socket::new().context("open a netlink socket")?;
     if nl
         .delete_addr(nl.link_index("lo")?, "lo", args.dns_address, 32)

@@ -68,6 +68,17 @@ pub struct ServerArgs {
     /// Identity for leader election (default: hostname and PID).
     #[arg(long)]
     pub identity: Option<String>,
+    /// Admission plugins to turn off (comma-separated), as kube-apiserver's
+    /// flag: `ServiceAccount` (no default account, no token volume).
+    #[arg(long, value_delimiter = ',')]
+    pub disable_admission_plugins: Vec<String>,
+    /// The address pods reach this server at (the `kubernetes` Service's
+    /// endpoint); default: --listen's, unless loopback or unspecified.
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// The issuer (`iss`) of service account tokens, also their default audience.
+    #[arg(long, default_value_t = d().service_account_issuer)]
+    pub service_account_issuer: String,
 }
 
 /// This machine's name and our PID: a leader-election identity.
@@ -83,6 +94,16 @@ impl ServerArgs {
         if cidr.max_prefix_len() - cidr.prefix_len() < 2 {
             bail!("--service-cluster-ip-range {cidr}: too small");
         }
+        use keelson_control_plane::api::registry::ADMISSION_PLUGINS;
+        if let Some(p) = self
+            .disable_admission_plugins
+            .iter()
+            .find(|p| !ADMISSION_PLUGINS.contains(&p.as_str()))
+        {
+            bail!(
+                "--disable-admission-plugins: unknown plugin {p:?} (known: {ADMISSION_PLUGINS:?})"
+            );
+        }
         Ok(ServerConfig {
             data_dir: self.data_dir,
             listen: self.listen,
@@ -93,6 +114,7 @@ impl ServerArgs {
                     self.service_node_port_range.0,
                     self.service_node_port_range.1,
                 ),
+                disabled_admission: self.disable_admission_plugins,
             },
             extra_sans: self.tls_san,
             controllers: !self.disable_controllers,
@@ -103,6 +125,8 @@ impl ServerArgs {
                 default_toleration_seconds: self.default_toleration_seconds,
                 identity: self.identity.unwrap_or_else(default_identity),
             },
+            service_account_issuer: self.service_account_issuer,
+            advertise_address: self.advertise_address,
         })
     }
 }

@@ -499,6 +499,7 @@ shared_types!(
     k8s_openapi::api::core::v1::Service,
     k8s_openapi::api::core::v1::Endpoints,
     k8s_openapi::api::core::v1::ServiceAccount,
+    k8s_openapi::api::core::v1::ConfigMap,
     k8s_openapi::api::apps::v1::Deployment,
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::apps::v1::DaemonSet,

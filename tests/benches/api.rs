@@ -522,12 +522,19 @@ fn run_backend(backend: Backend, settings: &Settings) -> Result<Option<Report>> 
         data_dir: tmp.path().join("server"),
         listen: "127.0.0.1:0".parse()?,
         etcd_servers: etcd.iter().map(|e| e.endpoint.clone()).collect(),
-        api: ApiConfig::default(),
-        extra_sans: Vec::new(),
         // The API server alone: no scheduler or controllers writing in the
-        // background while it is measured.
+        // background while it is measured (so no default ServiceAccount and
+        // no ServiceAccount admission either).
+        api: ApiConfig {
+            disabled_admission: vec![
+                keelson_control_plane::api::registry::SERVICE_ACCOUNT_ADMISSION.into(),
+            ],
+            ..ApiConfig::default()
+        },
+        extra_sans: Vec::new(),
         controllers: false,
         controller_config: ControllerConfig::default(),
+        ..ServerConfig::default()
     };
     let handle = server_rt
         .block_on(server::start(config))
@@ -1030,7 +1037,12 @@ fn breakdown(
 
     // The whole handler through the router (routing, registry.list, JSON
     // encoding, response body), without TLS, sockets or a client.
-    let app = server::http::router(registry.clone(), addr);
+    let key_dir = tempfile::tempdir().context("create a temporary directory")?;
+    let issuer = std::sync::Arc::new(server::satoken::TokenIssuer::load_or_create(
+        key_dir.path(),
+        server::satoken::DEFAULT_ISSUER,
+    )?);
+    let app = server::http::router(registry.clone(), addr, issuer);
     let uri = format!("/api/v1/namespaces/{NAMESPACE}/pods");
     let mut samples = Vec::new();
     let mut failure = None;

@@ -329,7 +329,7 @@ async fn bench_end_to_end(s: &Settings, mode: Mode) -> Result<()> {
     );
     let server = match mode {
         Mode::InServer => ServerProcess::start(None),
-        Mode::Standalone => ServerProcess::start_with(None, &["--disable-controllers"]),
+        Mode::Standalone => ServerProcess::start_with(None, keelson_e2e::API_ONLY),
     };
     let data_dir = server.data_dir.display().to_string();
     let client = server.client().await;
@@ -337,6 +337,7 @@ async fn bench_end_to_end(s: &Settings, mode: Mode) -> Result<()> {
         let ctx = keelson_control_plane::controllers::Context {
             client: client.clone(),
             config: keelson_control_plane::controllers::ControllerConfig::default(),
+            root_ca_pem: String::new(),
         };
         tokio::spawn(keelson_control_plane::scheduler::run(Arc::new(ctx)))
     });
@@ -504,7 +505,7 @@ async fn bench_create_baseline(s: &Settings) -> Result<()> {
         "== baseline: {} pod creates, server with --disable-controllers ({} in flight)",
         s.pods, s.concurrency
     );
-    let server = ServerProcess::start_with(None, &["--disable-controllers"]);
+    let server = ServerProcess::start_with(None, keelson_e2e::API_ONLY);
     let data_dir = server.data_dir.display().to_string();
     let client = server.client().await;
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -63,6 +63,16 @@ impl Backend {
     pub const ALL: [Backend; 2] = [Backend::Embedded, Backend::Etcd];
 }
 
+/// `keelson server` flags for the API server alone, as a kube-apiserver
+/// with no controller manager beside it: no scheduler or controllers (they
+/// would write to the objects under test), and so no `default`
+/// ServiceAccount, hence no ServiceAccount admission either (it would
+/// refuse every pod, as kube-apiserver's does without the account).
+pub const API_ONLY: &[&str] = &[
+    "--disable-controllers",
+    "--disable-admission-plugins=ServiceAccount",
+];
+
 /// A running `keelson server`, killed by PID on drop.
 pub struct ServerProcess {
     pub data_dir: PathBuf,

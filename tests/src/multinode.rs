@@ -444,6 +444,8 @@ impl Node {
                 &format!("{ip}:10250"),
                 "--pod-cidr",
                 &pod_cidr,
+                "--cluster-cidr",
+                "10.244.0.0/16",
                 "--proxy-mode",
                 proxy_mode.flag(),
                 "--cluster-dns",

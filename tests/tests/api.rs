@@ -165,10 +165,7 @@ fn service_manifest(name: &str, ty: &str) -> Value {
                  "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
 }
 
-/// The API server alone: the scheduler and controllers would write to the
-/// objects under test (Deployment status, ReplicaSets, ServiceAccounts, Lease
-/// renewals that move the store revision).
-const API_ONLY: &[&str] = &["--disable-controllers"];
+use keelson_e2e::API_ONLY;
 
 /// Start a server on `backend`; `None` means skip (etcd not installed).
 fn start(backend: Backend) -> Option<(Option<EtcdProcess>, ServerProcess)> {

@@ -87,7 +87,7 @@ async fn fake_node_api() -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_logs_are_streamed_from_the_node() {
     let node_port = fake_node_api().await;
-    let server = ServerProcess::start_with(None, &["--disable-controllers"]);
+    let server = ServerProcess::start_with(None, keelson_e2e::API_ONLY);
     let client = server.client().await;
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({

@@ -36,7 +36,7 @@ async fn python_client_lists_and_watches_pods() {
         return;
     }
     // No scheduler: the pod stays unbound, so its deletion is immediate.
-    let server = ServerProcess::start_with(None, &["--disable-controllers"]);
+    let server = ServerProcess::start_with(None, keelson_e2e::API_ONLY);
     let client = server.client().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     pods.create(&PostParams::default(), &pod("before"))

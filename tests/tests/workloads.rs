@@ -385,3 +385,172 @@ data:
         "0"
     );
 }
+
+#[test]
+fn a_pod_lists_pods_with_its_service_account_token_until_it_is_deleted() {
+    if !can_run("a_pod_lists_pods_with_its_service_account_token_until_it_is_deleted") {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let kubectl = keelson_e2e::kubectl_path(keelson_e2e::multinode::KUBECTL);
+    // A static client (kubectl, built with no libc dependency) mounted into
+    // the busybox image; it is handed only the pod's own token and CA.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: lister}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  serviceAccountName: lister
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: {command}
+    volumeMounts: [{{name: kubectl, mountPath: /opt/kubectl, readOnly: true}}]
+  volumes:
+  - name: kubectl
+    hostPath: {{path: {kubectl}, type: File}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: no-token}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: {command}
+"#,
+        image = c.busybox(),
+        command = keelson_e2e::multinode::httpd_command(),
+        kubectl = kubectl.display(),
+    ));
+    c.wait_until("both pods Running", Duration::from_secs(90), || {
+        c.kubectl_ok(&["get", "pods", "-o", "jsonpath={.items[*].status.phase}"])
+            == "Running Running"
+    });
+    // Admission: the account's token volume in the one pod, none in the other.
+    let vols = c.kubectl_ok(&[
+        "get",
+        "pod",
+        "client",
+        "-o",
+        "jsonpath={.spec.volumes[*].name}",
+    ]);
+    assert!(
+        vols.contains("kube-api-access-"),
+        "token volume injected: {vols}"
+    );
+    let mounts = c.kubectl_ok(&[
+        "get",
+        "pod",
+        "client",
+        "-o",
+        "jsonpath={.spec.containers[0].volumeMounts[*].mountPath}",
+    ]);
+    assert!(
+        mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "{mounts}"
+    );
+    let none = c.kubectl_ok(&["get", "pod", "no-token", "-o", "jsonpath={.spec.volumes}"]);
+    assert!(!none.contains("kube-api-access"), "automount false: {none}");
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "pod",
+            "no-token",
+            "-o",
+            "jsonpath={.spec.serviceAccountName}"
+        ]),
+        "default"
+    );
+    // The published CA is the server's.
+    let published = c.kubectl_ok(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    let data_dir = c.server.kubeconfig.parent().unwrap().to_path_buf();
+    let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt")).unwrap();
+    assert_eq!(published.trim(), ca.trim());
+
+    // Inside the pod: the token and CA, through the cluster DNS name.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let in_pod = |verb: &str| {
+        let script = format!(
+            "HOME=/tmp /opt/kubectl --kubeconfig=/dev/null --server=https://kubernetes.default.svc \
+             --token=$(cat {sa}/token) --certificate-authority={sa}/ca.crt --request-timeout=4s {verb}"
+        );
+        let out = c.exec_in_pod("client", &["sh", "-c", &script]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, listed) = in_pod("get pods -o name");
+    assert!(
+        ok && listed.contains("pod/client"),
+        "listed with its token: {listed}"
+    );
+    let (ok, me) = in_pod("auth whoami -o jsonpath={.status.userInfo.username}");
+    assert!(ok, "{me}");
+    assert_eq!(me.trim(), "system:serviceaccount:default:lister");
+    let ns = c.exec_in_pod("client", &["cat", &format!("{sa}/namespace")]);
+    assert_eq!(String::from_utf8_lossy(&ns.stdout), "default");
+
+    // From outside: the same token works until the pod is deleted.
+    let token = String::from_utf8(
+        c.exec_in_pod("client", &["cat", &format!("{sa}/token")])
+            .stdout,
+    )
+    .unwrap();
+    let with_token = |token: &str| {
+        let out = c
+            .kubectl_command(&[
+                "--kubeconfig=/dev/null",
+                &format!("--server={}", c.server.url),
+                &format!("--token={token}"),
+                &format!(
+                    "--certificate-authority={}",
+                    data_dir.join("pki/ca.crt").display()
+                ),
+                "get",
+                "pods",
+                "-o",
+                "name",
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = with_token(&token);
+    assert!(ok && out.contains("pod/client"), "{out}");
+    // A forged token (another payload under the same signature) is refused.
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = String::from_utf8(b.decode(&parts[1]).unwrap()).unwrap();
+        parts[1] = b.encode(claims.replace("lister", "default"));
+    }
+    let (ok, out) = with_token(&parts.join("."));
+    assert!(!ok && out.contains("Unauthorized"), "forged: {out}");
+    c.kubectl_ok(&["delete", "pod", "client", "--wait=true"]);
+    let (ok, out) = with_token(&token);
+    assert!(
+        !ok && out.contains("Unauthorized"),
+        "after the pod is gone: {out}"
+    );
+}

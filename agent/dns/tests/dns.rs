@@ -108,7 +108,7 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_names_from_the_api_and_forwarding() {
-    let api = ServerProcess::start_with(None, &["--disable-controllers"]);
+    let api = ServerProcess::start_with(None, keelson_e2e::API_ONLY);
     let client = api.client().await;
     let upstream = fake_upstream().await;
     let zone = ZoneHandle::new(Zone::build("cluster.local", [], []));

@@ -4,6 +4,7 @@
 //! namespace, so the agent never enters it.
 
 pub mod conf;
+pub mod egress;
 pub mod ready;
 
 use std::path::{Path, PathBuf};

@@ -878,11 +878,9 @@ async fn pull_credentials(
 fn pull_secret_credentials(s: &Secret) -> Result<Vec<keelson_images::auth::Credential>, String> {
     let data = s.data.clone().unwrap_or_default();
     let ty = s.type_.as_deref().unwrap_or("Opaque");
-    let (key, parse): (_, fn(&[u8]) -> Result<_, String>) = match ty {
-        "kubernetes.io/dockerconfigjson" => {
-            (".dockerconfigjson", keelson_images::auth::parse_config_json)
-        }
-        "kubernetes.io/dockercfg" => (".dockercfg", keelson_images::auth::parse_dockercfg),
+    let key = match ty {
+        "kubernetes.io/dockerconfigjson" => ".dockerconfigjson",
+        "kubernetes.io/dockercfg" => ".dockercfg",
         other => {
             return Err(format!(
                 "type {other:?} is not kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg"
@@ -890,7 +888,11 @@ fn pull_secret_credentials(s: &Secret) -> Result<Vec<keelson_images::auth::Crede
         }
     };
     let bytes = data.get(key).ok_or_else(|| format!("no {key} key"))?;
-    parse(&bytes.0)
+    if key == ".dockercfg" {
+        keelson_images::auth::parse_dockercfg(&bytes.0)
+    } else {
+        keelson_images::auth::parse_config_json(&bytes.0)
+    }
 }
 
 /// Fetches what the pod refers to (ConfigMaps, Secrets: one GET each, a

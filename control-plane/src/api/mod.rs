@@ -11,5 +11,6 @@ pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod selectors;
+pub mod serviceaccount;
 pub mod table;
 pub mod validation;

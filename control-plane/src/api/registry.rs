@@ -116,6 +116,22 @@ pub struct Written {
 pub struct ApiConfig {
     pub service_cidr: ipnet::IpNet,
     pub node_port_range: (u16, u16),
+    /// Admission plugins turned off (kube-apiserver's
+    /// `--disable-admission-plugins`); known: [`SERVICE_ACCOUNT_ADMISSION`].
+    pub disabled_admission: Vec<String>,
+}
+
+/// The ServiceAccount admission plugin's name ([`super::serviceaccount`]).
+pub const SERVICE_ACCOUNT_ADMISSION: &str = "ServiceAccount";
+
+/// The admission plugins that can be turned off.
+pub const ADMISSION_PLUGINS: &[&str] = &[SERVICE_ACCOUNT_ADMISSION];
+
+impl ApiConfig {
+    /// Whether the admission plugin `name` runs.
+    pub fn admits(&self, name: &str) -> bool {
+        !self.disabled_admission.iter().any(|d| d == name)
+    }
 }
 
 impl Default for ApiConfig {
@@ -123,6 +139,7 @@ impl Default for ApiConfig {
         ApiConfig {
             service_cidr: "10.96.0.0/12".parse().expect("valid CIDR"),
             node_port_range: (30000, 32767),
+            disabled_admission: Vec::new(),
         }
     }
 }
@@ -581,6 +598,10 @@ impl Registry {
         let (mut obj, warnings) = self.admit(rt, obj, opts.field_validation)?;
         if rt.namespaced {
             self.namespace_open(ns.unwrap_or_default()).await?;
+        }
+        if rt.is("", "Pod") && self.config.admits(SERVICE_ACCOUNT_ADMISSION) {
+            self.admit_service_account(ns.unwrap_or_default(), &mut obj, &random_suffix())
+                .await?;
         }
         let key = Self::key(rt, ns, &name);
         if opts.dry_run {

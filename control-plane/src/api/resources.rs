@@ -226,7 +226,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["sa"],
         META,
-        &[],
+        &["token"],
         META,
         "core/serviceaccounts",
         core::ServiceAccount

@@ -23,6 +23,7 @@ pub mod gc;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod rootca;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod workload_deployplan;
@@ -55,6 +56,8 @@ impl Default for ControllerConfig {
 pub struct Context {
     pub client: kube::Client,
     pub config: ControllerConfig,
+    /// The cluster CA (PEM) the root CA publisher puts in every namespace.
+    pub root_ca_pem: String,
 }
 
 /// Run the scheduler and every controller, over one informer factory,
@@ -76,6 +79,7 @@ pub fn spawn_all(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
         supervised!("daemonset", daemonset::run),
         supervised!("endpointslice", endpointslice::run),
         supervised!("serviceaccount", serviceaccount::run),
+        supervised!("root-ca-cert-publisher", rootca::run),
         supervised!("garbage-collector", gc::run),
         supervised!("node-lifecycle", nodelifecycle::run),
     ]

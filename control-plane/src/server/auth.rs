@@ -1,10 +1,12 @@
 //! Authentication: a client certificate signed by the cluster CA (CN is the
-//! user, O the groups) or a bearer token from `DIR/tokens.csv`
-//! (`token,user,uid,"group1,group2"`, as kube-apiserver's --token-auth-file).
-//! Anything else is 401.
+//! user, O the groups), a bearer token from `DIR/tokens.csv`
+//! (`token,user,uid,"group1,group2"`, as kube-apiserver's --token-auth-file)
+//! or a service account token ([`super::satoken`]). Anything else is 401.
+//! Every authenticated user is also in `system:authenticated`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::Rng;
 
@@ -16,7 +18,12 @@ pub struct UserInfo {
     pub name: String,
     pub uid: String,
     pub groups: Vec<String>,
+    /// Extra attributes (a service account token's pod and node).
+    pub extra: BTreeMap<String, Vec<String>>,
 }
+
+/// The group every authenticated user is in.
+pub const AUTHENTICATED: &str = "system:authenticated";
 
 /// The verified client certificate's identity for one connection, if any.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +65,7 @@ impl Tokens {
                     name: name.to_string(),
                     uid: uid.to_string(),
                     groups,
+                    extra: BTreeMap::new(),
                 },
             );
         }
@@ -105,27 +113,56 @@ impl Tokens {
     }
 }
 
+/// Service account tokens: the key they are checked with and where their
+/// bound objects are looked up.
+pub struct ServiceAccounts {
+    pub issuer: Arc<super::satoken::TokenIssuer>,
+    pub registry: Arc<crate::api::registry::Registry>,
+}
+
 pub struct Authenticator {
     tokens: Tokens,
+    service_accounts: Option<ServiceAccounts>,
 }
 
 impl Authenticator {
-    pub fn new(tokens: Tokens) -> Self {
-        Authenticator { tokens }
+    pub fn new(tokens: Tokens, service_accounts: Option<ServiceAccounts>) -> Self {
+        Authenticator {
+            tokens,
+            service_accounts,
+        }
     }
 
     /// The user of a request, from its connection's certificate or its
     /// `Authorization: Bearer` header.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         peer: &PeerIdentity,
         authorization: Option<&str>,
     ) -> Option<UserInfo> {
+        let mut user = self.user(peer, authorization).await?;
+        if !user.groups.iter().any(|g| g == AUTHENTICATED) {
+            user.groups.push(AUTHENTICATED.to_string());
+        }
+        Some(user)
+    }
+
+    async fn user(&self, peer: &PeerIdentity, authorization: Option<&str>) -> Option<UserInfo> {
         if let Some(user) = &peer.0 {
             return Some(user.clone());
         }
         let token = authorization?.strip_prefix("Bearer ")?.trim();
-        self.tokens.by_token.get(token).cloned()
+        if let Some(u) = self.tokens.by_token.get(token) {
+            return Some(u.clone());
+        }
+        let sa = self.service_accounts.as_ref()?;
+        match super::satoken::authenticate(&sa.registry, &sa.issuer, token).await {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::info!("service account token refused: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -147,6 +184,7 @@ pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
         name,
         uid: String::new(),
         groups,
+        extra: BTreeMap::new(),
     })
 }
 
@@ -154,22 +192,28 @@ pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_file() {
+    #[tokio::test]
+    async fn token_file() {
         let t = Tokens::parse("# comment\nabc,alice,1,\"a,b\"\ndef,bob,2\n");
-        let a = Authenticator::new(t);
+        let a = Authenticator::new(t, None);
         let none = PeerIdentity::default();
         assert_eq!(
-            a.authenticate(&none, Some("Bearer abc")).unwrap().groups,
-            vec!["a", "b"]
+            a.authenticate(&none, Some("Bearer abc"))
+                .await
+                .unwrap()
+                .groups,
+            vec!["a", "b", AUTHENTICATED]
         );
         assert_eq!(
-            a.authenticate(&none, Some("Bearer def")).unwrap().name,
+            a.authenticate(&none, Some("Bearer def"))
+                .await
+                .unwrap()
+                .name,
             "bob"
         );
-        assert!(a.authenticate(&none, Some("Bearer nope")).is_none());
-        assert!(a.authenticate(&none, Some("Basic abc")).is_none());
-        assert!(a.authenticate(&none, None).is_none());
+        assert!(a.authenticate(&none, Some("Bearer nope")).await.is_none());
+        assert!(a.authenticate(&none, Some("Basic abc")).await.is_none());
+        assert!(a.authenticate(&none, None).await.is_none());
     }
 
     #[test]

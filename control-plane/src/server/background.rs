@@ -15,7 +15,7 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 
 /// Create the system namespaces and the `kubernetes` Service, and repair
 /// Service allocations. Failures are logged; the server still starts.
-pub async fn bootstrap(registry: &Registry, port: u16) {
+pub async fn bootstrap(registry: &Registry, port: u16, advertise: Option<std::net::IpAddr>) {
     let services = resources::find("", "v1", "services").expect("services registered");
     match registry
         .allocator()
@@ -54,6 +54,76 @@ pub async fn bootstrap(registry: &Registry, port: u16) {
         Ok(_) => tracing::info!("created the kubernetes service"),
         Err(e) if e.code == 409 => {}
         Err(e) => tracing::warn!(error = %e, "create the kubernetes service"),
+    }
+    match advertise {
+        Some(ip) => publish_endpoints(registry, ip, port).await,
+        None => tracing::warn!(
+            "no address to advertise (listening on loopback or on every address): \
+             pods cannot reach the API through the kubernetes Service; listen on the \
+             node's address or set the advertise address"
+        ),
+    }
+}
+
+/// The `kubernetes` Endpoints and EndpointSlice: this server's address, as
+/// kube-apiserver's endpoint reconciler publishes it (written at every
+/// start, so a new address replaces the old).
+async fn publish_endpoints(registry: &Registry, ip: std::net::IpAddr, port: u16) {
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let objects = [
+        (
+            resources::find("", "v1", "endpoints").expect("endpoints registered"),
+            json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": ip.to_string()}],
+                             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+            }),
+        ),
+        (
+            resources::find("discovery.k8s.io", "v1", "endpointslices")
+                .expect("endpointslices registered"),
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": family,
+                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }),
+        ),
+    ];
+    let opts = WriteOptions::default();
+    for (rt, obj) in objects {
+        let written = match registry
+            .create(rt, Some("default"), obj.clone(), &opts)
+            .await
+        {
+            Err(e) if e.code == 409 => {
+                match registry.get(rt, Some("default"), "kubernetes").await {
+                    Ok(cur) => {
+                        let mut next = obj;
+                        next["metadata"]["resourceVersion"] =
+                            cur["metadata"]["resourceVersion"].clone();
+                        registry
+                            .update(rt, Some("default"), "kubernetes", next, None, &opts)
+                            .await
+                            .map(drop)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(drop),
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(kind = rt.kind, %ip, port, "published the kubernetes endpoints")
+            }
+            Err(e) => {
+                tracing::warn!(kind = rt.kind, error = %e, "publish the kubernetes endpoints")
+            }
+        }
     }
 }
 

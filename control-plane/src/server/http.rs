@@ -15,7 +15,9 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::auth::UserInfo;
 use super::metrics::{Metrics, WatchLabels};
+use super::satoken::TokenIssuer;
 use super::{discovery, openapi};
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::{
@@ -33,13 +35,15 @@ struct AppState {
     registry: Arc<Registry>,
     server_address: String,
     metrics: Arc<Metrics>,
+    tokens: Arc<TokenIssuer>,
 }
 
-pub fn router(registry: Arc<Registry>, addr: SocketAddr) -> Router {
+pub fn router(registry: Arc<Registry>, addr: SocketAddr, tokens: Arc<TokenIssuer>) -> Router {
     let state = AppState {
         registry,
         server_address: addr.to_string(),
         metrics: Arc::new(Metrics::new()),
+        tokens,
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -317,7 +321,8 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             )));
         }
     };
-    let result = route(&state, &method, &uri, &parts.headers, body).await;
+    let user = parts.extensions.get::<UserInfo>().cloned();
+    let result = route(&state, &method, &uri, &parts.headers, body, user.as_ref()).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -332,6 +337,7 @@ async fn route(
     uri: &http::Uri,
     headers: &HeaderMap,
     body: Bytes,
+    user: Option<&UserInfo>,
 ) -> ApiResult<Response> {
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -394,6 +400,17 @@ async fn route(
                 get_only(Some(openapi::v2_json()))
             }
         }
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{method} is not supported on {path}"
+                )));
+            }
+            Ok(json_response(
+                StatusCode::CREATED,
+                &self_subject_review(user),
+            ))
+        }
         ["openapi", "v3"] => get_only(Some(openapi::index())),
         ["openapi", "v3", "api", version] => get_only(openapi::document("", version)),
         ["openapi", "v3", "apis", group, version] => get_only(openapi::document(group, version)),
@@ -407,6 +424,29 @@ async fn route(
         }
         _ => Err(ApiError::path_not_found(path)),
     }
+}
+
+/// `kubectl auth whoami`: who the request was authenticated as.
+fn self_subject_review(user: Option<&UserInfo>) -> Value {
+    let info = match user {
+        Some(u) => {
+            let mut i = json!({"username": u.name, "groups": u.groups});
+            if !u.uid.is_empty() {
+                i["uid"] = json!(u.uid);
+            }
+            if !u.extra.is_empty() {
+                i["extra"] = json!(u.extra);
+            }
+            i
+        }
+        None => json!({}),
+    };
+    json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": crate::api::registry::now_rfc3339()},
+        "status": {"userInfo": info},
+    })
 }
 
 fn patch_type(ct: &str) -> ApiResult<PatchType> {
@@ -546,6 +586,18 @@ async fn resource(
                 json_response(StatusCode::CREATED, &w.object),
                 &w.warnings,
             ))
+        }
+        (&Method::POST, Some(name), Some("token")) => {
+            let (obj, _) = parse_body(headers, &body)?;
+            let answer = super::satoken::token_request(
+                reg,
+                &state.tokens,
+                ns.unwrap_or("default"),
+                name,
+                &obj,
+            )
+            .await?;
+            Ok(json_response(StatusCode::CREATED, &answer))
         }
         (&Method::POST, Some(name), Some("binding")) => {
             let (obj, _) = parse_body(headers, &body)?;

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod pki;
+pub mod satoken;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -31,6 +32,12 @@ pub struct ServerConfig {
     /// Run the scheduler and controllers (under leader election).
     pub controllers: bool,
     pub controller_config: crate::controllers::ControllerConfig,
+    /// The `iss` of service account tokens, and their default audience.
+    pub service_account_issuer: String,
+    /// The address pods reach this server at, published as the
+    /// `kubernetes` Service's endpoint (None: the listen address unless it
+    /// is loopback or unspecified).
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +52,8 @@ impl Default for ServerConfig {
             extra_sans: Vec::new(),
             controllers: true,
             controller_config: crate::controllers::ControllerConfig::default(),
+            service_account_issuer: satoken::DEFAULT_ISSUER.to_string(),
+            advertise_address: None,
         }
     }
 }
@@ -148,6 +157,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     sans.dedup();
     let pki = pki::Pki::load_or_create(&config.data_dir, &sans)?;
     let tokens = auth::Tokens::load_or_create(&config.data_dir)?;
+    let issuer = Arc::new(satoken::TokenIssuer::load_or_create(
+        &pki.dir,
+        &config.service_account_issuer,
+    )?);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -173,12 +186,22 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     pki.write_kubeconfig(&kubeconfig, &url, "admin", &pki.admin)?;
 
-    background::bootstrap(&registry, addr.port()).await;
+    let advertise = config.advertise_address.or_else(|| {
+        let ip = addr.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+    });
+    background::bootstrap(&registry, addr.port(), advertise).await;
 
     let (shutdown, rx) = tokio::sync::watch::channel(false);
     let tls = tls::server_config(&pki).map_err(ServerError::Tls)?;
-    let authn = Arc::new(auth::Authenticator::new(tokens));
-    let app = http::router(registry.clone(), addr);
+    let authn = Arc::new(auth::Authenticator::new(
+        tokens,
+        Some(auth::ServiceAccounts {
+            issuer: issuer.clone(),
+            registry: registry.clone(),
+        }),
+    ));
+    let app = http::router(registry.clone(), addr, issuer);
     let mut tasks = vec![tokio::spawn(tls::serve(
         listener,
         tls,
@@ -192,6 +215,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let ctx = std::sync::Arc::new(crate::controllers::Context {
             client,
             config: config.controller_config.clone(),
+            root_ca_pem: pki.ca.cert_pem.clone(),
         });
         tasks.push(tokio::spawn(crate::controllers::leader::run_when_leader(
             ctx, rx,

@@ -25,6 +25,8 @@ pub enum PkiError {
         operation: &'static str,
         source: rcgen::Error,
     },
+    #[error("{0}")]
+    Key(String),
 }
 
 /// PEM-encoded certificate and key.

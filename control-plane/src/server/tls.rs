@@ -44,8 +44,9 @@ pub async fn serve(
                 let auth = req
                     .headers()
                     .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                let Some(user) = authn.authenticate(&peer, auth) else {
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let Some(user) = authn.authenticate(&peer, auth.as_deref()).await else {
                     return Ok::<_, std::convert::Infallible>(
                         super::http::error_response(&crate::api::errors::ApiError::unauthorized())
                             .into_response(),
