@@ -11,6 +11,14 @@
 //! it Running. Reports p50/p99 and the agent's VmRSS idle (after the
 //! warm-up pod) and with all pods running. Targets: p50 < 150 ms,
 //! p99 < 500 ms, RSS < 40 MB.
+//!
+//! Then the cost of volumes: `KEELSON_BENCH_VOLUME_PODS` (20) pairs of
+//! pods, one after the other and alternating, one with three projected
+//! volumes (a ConfigMap and a Secret; the downward API; a service account
+//! token with the cluster CA, as the token volume every pod gets) and one
+//! with none (no token volume either); each measured from create to
+//! Running. Reports both medians and their difference (target: under
+//! 10 ms).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +58,46 @@ fn pod(name: &str, node: &str, image: &str) -> Pod {
         }]},
     }))
     .unwrap()
+}
+
+/// A pod with three projected volumes mounted, or with no volume at all.
+fn volume_pod(name: &str, node: &str, image: &str, volumes: bool) -> Pod {
+    let mut p = pod(name, node, image);
+    let spec = p.spec.as_mut().unwrap();
+    spec.automount_service_account_token = Some(false);
+    if volumes {
+        *spec = serde_json::from_value(serde_json::json!({
+            "nodeName": node, "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "main", "image": image, "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "while true; do sleep 5; done"],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/etc/config"},
+                    {"name": "info", "mountPath": "/etc/info"},
+                    {"name": "token", "mountPath": "/var/run/secrets/tokens"},
+                ],
+            }],
+            "volumes": [
+                {"name": "config", "projected": {"sources": [
+                    {"configMap": {"name": "bench-config"}},
+                    {"secret": {"name": "bench-secret"}},
+                ]}},
+                {"name": "info", "projected": {"sources": [
+                    {"downwardAPI": {"items": [
+                        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    ]}},
+                ]}},
+                {"name": "token", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                ]}},
+            ],
+        }))
+        .unwrap();
+    }
+    p
 }
 
 fn is_running(p: &Pod) -> bool {
@@ -160,6 +208,66 @@ async fn main() {
         rss_idle as f64 / 1024.0,
         pods + 1,
         rss_busy as f64 / 1024.0
+    );
+
+    // Volumes: pairs, one after the other, alternating.
+    let pairs = env_num("KEELSON_BENCH_VOLUME_PODS", 20) as usize;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bench-config"},
+            "data": {"a.conf": "x = 1\n", "b.conf": "y = 2\n"},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bench-secret"},
+                "stringData": {"password": "s3cret"},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..pairs * 2 {
+        let volumes = i % 2 == 1;
+        let name = format!("vol-{}-{i}", if volumes { "three" } else { "none" });
+        api.create(
+            &PostParams::default(),
+            &volume_pod(&name, &node, &image, volumes),
+        )
+        .await
+        .unwrap();
+        let t = Instant::now();
+        assert!(
+            wait_for(vec![name.clone()], Duration::from_secs(60)).await,
+            "{name} not Running:\n{}",
+            agent.log()
+        );
+        let d = seen.lock().unwrap()[&name].saturating_duration_since(t);
+        if volumes {
+            with.push(d);
+        } else {
+            without.push(d);
+        }
+    }
+    with.sort();
+    without.sort();
+    let (w, n) = (pct(&with, 0.5), pct(&without, 0.5));
+    println!(
+        "  pod start (create -> Running), {pairs} pods each, alternating: three projected volumes p50 {:.1} ms, none p50 {:.1} ms: volumes add {:+.1} ms (target < 10 ms)",
+        w.as_secs_f64() * 1e3,
+        n.as_secs_f64() * 1e3,
+        (w.as_secs_f64() - n.as_secs_f64()) * 1e3
     );
     drop(agent);
     drop(server);
