@@ -140,13 +140,18 @@ pub fn check_bin(bin: &Path, dep_info: &Path, root: &Path, main: &Path) -> Resul
 }
 
 /// The directory cargo puts binaries in for this test run
-/// (`target/<profile>`, the parent of the test executable's `deps`).
+/// (`target/<profile>`: the parent of a test executable's `deps`, or where
+/// a workspace binary such as `keelson-conformance` itself is).
 fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..")
-        .to_path_buf()
+    let dir = exe.parent().expect("the executable's directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent()
+            .expect("target/<profile>/deps/..")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Which source file is the root of each workspace binary.
@@ -154,6 +159,7 @@ fn main_of(name: &str) -> &'static Path {
     match name {
         "keelson" => Path::new("cmd/src/main.rs"),
         "keelson-cni" => Path::new("cni/src/main.rs"),
+        "keelson-conformance" => Path::new("tests/src/bin/keelson-conformance.rs"),
         other => panic!("unknown workspace binary {other}"),
     }
 }

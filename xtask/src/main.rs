@@ -7,6 +7,8 @@
 //! cargo xtask up      # setup, build, `keelson up`: a single-node cluster on this machine
 //! cargo xtask bench   # the API server benchmark, both storage backends
 //! cargo xtask images  # test images into the import dir of `keelson up`'s agent
+//! cargo xtask upstream     # build upstream e2e.test, kube-proxy, kubelet, agnhost, crictl (Go)
+//! cargo xtask conformance  # the Kubernetes conformance suite against a Keelson cluster
 //! ```
 
 #![forbid(unsafe_code)]
@@ -15,6 +17,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+mod upstream;
 
 /// Python packages the tests use (from PyPI).
 const PIP_PACKAGES: &[&str] = &["kubernetes"];
@@ -249,6 +253,27 @@ fn images(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask conformance [keelson-conformance flags]`: the upstream
+/// programs (built once, cached), this clone's binaries, then
+/// tests/src/bin/keelson-conformance.rs, which builds the suite's images,
+/// starts a multi-node cluster, runs the suite and writes docs/conformance.md.
+fn conformance(extra: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    let bin = upstream::build()?;
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let (kmod, _) = upstream::kubernetes_module(&PathBuf::from(upstream::UPSTREAM).join("src"))?;
+    let runner = cargo_target_dir()?.join("debug/keelson-conformance");
+    run(Command::new(runner)
+        .arg("--upstream")
+        .arg(&bin)
+        .arg("--kubernetes-module")
+        .arg(&kmod)
+        .args(["--release", upstream::KUBERNETES])
+        .arg("--doc")
+        .arg(workspace_root().join("docs/conformance.md"))
+        .args(extra))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
@@ -261,9 +286,11 @@ fn main() -> anyhow::Result<()> {
         "up" => up(rest),
         "bench" => bench(rest),
         "images" => images(rest),
+        "upstream" => upstream::build().map(drop),
+        "conformance" => conformance(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [--data-dir DIR]"
+                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [--data-dir DIR] | upstream | conformance [--focus REGEX] [--skip REGEX] [--nodes N] [--parallel N]"
             );
             if cmd == "help" {
                 Ok(())

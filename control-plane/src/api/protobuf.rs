@@ -177,6 +177,11 @@ pub fn is_supported(api_version: &str, kind: &str) -> bool {
 }
 
 fn schema_for(api_version: &str, kind: &str) -> Option<&'static Schema> {
+    // Clients send DeleteOptions in the group version of the resource they
+    // delete (v1, apps/v1, …) or as meta.k8s.io/v1: one message in all.
+    if kind == "DeleteOptions" {
+        return Some(&DELETE_OPTIONS);
+    }
     KINDS
         .iter()
         .find(|(v, k, _)| *v == api_version && *k == kind)
@@ -739,6 +744,23 @@ static KINDS: &[(&str, &str, &Schema)] = &[
     ("v1", "Pod", &POD),
     ("apps/v1", "Deployment", &DEPLOYMENT),
 ];
+
+// k8s.io/apimachinery/pkg/apis/meta/v1 DeleteOptions (a DELETE's body).
+static DELETE_OPTIONS: Schema = Schema {
+    name: "DeleteOptions",
+    fields: &[
+        keep(1, "gracePeriodSeconds", I64),
+        keep(2, "preconditions", Msg(&PRECONDITIONS)),
+        keep(3, "orphanDependents", Bool),
+        keep(4, "propagationPolicy", Str),
+        rep(5, "dryRun", Str),
+        keep(6, "ignoreStoreReadErrorWithClusterBreakingPotential", Bool),
+    ],
+};
+static PRECONDITIONS: Schema = Schema {
+    name: "Preconditions",
+    fields: &[keep(1, "uid", Str), keep(2, "resourceVersion", Str)],
+};
 
 // Map entries.
 static STRING_ENTRY: Schema = Schema {
@@ -1693,7 +1715,7 @@ mod tests {
     use super::*;
 
     /// A minimal protobuf encoder, writing fields the way gogo does.
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     struct Enc(Vec<u8>);
 
     impl Enc {
@@ -1847,6 +1869,25 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(decode_object(body).expect("decodes"), want);
+        }
+    }
+
+    #[test]
+    fn delete_options_decode_in_any_group_version() {
+        // As client-go sends them with a grace period, a propagation policy
+        // and a UID precondition.
+        let raw = Enc::new()
+            .int(1, 0)
+            .msg(2, Enc::new().str(1, "u-1"))
+            .str(4, "Background")
+            .str(5, "All");
+        for gv in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+            assert_eq!(
+                decode(gv, "DeleteOptions", raw.clone()),
+                json!({"kind": "DeleteOptions", "apiVersion": gv, "gracePeriodSeconds": 0,
+                       "preconditions": {"uid": "u-1"}, "propagationPolicy": "Background",
+                       "dryRun": ["All"]})
+            );
         }
     }
 

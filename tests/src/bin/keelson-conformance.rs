@@ -1,0 +1,602 @@
+//! The Kubernetes conformance suite against a Keelson cluster on this
+//! machine; started by `cargo xtask conformance` (which builds what it
+//! needs first).
+//!
+//! ```text
+//! keelson-conformance --upstream BIN_DIR --kubernetes-module DIR --release V --doc FILE
+//!     [--focus REGEX] [--skip REGEX] [--nodes N] [--parallel N] [--report-dir DIR]
+//! ```
+//!
+//! 1. A cluster from the test kit's multi-node harness: a `keelson server`
+//!    and N agents, each in a network namespace, a registry on the link.
+//! 2. The suite's images (tests/conformance/build-images.sh, from the
+//!    upstream agnhost and files of the `k8s.io/kubernetes` module) pushed to that
+//!    registry under the names of upstream's image manifest, and
+//!    `KUBE_TEST_REPO_LIST` pointing the suite there.
+//! 3. As upstream's conformance runner does: the parallel part
+//!    (`ginkgo --nodes P e2e.test`, `[Serial]` skipped), then the serial part
+//!    (`e2e.test`, focus on `[Serial]`).
+//! 4. The Ginkgo JSON reports summed up into the document: counts by SIG,
+//!    each failing test with the first line of its failure.
+//!
+//! While it runs, the host routes the Service CIDR nowhere (`unreachable`)
+//! and each node's pod CIDR to that node, so that nothing the suite sends
+//! from the host leaves the machine. Ctrl-C stops the suite and tears
+//! everything down.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use keelson_e2e::multinode::{Cluster, ClusterOptions, ProxyMode};
+
+/// The Service CIDR of the harness's server (its default).
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// Conformance images: tag in the layout → names (under the registry) as
+/// test/utils/image/manifest.go spells them.
+const IMAGES: &[(&str, &[&str])] = &[
+    (
+        "agnhost",
+        &[
+            "e2e-test-images/agnhost:2.66.1",
+            "e2e-test-images/agnhost:2.55",
+        ],
+    ),
+    ("agnhost", &["pause:3.10.2"]),
+    ("busybox", &["e2e-test-images/busybox:1.37.0-2"]),
+    (
+        "nginx",
+        &[
+            "e2e-test-images/nginx:1.27.0-2",
+            "e2e-test-images/nginx:1.28.0-2",
+        ],
+    ),
+    ("kitten", &["e2e-test-images/kitten:1.8"]),
+    ("nautilus", &["e2e-test-images/nautilus:1.8"]),
+    ("nonroot", &["e2e-test-images/nonroot:1.5"]),
+];
+
+struct Args {
+    upstream: PathBuf,
+    kubernetes_module: PathBuf,
+    doc: PathBuf,
+    focus: String,
+    skip: Option<String>,
+    nodes: u8,
+    parallel: u32,
+    report_dir: PathBuf,
+    release: String,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        upstream: PathBuf::from("/var/cache/keelson/upstream/bin"),
+        kubernetes_module: PathBuf::new(),
+        doc: PathBuf::new(),
+        focus: r"\[Conformance\]".into(),
+        skip: None,
+        nodes: 2,
+        parallel: 4,
+        report_dir: PathBuf::from("/var/cache/keelson/conformance/last"),
+        release: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--upstream" => a.upstream = value()?.into(),
+            "--kubernetes-module" => a.kubernetes_module = value()?.into(),
+            "--doc" => a.doc = value()?.into(),
+            "--focus" => a.focus = value()?,
+            "--skip" => a.skip = Some(value()?),
+            "--nodes" => a.nodes = value()?.parse().context("--nodes")?,
+            "--parallel" => a.parallel = value()?.parse().context("--parallel")?,
+            "--report-dir" => a.report_dir = value()?.into(),
+            "--release" => a.release = value()?,
+            _ => bail!("unknown flag {flag:?} (see tests/src/bin/keelson-conformance.rs)"),
+        }
+    }
+    if a.kubernetes_module.as_os_str().is_empty() || a.doc.as_os_str().is_empty() {
+        bail!("--kubernetes-module DIR and --doc FILE are required");
+    }
+    if !(1..=8).contains(&a.nodes) || a.parallel == 0 {
+        bail!("--nodes must be 1..=8 and --parallel at least 1");
+    }
+    for p in ["e2e.test", "ginkgo", "kubectl", "agnhost"] {
+        if !a.upstream.join(p).is_file() {
+            bail!(
+                "{} missing: run `cargo xtask upstream`",
+                a.upstream.join(p).display()
+            );
+        }
+    }
+    Ok(a)
+}
+
+/// Host routes that keep the suite's host-side traffic on the link:
+/// removed on drop.
+struct Routes(Vec<Vec<String>>);
+
+impl Routes {
+    fn add(&mut self, route: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(["-4", "route", "add"])
+            .args(route)
+            .output()
+            .context("run ip route add")?;
+        if !out.status.success() {
+            bail!(
+                "ip route add {}: {} (a route there already? stop what owns it first)",
+                route.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.0.push(route.iter().map(|s| s.to_string()).collect());
+        Ok(())
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        for r in self.0.drain(..).rev() {
+            let _ = Command::new("ip")
+                .args(["-4", "route", "del"])
+                .args(&r)
+                .output();
+        }
+    }
+}
+
+/// Waits for `child`, passing on a stop request as SIGINT (Ginkgo then
+/// reports what ran and exits).
+fn wait(mut child: Child, stop: &AtomicBool) -> anyhow::Result<std::process::ExitStatus> {
+    let mut signalled = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if stop.load(Ordering::SeqCst) && !signalled {
+            signalled = true;
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("signal runtime");
+        rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let _ = tx.send(());
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("keelson-conformance: stopping the suite; the cluster is torn down after it");
+            flag.store(true, Ordering::SeqCst);
+        });
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(5));
+    stop
+}
+
+/// Builds (or reuses) the suite's images: the layout's path.
+fn build_images(a: &Args) -> anyhow::Result<PathBuf> {
+    let script = keelson_e2e::workspace_root().join("tests/conformance/build-images.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(a.upstream.join("agnhost"))
+        .arg(&a.kubernetes_module)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let images = build_images(&args)?;
+    let stop = stop_on_signals();
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.report_dir)
+        .with_context(|| format!("create {}", args.report_dir.display()))?;
+    for f in ["parallel.json", "serial.json"] {
+        let _ = std::fs::remove_file(args.report_dir.join(f));
+    }
+
+    eprintln!(
+        "keelson-conformance: starting a cluster of {} nodes",
+        args.nodes
+    );
+    let cluster = Cluster::start_opts(&ClusterOptions {
+        nodes: args.nodes,
+        server_extra: &[],
+        proxy_mode: ProxyMode::Nftables,
+        agent_path: None,
+        registry_login: None,
+    });
+    for (tag, names) in IMAGES {
+        for name in *names {
+            cluster
+                .registry
+                .push_layout(&images, tag, name)
+                .with_context(|| format!("push {tag} as {name}"))?;
+        }
+    }
+    let reg = cluster.registry.addr();
+    let repo_list = args.report_dir.join("repo-list.yaml");
+    let mut yaml = String::new();
+    for (key, path) in [
+        ("promoterE2eRegistry", "/e2e-test-images"),
+        ("buildImageRegistry", "/build-image"),
+        ("invalidRegistry", "/invalid"),
+        ("gcEtcdRegistry", ""),
+        ("gcRegistry", ""),
+        ("sigStorageRegistry", "/sig-storage"),
+        ("privateRegistry", "/k8s-authenticated-test"),
+        ("dockerLibraryRegistry", "/library"),
+        ("cloudProviderGcpRegistry", "/cloud-provider-gcp"),
+    ] {
+        writeln!(yaml, "{key}: {reg}{path}")?;
+    }
+    std::fs::write(&repo_list, yaml)?;
+
+    let mut routes = Routes(Vec::new());
+    routes.add(&["unreachable", SERVICE_CIDR])?;
+    for n in &cluster.nodes {
+        let via = n.ip.to_string();
+        routes.add(&[n.pod_cidr.as_str(), "via", via.as_str()])?;
+    }
+
+    let kubeconfig = cluster.server.kubeconfig.clone();
+    let e2e = args.upstream.join("e2e.test");
+    let suite_flags = || -> Vec<String> {
+        vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            "--provider=skeleton".into(),
+            format!("--kubectl-path={}", args.upstream.join("kubectl").display()),
+            format!("--report-dir={}", args.report_dir.display()),
+            "--disable-log-dump".into(),
+            "--dump-logs-on-failure=false".into(),
+            // The suite's clients list with plain lists, not watch-lists.
+            "--feature-gates=WatchListClient=false".into(),
+            "--ginkgo.no-color".into(),
+        ]
+    };
+    let skip_with = |extra: &str| match &args.skip {
+        Some(s) => format!("{extra}|{s}"),
+        None => extra.to_string(),
+    };
+    let env = |c: &mut Command| {
+        c.env("KUBE_TEST_REPO_LIST", &repo_list)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
+            .stdin(Stdio::null());
+    };
+
+    // The parallel part.
+    let parallel_report = args.report_dir.join("parallel.json");
+    let mut cmd = Command::new(args.upstream.join("ginkgo"));
+    cmd.arg(format!("--procs={}", args.parallel))
+        .args(["--timeout=12h", "--no-color", "--json-report=parallel.json"])
+        .arg(format!("--output-dir={}", args.report_dir.display()))
+        .arg(&e2e)
+        .arg("--")
+        .args(suite_flags())
+        .arg(format!("--ginkgo.focus={}", args.focus))
+        .arg(format!("--ginkgo.skip={}", skip_with(r"\[Serial\]")));
+    env(&mut cmd);
+    eprintln!("+ {cmd:?}");
+    let status = wait(cmd.spawn().context("run ginkgo")?, &stop)?;
+    eprintln!("keelson-conformance: parallel part: {status}");
+
+    // The serial part.
+    let serial_report = args.report_dir.join("serial.json");
+    if !stop.load(Ordering::SeqCst) {
+        let mut cmd = Command::new(&e2e);
+        cmd.args(suite_flags())
+            .arg(format!("--ginkgo.json-report={}", serial_report.display()))
+            .arg(format!("--ginkgo.focus=\\[Serial\\].*(?:{})", args.focus))
+            .args(["--ginkgo.timeout=12h"]);
+        if let Some(s) = &args.skip {
+            cmd.arg(format!("--ginkgo.skip={s}"));
+        }
+        env(&mut cmd);
+        eprintln!("+ {cmd:?}");
+        let status = wait(cmd.spawn().context("run e2e.test")?, &stop)?;
+        eprintln!("keelson-conformance: serial part: {status}");
+    }
+    let took = started.elapsed();
+    drop(routes);
+    drop(cluster);
+
+    let mut results = Results::default();
+    for r in [&parallel_report, &serial_report] {
+        if let Ok(text) = std::fs::read_to_string(r) {
+            results
+                .add_report(&text)
+                .with_context(|| format!("read {}", r.display()))?;
+        }
+    }
+    let doc = results.markdown(&Meta {
+        release: &args.release,
+        date: &now(),
+        nodes: args.nodes,
+        focus: &args.focus,
+        skip: args.skip.as_deref(),
+        minutes: took.as_secs() / 60,
+        interrupted: stop.load(Ordering::SeqCst),
+    });
+    if let Some(dir) = args.doc.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.doc, &doc).with_context(|| format!("write {}", args.doc.display()))?;
+    println!("{}", results.totals_line());
+    println!("written: {}", args.doc.display());
+    if results.ran() == 0 {
+        bail!(
+            "no test ran: see the reports in {}",
+            args.report_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// How one test ended, as the report sums it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Default)]
+struct Results {
+    /// By test name: outcome, SIG, first line of the failure or skip reason.
+    tests: BTreeMap<String, (Outcome, String, String)>,
+}
+
+struct Meta<'a> {
+    release: &'a str,
+    date: &'a str,
+    nodes: u8,
+    focus: &'a str,
+    skip: Option<&'a str>,
+    minutes: u64,
+    interrupted: bool,
+}
+
+/// `[sig-apps] Deployment` → `sig-apps`.
+fn sig_of(first_container: &str) -> String {
+    first_container
+        .strip_prefix('[')
+        .and_then(|s| s.split_once(']'))
+        .map(|(sig, _)| sig.to_string())
+        .filter(|s| s.starts_with("sig-"))
+        .unwrap_or_else(|| "other".into())
+}
+
+fn first_line(s: &str) -> String {
+    let line = s
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut out: String = line.chars().take(200).collect();
+    if line.chars().count() > 200 {
+        out.push('…');
+    }
+    out.replace('|', "\\|")
+}
+
+impl Results {
+    /// Adds the specs of one Ginkgo JSON report (an array of suite reports).
+    /// Specs the focus filtered out (skipped without a reason) are not
+    /// counted; specs skipped at run time (e2eskipper) are.
+    fn add_report(&mut self, json: &str) -> anyhow::Result<()> {
+        let suites: serde_json::Value = serde_json::from_str(json).context("not JSON")?;
+        let suites = suites.as_array().context("not an array of suite reports")?;
+        for suite in suites {
+            for spec in suite["SpecReports"].as_array().into_iter().flatten() {
+                if spec["LeafNodeType"] != "It" {
+                    // A suite-level node that failed fails everything after it.
+                    let state = spec["State"].as_str().unwrap_or("");
+                    if matches!(state, "failed" | "panicked" | "timedout" | "aborted") {
+                        let name = format!("[{}]", spec["LeafNodeType"].as_str().unwrap_or("?"));
+                        let msg = first_line(spec["Failure"]["Message"].as_str().unwrap_or(""));
+                        self.tests
+                            .insert(name, (Outcome::Failed, "suite".into(), msg));
+                    }
+                    continue;
+                }
+                let containers: Vec<&str> = spec["ContainerHierarchyTexts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str())
+                    .collect();
+                let leaf = spec["LeafNodeText"].as_str().unwrap_or("");
+                let mut name = containers.join(" ");
+                if !name.is_empty() {
+                    name.push(' ');
+                }
+                name.push_str(leaf);
+                let message = spec["Failure"]["Message"].as_str().unwrap_or("");
+                let outcome = match spec["State"].as_str().unwrap_or("") {
+                    "passed" => Outcome::Passed,
+                    "skipped" if message.is_empty() => continue,
+                    "skipped" | "pending" => Outcome::Skipped,
+                    _ => Outcome::Failed,
+                };
+                let sig = sig_of(containers.first().copied().unwrap_or(""));
+                let line = if outcome == Outcome::Passed {
+                    String::new()
+                } else {
+                    first_line(message)
+                };
+                self.tests.insert(name, (outcome, sig, line));
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, o: Outcome) -> usize {
+        self.tests.values().filter(|(x, _, _)| *x == o).count()
+    }
+
+    fn ran(&self) -> usize {
+        self.count(Outcome::Passed) + self.count(Outcome::Failed)
+    }
+
+    fn totals_line(&self) -> String {
+        format!(
+            "conformance: {} passed, {} failed, {} skipped ({} tests)",
+            self.count(Outcome::Passed),
+            self.count(Outcome::Failed),
+            self.count(Outcome::Skipped),
+            self.tests.len()
+        )
+    }
+
+    fn markdown(&self, m: &Meta<'_>) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Kubernetes conformance\n");
+        let _ = writeln!(
+            s,
+            "Written by `cargo xtask conformance` (tests/src/bin/keelson-conformance.rs); \
+             do not edit by hand. Run it again as features land.\n"
+        );
+        let _ = writeln!(
+            s,
+            "- Suite: upstream `e2e.test` at Kubernetes {}",
+            m.release
+        );
+        let _ = writeln!(
+            s,
+            "- Run: {} ({} minutes{})",
+            m.date,
+            m.minutes,
+            if m.interrupted { ", interrupted" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "- Cluster: one `keelson server`, {} `keelson agent` nodes (network namespaces on one machine), nftables proxy, images from a local registry",
+            m.nodes
+        );
+        let _ = writeln!(
+            s,
+            "- Focus: `{}`{}",
+            m.focus,
+            m.skip.map(|k| format!(", skip: `{k}`")).unwrap_or_default()
+        );
+        let _ = writeln!(s, "\n**{}**\n", self.totals_line());
+        let _ = writeln!(s, "| SIG | passed | failed | skipped |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let mut by_sig: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+        for (o, sig, _) in self.tests.values() {
+            by_sig.entry(sig).or_default()[*o as usize] += 1;
+        }
+        for (sig, [p, f, k]) in &by_sig {
+            let _ = writeln!(s, "| {sig} | {p} | {f} | {k} |");
+        }
+        for (title, want) in [("Failing", Outcome::Failed), ("Skipped", Outcome::Skipped)] {
+            let rows: Vec<_> = self
+                .tests
+                .iter()
+                .filter(|(_, (o, _, _))| *o == want)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "\n## {title} ({})\n", rows.len());
+            let _ = writeln!(s, "| SIG | test | first line |");
+            let _ = writeln!(s, "|---|---|---|");
+            let mut rows = rows;
+            rows.sort_by(|a, b| (a.1.1.as_str(), a.0).cmp(&(b.1.1.as_str(), b.0)));
+            for (name, (_, sig, line)) in rows {
+                let _ = writeln!(s, "| {sig} | {} | {line} |", name.replace('|', "\\|"));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = r#"[{"SuitePath":"/x","SpecReports":[
+      {"LeafNodeType":"SynchronizedBeforeSuite","State":"passed","ContainerHierarchyTexts":null,"LeafNodeText":""},
+      {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-apps] Deployment"],"LeafNodeText":"rolls [Conformance]"},
+      {"LeafNodeType":"It","State":"failed","ContainerHierarchyTexts":["[sig-node] Probing"],"LeafNodeText":"probe [Conformance]","Failure":{"Message":"\nTimed out after 300s.\nmore"}},
+      {"LeafNodeType":"It","State":"skipped","ContainerHierarchyTexts":["[sig-network] DNS"],"LeafNodeText":"not focused"},
+      {"LeafNodeType":"It","State":"skipped","ContainerHierarchyTexts":["[sig-network] DNS"],"LeafNodeText":"ipv6 [Conformance]","Failure":{"Message":"Requires IPv6"}},
+      {"LeafNodeType":"It","State":"timedout","ContainerHierarchyTexts":["Other"],"LeafNodeText":"x | y"}
+    ]}]"#;
+
+    #[test]
+    fn a_report_sums_up_by_sig_without_the_unfocused_specs() {
+        let mut r = Results::default();
+        r.add_report(REPORT).unwrap();
+        assert_eq!(r.count(Outcome::Passed), 1);
+        assert_eq!(r.count(Outcome::Failed), 2);
+        assert_eq!(r.count(Outcome::Skipped), 1);
+        let (o, sig, line) = &r.tests["[sig-node] Probing probe [Conformance]"];
+        assert_eq!(
+            (*o, sig.as_str(), line.as_str()),
+            (Outcome::Failed, "sig-node", "Timed out after 300s.")
+        );
+        let doc = r.markdown(&Meta {
+            release: "v1.37.2",
+            date: "d",
+            nodes: 2,
+            focus: "f",
+            skip: None,
+            minutes: 1,
+            interrupted: false,
+        });
+        assert!(doc.contains("| sig-apps | 1 | 0 | 0 |"), "{doc}");
+        assert!(doc.contains("| other | 0 | 1 | 0 |"), "{doc}");
+        assert!(doc.contains("Other x \\| y"), "{doc}");
+        assert!(doc.contains("## Failing (2)"), "{doc}");
+        assert!(!doc.contains("not focused"));
+    }
+
+    #[test]
+    fn a_suite_node_that_failed_is_a_failure() {
+        let mut r = Results::default();
+        r.add_report(r#"[{"SpecReports":[{"LeafNodeType":"SynchronizedBeforeSuite","State":"failed","Failure":{"Message":"no nodes"}}]}]"#).unwrap();
+        assert_eq!(r.count(Outcome::Failed), 1);
+        assert!(r.add_report("{}").is_err());
+    }
+}
