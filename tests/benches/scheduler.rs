@@ -176,7 +176,6 @@ fn bench_core(s: &Settings) -> Result<()> {
 /// CPU seconds (user + system) used so far by the process whose command
 /// line mentions `needle`.
 fn cpu_seconds_of(needle: &str) -> Option<f64> {
-    let tick = 100.0; // USER_HZ on Linux
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -192,27 +191,13 @@ fn cpu_seconds_of(needle: &str) -> Option<f64> {
         if !cmd.contains("server") || !cmd.contains(needle) {
             continue;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let after = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after.split(' ').collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        return Some((utime + stime) / tick);
+        return keelson_e2e::process::cpu_seconds(pid);
     }
     None
 }
 
 fn self_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let Some(i) = stat.rfind(')') else { return 0.0 };
-    let fields: Vec<&str> = stat[i + 2..].split(' ').collect();
-    let t = |k: usize| {
-        fields
-            .get(k)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (t(11) + t(12)) / 100.0
+    keelson_e2e::process::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 async fn create_nodes(client: &kube::Client, s: &Settings) -> Result<()> {

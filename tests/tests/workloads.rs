@@ -126,6 +126,8 @@ spec:
     };
     assert_eq!(fs_of("/etc/creds"), "tmpfs", "{mounts}");
     assert_eq!(fs_of("/scratch"), "tmpfs", "{mounts}");
+    // Every emptyDir is world-writable, as the kubelet makes it.
+    assert_eq!(in_pod(&["stat", "-c", "%a", "/scratch"]).1.trim(), "777");
     let environ = std::fs::read(format!("/proc/{pid_before}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(environ.contains("PASSWORD=s3cret"), "{environ}");

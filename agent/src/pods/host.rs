@@ -626,6 +626,12 @@ impl Host {
                     keelson_host::mounts::mount_tmpfs(&p, size.map(|s| s.max(4096) as u64))
                         .map_err(|e| e.to_string())?;
                 }
+                // World-writable, as the kubelet makes every emptyDir (after
+                // the tmpfs mount, whose root it is then): a container
+                // running as any user writes there.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+                    .map_err(io(format!("chmod emptyDir {}", p.display())))?;
                 p
             } else if let Some(hp) = &v.host_path {
                 let p = PathBuf::from(&hp.path);

@@ -11,17 +11,23 @@ use super::selectors::LabelSelector;
 
 /// RFC 1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
 pub fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_shaped(s)
+}
+
+/// Lowercase alphanumerics and '-', starting and ending alphanumeric, any length.
+fn is_label_shaped(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
-/// RFC 1123 subdomain: dot-separated labels, ≤ 253.
+/// RFC 1123 subdomain as Kubernetes checks it: dot-separated parts shaped
+/// like labels, ≤ 253 in all (a part may be longer than 63, as
+/// apimachinery's IsDNS1123Subdomain allows).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label_shaped)
 }
 
 /// RFC 1035 label: a DNS-1123 label that starts with a letter.
@@ -114,6 +120,50 @@ fn metadata_causes(v: &Value, out: &mut Vec<Cause>) {
     }
 }
 
+/// apimachinery's IsValidSysctlName: at most 253 characters, dot- or
+/// slash-separated parts of lowercase alphanumerics, '-' and '_', each
+/// starting and ending alphanumeric.
+pub fn is_sysctl_name(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && p.as_bytes()[0].is_ascii_alphanumeric()
+            && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
+    };
+    s.len() <= 253 && s.split(['.', '/']).all(part)
+}
+
+/// `spec.securityContext.sysctls`: valid, unique names.
+fn sysctl_causes(spec: &Value, path: &str, out: &mut Vec<Cause>) {
+    let mut seen = HashSet::new();
+    for (i, s) in spec
+        .pointer("/securityContext/sysctls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let p = format!("{path}.securityContext.sysctls[{i}].name");
+        let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+        if name.is_empty() {
+            out.push(Cause::required(p));
+        } else if !is_sysctl_name(name) {
+            out.push(Cause::invalid(
+                p,
+                name,
+                "must have at most 253 characters and match regex ^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$",
+            ));
+        } else if !seen.insert(name.to_string()) {
+            out.push(Cause::new(
+                "FieldValueDuplicate",
+                p,
+                format!("Duplicate value: \"{name}\""),
+            ));
+        }
+    }
+}
+
 fn pod_spec_causes(spec: Option<&Value>, path: &str, out: &mut Vec<Cause>) {
     let Some(spec) = spec else {
         out.push(Cause::required(path));
@@ -123,6 +173,7 @@ fn pod_spec_causes(spec: Option<&Value>, path: &str, out: &mut Vec<Cause>) {
     if containers.is_none_or(|c| c.is_empty()) {
         out.push(Cause::required(format!("{path}.containers")));
     }
+    sysctl_causes(spec, path, out);
     let mut names = HashSet::new();
     for list in ["initContainers", "containers"] {
         for (i, c) in spec
@@ -433,6 +484,13 @@ mod tests {
     #[test]
     fn names() {
         assert!(is_dns1123_subdomain("a.b-c"));
+        // A name of 67 characters without dots (the e2e suite makes these).
+        assert!(is_dns1123_subdomain(&format!(
+            "projected-{}",
+            "a".repeat(57)
+        )));
+        assert!(!is_dns1123_label(&format!("projected-{}", "a".repeat(57))));
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
         assert!(!is_dns1123_subdomain("A"));
         assert!(!is_dns1123_subdomain("-a"));
         assert!(!is_dns1123_label("a.b"));
@@ -453,6 +511,31 @@ mod tests {
         let causes = validate(rt, &d);
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn sysctl_names_are_checked_as_apimachinery_does() {
+        for ok in [
+            "kernel.shmmax",
+            "safe-and-unsafe",
+            "net.ipv4.conf.eth0/1.rp_filter",
+            "a_b",
+        ] {
+            assert!(is_sysctl_name(ok), "{ok}");
+        }
+        for bad in ["foo-", "bar..", "", ".a", "A.b", &"a".repeat(254)] {
+            assert!(!is_sysctl_name(bad), "{bad}");
+        }
+        let spec = serde_json::json!({"securityContext": {"sysctls": [
+            {"name": "foo-", "value": "bar"}, {"name": "kernel.shmmax", "value": "1"},
+            {"name": "safe-and-unsafe", "value": "1"}, {"name": "bar..", "value": "42"},
+            {"name": "kernel.shmmax", "value": "2"}]}});
+        let mut out = Vec::new();
+        sysctl_causes(&spec, "spec", &mut out);
+        let text = format!("{out:?}");
+        assert_eq!(out.len(), 3, "{text}");
+        assert!(text.contains("foo-") && text.contains("bar..") && text.contains("Duplicate"));
+        assert!(!text.contains("safe-and-unsafe"), "{text}");
     }
 
     #[test]

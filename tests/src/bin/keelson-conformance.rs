@@ -5,6 +5,7 @@
 //! ```text
 //! keelson-conformance --upstream BIN_DIR --kubernetes-module DIR --release V --doc FILE
 //!     [--focus REGEX] [--skip REGEX] [--nodes N] [--parallel N] [--report-dir DIR]
+//!     [--timeout 12h] [--serial-timeout 12h]
 //! ```
 //!
 //! 1. A cluster from the test kit's multi-node harness: a `keelson server`
@@ -15,7 +16,10 @@
 //!    `KUBE_TEST_REPO_LIST` pointing the suite there.
 //! 3. As upstream's conformance runner does: the parallel part
 //!    (`ginkgo --nodes P e2e.test`, `[Serial]` skipped), then the serial part
-//!    (`e2e.test`, focus on `[Serial]`).
+//!    (`e2e.test`, focus on `[Serial]`). `--timeout` / `--serial-timeout`
+//!    (Go durations) bound each part: at its deadline Ginkgo interrupts the
+//!    running specs, cleans up and still writes its report, so a bounded
+//!    run documents what it got through.
 //! 4. The Ginkgo JSON reports summed up into the document: counts by SIG,
 //!    each failing test with the first line of its failure.
 //!
@@ -72,6 +76,8 @@ struct Args {
     parallel: u32,
     report_dir: PathBuf,
     release: String,
+    timeout: String,
+    serial_timeout: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -85,6 +91,8 @@ fn parse_args() -> anyhow::Result<Args> {
         parallel: 4,
         report_dir: PathBuf::from("/var/cache/keelson/conformance/last"),
         release: String::new(),
+        timeout: "12h".into(),
+        serial_timeout: "12h".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -99,6 +107,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--parallel" => a.parallel = value()?.parse().context("--parallel")?,
             "--report-dir" => a.report_dir = value()?.into(),
             "--release" => a.release = value()?,
+            "--timeout" => a.timeout = value()?,
+            "--serial-timeout" => a.serial_timeout = value()?,
             _ => bail!("unknown flag {flag:?} (see tests/src/bin/keelson-conformance.rs)"),
         }
     }
@@ -153,21 +163,41 @@ impl Drop for Routes {
     }
 }
 
-/// Waits for `child`, passing on a stop request as SIGINT (Ginkgo then
-/// reports what ran and exits).
+/// Waits for `child`, the leader of its own process group, passing on a
+/// stop request as SIGINT to the group (Ginkgo then interrupts the running
+/// specs, cleans up and writes its report); a group still there two minutes
+/// later is killed.
 fn wait(mut child: Child, stop: &AtomicBool) -> anyhow::Result<std::process::ExitStatus> {
-    let mut signalled = false;
+    use nix::sys::signal::{Signal, killpg};
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut signalled: Option<Instant> = None;
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(status);
         }
-        if stop.load(Ordering::SeqCst) && !signalled {
-            signalled = true;
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        if stop.load(Ordering::SeqCst) {
+            match signalled {
+                None => {
+                    signalled = Some(Instant::now());
+                    let _ = killpg(group, Signal::SIGINT);
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(120) => {
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                Some(_) => {}
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Spawns `cmd` as the leader of a new process group.
+fn spawn_group(cmd: &mut Command) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    eprintln!("+ {cmd:?}");
+    cmd.process_group(0)
+        .spawn()
+        .with_context(|| format!("run {cmd:?}"))
 }
 
 fn stop_on_signals() -> Arc<AtomicBool> {
@@ -225,6 +255,45 @@ fn main() -> anyhow::Result<()> {
     for f in ["parallel.json", "serial.json"] {
         let _ = std::fs::remove_file(args.report_dir.join(f));
     }
+
+    // Focus and skip of the parallel and the serial part, and the specs
+    // each selects (a dry run), so that a run cut short says what it missed.
+    let parts = [
+        (
+            args.focus.clone(),
+            match &args.skip {
+                Some(s) => format!(r"\[Serial\]|{s}"),
+                None => r"\[Serial\]".to_string(),
+            },
+        ),
+        (
+            format!(r"\[Serial\].*(?:{})", args.focus),
+            args.skip.clone().unwrap_or_else(|| "^$".into()),
+        ),
+    ];
+    let mut results = Results::default();
+    for (i, (focus, skip)) in parts.iter().enumerate() {
+        let report = args.report_dir.join(format!("dry-run-{i}.json"));
+        let out = Command::new(args.upstream.join("e2e.test"))
+            .args(["--ginkgo.dry-run", "--ginkgo.no-color"])
+            .arg(format!("--ginkgo.focus={focus}"))
+            .arg(format!("--ginkgo.skip={skip}"))
+            .arg(format!("--ginkgo.json-report={}", report.display()))
+            .stdin(Stdio::null())
+            .output()
+            .context("run e2e.test --ginkgo.dry-run")?;
+        let text = std::fs::read_to_string(&report).with_context(|| {
+            format!(
+                "e2e.test --ginkgo.dry-run wrote no report: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+        results.add_expected(&text)?;
+    }
+    eprintln!(
+        "keelson-conformance: {} tests selected",
+        results.expected.len()
+    );
 
     eprintln!(
         "keelson-conformance: starting a cluster of {} nodes",
@@ -285,10 +354,6 @@ fn main() -> anyhow::Result<()> {
             "--ginkgo.no-color".into(),
         ]
     };
-    let skip_with = |extra: &str| match &args.skip {
-        Some(s) => format!("{extra}|{s}"),
-        None => extra.to_string(),
-    };
     let env = |c: &mut Command| {
         c.env("KUBE_TEST_REPO_LIST", &repo_list)
             .env("KUBECONFIG", &kubeconfig)
@@ -300,16 +365,16 @@ fn main() -> anyhow::Result<()> {
     let parallel_report = args.report_dir.join("parallel.json");
     let mut cmd = Command::new(args.upstream.join("ginkgo"));
     cmd.arg(format!("--procs={}", args.parallel))
-        .args(["--timeout=12h", "--no-color", "--json-report=parallel.json"])
+        .arg(format!("--timeout={}", args.timeout))
+        .args(["--no-color", "--json-report=parallel.json"])
         .arg(format!("--output-dir={}", args.report_dir.display()))
         .arg(&e2e)
         .arg("--")
         .args(suite_flags())
-        .arg(format!("--ginkgo.focus={}", args.focus))
-        .arg(format!("--ginkgo.skip={}", skip_with(r"\[Serial\]")));
+        .arg(format!("--ginkgo.focus={}", parts[0].0))
+        .arg(format!("--ginkgo.skip={}", parts[0].1));
     env(&mut cmd);
-    eprintln!("+ {cmd:?}");
-    let status = wait(cmd.spawn().context("run ginkgo")?, &stop)?;
+    let status = wait(spawn_group(&mut cmd)?, &stop)?;
     eprintln!("keelson-conformance: parallel part: {status}");
 
     // The serial part.
@@ -318,21 +383,17 @@ fn main() -> anyhow::Result<()> {
         let mut cmd = Command::new(&e2e);
         cmd.args(suite_flags())
             .arg(format!("--ginkgo.json-report={}", serial_report.display()))
-            .arg(format!("--ginkgo.focus=\\[Serial\\].*(?:{})", args.focus))
-            .args(["--ginkgo.timeout=12h"]);
-        if let Some(s) = &args.skip {
-            cmd.arg(format!("--ginkgo.skip={s}"));
-        }
+            .arg(format!("--ginkgo.focus={}", parts[1].0))
+            .arg(format!("--ginkgo.skip={}", parts[1].1))
+            .arg(format!("--ginkgo.timeout={}", args.serial_timeout));
         env(&mut cmd);
-        eprintln!("+ {cmd:?}");
-        let status = wait(cmd.spawn().context("run e2e.test")?, &stop)?;
+        let status = wait(spawn_group(&mut cmd)?, &stop)?;
         eprintln!("keelson-conformance: serial part: {status}");
     }
     let took = started.elapsed();
     drop(routes);
     drop(cluster);
 
-    let mut results = Results::default();
     for r in [&parallel_report, &serial_report] {
         if let Ok(text) = std::fs::read_to_string(r) {
             results
@@ -384,6 +445,9 @@ enum Outcome {
 struct Results {
     /// By test name: outcome, SIG, first line of the failure or skip reason.
     tests: BTreeMap<String, (Outcome, String, String)>,
+    /// Every spec the focus selects (from a dry run), by name: those with
+    /// no result were never started (the run was interrupted first).
+    expected: BTreeMap<String, String>,
 }
 
 struct Meta<'a> {
@@ -404,6 +468,22 @@ fn sig_of(first_container: &str) -> String {
         .map(|(sig, _)| sig.to_string())
         .filter(|s| s.starts_with("sig-"))
         .unwrap_or_else(|| "other".into())
+}
+
+/// A spec's full name (containers and leaf, as Ginkgo prints it) and SIG.
+fn spec_name(spec: &serde_json::Value) -> (String, String) {
+    let containers: Vec<&str> = spec["ContainerHierarchyTexts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str())
+        .collect();
+    let mut name = containers.join(" ");
+    if !name.is_empty() {
+        name.push(' ');
+    }
+    name.push_str(spec["LeafNodeText"].as_str().unwrap_or(""));
+    (name, sig_of(containers.first().copied().unwrap_or("")))
 }
 
 fn first_line(s: &str) -> String {
@@ -439,18 +519,7 @@ impl Results {
                     }
                     continue;
                 }
-                let containers: Vec<&str> = spec["ContainerHierarchyTexts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str())
-                    .collect();
-                let leaf = spec["LeafNodeText"].as_str().unwrap_or("");
-                let mut name = containers.join(" ");
-                if !name.is_empty() {
-                    name.push(' ');
-                }
-                name.push_str(leaf);
+                let (name, sig) = spec_name(spec);
                 let message = spec["Failure"]["Message"].as_str().unwrap_or("");
                 let outcome = match spec["State"].as_str().unwrap_or("") {
                     "passed" => Outcome::Passed,
@@ -458,7 +527,6 @@ impl Results {
                     "skipped" | "pending" => Outcome::Skipped,
                     _ => Outcome::Failed,
                 };
-                let sig = sig_of(containers.first().copied().unwrap_or(""));
                 let line = if outcome == Outcome::Passed {
                     String::new()
                 } else {
@@ -470,6 +538,27 @@ impl Results {
         Ok(())
     }
 
+    /// Adds the specs a dry run's report says the focus selects.
+    fn add_expected(&mut self, json: &str) -> anyhow::Result<()> {
+        let suites: serde_json::Value = serde_json::from_str(json).context("not JSON")?;
+        for suite in suites.as_array().context("not an array of suite reports")? {
+            for spec in suite["SpecReports"].as_array().into_iter().flatten() {
+                if spec["LeafNodeType"] == "It" && spec["State"] != "skipped" {
+                    let (name, sig) = spec_name(spec);
+                    self.expected.insert(name, sig);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn not_run(&self) -> usize {
+        self.expected
+            .keys()
+            .filter(|k| !self.tests.contains_key(*k))
+            .count()
+    }
+
     fn count(&self, o: Outcome) -> usize {
         self.tests.values().filter(|(x, _, _)| *x == o).count()
     }
@@ -479,13 +568,18 @@ impl Results {
     }
 
     fn totals_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "conformance: {} passed, {} failed, {} skipped ({} tests)",
             self.count(Outcome::Passed),
             self.count(Outcome::Failed),
             self.count(Outcome::Skipped),
             self.tests.len()
-        )
+        );
+        let not_run = self.not_run();
+        if not_run > 0 {
+            line += &format!(", {not_run} not run (interrupted first)");
+        }
+        line
     }
 
     fn markdown(&self, m: &Meta<'_>) -> String {
@@ -571,6 +665,17 @@ mod tests {
         assert_eq!(r.count(Outcome::Passed), 1);
         assert_eq!(r.count(Outcome::Failed), 2);
         assert_eq!(r.count(Outcome::Skipped), 1);
+        assert_eq!(r.not_run(), 0);
+        r.add_expected(r#"[{"SpecReports":[
+          {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-apps] Deployment"],"LeafNodeText":"rolls [Conformance]"},
+          {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-apps] Job"],"LeafNodeText":"late [Conformance]"},
+          {"LeafNodeType":"It","State":"skipped","ContainerHierarchyTexts":["[sig-network] DNS"],"LeafNodeText":"not focused"}]}]"#).unwrap();
+        assert_eq!(r.not_run(), 1);
+        assert!(
+            r.totals_line().ends_with(", 1 not run (interrupted first)"),
+            "{}",
+            r.totals_line()
+        );
         let (o, sig, line) = &r.tests["[sig-node] Probing probe [Conformance]"];
         assert_eq!(
             (*o, sig.as_str(), line.as_str()),
