@@ -9,8 +9,10 @@
 #
 # Tags:
 #   busybox   busybox-static and its applets (the suite's busybox).
-#   agnhost   busybox + /agnhost (built by `cargo xtask upstream`),
-#             Entrypoint ["/agnhost"], Cmd ["pause"]. Also the pause image.
+#   agnhost   busybox + /agnhost (built by `cargo xtask upstream`) laid out
+#             as upstream's image (/agnhost-2, porter's certificate, /uploads,
+#             user-defined-in-image), Entrypoint ["/agnhost"], Cmd ["pause"].
+#             Also the pause image.
 #   nginx     busybox httpd on port 80 serving /usr/share/nginx/html.
 #   kitten, nautilus
 #             agnhost + the suite's html/ files, Cmd ["test-webserver"].
@@ -63,10 +65,19 @@ chmod 1777 "$base/tmp"
 chmod 0700 "$base/root"
 mktar "$base" "$work/base.tar"
 
+# As upstream's agnhost Dockerfile lays it out: /agnhost and /agnhost-2, the
+# porter's certificate, /uploads, and the user and group "defined in image".
 ag="$work/agnhost"
-mkdir -p "$ag"
+mkdir -p "$ag/etc" "$ag/uploads"
 cp "$AGNHOST" "$ag/agnhost"
 chmod 0755 "$ag/agnhost"
+ln -s agnhost "$ag/agnhost-2"
+cp "$KMOD/test/images/agnhost/porter/localhost.crt" "$KMOD/test/images/agnhost/porter/localhost.key" "$ag/"
+chmod 0644 "$ag/localhost.crt" "$ag/localhost.key"
+cat "$base/etc/passwd" > "$ag/etc/passwd"
+echo 'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >> "$ag/etc/passwd"
+cat "$base/etc/group" > "$ag/etc/group"
+printf 'user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' >> "$ag/etc/group"
 mktar "$ag" "$work/agnhost.tar"
 
 ng="$work/nginx"

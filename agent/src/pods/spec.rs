@@ -170,8 +170,13 @@ pub fn resource_field(
         }
     };
     let divisor = rf.divisor.as_ref().map_or("1", |d| d.0.as_str());
-    let d = keelson_rules::quantity::nano_value(divisor).map_err(|e| e.to_string())?;
-    if d <= 0 {
+    let mut d = keelson_rules::quantity::nano_value(divisor).map_err(|e| e.to_string())?;
+    if d == 0 {
+        // An unset Quantity reaches us as "0" from Go clients: the kubelet
+        // divides by 1 then.
+        d = NANO as i128;
+    }
+    if d < 0 {
         return Err(format!(
             "resourceFieldRef: divisor {divisor:?} must be positive"
         ));
@@ -676,6 +681,8 @@ mod tests {
             {"name":"MEM","valueFrom":{"resourceFieldRef":{"resource":"limits.memory","divisor":"1Mi"}}},
             {"name":"CPU_REQ","valueFrom":{"resourceFieldRef":{"resource":"requests.cpu","divisor":"1m"}}},
             {"name":"CPU_LIM","valueFrom":{"resourceFieldRef":{"resource":"limits.cpu"}}},
+            // A Go client's unset divisor arrives as "0": divided by 1.
+            {"name":"MEM_ZERO","valueFrom":{"resourceFieldRef":{"resource":"limits.memory","divisor":"0"}}},
             {"name":"CFG_A","value":"$(CFG_A)!"},
         ]}));
         let mut objects = Sources {
@@ -719,6 +726,7 @@ mod tests {
         assert_eq!(got["CPU_REQ"], "250");
         // No CPU limit: the node's allocatable, in whole cores rounded up.
         assert_eq!(got["CPU_LIM"], "2");
+        assert_eq!(got["MEM_ZERO"], (128 * 1024 * 1024).to_string());
         assert_eq!(got["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
         assert_eq!(got["KUBERNETES_SERVICE_PORT"], "80");
         assert_eq!(got["WEB_API_SERVICE_HOST"], "10.96.0.7");
