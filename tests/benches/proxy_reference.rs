@@ -373,7 +373,7 @@ fn main() {
     }
     let ns = Netns::new("kpref");
     keelson_e2e::sh(&[
-        "ip", "-n", &ns.name, "link", "add", "bench0", "type", "dummy",
+        "ip", "-n", &ns.name, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
     ]);
     keelson_e2e::sh(&[
         "ip",

@@ -1274,6 +1274,30 @@ async fn watch_semantics(backend: Backend) {
     assert_eq!(data_v(&o), "0");
     fresh.expect_quiet(Duration::from_millis(200)).await;
 
+    // A streaming list (client-go's WatchList, as kube-proxy 1.37 lists):
+    // the current objects, a bookmark marking the end of them at the
+    // list's revision, then live changes.
+    let mut stream = Watch::open(
+        &c,
+        &format!("{cms}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion={rv0}"),
+    )
+    .await;
+    stream.expect("ADDED", "pre").await;
+    let (t, end) = stream
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("the initial-events-end bookmark");
+    assert_eq!(t, "BOOKMARK", "{end}");
+    assert_eq!(
+        end["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+        "{end}"
+    );
+    assert!(rv(&end) >= rv0, "{end}");
+    post(&c, &cms, &configmap("late", json!({}), json!({"v": "1"})))
+        .await
+        .ok(201);
+    stream.expect("ADDED", "late").await;
+
     // Bad watch requests fail as a Status, not a broken stream.
     get(&c, &format!("{cms}?watch=true&resourceVersion=abc"))
         .await

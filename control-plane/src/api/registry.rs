@@ -65,6 +65,10 @@ pub struct WatchOptions {
     pub field_selector: FieldSelector,
     /// `None` (or "0"): start with the current state as ADDED events.
     pub resource_version: Option<Revision>,
+    /// `sendInitialEvents=true` (a streaming list, client-go's WatchList):
+    /// the current state as ADDED events whatever the resource version,
+    /// then [`WatchEvent::InitialEventsEnd`].
+    pub send_initial_events: bool,
     /// The caller wants JSON event lines: live events of unfiltered watches
     /// come as [`WatchEvent::Line`], spliced from the stored bytes without
     /// decoding and re-encoding the object for every watcher.
@@ -90,6 +94,10 @@ pub enum PatchType {
 /// A watch event on the way to a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
+    /// The initial events of a `sendInitialEvents` watch are all sent: the
+    /// state they describe is at this revision (a BOOKMARK annotated
+    /// `k8s.io/initial-events-end` on the wire).
+    InitialEventsEnd(Revision),
     Added(Value),
     Modified(Value),
     Deleted(Value),
@@ -1295,8 +1303,8 @@ impl Registry {
             .field_selector
             .required_value("metadata.name")
             .map(String::from);
-        let (initial, from) = match opts.resource_version {
-            Some(rv) if rv > 0 => (Vec::new(), rv),
+        let (mut initial, from) = match opts.resource_version {
+            Some(rv) if rv > 0 && !opts.send_initial_events => (Vec::new(), rv),
             _ => {
                 let list = match &name {
                     Some(n) => {
@@ -1320,6 +1328,9 @@ impl Registry {
                 (initial, list.1)
             }
         };
+        if opts.send_initial_events {
+            initial.push(WatchEvent::InitialEventsEnd(from));
+        }
         // Narrow the store watch to one key when a name is selected.
         let watch_prefix = match &name {
             Some(n) => format!("{prefix}{n}"),

@@ -489,6 +489,7 @@ async fn resource(
                     label_selector,
                     field_selector,
                     resource_version: rv,
+                    send_initial_events: flag(&q, "sendInitialEvents"),
                     lines: !wants_table(headers),
                 };
                 return watch(
@@ -544,6 +545,7 @@ async fn resource(
                     label_selector,
                     field_selector,
                     resource_version: rv,
+                    send_initial_events: flag(&q, "sendInitialEvents"),
                     lines: !wants_table(headers),
                 };
                 return watch(
@@ -772,6 +774,12 @@ async fn watch(
                 ev = events.next() => match ev {
                     None => break,
                     Some(WatchEvent::Progress(rv)) => { last_rv = last_rv.max(rv); continue; }
+                    Some(WatchEvent::InitialEventsEnd(rv)) => {
+                        last_rv = last_rv.max(rv);
+                        event_line("BOOKMARK", &json!({"kind": kind, "apiVersion": api_version, "metadata": {
+                            "resourceVersion": last_rv.to_string(),
+                            "annotations": {"k8s.io/initial-events-end": "true"}}}))
+                    }
                     Some(WatchEvent::Line { revision, line }) => { last_rv = last_rv.max(revision); line }
                     Some(WatchEvent::Added(o)) => { last_rv = last_rv.max(rv_of(&o)); line("ADDED", &o) }
                     Some(WatchEvent::Modified(o)) => { last_rv = last_rv.max(rv_of(&o)); line("MODIFIED", &o) }

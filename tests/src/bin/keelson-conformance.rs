@@ -349,8 +349,6 @@ fn main() -> anyhow::Result<()> {
             format!("--report-dir={}", args.report_dir.display()),
             "--disable-log-dump".into(),
             "--dump-logs-on-failure=false".into(),
-            // The suite's clients list with plain lists, not watch-lists.
-            "--feature-gates=WatchListClient=false".into(),
             "--ginkgo.no-color".into(),
         ]
     };
