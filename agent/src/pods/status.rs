@@ -116,8 +116,9 @@ fn container_status(
                         }),
                         ..Default::default()
                     });
-                    cs.ready = true;
-                    cs.started = Some(true);
+                    let probes = h.and_then(|h| h.probes.as_ref());
+                    cs.ready = probes.is_none_or(|p| p.ready);
+                    cs.started = Some(probes.is_none_or(|p| p.started));
                 }
                 ContainerState::Created => {
                     cs.state = Some(waiting("ContainerCreating", None));
@@ -399,6 +400,7 @@ mod tests {
             History {
                 instances,
                 failure: None,
+                probes: None,
             },
         );
         o
@@ -411,6 +413,49 @@ mod tests {
             start_time: Some(t(0)),
             qos_class: "BestEffort".into(),
             runtime_name: "runc".into(),
+        }
+    }
+
+    #[test]
+    fn readiness_and_started_follow_the_probes() {
+        use crate::pods::probe::ProbeView;
+        let p = pod("Always");
+        let mut o = obs(vec![inst(
+            0,
+            ContainerState::Running {
+                pid: 1,
+                started_at: t(0),
+            },
+        )]);
+        let view = |started, ready| {
+            Some(ProbeView {
+                started,
+                ready,
+                kill: None,
+            })
+        };
+        for (probes, started, ready) in [
+            (None, true, true),
+            (view(false, false), false, false),
+            (view(true, false), true, false),
+            (view(true, true), true, true),
+        ] {
+            o.containers.get_mut("a").unwrap().probes = probes;
+            let st = compute(&p, &o, &Default::default(), &inputs(), t(1));
+            let cs = &st.container_statuses.as_ref().unwrap()[0];
+            assert_eq!((cs.started, cs.ready), (Some(started), ready));
+            let cond = |ty: &str| {
+                st.conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == ty)
+                    .map(|c| c.status.clone())
+                    .unwrap()
+            };
+            let want = if ready { "True" } else { "False" };
+            assert_eq!(cond("Ready"), want);
+            assert_eq!(cond("ContainersReady"), want);
+            assert_eq!(st.phase.as_deref(), Some("Running"));
         }
     }
 
@@ -539,6 +584,7 @@ mod tests {
                     at: t(0),
                     count: 1,
                 }),
+                probes: None,
             },
         );
         let st = compute(&p, &o, &Default::default(), &inputs(), t(0));
@@ -597,6 +643,7 @@ mod tests {
                         at: t(0),
                         count: 1,
                     }),
+                    probes: None,
                 },
             );
             let st = compute(&p, &o, &Default::default(), &inputs(), t(0));
