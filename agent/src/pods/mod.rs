@@ -938,27 +938,24 @@ async fn probe_loop(
         };
         let outcome = ctx.prober.run(&target, &handler, timeout).await;
         let t = std::time::Instant::now();
-        match &outcome {
-            Outcome::Failure(msg) => {
-                let post = last_event
-                    .get(&kind)
-                    .is_none_or(|(m, at)| m != msg || t.duration_since(*at) >= UNHEALTHY_REPEAT);
+        // The kubelet's Unhealthy Warnings: "<Kind> probe failed: ..." and
+        // "<Kind> probe errored: ..." (an error changes no result).
+        let message = match &outcome {
+            Outcome::Failure(msg) => Some(format!("{} probe failed: {msg}", kind.as_str())),
+            Outcome::Error(e) => Some(format!("{} probe errored: {e}", kind.as_str())),
+            Outcome::Success => None,
+        };
+        match message {
+            Some(m) => {
+                let post = last_event.get(&kind).is_none_or(|(last, at)| {
+                    *last != m || t.duration_since(*at) >= UNHEALTHY_REPEAT
+                });
                 if post {
-                    ctx.events.pod(
-                        &pod,
-                        EventType::Warning,
-                        "Unhealthy",
-                        &format!("{} probe failed: {msg}", kind.as_str()),
-                    );
-                    last_event.insert(kind, (msg.clone(), t));
+                    ctx.events.pod(&pod, EventType::Warning, "Unhealthy", &m);
+                    last_event.insert(kind, (m, t));
                 }
             }
-            Outcome::Error(e) => tracing::debug!(
-                container = %target.container_id,
-                "{} probe errored: {e}",
-                kind.as_str()
-            ),
-            Outcome::Success => {
+            None => {
                 last_event.remove(&kind);
             }
         }
