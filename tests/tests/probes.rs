@@ -87,6 +87,12 @@ spec:
         httpHeaders: [{{name: X-Probe, value: keelson}}]
       periodSeconds: 1
       failureThreshold: 2
+    # Connects from the agent inside the pod's namespace; one failure
+    # would restart it (restartCount stays 0 below).
+    livenessProbe:
+      tcpSocket: {{port: http}}
+      periodSeconds: 1
+      failureThreshold: 1
 ---
 apiVersion: v1
 kind: Service

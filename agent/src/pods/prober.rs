@@ -566,4 +566,97 @@ mod tests {
             Outcome::Failure("out".into())
         );
     }
+
+    fn loopback() -> Target {
+        Target {
+            netns: PathBuf::new(),
+            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            container_id: "c".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_without_verification() {
+        let ck = rcgen::generate_simple_self_signed(vec!["example.invalid".into()]).unwrap();
+        let cfg = keelson_host::serve::server_config(
+            &ck.cert.pem(),
+            &ck.signing_key.serialize_pem(),
+            keelson_host::serve::ClientAuth::None,
+        )
+        .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(s)
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 302 Found\r\nlocation: /x\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            s.shutdown().await.unwrap();
+        });
+        let p = Prober::new(Arc::new(NoExec)).unwrap();
+        let get = Handler::Http {
+            scheme: Scheme::Https,
+            host: None,
+            port,
+            path: "/".into(),
+            headers: vec![],
+        };
+        // A self-signed certificate for another name, and a redirect: passes.
+        assert_eq!(
+            p.run(&loopback(), &get, Duration::from_secs(2)).await,
+            Outcome::Success
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_health_check_over_h2c() {
+        use hyper::body::Frame;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // SERVING for "", NOT_SERVING for anything else.
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let status = if body.len() == 5 { 1u8 } else { 2 };
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![
+                                0, 0, 0, 0, 2, 0x08, status,
+                            ]))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        let p = Prober::new(Arc::new(NoExec)).unwrap();
+        let check = |service: &str| Handler::Grpc {
+            port,
+            service: service.into(),
+        };
+        let s = Duration::from_secs(2);
+        assert_eq!(p.run(&loopback(), &check(""), s).await, Outcome::Success);
+        assert_eq!(
+            p.run(&loopback(), &check("db"), s).await,
+            Outcome::Failure("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+    }
 }
