@@ -267,6 +267,29 @@ spec:
         ),
         "137"
     );
+    // Killed again: the kubelet's back-off holds the next restart.
+    c.wait_until(
+        "sick in CrashLoopBackOff after its second kill",
+        Duration::from_secs(40),
+        || {
+            pod_field(
+                &c,
+                "sick",
+                ".status.containerStatuses[0].state.waiting.reason",
+            ) == "CrashLoopBackOff"
+        },
+    );
+    assert_eq!(
+        pod_field(&c, "sick", ".status.containerStatuses[0].restartCount"),
+        "1"
+    );
+    assert!(
+        events_of(&c, "sick")
+            .iter()
+            .any(|(r, m)| r == "BackOff" && m == "Back-off restarting failed container main"),
+        "{:?}",
+        events_of(&c, "sick")
+    );
     // The slow one: started after ~6 s, then ready, and never killed
     // (its liveness probe, one failure kills, would have failed at once
     // had it not waited for the startup probe).
