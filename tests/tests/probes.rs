@@ -246,6 +246,13 @@ spec:
             .is_ok_and(|n| n >= 1)
     });
     println!("sick restarted {:?} after Running", running.elapsed());
+    // 4 s healthy, two 1 s periods failing, the probe's 1 s grace: well
+    // before the pod's 30 s grace would have run out.
+    assert!(
+        running.elapsed() < Duration::from_secs(20),
+        "restarted after {:?}",
+        running.elapsed()
+    );
     let ev = events_of(&c, "sick");
     assert!(
         ev.iter()

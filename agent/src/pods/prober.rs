@@ -247,8 +247,10 @@ impl Prober {
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
                         .await
                         .map_err(probe)?;
-                tokio::spawn(conn);
-                send.send_request(req).await.map_err(probe)?.status()
+                drive(conn, send.send_request(req))
+                    .await
+                    .map_err(probe)?
+                    .status()
             }
             Scheme::Https => {
                 let name = rustls::pki_types::ServerName::try_from(
@@ -264,8 +266,10 @@ impl Prober {
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                         .await
                         .map_err(probe)?;
-                tokio::spawn(conn);
-                send.send_request(req).await.map_err(probe)?.status()
+                drive(conn, send.send_request(req))
+                    .await
+                    .map_err(probe)?
+                    .status()
             }
         };
         Ok(status.as_u16())
@@ -287,20 +291,23 @@ impl Prober {
         )
         .await
         .map_err(probe)?;
-        tokio::spawn(conn);
         let req = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
             .header(hyper::header::CONTENT_TYPE, "application/grpc")
             .header(hyper::header::TE, "trailers")
             .header(hyper::header::USER_AGENT, USER_AGENT)
             .body(Full::new(Bytes::from(grpc_health_request(service))))
             .map_err(|e| ConnectError::Setup(format!("build request: {e}")))?;
-        let resp = send.send_request(req).await.map_err(probe)?;
-        let head_status = resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.into_body().collect().await.map_err(probe)?;
+        let (head_status, body) = drive(conn, async {
+            let resp = send.send_request(req).await.map_err(probe)?;
+            let head_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp.into_body().collect().await.map_err(probe)?;
+            Ok::<_, ConnectError>((head_status, body))
+        })
+        .await?;
         let grpc_status = body
             .trailers()
             .and_then(|t| t.get("grpc-status"))
@@ -315,6 +322,21 @@ impl Prober {
         }
         grpc_health_status(&body.to_bytes())
             .ok_or_else(|| ConnectError::Probe("malformed HealthCheckResponse".into()))
+    }
+}
+
+/// Runs `work` (a request and its answer) while driving its connection,
+/// which ends with it: no task outlives the probe, and a server that keeps
+/// the connection open holds nothing once the answer (or the timeout) is
+/// in.
+async fn drive<T>(conn: impl Future, work: impl Future<Output = T>) -> T {
+    tokio::pin!(conn, work);
+    tokio::select! {
+        biased;
+        r = &mut work => r,
+        // The connection ended (the server closed it): the answer, if it
+        // came, is already with the request.
+        _ = &mut conn => work.await,
     }
 }
 
