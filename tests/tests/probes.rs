@@ -2,7 +2,7 @@
 //! agent in its own network namespace, the nftables Service proxy):
 //! readiness gating a Service's endpoint, a failing liveness probe
 //! restarting its container with the kubelet's Events, a startup probe
-//! holding liveness back, postStart and preStop hooks.
+//! holding liveness back, postStart and preStop hooks, a readiness gate.
 //!
 //! Needs root; skips (or fails under KEELSON_REQUIRE_ALL=1) otherwise.
 
@@ -174,6 +174,50 @@ spec:
         pod_field(&c, "gated", ".status.containerStatuses[0].restartCount"),
         "0"
     );
+
+    // A readiness gate: Ready waits for its condition, set by someone else
+    // (the agent keeps it when it writes the pod's status).
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: gate}}
+spec:
+  terminationGracePeriodSeconds: 1
+  readinessGates: [{{conditionType: example.com/in-lb}}]
+  containers:
+  - name: main
+    image: {image}
+    command: ["sleep", "3600"]
+"#,
+        image = c.busybox(),
+    ));
+    let cond = |ty: &str, field: &str| {
+        pod_field(
+            &c,
+            "gate",
+            &format!(".status.conditions[?(@.type==\"{ty}\")].{field}"),
+        )
+    };
+    c.wait_until("gate's containers ready", Duration::from_secs(60), || {
+        cond("ContainersReady", "status") == "True"
+    });
+    assert_eq!(cond("Ready", "status"), "False");
+    assert_eq!(cond("Ready", "reason"), "ReadinessGatesNotReady");
+    c.kubectl_ok(&[
+        "patch",
+        "pod",
+        "gate",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"example.com/in-lb","status":"True"}]}}"#,
+    ]);
+    c.wait_until("gate Ready", Duration::from_secs(20), || {
+        cond("Ready", "status") == "True"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cond("example.com/in-lb", "status"), "True");
+    assert_eq!(cond("Ready", "status"), "True");
 }
 
 #[test]
