@@ -173,18 +173,34 @@ fn http_handler(
     })
 }
 
-fn exec_handler(e: &k8s_openapi::api::core::v1::ExecAction) -> Result<Handler, String> {
+/// An exec handler, `$(VAR)` expanded against the container's static
+/// `env` values only (the kubelet's ExpandContainerCommandOnlyStatic).
+fn exec_handler(
+    c: &Container,
+    e: &k8s_openapi::api::core::v1::ExecAction,
+) -> Result<Handler, String> {
     let command = e.command.clone().unwrap_or_default();
     if command.is_empty() {
         return Err("exec handler without a command".into());
     }
-    Ok(Handler::Exec { command })
+    let env: std::collections::BTreeMap<String, String> = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.value.clone()?)))
+        .collect();
+    Ok(Handler::Exec {
+        command: command
+            .iter()
+            .map(|a| super::spec::expand(a, &env))
+            .collect(),
+    })
 }
 
 /// A probe's handler and timings, from the container spec.
 pub fn probe_spec(c: &Container, kind: Kind, p: &Probe) -> Result<ProbeSpec, String> {
     let handler = if let Some(e) = &p.exec {
-        exec_handler(e)?
+        exec_handler(c, e)?
     } else if let Some(h) = &p.http_get {
         http_handler(c, h)?
     } else if let Some(t) = &p.tcp_socket {
@@ -230,7 +246,7 @@ pub fn probe_spec(c: &Container, kind: Kind, p: &Probe) -> Result<ProbeSpec, Str
 /// A postStart or preStop handler.
 pub fn hook_handler(c: &Container, h: &LifecycleHandler) -> Result<Handler, String> {
     if let Some(e) = &h.exec {
-        exec_handler(e)
+        exec_handler(c, e)
     } else if let Some(g) = &h.http_get {
         http_handler(c, g)
     } else if let Some(s) = &h.sleep {
@@ -527,7 +543,9 @@ mod tests {
             "livenessProbe": {"tcpSocket": {"port": 9000}, "periodSeconds": 2, "timeoutSeconds": 3,
                                "failureThreshold": 5, "successThreshold": 4, "initialDelaySeconds": 7,
                                "terminationGracePeriodSeconds": 4},
-            "startupProbe": {"exec": {"command": ["true"]}},
+            "startupProbe": {"exec": {"command": ["test", "-f", "$(DIR)/up", "$(NOPE)", "$$(DIR)"]}},
+            "env": [{"name": "DIR", "value": "/run"},
+                    {"name": "NOPE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         }));
         let r = probe_spec(&c, Kind::Readiness, c.readiness_probe.as_ref().unwrap()).unwrap();
         assert_eq!(
@@ -563,6 +581,16 @@ mod tests {
         // Liveness success threshold is always 1.
         assert_eq!(l.success_threshold, 1);
         assert_eq!(l.termination_grace, Some(s(4)));
+
+        let st = probe_spec(&c, Kind::Startup, c.startup_probe.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            st.handler,
+            Handler::Exec {
+                command: ["test", "-f", "/run/up", "$(NOPE)", "$(DIR)"]
+                    .map(String::from)
+                    .to_vec()
+            }
+        );
 
         let bad = container(json!({"readinessProbe": {"tcpSocket": {"port": "nope"}}}));
         let e =
