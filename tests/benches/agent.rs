@@ -19,6 +19,14 @@
 //! with none (no token volume either); each measured from create to
 //! Running. Reports both medians and their difference (target: under
 //! 10 ms).
+//!
+//! Then the cost of probes: `KEELSON_BENCH_PROBE_PODS` (200) pods serving
+//! HTTP (busybox httpd) without probes, then (those deleted) as many with
+//! an httpGet readiness probe every second, all Running (and Ready). For
+//! each, the agent's CPU (utime+stime from /proc) over
+//! `KEELSON_BENCH_PROBE_WINDOWS` (5) windows of 10 s and its VmRSS after
+//! each: medians side by side and their difference (targets: under 2 % of
+//! a core and under 5 MB extra).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +54,69 @@ fn rss_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After the command: state is field 3; utime 14, stime 15.
+    n(11) + n(12)
+}
+
+/// The agent's CPU (% of one core) in each of `windows` windows of
+/// `window`, and its VmRSS (kB) after each.
+async fn sample(pid: u32, windows: usize, window: Duration) -> (Vec<f64>, Vec<u64>) {
+    let hz = USER_HZ;
+    let (mut cpu, mut rss) = (Vec::new(), Vec::new());
+    for _ in 0..windows {
+        let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+        tokio::time::sleep(window).await;
+        let ticks = cpu_ticks(pid).saturating_sub(c0) as f64;
+        cpu.push(ticks / hz / t0.elapsed().as_secs_f64() * 100.0);
+        rss.push(rss_kb(pid));
+    }
+    (cpu, rss)
+}
+
+/// Clock ticks per second in /proc (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn median<T: PartialOrd + Copy>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// A pod serving HTTP on port 80, with or without an httpGet readiness
+/// probe every second.
+fn probe_pod(name: &str, node: &str, image: &str, probe: bool) -> Pod {
+    let mut c = serde_json::json!({
+        "name": "web", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", "echo ok > /tmp/index.html && exec httpd -f -p 80 -h /tmp"],
+        "ports": [{"name": "http", "containerPort": 80}],
+    });
+    if probe {
+        c["readinessProbe"] = serde_json::json!({
+            "httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1,
+        });
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"bench": "probes"}},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                 "automountServiceAccountToken": false, "containers": [c]},
+    }))
+    .unwrap()
 }
 
 fn pod(name: &str, node: &str, image: &str) -> Pod {
@@ -268,6 +339,98 @@ async fn main() {
         w.as_secs_f64() * 1e3,
         n.as_secs_f64() * 1e3,
         (w.as_secs_f64() - n.as_secs_f64()) * 1e3
+    );
+
+    // Probes: N pods without, then N with an http readiness probe every second.
+    let n = env_num("KEELSON_BENCH_PROBE_PODS", 200) as usize;
+    let windows = env_num("KEELSON_BENCH_PROBE_WINDOWS", 5) as usize;
+    let window = Duration::from_secs(10);
+    let lp = kube::api::ListParams::default().labels("bench=probes");
+    // The earlier phases' pods go first: the same idle agent for both
+    // runs, and the node's /24 holds 200 more pods.
+    api.delete_collection(
+        &kube::api::DeleteParams::default(),
+        &kube::api::ListParams::default(),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while !api
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "earlier pods not deleted:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut results = Vec::new();
+    for probe in [false, true] {
+        let kind = if probe { "probed" } else { "plain" };
+        for i in 0..n {
+            api.create(
+                &PostParams::default(),
+                &probe_pod(&format!("{kind}-{i}"), &node, &image, probe),
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let start = Instant::now();
+        loop {
+            let list = api.list(&lp).await.unwrap();
+            let ready = list.items.iter().filter(|p| is_ready(p)).count();
+            if ready == n {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "{ready} of {n} {kind} pods Ready:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        results.push(sample(pid, windows, window).await);
+        api.delete_collection(&kube::api::DeleteParams::default(), &lp)
+            .await
+            .unwrap();
+        let start = Instant::now();
+        while !api.list(&lp).await.unwrap().items.is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "{kind} pods not deleted:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let (cpu0, rss0) = (median(&results[0].0), median(&results[0].1));
+    let (cpu1, rss1) = (median(&results[1].0), median(&results[1].1));
+    println!(
+        "  probes: {n} pods, httpGet readiness every 1 s vs none, agent medians over {windows} x {window:?}: CPU {cpu1:.2} % vs {cpu0:.2} % of a core ({:+.2} %), RSS {:.1} MB vs {:.1} MB ({:+.1} MB) (targets: < 2 % of a core, < 5 MB extra)",
+        cpu1 - cpu0,
+        rss1 as f64 / 1024.0,
+        rss0 as f64 / 1024.0,
+        (rss1 as f64 - rss0 as f64) / 1024.0
+    );
+    println!(
+        "    CPU windows: none {:?}, probes {:?}",
+        results[0]
+            .0
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>(),
+        results[1]
+            .0
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
     );
     drop(agent);
     drop(server);

@@ -151,6 +151,28 @@ pub trait Runtime: Send + Sync {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every container this runtime has state for.
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// Runs `args` in the running container `id` (its namespaces, cgroup,
+    /// environment, user and working directory), stdin closed; stdout and
+    /// stderr together, at most [`EXEC_OUTPUT_MAX`] bytes. Past `timeout` the
+    /// process is killed and the result says so.
+    async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError>;
+}
+
+/// How much of an exec's output is kept (the kubelet reads 10 KiB).
+pub const EXEC_OUTPUT_MAX: usize = 10 * 1024;
+
+/// What an exec in a container did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// Its exit code; `None` when it was killed at the timeout.
+    pub exit_code: Option<i32>,
+    /// stdout then stderr, cut at [`EXEC_OUTPUT_MAX`].
+    pub output: Vec<u8>,
 }
 
 /// The OCI runtime CLI backend (runc by default; crun, youki by path).

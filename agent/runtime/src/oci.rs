@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::shim::{Exit, ShimConfig, Started};
-use crate::{ContainerConfig, ContainerInfo, ContainerState, OciRuntime, Runtime, RuntimeError};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{
+    ContainerConfig, ContainerInfo, ContainerState, EXEC_OUTPUT_MAX, ExecResult, OciRuntime,
+    Runtime, RuntimeError,
+};
+
+/// Numbers the pid files of concurrent execs.
+static EXEC_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// How long `start` waits for the shim to report.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -413,6 +421,84 @@ impl Runtime for OciRuntime {
                 err,
             }),
         }
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        if !valid_id(id) || args.is_empty() {
+            return Err(RuntimeError::Failed(format!(
+                "exec {args:?} in container {id:?}: invalid id or empty command"
+            )));
+        }
+        // `runc exec` takes the container's process spec (env, cwd, user,
+        // capabilities) and replaces the arguments. Its pid file names the
+        // process to kill at the timeout: killing runc alone would leave it
+        // running in the container.
+        let pid_file = self.container_dir(id).join(format!(
+            "exec-{}.pid",
+            EXEC_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cmd = self.runtime_cmd();
+        cmd.arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().map_err(|err| RuntimeError::Io {
+            op: format!("run {} exec in container {id}", self.runtime.display()),
+            err,
+        })?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output()).await;
+        let result = match out {
+            Ok(Ok(out)) => {
+                let mut output = out.stdout;
+                output.extend_from_slice(&out.stderr);
+                output.truncate(EXEC_OUTPUT_MAX);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                // runc's own failure (no such container, no such binary in
+                // the image) is not the command's exit code.
+                if !out.status.success() && stderr.contains("level=error") {
+                    Err(RuntimeError::Command(format!(
+                        "{} exec {args:?} in container {id}: {}",
+                        self.runtime.display(),
+                        stderr.trim()
+                    )))
+                } else {
+                    Ok(ExecResult {
+                        exit_code: Some(out.status.code().unwrap_or(-1)),
+                        output,
+                    })
+                }
+            }
+            Ok(Err(err)) => Err(RuntimeError::Io {
+                op: format!("wait for {} exec in container {id}", self.runtime.display()),
+                err,
+            }),
+            Err(_) => {
+                // The child (runc) was dropped and killed; now its process.
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Ok(ExecResult {
+                    exit_code: None,
+                    output: Vec::new(),
+                })
+            }
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        result
     }
 
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {

@@ -5,6 +5,8 @@
 pub mod atomic;
 pub mod host;
 pub mod plan;
+pub mod probe;
+pub mod prober;
 pub mod spec;
 pub mod status;
 pub mod volumes;
@@ -26,11 +28,21 @@ use crate::events::{EventType, Recorder};
 use crate::health::NodeHealth;
 use host::{Host, PodState, labels};
 use plan::{Action, FailureKind, History, Instance, Observed, StartFailure};
+use probe::{ContainerProbes, Kind, Outcome};
 
 /// How often a worker looks at its running containers for exits.
 pub const POLL: Duration = Duration::from_secs(1);
 /// Grace for tearing down what belongs to pods deleted while the agent was down.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+/// What is left of a grace period after a preStop hook, at least (the
+/// kubelet's minimumGracePeriodInSeconds).
+pub const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
+/// How long a postStart hook may run (the kubelet has no bound; a hung
+/// hook would hold the pod's worker).
+pub const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// A probe failing with the same message posts its Unhealthy Event again
+/// after this long (the kubelet posts each, aggregated by its recorder).
+pub const UNHEALTHY_REPEAT: Duration = Duration::from_secs(60);
 
 /// Runs the pod watch and the workers.
 pub struct Manager {
@@ -117,8 +129,11 @@ impl Manager {
         let pods = informers.with_fields::<Pod>(&selector);
         let reader = pods.store();
         let stream = pods.subscribe();
+        let prober =
+            Arc::new(prober::Prober::new(host.runtime.clone()).map_err(anyhow::Error::msg)?);
         let ctx = Arc::new(Ctx {
             client,
+            prober,
             host,
             events,
             health,
@@ -149,6 +164,8 @@ impl Manager {
 struct Ctx {
     client: kube::Client,
     host: Arc<Host>,
+    /// Runs probes and lifecycle hooks.
+    prober: Arc<prober::Prober>,
     events: Recorder,
     health: NodeHealth,
     /// Services, for the containers' Service link variables.
@@ -229,6 +246,24 @@ struct Worker {
     tokens: BTreeMap<volumes::TokenSpec, Token>,
     /// When the pod's written volumes were last brought up to date.
     volumes_synced: Option<std::time::Instant>,
+    /// The probe task of each running container that has probes.
+    probes: BTreeMap<String, ProbeRunner>,
+    /// Probe tasks wake the worker when a result changes.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// The probes of one running container instance and the task running them.
+struct ProbeRunner {
+    /// The instance (runtime container ID).
+    id: String,
+    state: Arc<std::sync::Mutex<ContainerProbes>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ProbeRunner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn now() -> SystemTime {
@@ -263,6 +298,8 @@ impl Worker {
             network_event_sent: false,
             tokens: BTreeMap::new(),
             volumes_synced: None,
+            probes: BTreeMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -285,9 +322,11 @@ impl Worker {
                     Step::Wait(d) => d,
                 },
             };
+            let wake = self.wake.clone();
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
             }
         }
     }
@@ -361,6 +400,7 @@ impl Worker {
                         })
                         .collect(),
                     failure: None,
+                    probes: None,
                 },
             );
         }
@@ -376,7 +416,8 @@ impl Worker {
 
     async fn reconcile(&mut self, pod: &Pod) -> Step {
         for _round in 0..8 {
-            let obs = self.observe().await;
+            let mut obs = self.observe().await;
+            self.sync_probes(pod, &mut obs);
             let p = plan::plan(pod, &obs, now());
             if p.actions.is_empty() {
                 self.refresh_volumes(pod).await;
@@ -415,6 +456,21 @@ impl Worker {
                         }
                         self.network_event_sent = false;
                         self.create_sandbox(pod).await
+                    }
+                    Action::KillContainer {
+                        name,
+                        id,
+                        kind,
+                        grace,
+                    } => {
+                        self.ctx.events.pod(
+                            pod,
+                            EventType::Normal,
+                            "Killing",
+                            &probe::kill_message(&name, kind),
+                        );
+                        self.probes.remove(&name);
+                        stop_container(&self.ctx, pod, self.st.as_ref(), &name, &id, grace).await;
                     }
                     Action::RemoveContainer { id } => {
                         let info = self.known.values().flatten().find(|c| c.id == id).cloned();
@@ -464,6 +520,67 @@ impl Worker {
         if let Err(e) = self.ctx.host.setup_volumes(pod, &st, &sources).await {
             tracing::warn!(pod = %self.uid, "refresh volumes: {}", e.message);
         }
+    }
+
+    /// Starts a probe task for each running container instance with probes
+    /// (and drops those of instances no longer running), and puts what
+    /// their probes say into `obs`.
+    fn sync_probes(&mut self, pod: &Pod, obs: &mut Observed) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let mut keep = HashSet::new();
+        for c in &spec.containers {
+            let Some(h) = obs.containers.get_mut(&c.name) else {
+                continue;
+            };
+            let Some(Instance {
+                id,
+                state: ContainerState::Running { started_at, .. },
+                ..
+            }) = h.current()
+            else {
+                continue;
+            };
+            if self.probes.get(&c.name).is_none_or(|r| &r.id != id) {
+                self.probes.remove(&c.name);
+                let age = now().duration_since(*started_at).unwrap_or_default();
+                let t0 = std::time::Instant::now();
+                let started = t0.checked_sub(age).unwrap_or(t0);
+                let (cp, errors) = ContainerProbes::new(c, started);
+                for e in errors {
+                    tracing::warn!(pod = %self.uid, container = %c.name, "probe not run: {e}");
+                }
+                if let (Some(cp), Some(st)) = (cp, self.st.as_ref()) {
+                    let state = Arc::new(std::sync::Mutex::new(cp));
+                    let target = prober::Target {
+                        netns: st.netns.clone(),
+                        pod_ip: st.pod_ips.first().copied(),
+                        container_id: id.clone(),
+                    };
+                    let task = tokio::spawn(probe_loop(
+                        self.ctx.clone(),
+                        pod.clone(),
+                        target,
+                        state.clone(),
+                        self.wake.clone(),
+                    ));
+                    self.probes.insert(
+                        c.name.clone(),
+                        ProbeRunner {
+                            id: id.clone(),
+                            state,
+                            task,
+                        },
+                    );
+                }
+            }
+            if let Some(r) = self.probes.get(&c.name) {
+                h.probes = Some(r.state.lock().unwrap_or_else(|e| e.into_inner()).view());
+                keep.insert(c.name.clone());
+            }
+        }
+        self.probes.retain(|n, _| keep.contains(n));
     }
 
     /// Pods on the host network need no pod network; others wait for it.
@@ -547,6 +664,7 @@ impl Worker {
             let host = host.clone();
             let st = &st;
             let events = &self.ctx.events;
+            let ctx = &self.ctx;
             async move {
                 let c = c?;
                 let image = c.image.clone().unwrap_or_default();
@@ -560,8 +678,8 @@ impl Worker {
                 let r = host
                     .start_container(pod, st, c, *attempt, *streak, env_src, creds)
                     .await;
-                match &r {
-                    Ok(_) => {
+                if r.is_ok() {
+                    {
                         events.pod(
                             pod,
                             EventType::Normal,
@@ -581,7 +699,27 @@ impl Worker {
                             &format!("Started container {}", c.name),
                         );
                     }
-                    Err(e) => {
+                }
+                if let (Ok((id, _)), Some(h)) =
+                    (&r, c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()))
+                {
+                    // The kubelet's order: Started, then the hook; a
+                    // failed hook kills the container (its preStop too)
+                    // and the restart policy takes over.
+                    if let Err(e) = run_hook(ctx, Some(st), c, h, id, POST_START_TIMEOUT).await {
+                        tracing::warn!(container = %id, "postStart hook: {e}");
+                        events.pod(
+                            pod,
+                            EventType::Warning,
+                            "FailedPostStartHook",
+                            "PostStartHook failed",
+                        );
+                        let grace = probe::kill_grace(pod, None);
+                        stop_container(ctx, pod, Some(st), &c.name, id, grace).await;
+                    }
+                }
+                {
+                    if let Err(e) = &r {
                         // The kubelet's pair: what failed, then the
                         // container's waiting reason.
                         let what = match e.kind {
@@ -646,6 +784,24 @@ impl Worker {
                 &format!("Stopping container {name}"),
             );
         }
+        // preStop hooks, all at once, within the grace; the rest of it
+        // goes to the containers.
+        self.probes.clear();
+        let hooks = running.iter().map(|c| {
+            let name = c.labels.get(labels::CONTAINER).cloned().unwrap_or_default();
+            let (ctx, st) = (&self.ctx, self.st.as_ref());
+            async move { pre_stop(ctx, pod, st, &name, &c.id, grace).await }
+        });
+        let took = futures::future::join_all(hooks)
+            .await
+            .into_iter()
+            .max()
+            .unwrap_or_default();
+        let grace = if took.is_zero() {
+            grace
+        } else {
+            grace.saturating_sub(took).max(MIN_GRACE_AFTER_HOOK)
+        };
         let cs = self.all_containers();
         if let Err(e) = self.ctx.host.teardown(&self.uid, cs, grace).await {
             tracing::warn!(pod = %self.uid, "tear down: {e}");
@@ -755,6 +911,153 @@ impl Worker {
 enum Step {
     Done,
     Wait(Duration),
+}
+
+/// Runs one container instance's probes until it is killed or the task is
+/// aborted (its instance stopped running): Unhealthy Events on failures,
+/// the worker woken when what the probes say changes.
+async fn probe_loop(
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    target: prober::Target,
+    state: Arc<std::sync::Mutex<ContainerProbes>>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last_event: BTreeMap<Kind, (String, std::time::Instant)> = BTreeMap::new();
+    loop {
+        let Some((kind, at)) = lock().next_due() else {
+            return;
+        };
+        tokio::time::sleep_until(at.into()).await;
+        let Some((handler, timeout)) = lock()
+            .get(kind)
+            .map(|p| (p.spec.handler.clone(), p.spec.timeout))
+        else {
+            return;
+        };
+        let outcome = ctx.prober.run(&target, &handler, timeout).await;
+        let t = std::time::Instant::now();
+        // The kubelet's Unhealthy Warnings: "<Kind> probe failed: ..." and
+        // "<Kind> probe errored: ..." (an error changes no result).
+        let message = match &outcome {
+            Outcome::Failure(msg) => Some(format!("{} probe failed: {msg}", kind.as_str())),
+            Outcome::Error(e) => Some(format!("{} probe errored: {e}", kind.as_str())),
+            Outcome::Success => None,
+        };
+        match message {
+            Some(m) => {
+                let post = last_event.get(&kind).is_none_or(|(last, at)| {
+                    *last != m || t.duration_since(*at) >= UNHEALTHY_REPEAT
+                });
+                if post {
+                    ctx.events.pod(&pod, EventType::Warning, "Unhealthy", &m);
+                    last_event.insert(kind, (m, t));
+                }
+            }
+            None => {
+                last_event.remove(&kind);
+            }
+        }
+        if lock().record(kind, &outcome, t).is_some() {
+            wake.notify_one();
+        }
+    }
+}
+
+/// Where a container's hooks and probes run.
+fn target(st: Option<&PodState>, id: &str) -> prober::Target {
+    prober::Target {
+        netns: st.map(|s| s.netns.clone()).unwrap_or_default(),
+        pod_ip: st.and_then(|s| s.pod_ips.first().copied()),
+        container_id: id.to_string(),
+    }
+}
+
+fn container_spec<'a>(
+    pod: &'a Pod,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .chain(pod.spec.as_ref()?.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+/// Runs a lifecycle hook of container `name` (instance `id`); the failure
+/// message when it failed.
+async fn run_hook(
+    ctx: &Ctx,
+    st: Option<&PodState>,
+    c: &k8s_openapi::api::core::v1::Container,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let handler = probe::hook_handler(c, h)?;
+    match ctx.prober.run(&target(st, id), &handler, timeout).await {
+        Outcome::Success => Ok(()),
+        Outcome::Failure(m) | Outcome::Error(m) => Err(m),
+    }
+}
+
+/// The preStop hook of container `name`, if it has one, bounded by `grace`
+/// (FailedPreStopHook Event on failure); returns how long it took.
+async fn pre_stop(
+    ctx: &Ctx,
+    pod: &Pod,
+    st: Option<&PodState>,
+    name: &str,
+    id: &str,
+    grace: Duration,
+) -> Duration {
+    let t0 = std::time::Instant::now();
+    let Some(c) = container_spec(pod, name) else {
+        return Duration::ZERO;
+    };
+    let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else {
+        return Duration::ZERO;
+    };
+    let run = run_hook(ctx, st, c, h, id, grace);
+    match tokio::time::timeout(grace, run).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(container = %id, "preStop hook: {e}");
+            // The kubelet keeps the hook's output out of the Event.
+            ctx.events.pod(
+                pod,
+                EventType::Warning,
+                "FailedPreStopHook",
+                "PreStopHook failed",
+            );
+        }
+        Err(_) => tracing::warn!(container = %id, "preStop hook: still running after {grace:?}"),
+    }
+    t0.elapsed()
+}
+
+/// Stops one container as the kubelet's killContainer does: its preStop
+/// hook within `grace`, then SIGTERM, the rest of the grace (at least
+/// [`MIN_GRACE_AFTER_HOOK`] after a hook), SIGKILL.
+async fn stop_container(
+    ctx: &Ctx,
+    pod: &Pod,
+    st: Option<&PodState>,
+    name: &str,
+    id: &str,
+    grace: Duration,
+) {
+    let took = pre_stop(ctx, pod, st, name, id, grace).await;
+    let left = if took.is_zero() {
+        grace
+    } else {
+        grace.saturating_sub(took).max(MIN_GRACE_AFTER_HOOK)
+    };
+    if let Err(e) = ctx.host.runtime.stop(id, left).await {
+        tracing::warn!(container = %id, "stop: {e}");
+    }
 }
 
 /// How often a running pod's ConfigMap, Secret, downward API and token

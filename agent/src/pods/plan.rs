@@ -99,6 +99,9 @@ pub struct History {
     pub instances: Vec<Instance>,
     /// Last start failure (cleared by a successful start).
     pub failure: Option<StartFailure>,
+    /// What the current (running) instance's probes say; `None`: it has
+    /// none, so it is started and ready while it runs.
+    pub probes: Option<super::probe::ProbeView>,
 }
 
 impl History {
@@ -143,6 +146,19 @@ pub enum Action {
         attempt: u32,
         /// Crash streak to record.
         streak: u32,
+    },
+    /// Kill a running container whose liveness or startup probe failed
+    /// (preStop hook, SIGTERM, the grace, SIGKILL); the restart policy
+    /// then decides, as after any exit.
+    KillContainer {
+        /// Container name.
+        name: String,
+        /// Runtime container ID.
+        id: String,
+        /// The probe that failed.
+        kind: super::probe::Kind,
+        /// Grace period.
+        grace: Duration,
     },
     /// Remove an old exited instance.
     RemoveContainer {
@@ -442,7 +458,25 @@ pub fn plan(pod: &Pod, obs: &Observed, now: SystemTime) -> Plan {
         return p;
     }
     for c in &spec.containers {
-        match gate(pod, &c.name, obs.containers.get(&c.name), policy, now) {
+        let h = obs.containers.get(&c.name);
+        if let Some(h) = h
+            && let Some(kill) = h.probes.as_ref().and_then(|p| p.kill.as_ref())
+            && let Some(
+                cur @ Instance {
+                    state: ContainerState::Running { .. },
+                    ..
+                },
+            ) = h.current()
+        {
+            p.actions.push(Action::KillContainer {
+                name: c.name.clone(),
+                id: cur.id.clone(),
+                kind: kill.kind,
+                grace: super::probe::kill_grace(pod, kill.grace),
+            });
+            continue;
+        }
+        match gate(pod, &c.name, h, policy, now) {
             Gate::Go { attempt, streak } => p.actions.push(Action::StartContainer {
                 name: c.name.clone(),
                 init: false,
@@ -520,6 +554,7 @@ mod tests {
                         History {
                             instances: i.clone(),
                             failure: None,
+                            probes: None,
                         },
                     )
                 })
@@ -721,6 +756,7 @@ mod tests {
                     at: t(0),
                     count: 2,
                 }),
+                probes: None,
             },
         );
         let got = plan(&p, &o, t(5));
@@ -729,6 +765,49 @@ mod tests {
         assert_eq!(got.waiting["a"].reason, "ImagePullBackOff");
         let got = plan(&p, &o, t(21));
         assert_eq!(got.actions, vec![start("a", false, 0, 0)]);
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_kills_the_running_instance_once() {
+        use crate::pods::probe::{Kill, Kind, ProbeView};
+        let mut p = pod("Always", &[], &["a", "b"]);
+        p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(9);
+        let mut o = obs(&[("a", vec![running("x", 0)]), ("b", vec![running("y", 0)])]);
+        let kill = |grace| ProbeView {
+            started: true,
+            ready: true,
+            kill: Some(Kill {
+                kind: Kind::Liveness,
+                grace,
+            }),
+        };
+        o.containers.get_mut("a").unwrap().probes = Some(kill(None));
+        o.containers.get_mut("b").unwrap().probes = Some(ProbeView {
+            started: true,
+            ready: false,
+            kill: None,
+        });
+        assert_eq!(
+            plan(&p, &o, t(5)).actions,
+            vec![Action::KillContainer {
+                name: "a".into(),
+                id: "x".into(),
+                kind: Kind::Liveness,
+                grace: Duration::from_secs(9),
+            }]
+        );
+        // The probe's own grace wins.
+        o.containers.get_mut("a").unwrap().probes = Some(kill(Some(Duration::from_secs(2))));
+        assert!(matches!(
+            &plan(&p, &o, t(5)).actions[0],
+            Action::KillContainer { grace, .. } if *grace == Duration::from_secs(2)
+        ));
+        // Once it exited, the restart policy decides: a restart, no kill.
+        o.containers.get_mut("a").unwrap().instances = vec![exited("x", 0, 0, 137, 0, 5)];
+        assert_eq!(plan(&p, &o, t(5)).actions, vec![start("a", false, 1, 1)]);
+        let mut never = p.clone();
+        never.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+        assert!(plan(&never, &o, t(5)).actions.is_empty());
     }
 
     #[test]

@@ -116,8 +116,9 @@ fn container_status(
                         }),
                         ..Default::default()
                     });
-                    cs.ready = true;
-                    cs.started = Some(true);
+                    let probes = h.and_then(|h| h.probes.as_ref());
+                    cs.ready = probes.is_none_or(|p| p.ready);
+                    cs.started = Some(probes.is_none_or(|p| p.started));
                 }
                 ContainerState::Created => {
                     cs.state = Some(waiting("ContainerCreating", None));
@@ -172,6 +173,49 @@ fn condition(
         last_transition_time: since,
         ..Default::default()
     }
+}
+
+/// The pod conditions the agent sets; any other is someone else's.
+pub const OWN_CONDITIONS: [&str; 5] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodScheduled",
+];
+
+/// Whether every `readinessGates` condition is True in the pod's status;
+/// else the kubelet's message for the first that is not.
+pub fn readiness_gates(pod: &Pod) -> Result<(), String> {
+    let conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    for g in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match conditions.iter().find(|c| c.type_ == g.condition_type) {
+            None => {
+                return Err(format!(
+                    "corresponding condition of pod readiness gate \"{}\" does not exist.",
+                    g.condition_type
+                ));
+            }
+            Some(c) if c.status != "True" => {
+                return Err(format!(
+                    "the status of pod readiness gate \"{}\" is not \"True\", but {}",
+                    g.condition_type, c.status
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The phase from the containers' states.
@@ -294,7 +338,47 @@ pub fn compute(
         .collect();
     let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
     let phase = phase(pod, obs);
-    let conditions = vec![
+    let gates = readiness_gates(pod);
+    let ready = condition(
+        "Ready",
+        all_ready && gates.is_ok(),
+        Some(if all_ready {
+            "ReadinessGatesNotReady"
+        } else {
+            "ContainersNotReady"
+        }),
+        old,
+        &now_t,
+    );
+    let unready: Vec<&str> = containers
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| c.name.as_str())
+        .collect();
+    let unready = (!unready.is_empty())
+        .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+    let ready = PodCondition {
+        message: if ready.status == "True" {
+            None
+        } else if !all_ready {
+            unready.clone()
+        } else {
+            gates.err()
+        },
+        ..ready
+    };
+    let containers_ready = condition(
+        "ContainersReady",
+        all_ready,
+        Some("ContainersNotReady"),
+        old,
+        &now_t,
+    );
+    let containers_ready = PodCondition {
+        message: unready,
+        ..containers_ready
+    };
+    let mut conditions = vec![
         condition(
             "PodReadyToStartContainers",
             obs.sandbox_ready,
@@ -309,16 +393,19 @@ pub fn compute(
             old,
             &now_t,
         ),
-        condition("Ready", all_ready, Some("ContainersNotReady"), old, &now_t),
-        condition(
-            "ContainersReady",
-            all_ready,
-            Some("ContainersNotReady"),
-            old,
-            &now_t,
-        ),
+        ready,
+        containers_ready,
         condition("PodScheduled", true, None, old, &now_t),
     ];
+    // Conditions others own (readiness gates' among them) are kept: the
+    // status patch replaces the whole list.
+    conditions.extend(
+        old.and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| !OWN_CONDITIONS.contains(&c.type_.as_str()))
+            .cloned(),
+    );
     let mut st = PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
@@ -399,6 +486,7 @@ mod tests {
             History {
                 instances,
                 failure: None,
+                probes: None,
             },
         );
         o
@@ -411,6 +499,106 @@ mod tests {
             start_time: Some(t(0)),
             qos_class: "BestEffort".into(),
             runtime_name: "runc".into(),
+        }
+    }
+
+    #[test]
+    fn readiness_and_started_follow_the_probes() {
+        use crate::pods::probe::ProbeView;
+        let p = pod("Always");
+        let mut o = obs(vec![inst(
+            0,
+            ContainerState::Running {
+                pid: 1,
+                started_at: t(0),
+            },
+        )]);
+        let view = |started, ready| {
+            Some(ProbeView {
+                started,
+                ready,
+                kill: None,
+            })
+        };
+        for (probes, started, ready) in [
+            (None, true, true),
+            (view(false, false), false, false),
+            (view(true, false), true, false),
+            (view(true, true), true, true),
+        ] {
+            o.containers.get_mut("a").unwrap().probes = probes;
+            let st = compute(&p, &o, &Default::default(), &inputs(), t(1));
+            let cs = &st.container_statuses.as_ref().unwrap()[0];
+            assert_eq!((cs.started, cs.ready), (Some(started), ready));
+            let cond = |ty: &str| {
+                st.conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == ty)
+                    .map(|c| c.status.clone())
+                    .unwrap()
+            };
+            let want = if ready { "True" } else { "False" };
+            assert_eq!(cond("Ready"), want);
+            let message = st
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "ContainersReady")
+                .and_then(|c| c.message.clone());
+            let unready = (!ready).then(|| "containers with unready status: [a]".to_string());
+            assert_eq!(message, unready);
+            assert_eq!(cond("ContainersReady"), want);
+            assert_eq!(st.phase.as_deref(), Some("Running"));
+        }
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_and_foreign_conditions_are_kept() {
+        let mut p = pod("Always");
+        p.spec.as_mut().unwrap().readiness_gates = Some(vec![
+            serde_json::from_value(json!({"conditionType": "example.com/lb"})).unwrap(),
+        ]);
+        let o = obs(vec![inst(
+            0,
+            ContainerState::Running {
+                pid: 1,
+                started_at: t(0),
+            },
+        )]);
+        let cond = |st: &PodStatus, ty: &str| {
+            st.conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == ty)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {ty}"))
+        };
+        let st = compute(&p, &o, &Default::default(), &inputs(), t(1));
+        let ready = cond(&st, "Ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/lb\" does not exist."
+            )
+        );
+        assert_eq!(cond(&st, "ContainersReady").status, "True");
+        // Someone sets the gate's condition False, then True.
+        for (gate, want) in [("False", "False"), ("True", "True")] {
+            let mut p = p.clone();
+            let mut old = st.clone();
+            old.conditions.as_mut().unwrap().push(PodCondition {
+                type_: "example.com/lb".into(),
+                status: gate.into(),
+                ..Default::default()
+            });
+            p.status = Some(old);
+            let st = compute(&p, &o, &Default::default(), &inputs(), t(2));
+            assert_eq!(cond(&st, "Ready").status, want);
+            // The gate's condition is kept as it was.
+            assert_eq!(cond(&st, "example.com/lb").status, gate);
         }
     }
 
@@ -539,6 +727,7 @@ mod tests {
                     at: t(0),
                     count: 1,
                 }),
+                probes: None,
             },
         );
         let st = compute(&p, &o, &Default::default(), &inputs(), t(0));
@@ -597,6 +786,7 @@ mod tests {
                         at: t(0),
                         count: 1,
                     }),
+                    probes: None,
                 },
             );
             let st = compute(&p, &o, &Default::default(), &inputs(), t(0));
