@@ -202,10 +202,16 @@ async fn bench(cfg: ServicesConfig, shared: Shared) -> anyhow::Result<()> {
     let tag = format!("b{:x}", std::process::id() & 0xffff);
     let (kubeconfig, backend_node, clients) = {
         let (cfg2, shared2, tag2) = (cfg.clone(), shared.clone(), tag.clone());
+        // Counted down by the thread itself: this future may be dropped
+        // (SIGINT) while the thread still runs.
         STARTING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let r = tokio::task::spawn_blocking(move || start_cluster(&cfg2, &tag2, &shared2)).await;
-        STARTING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        r.context("cluster start thread")??
+        tokio::task::spawn_blocking(move || {
+            let r = start_cluster(&cfg2, &tag2, &shared2);
+            STARTING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            r
+        })
+        .await
+        .context("cluster start thread")??
     };
     let client = client_from(&kubeconfig).await?;
     wait_ready(&client, &shared, &cfg).await?;
