@@ -158,6 +158,15 @@ pub fn write_outputs(r: &results::Results, out: &Path) -> anyhow::Result<()> {
     write("report.md", report::markdown(r, &refs).as_bytes())
 }
 
+/// `keelson bench report`: the table, `report.md` and plots again from a
+/// `results.json` (into `out`, which may be its own directory).
+pub fn report_file(results: &Path, out: &Path) -> anyhow::Result<()> {
+    let r = read_results(results)?;
+    write_outputs(&r, out)?;
+    print!("{}", report::table(&r));
+    Ok(())
+}
+
 fn read_results(p: &Path) -> anyhow::Result<results::Results> {
     let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
     let r: results::Results =

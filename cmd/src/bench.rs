@@ -23,6 +23,13 @@ enum BenchCommand {
     /// Compare two results.json files; exits 1 on a regression beyond the
     /// threshold.
     Compare(CompareArgs),
+    /// Render the table, report.md and plots again from a results.json.
+    Report {
+        results: PathBuf,
+        /// Output directory (default: the results file's).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The backend the bench's pods run (not by hand).
     #[command(hide = true)]
     Backend {
@@ -114,6 +121,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 eprintln!("keelson: regression beyond {}%", a.threshold);
                 std::process::exit(1);
             }
+        }
+        BenchCommand::Report { results, out } => {
+            let out = out.unwrap_or_else(|| {
+                results
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default()
+            });
+            keelson_bench::report_file(&results, &out)
         }
         BenchCommand::Backend { listen } => crate::tokio_main(keelson_bench::load::backend(listen)),
         BenchCommand::Client { netns, cgroup } => {

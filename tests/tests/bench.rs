@@ -271,6 +271,7 @@ fn bench_services_local_measures_every_mode_and_writes_its_report() {
     assert!(report.contains("| 5 | ebpf |"), "{report}");
     for plot in [
         "connect-latency.svg",
+        "connect-latency-p99.svg",
         "connections-per-second.svg",
         "requests-per-second.svg",
         "programming-latency.svg",
