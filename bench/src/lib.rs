@@ -200,6 +200,7 @@ pub(crate) mod tests {
             schema: results::SCHEMA.into(),
             command: "keelson bench services --local".into(),
             keelson_version: "0.1.0".into(),
+            build: "release".into(),
             started: "2026-01-01T00:00:00Z".into(),
             finished: "2026-01-01T00:01:00Z".into(),
             machine: results::Machine::default(),

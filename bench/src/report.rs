@@ -122,8 +122,13 @@ pub fn table(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "medians over {} rounds (min–max); {}",
+        "medians over {} rounds (min–max); {} build; {}",
         r.config.rounds,
+        if r.build.is_empty() {
+            "unrecorded"
+        } else {
+            &r.build
+        },
         machine_line(r)
     );
     s
@@ -137,8 +142,13 @@ pub fn markdown(r: &Results, plots: &[(&str, &str)]) -> String {
     let _ = writeln!(s, "`{}`\n", r.command);
     let _ = writeln!(
         s,
-        "keelson {}, {} to {}. Machine: {}.\n",
+        "keelson {} ({} build), {} to {}. Machine: {}.\n",
         r.keelson_version,
+        if r.build.is_empty() {
+            "unrecorded"
+        } else {
+            &r.build
+        },
         r.started,
         r.finished,
         machine_line(r)

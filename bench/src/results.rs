@@ -20,6 +20,10 @@ pub struct Results {
     pub command: String,
     /// `keelson` version.
     pub keelson_version: String,
+    /// `release` or `debug`: the profile the measuring binary was built
+    /// with (load generator, backends and agents are all this binary).
+    #[serde(default)]
+    pub build: String,
     /// RFC 3339, UTC.
     pub started: String,
     /// RFC 3339, UTC.

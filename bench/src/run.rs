@@ -388,6 +388,12 @@ async fn bench(cfg: ServicesConfig, shared: Shared) -> anyhow::Result<()> {
         schema: results::SCHEMA.into(),
         command: cfg.command.clone(),
         keelson_version: env!("CARGO_PKG_VERSION").into(),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
         started: started.to_rfc3339(),
         finished: chrono::Utc::now().to_rfc3339(),
         machine: machine(load_before),

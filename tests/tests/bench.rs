@@ -226,6 +226,7 @@ fn bench_services_local_measures_every_mode_and_writes_its_report() {
     let r: Value =
         serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(r["schema"], "keelson-bench-services/v1");
+    assert!(["debug", "release"].contains(&r["build"].as_str().unwrap()));
     assert!(r["machine"]["cores"].as_u64().unwrap() > 0);
     assert!(!r["machine"]["kernel"].as_str().unwrap().is_empty());
     assert_eq!(r["config"]["services"], serde_json::json!([5]));
