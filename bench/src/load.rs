@@ -21,7 +21,7 @@ use anyhow::Context;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// What the client sends per request.
 pub const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: keelson-bench\r\n\r\n";
@@ -46,8 +46,21 @@ pub fn mono_ns() -> u64 {
 /// `keelson bench backend`: answers [`RESPONSE`] to every request on
 /// every connection, for ever.
 pub async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
-    let l = TcpListener::bind(listen)
-        .await
+    // A backlog of 4096 (the namespace's somaxconn default), not the 1024
+    // TcpListener::bind gives: a backend starved of CPU for a moment must
+    // not drop SYNs (ListenOverflows), which the clients would see as 1 s
+    // SYN retransmissions.
+    let sock = if listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("create the listening socket")?;
+    sock.set_reuseaddr(true).context("SO_REUSEADDR")?;
+    sock.bind(listen)
+        .with_context(|| format!("bind {listen}"))?;
+    let l: TcpListener = sock
+        .listen(4096)
         .with_context(|| format!("listen on {listen}"))?;
     tracing::info!(%listen, "keelson bench backend listening");
     loop {
@@ -142,6 +155,25 @@ pub struct Outcome {
     pub failing: Vec<SocketAddr>,
     /// The first error seen.
     pub first_error: Option<String>,
+    /// SYN retransmissions in the client's network namespace during the
+    /// job (TcpExt TCPSynRetrans): each is a connect that waited 1 s or more.
+    #[serde(default)]
+    pub syn_retransmits: u64,
+}
+
+/// TcpExt TCPSynRetrans of this process's network namespace.
+fn syn_retransmits() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPSynRetrans")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
@@ -208,8 +240,15 @@ impl Tally {
     }
 }
 
-/// Runs one job.
+/// Runs one job, counting the SYN retransmissions it caused.
 pub async fn run_job(job: Job) -> Outcome {
+    let before = syn_retransmits();
+    let mut o = run_job_inner(job).await;
+    o.syn_retransmits = syn_retransmits().saturating_sub(before);
+    o
+}
+
+async fn run_job_inner(job: Job) -> Outcome {
     let start = Instant::now();
     let tally = Arc::new(Tally::default());
     let keep_alive = matches!(job, Job::Rr { .. });

@@ -45,6 +45,7 @@ fn rows(r: &Results) -> (Vec<String>, Vec<Vec<String>>) {
             "agent CPU %",
             "agent RSS MiB",
             "errors",
+            "SYN rtx",
         ]
         .map(str::to_string),
     );
@@ -76,6 +77,7 @@ fn rows(r: &Results) -> (Vec<String>, Vec<Vec<String>>) {
                 .map_or("-".into(), |s| format!("{:.0}", s.median / 1024.0)),
         );
         row.push(c.errors.to_string());
+        row.push(c.syn_retransmits.to_string());
         rows.push(row);
     }
     (head, rows)

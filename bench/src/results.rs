@@ -91,6 +91,9 @@ pub struct Round {
     pub requests: u64,
     /// Connects or requests that failed (all phases).
     pub errors: u64,
+    /// SYN retransmissions in the client's namespace (all phases).
+    #[serde(default)]
+    pub syn_retransmits: u64,
     /// CPU of the client node's agent during the round, % of one core.
     pub agent_cpu_percent: f64,
     /// RSS of the client node's agent at the end of the round, KiB.
@@ -154,6 +157,10 @@ pub struct Cell {
     pub requests: u64,
     /// Failed connects or requests, all rounds.
     pub errors: u64,
+    /// SYN retransmissions in the client's namespace, all rounds (each a
+    /// connect that waited at least 1 s: the slowest percentiles).
+    #[serde(default)]
+    pub syn_retransmits: u64,
     /// The client node's agent CPU, % of one core, over rounds.
     pub agent_cpu_percent: Option<Spread>,
     /// The client node's agent RSS, KiB, over rounds.
@@ -254,6 +261,7 @@ pub fn cell(mode: &str, services: usize, rounds: Vec<Round>, programming: &[Opti
         rps: per_conc(&|r| &r.rps),
         requests: rounds.iter().map(|r| r.requests).sum(),
         errors: rounds.iter().map(|r| r.errors).sum(),
+        syn_retransmits: rounds.iter().map(|r| r.syn_retransmits).sum(),
         agent_cpu_percent: spreads(&rounds, |r| Some(r.agent_cpu_percent)),
         agent_rss_kib: spreads(&rounds, |r| Some(r.agent_rss_kib as f64)),
         programming_ms: if mode == "direct" {
@@ -313,6 +321,7 @@ pub(crate) mod tests {
             rps: [(1, rps)].into(),
             requests: 1000,
             errors: 0,
+            syn_retransmits: 0,
             agent_cpu_percent: 1.0,
             agent_rss_kib: 50_000,
         }

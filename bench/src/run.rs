@@ -345,7 +345,7 @@ async fn bench(cfg: ServicesConfig, shared: Shared) -> anyhow::Result<()> {
                 let g = gens.get_mut(&mode).expect("a generator per mode");
                 let round = measure(g, targets, node.pid, &cfg).await?;
                 eprintln!(
-                    "  round {}/{} {:>8}: connect p50 {:.1} µs p99 {:.1} µs, {} conn/s, {} req/s, {} errors",
+                    "  round {}/{} {:>8}: connect p50 {:.1} µs p99 {:.1} µs, {} conn/s, {} req/s, {} errors, {} SYN retransmits",
                     r + 1,
                     cfg.rounds,
                     mode.name(),
@@ -353,7 +353,8 @@ async fn bench(cfg: ServicesConfig, shared: Shared) -> anyhow::Result<()> {
                     round.connect_us.p99,
                     round.cps.values().last().map_or(0.0, |v| *v).round(),
                     round.rps.values().last().map_or(0.0, |v| *v).round(),
-                    round.errors
+                    round.errors,
+                    round.syn_retransmits
                 );
                 rounds.entry(mode).or_default().push(round);
             }
@@ -705,6 +706,7 @@ async fn measure(
     round.connects = c.samples_ns.len() as u64;
     round.connect_us = Percentiles::of_ns(&mut c.samples_ns).unwrap_or_default();
     round.errors += c.errors;
+    round.syn_retransmits += c.syn_retransmits;
     let mut first_error = c.first_error.take();
     for &conc in &cfg.concurrency {
         for keep_alive in [false, true] {
@@ -730,6 +732,7 @@ async fn measure(
             }
             round.requests += o.ok;
             round.errors += o.errors;
+            round.syn_retransmits += o.syn_retransmits;
             first_error = first_error.or(o.first_error);
         }
     }
