@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod bench;
 mod down;
 mod install;
 mod proxy;
@@ -47,6 +48,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Run only the Service load balancer (what kube-proxy does).
     Proxy(proxy::ProxyArgs),
+    /// Benchmarks: `keelson bench services` (Service routing through each
+    /// dataplane side by side), `keelson bench compare OLD NEW`.
+    Bench(bench::BenchArgs),
     /// Per-container shim (started by the agent, not by hand).
     #[command(hide = true)]
     Shim(keelson_runtime::shim::ShimArgs),
@@ -98,6 +102,7 @@ fn main() {
         Command::Install(args) => install::run(args),
         Command::Agent(args) => tokio_main(agent::run(*args)),
         Command::Proxy(args) => tokio_main(proxy::run(args)),
+        Command::Bench(args) => bench::run(args),
         // No tokio runtime here: the shim forks and execs.
         Command::Shim(args) => keelson_runtime::shim::main(args),
     };
