@@ -1990,6 +1990,24 @@ async fn services(backend: Backend) {
     headless["spec"]["clusterIP"] = "None".into();
     let hl = post(&c, &svcs, &headless).await.ok(201);
     assert_eq!(hl["spec"]["clusterIP"], "None");
+    // A ClusterIP Service turned ExternalName (its IP left in the object,
+    // as a client's read-modify-write leaves it) drops the IP, which is
+    // free again.
+    let mut ext = service_manifest("to-external", "ClusterIP");
+    let e = post(&c, &svcs, &ext).await.ok(201);
+    let e_ip = cluster_ip(&e);
+    ext = e.clone();
+    ext["spec"]["type"] = "ExternalName".into();
+    ext["spec"]["externalName"] = "db.example.com".into();
+    let e = put(&c, &format!("{svcs}/to-external"), &ext).await.ok(200);
+    assert!(e["spec"].get("clusterIP").is_none_or(|v| v == ""), "{e}");
+    assert!(e["spec"].get("clusterIPs").is_none(), "{e}");
+    let mut reuse = service_manifest("takes-ext-ip", "ClusterIP");
+    reuse["spec"]["clusterIP"] = e_ip.to_string().into();
+    post(&c, &svcs, &reuse).await.ok(201);
+    for n in ["to-external", "takes-ext-ip"] {
+        delete(&c, &format!("{svcs}/{n}"), None).await.ok(200);
+    }
 
     // 20 services (created concurrently), kill -9 and restart, 20 more: all
     // distinct.

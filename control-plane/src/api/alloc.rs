@@ -177,7 +177,16 @@ impl ServiceAllocator {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if ty != "ExternalName" && requested != "None" {
+        if ty == "ExternalName" {
+            // An ExternalName Service has no cluster IP: one it held as
+            // another type is dropped (and released after the write), as
+            // kube-apiserver drops type-dependent fields.
+            if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+                for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                    spec.remove(f);
+                }
+            }
+        } else if requested != "None" {
             let ip = if !requested.is_empty() {
                 let ip: IpAddr = requested.parse().map_err(|_| {
                     invalid(
