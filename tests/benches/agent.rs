@@ -432,6 +432,16 @@ async fn main() {
             .map(|c| format!("{c:.2}"))
             .collect::<Vec<_>>()
     );
+    let mb = |v: &[u64]| {
+        v.iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "    RSS windows (MB): none {:?}, probes {:?}",
+        mb(&results[0].1),
+        mb(&results[1].1)
+    );
     drop(agent);
     drop(server);
 }

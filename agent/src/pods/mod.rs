@@ -558,9 +558,19 @@ impl Worker {
                         pod_ip: st.pod_ips.first().copied(),
                         container_id: id.clone(),
                     };
+                    // The task keeps what its Events name, not the pod.
+                    let about = Pod {
+                        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                            name: pod.metadata.name.clone(),
+                            namespace: pod.metadata.namespace.clone(),
+                            uid: pod.metadata.uid.clone(),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    };
                     let task = tokio::spawn(probe_loop(
                         self.ctx.clone(),
-                        pod.clone(),
+                        about,
                         target,
                         state.clone(),
                         self.wake.clone(),
@@ -936,7 +946,9 @@ async fn probe_loop(
         else {
             return;
         };
-        let outcome = ctx.prober.run(&target, &handler, timeout).await;
+        // Boxed: the handler's future (hyper, rustls) is large and exists
+        // only while a probe runs, not for the life of every container.
+        let outcome = Box::pin(ctx.prober.run(&target, &handler, timeout)).await;
         let t = std::time::Instant::now();
         // The kubelet's Unhealthy Warnings: "<Kind> probe failed: ..." and
         // "<Kind> probe errored: ..." (an error changes no result).
