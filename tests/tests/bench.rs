@@ -344,24 +344,24 @@ fn bench_services_interrupted_leaves_nothing_behind() {
 #[test]
 fn bench_refuses_bad_input_before_any_load() {
     let bin = keelson_e2e::keelson_bin();
-    let run = |args: &[&str]| {
+    let keelson = |args: &[&str]| {
         let o = Command::new(&bin).args(args).output().unwrap();
         (
             o.status.success(),
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
-    let (ok, err) = run(&["bench", "services", "--local", "--modes", "direct,iptables"]);
+    let (ok, err) = keelson(&["bench", "services", "--local", "--modes", "direct,iptables"]);
     assert!(!ok && err.contains("unknown mode \"iptables\""), "{err}");
-    let (ok, err) = run(&["bench", "services"]);
+    let (ok, err) = keelson(&["bench", "services"]);
     assert!(!ok && err.contains("--local"), "{err}");
     // A kubeconfig whose server does not answer.
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     std::fs::write(&kc, unreachable_kubeconfig()).unwrap();
-    let (ok, err) = run(&["bench", "services", "--kubeconfig", kc.to_str().unwrap()]);
+    let (ok, err) = keelson(&["bench", "services", "--kubeconfig", kc.to_str().unwrap()]);
     assert!(!ok && err.contains("unreachable"), "{err}");
-    let (ok, err) = run(&["bench", "services", "--local", "--duration", "100ms"]);
+    let (ok, err) = keelson(&["bench", "services", "--local", "--duration", "100ms"]);
     assert!(!ok && err.contains("too short"), "{err}");
 }
 
