@@ -87,12 +87,15 @@ spec:
         httpHeaders: [{{name: X-Probe, value: keelson}}]
       periodSeconds: 1
       failureThreshold: 2
-    # Connects from the agent inside the pod's namespace; one failure
-    # would restart it (restartCount stays 0 below).
+    # Connects from the agent inside the pod's namespace; three failures
+    # in a row (a connect that never works) would restart it within ~3 s
+    # (restartCount stays 0 below). One slow connect on a loaded machine
+    # must not.
     livenessProbe:
       tcpSocket: {{port: http}}
       periodSeconds: 1
-      failureThreshold: 1
+      timeoutSeconds: 5
+      failureThreshold: 3
 ---
 apiVersion: v1
 kind: Service
