@@ -165,12 +165,17 @@ fn main_of(name: &str) -> &'static Path {
 }
 
 /// A workspace binary, checked ([`check_bin`]) to be built from this
-/// clone's current sources. `$KEELSON_BIN` (for `keelson`) overrides the
-/// lookup and the check: the caller chose that binary.
+/// clone's current sources. `$KEELSON_BIN` (for `keelson`) and
+/// `$KEELSON_CNI_BIN` (for `keelson-cni`) override the lookup and the
+/// check: the caller chose that binary (a copy that a long run keeps while
+/// the target directory is rebuilt, or a release build).
 pub fn workspace_bin(name: &str) -> Result<PathBuf, BinError> {
-    if name == "keelson"
-        && let Some(p) = std::env::var_os("KEELSON_BIN")
-    {
+    let chosen = match name {
+        "keelson" => std::env::var_os("KEELSON_BIN"),
+        "keelson-cni" => std::env::var_os("KEELSON_CNI_BIN"),
+        _ => None,
+    };
+    if let Some(p) = chosen {
         return Ok(PathBuf::from(p));
     }
     let dir = target_profile_dir();

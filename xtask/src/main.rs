@@ -262,8 +262,20 @@ fn conformance(extra: &[String]) -> anyhow::Result<()> {
     let bin = upstream::build()?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     let (kmod, _) = upstream::kubernetes_module(&PathBuf::from(upstream::UPSTREAM).join("src"))?;
-    let runner = cargo_target_dir()?.join("debug/keelson-conformance");
-    run(Command::new(runner)
+    // The run takes an hour or more: it runs copies of this clone's
+    // binaries, so the target directory may be rebuilt meanwhile.
+    let debug = cargo_target_dir()?.join("debug");
+    let copies = PathBuf::from("/var/cache/keelson/conformance/bin");
+    std::fs::create_dir_all(&copies)?;
+    for name in ["keelson", "keelson-cni", "keelson-conformance"] {
+        let to = copies.join(name);
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(debug.join(name), &to)
+            .with_context(|| format!("copy {name} to {}", copies.display()))?;
+    }
+    run(Command::new(copies.join("keelson-conformance"))
+        .env("KEELSON_BIN", copies.join("keelson"))
+        .env("KEELSON_CNI_BIN", copies.join("keelson-cni"))
         .arg("--upstream")
         .arg(&bin)
         .arg("--kubernetes-module")

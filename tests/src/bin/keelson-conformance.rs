@@ -174,6 +174,9 @@ fn wait(mut child: Child, stop: &AtomicBool) -> anyhow::Result<std::process::Exi
     let mut signalled: Option<Instant> = None;
     loop {
         if let Some(status) = child.try_wait()? {
+            // What the suite left behind (a `kubectl` it started, a
+            // port-forward) goes with it.
+            let _ = killpg(group, Signal::SIGKILL);
             return Ok(status);
         }
         if stop.load(Ordering::SeqCst) {
