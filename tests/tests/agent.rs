@@ -191,7 +191,7 @@ async fn agent_registers_node_and_renews_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_runs_with_ip_and_logs() {
+async fn pod_runs_with_ip_logs_and_exec() {
     let Some(e) = env("agent-logs").await else {
         return;
     };
@@ -286,6 +286,77 @@ async fn pod_runs_with_ip_and_logs() {
     assert!(
         last >= before + 3,
         "kubectl logs -f did not stream new lines: last {last}, before {before}: {followed:?}"
+    );
+    exec_through_the_api_server(&e);
+}
+
+/// `kubectl exec` into the running pod `web`, through the API server's
+/// pods/exec passage to the node API (WebSocket, v5.channel.k8s.io).
+fn exec_through_the_api_server(e: &Env) {
+    // Output and errors apart, the exit code propagated.
+    let out = e.server.kubectl(
+        33,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("err\n"),
+        "{out:?}"
+    );
+    // Input to the end: the command sees EOF when kubectl's stdin ends.
+    let mut child = e
+        .server
+        .kubectl_cmd(
+            33,
+            &["exec", "-i", "web", "--", "busybox", "tr", "a-z", "A-Z"],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello from stdin\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO FROM STDIN\n");
+    // A terminal (kubectl under `script`, which gives it one, sized
+    // 91x27): the command has a tty of that size; its exit code comes back.
+    let kubectl = keelson_e2e::kubectl_path(33);
+    let line = format!(
+        "stty cols 91 rows 27; {} exec -it web -- sh -c 'busybox tty; busybox stty size; exit 4'",
+        kubectl.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KUBECONFIG", &e.server.kubeconfig)
+        .env("HOME", &e.server.data_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{out:?} {text}");
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("27 91"), "{text:?}");
+    // A container that does not exist, a pod that does not: kubectl's errors.
+    let out = e
+        .server
+        .kubectl(33, &["exec", "web", "-c", "nope", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"),
+        "{out:?}"
     );
 }
 

@@ -2393,6 +2393,7 @@ async fn discovery() {
         "pods/status",
         "pods/binding",
         "pods/log",
+        "pods/exec",
         "services",
         "services/status",
         "namespaces",

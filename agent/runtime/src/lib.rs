@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod cgroups;
 mod oci;
+pub use oci::Terminal;
 pub mod sandbox;
 pub mod shim;
 
@@ -161,6 +162,106 @@ pub trait Runtime: Send + Sync {
         args: &[String],
         timeout: Duration,
     ) -> Result<ExecResult, RuntimeError>;
+    /// Starts `args` in the running container `id` (as [`Runtime::exec`]
+    /// does) with its standard streams handed to the caller: pipes, or
+    /// one terminal when `io.tty`. The command's exit code is the exit
+    /// status of [`ExecProcess::child`].
+    async fn exec_interactive(
+        &self,
+        id: &str,
+        args: &[String],
+        io: ExecIo,
+    ) -> Result<ExecProcess, RuntimeError> {
+        let _ = (args, io);
+        Err(RuntimeError::Failed(format!(
+            "exec in container {id}: this runtime does not stream"
+        )))
+    }
+}
+
+/// Which standard streams an interactive exec gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecIo {
+    /// Input from the caller (else /dev/null).
+    pub stdin: bool,
+    /// Output to the caller (else discarded).
+    pub stdout: bool,
+    /// Errors to the caller (else discarded; with a terminal they go
+    /// where the output goes).
+    pub stderr: bool,
+    /// One terminal for all three.
+    pub tty: bool,
+}
+
+/// A byte source of an interactive exec.
+pub type ExecReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// A byte sink of an interactive exec.
+pub type ExecWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// A process started by [`Runtime::exec_interactive`].
+pub struct ExecProcess {
+    /// The runtime's process (`runc exec`), whose exit status is the
+    /// command's; killed when dropped.
+    pub child: tokio::process::Child,
+    /// The command's input, when asked for (dropping it closes it).
+    pub stdin: Option<ExecWriter>,
+    /// The command's output (the terminal's, with a terminal).
+    pub stdout: Option<ExecReader>,
+    /// The command's errors (none with a terminal).
+    pub stderr: Option<ExecReader>,
+    /// The terminal, to resize.
+    pub terminal: Option<oci::Terminal>,
+    /// Where the runtime wrote the command's PID ([`ExecProcess::kill`]).
+    pub pid_file: Option<PathBuf>,
+}
+
+impl ExecProcess {
+    /// Waits for the command: its exit code (128 + N when killed by
+    /// signal N, as the runtime reports it).
+    pub async fn wait(&mut self) -> Result<i32, RuntimeError> {
+        let status = self.child.wait().await.map_err(|err| RuntimeError::Io {
+            op: "wait for an exec".into(),
+            err,
+        });
+        if let Some(p) = self.pid_file.take() {
+            let _ = std::fs::remove_file(p);
+        }
+        let status = status?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(-1))
+    }
+
+    /// Kills the command (the caller went away) and the runtime's process.
+    pub async fn kill(&mut self) {
+        if let Some(p) = self.pid_file.take() {
+            if let Some(pid) = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+impl std::fmt::Debug for ExecProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecProcess")
+            .field("child", &self.child.id())
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("terminal", &self.terminal.is_some())
+            .finish()
+    }
 }
 
 /// How much of an exec's output is kept (the kubelet reads 10 KiB).

@@ -10,8 +10,8 @@ use crate::shim::{Exit, ShimConfig, Started};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    ContainerConfig, ContainerInfo, ContainerState, EXEC_OUTPUT_MAX, ExecResult, OciRuntime,
-    Runtime, RuntimeError,
+    ContainerConfig, ContainerInfo, ContainerState, EXEC_OUTPUT_MAX, ExecIo, ExecProcess,
+    ExecReader, ExecResult, ExecWriter, OciRuntime, Runtime, RuntimeError,
 };
 
 /// Numbers the pid files of concurrent execs.
@@ -501,6 +501,101 @@ impl Runtime for OciRuntime {
         result
     }
 
+    async fn exec_interactive(
+        &self,
+        id: &str,
+        args: &[String],
+        io: ExecIo,
+    ) -> Result<ExecProcess, RuntimeError> {
+        use std::process::Stdio;
+        if !valid_id(id) || args.is_empty() {
+            return Err(RuntimeError::Failed(format!(
+                "exec {args:?} in container {id:?}: invalid id or empty command"
+            )));
+        }
+        let io_err = |op: &str, err: std::io::Error| RuntimeError::Io {
+            op: format!("{op} for exec in container {id}"),
+            err,
+        };
+        let pid_file = self.container_dir(id).join(format!(
+            "exec-{}.pid",
+            EXEC_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cmd = self.runtime_cmd();
+        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+        let mut terminal = None;
+        if io.tty {
+            // In the foreground `runc exec --tty` relays the container's
+            // terminal to its own, which must be one: it gets the slave
+            // side of ours (and resizes the container's from it on
+            // SIGWINCH); the caller talks to the master side.
+            let pty =
+                nix::pty::openpty(None, None).map_err(|e| io_err("open a terminal", e.into()))?;
+            let slave = std::fs::File::from(pty.slave);
+            let dup = |f: &std::fs::File| f.try_clone().map_err(|e| io_err("dup the terminal", e));
+            cmd.arg("--tty")
+                .stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            terminal = Some(pty.master);
+        } else {
+            let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+            cmd.stdin(pipe(io.stdin))
+                .stdout(pipe(io.stdout))
+                .stderr(pipe(io.stderr));
+        }
+        cmd.arg(id).args(args);
+        let mut child = cmd.spawn().map_err(|err| RuntimeError::Io {
+            op: format!("run {} exec in container {id}", self.runtime.display()),
+            err,
+        })?;
+        // The slave's copies held by `cmd` close with it: the master then
+        // reads EOF (EIO) once runc and the command are gone.
+        drop(cmd);
+        let (stdin, stdout, stderr, terminal) = match terminal {
+            Some(master) => {
+                let master = std::fs::File::from(master);
+                let reader = master
+                    .try_clone()
+                    .map_err(|e| io_err("dup the terminal", e))?;
+                let stdin = match io.stdin {
+                    true => {
+                        let w = master
+                            .try_clone()
+                            .map_err(|e| io_err("dup the terminal", e))?;
+                        Some(Box::new(tokio::fs::File::from_std(w)) as ExecWriter)
+                    }
+                    false => None,
+                };
+                let out = Box::new(TerminalReader(tokio::fs::File::from_std(reader))) as ExecReader;
+                let runtime_pid = child.id().unwrap_or_default();
+                (
+                    stdin,
+                    Some(out),
+                    None,
+                    Some(Terminal {
+                        master,
+                        runtime_pid,
+                    }),
+                )
+            }
+            None => (
+                child.stdin.take().map(|w| Box::new(w) as ExecWriter),
+                child.stdout.take().map(|r| Box::new(r) as ExecReader),
+                child.stderr.take().map(|r| Box::new(r) as ExecReader),
+                None,
+            ),
+        };
+        Ok(ExecProcess {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            terminal,
+            pid_file: Some(pid_file),
+        })
+    }
+
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let entries = match std::fs::read_dir(&self.state_dir) {
             Ok(e) => e,
@@ -524,6 +619,54 @@ impl Runtime for OciRuntime {
             }
         }
         Ok(out)
+    }
+}
+
+/// The caller's side of an interactive exec's terminal.
+#[derive(Debug)]
+pub struct Terminal {
+    master: std::fs::File,
+    /// The runtime's process, which copies the size to the container's
+    /// terminal when told (SIGWINCH).
+    runtime_pid: u32,
+}
+
+impl Terminal {
+    /// Resizes the terminal to `cols` x `rows`.
+    pub fn resize(&self, cols: u16, rows: u16) -> std::io::Result<()> {
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&self.master, size)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.runtime_pid as i32),
+            nix::sys::signal::Signal::SIGWINCH,
+        )
+        .map_err(std::io::Error::from)
+    }
+}
+
+/// A terminal's master side as a reader: EIO (no process holds the
+/// slave side any more) is the end of the output.
+struct TerminalReader(tokio::fs::File);
+
+impl tokio::io::AsyncRead for TerminalReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e))
+                if e.raw_os_error() == Some(nix::errno::Errno::EIO as i32) =>
+            {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
     }
 }
 

@@ -1,10 +1,12 @@
-//! The node HTTP API (TLS on 10250): healthz, pods, containerLogs.
+//! The node HTTP API (TLS on 10250): healthz, pods, containerLogs, exec
+//! ([`exec`]).
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with the kubelet's
 //! query parameters `follow`, `previous`, `tailLines`, `timestamps`,
 //! `limitBytes` returns the container's output as plain text (CRI prefix
 //! stripped); with `follow=true` the body streams until the container exits.
 
+pub mod exec;
 pub mod logs;
 
 use std::net::{IpAddr, SocketAddr};
@@ -109,6 +111,10 @@ fn router(app: App) -> Router {
         .route("/pods", get(pods))
         .route("/pods/", get(pods))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            get(exec::exec).post(exec::exec),
+        )
         .with_state(app)
 }
 

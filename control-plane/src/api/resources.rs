@@ -144,7 +144,7 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["po"],
         &["all"],
-        &["status", "binding", "log"],
+        &["status", "binding", "log", "exec", "attach", "portforward"],
         &[
             "spec.nodeName",
             "spec.restartPolicy",

@@ -81,6 +81,9 @@ fn subresource_entries(r: &ResourceType) -> Vec<Value> {
                 "binding" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Binding", "verbs": ["create"]}),
                 "log" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "Pod", "verbs": ["get"]}),
                 "token" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}),
+                "exec" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodExecOptions", "verbs": ["create", "get"]}),
+                "attach" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodAttachOptions", "verbs": ["create", "get"]}),
+                "portforward" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}),
                 "finalize" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["update"]}),
                 _ => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get"]}),
             }

@@ -308,10 +308,40 @@ fn delete_options(q: &HashMap<String, String>, body: Option<&Value>) -> ApiResul
     Ok(o)
 }
 
+/// `/api/v1/namespaces/{ns}/pods/{name}/{exec|attach|portforward}`:
+/// namespace, name and subresource.
+fn streaming_subresource(path: &str) -> Option<(&str, &str, &str)> {
+    match path
+        .trim_end_matches('/')
+        .split('/')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["", "api", "v1", "namespaces", ns, "pods", name, sub]
+            if super::nodeproxy::STREAMING.contains(sub) =>
+        {
+            Some((ns, name, sub))
+        }
+        _ => None,
+    }
+}
+
 async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
+    if let Some((ns, name, sub)) = streaming_subresource(uri.path()) {
+        if !matches!(method, Method::GET | Method::POST) {
+            return error_response(&ApiError::method_not_allowed(format!(
+                "{method} is not supported on pods/{sub}"
+            )));
+        }
+        let resp = super::nodeproxy::stream(&state.registry, ns, name, sub, req)
+            .await
+            .unwrap_or_else(|e| error_response(&e));
+        tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        return resp;
+    }
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -818,6 +848,30 @@ fn rv_of(o: &Value) -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn streaming_subresources_are_told_apart() {
+        assert_eq!(
+            streaming_subresource("/api/v1/namespaces/shop/pods/web/exec"),
+            Some(("shop", "web", "exec"))
+        );
+        assert_eq!(
+            streaming_subresource("/api/v1/namespaces/shop/pods/web/portforward/"),
+            Some(("shop", "web", "portforward"))
+        );
+        assert_eq!(
+            streaming_subresource("/api/v1/namespaces/shop/pods/web/log"),
+            None
+        );
+        assert_eq!(
+            streaming_subresource("/api/v1/namespaces/shop/services/web/exec"),
+            None
+        );
+        assert_eq!(
+            streaming_subresource("/apis/v1/namespaces/shop/pods/web/exec"),
+            None
+        );
+    }
     use super::*;
 
     #[test]
