@@ -291,11 +291,18 @@ async fn pod_runs_with_ip_logs_and_exec() {
 }
 
 /// `kubectl exec` into the running pod `web`, through the API server's
-/// pods/exec passage to the node API (WebSocket, v5.channel.k8s.io).
+/// pods/exec passage to the node API: kubectl 1.33 over WebSocket
+/// (v5.channel.k8s.io), 1.27 over SPDY (v4.channel.k8s.io).
 fn exec_through_the_api_server(e: &Env) {
+    for minor in keelson_e2e::kubectl_versions() {
+        exec_with_kubectl(e, minor);
+    }
+}
+
+fn exec_with_kubectl(e: &Env, minor: u32) {
     // Output and errors apart, the exit code propagated.
     let out = e.server.kubectl(
-        33,
+        minor,
         &[
             "exec",
             "web",
@@ -305,7 +312,7 @@ fn exec_through_the_api_server(e: &Env) {
             "echo out; echo err >&2; exit 3",
         ],
     );
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "kubectl 1.{minor}: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert!(
         String::from_utf8_lossy(&out.stderr).starts_with("err\n"),
@@ -315,7 +322,7 @@ fn exec_through_the_api_server(e: &Env) {
     let mut child = e
         .server
         .kubectl_cmd(
-            33,
+            minor,
             &["exec", "-i", "web", "--", "busybox", "tr", "a-z", "A-Z"],
         )
         .stdin(std::process::Stdio::piped())
@@ -333,7 +340,7 @@ fn exec_through_the_api_server(e: &Env) {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO FROM STDIN\n");
     // A terminal (kubectl under `script`, which gives it one, sized
     // 91x27): the command has a tty of that size; its exit code comes back.
-    let kubectl = keelson_e2e::kubectl_path(33);
+    let kubectl = keelson_e2e::kubectl_path(minor);
     let line = format!(
         "stty cols 91 rows 27; {} exec -it web -- sh -c 'busybox tty; busybox stty size; exit 4'",
         kubectl.display()
@@ -352,7 +359,7 @@ fn exec_through_the_api_server(e: &Env) {
     // A container that does not exist, a pod that does not: kubectl's errors.
     let out = e
         .server
-        .kubectl(33, &["exec", "web", "-c", "nope", "--", "true"]);
+        .kubectl(minor, &["exec", "web", "-c", "nope", "--", "true"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"),

@@ -11,23 +11,26 @@
 //! `v4.channel.k8s.io` on, channel 3 carries a `metav1.Status` (reason
 //! `NonZeroExitCode` with an `ExitCode` cause); before that, a text error.
 //!
-//! SPDY (what kubectl before 1.30 speaks) is not served: such a request
-//! gets 400 saying so.
+//! Over SPDY/3.1 (kubectl before 1.30; `X-Stream-Protocol-Version`
+//! v4.channel.k8s.io down to channel.k8s.io) the client opens one stream
+//! per channel (`streamType` error, stdin, stdout, stderr, resize) and the
+//! same bytes flow on them, resize as a sequence of JSON sizes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{
-    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequest, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
 use keelson_runtime::{ContainerState, ExecIo, ExecReader, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
-use super::{App, text};
+use super::{App, spdy, text};
 use crate::pods::host::{attempt_of, labels};
 
 /// The channel protocols served, newest first.
@@ -136,13 +139,6 @@ pub enum Inbound {
 
 /// Reads a client's binary message (pure).
 pub fn parse_inbound(version: Version, data: &[u8]) -> Inbound {
-    #[derive(serde::Deserialize)]
-    struct Size {
-        #[serde(rename = "Width")]
-        width: u16,
-        #[serde(rename = "Height")]
-        height: u16,
-    }
     match data {
         [CLOSE, ch] if version >= Version::V5 => Inbound::Close(*ch),
         [STDIN, rest @ ..] if !rest.is_empty() => Inbound::Stdin(rest.to_vec()),
@@ -209,22 +205,25 @@ async fn running_container(runtime: &dyn Runtime, uid: &str, container: &str) ->
         .map(|c| c.id)
 }
 
-/// `GET /exec/{ns}/{pod}/{container}` with a WebSocket upgrade.
+/// A pod of this node by namespace and name.
+pub(super) fn find_pod(app: &App, ns: &str, name: &str) -> Option<std::sync::Arc<Pod>> {
+    app.pods.state().into_iter().find(|p| {
+        p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+    })
+}
+
+/// `GET /exec/{ns}/{pod}/{container}` with a WebSocket upgrade, or `POST`
+/// with a SPDY/3.1 one.
 pub(super) async fn exec(
     State(app): State<App>,
     UrlPath((ns, pod_name, container)): UrlPath<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
 ) -> Response {
-    let q = match parse_query(raw.as_deref().unwrap_or_default()) {
+    let q = match parse_query(req.uri().query().unwrap_or_default()) {
         Ok(q) => q,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let pod = app.pods.state().into_iter().find(|p| {
-        p.metadata.namespace.as_deref() == Some(&ns)
-            && p.metadata.name.as_deref() == Some(&pod_name)
-    });
-    let Some(pod) = pod else {
+    let Some(pod) = find_pod(&app, &ns, &pod_name) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod_name} not found on this node"),
@@ -237,19 +236,26 @@ pub(super) async fn exec(
             format!("container {container} of pod {ns}/{pod_name} is not running"),
         );
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "exec is served over WebSocket ({}), not SPDY: {e}",
-                    PROTOCOLS.join(", ")
-                ),
-            );
-        }
-    };
     let runtime = app.host.runtime.clone();
+    if !super::upgrade::is_websocket(&req) {
+        return match super::upgrade::spdy(req, SPDY_PROTOCOLS) {
+            Ok((resp, protocol, session)) => {
+                let version = Version::of(&protocol);
+                tokio::spawn(async move {
+                    let session = session.await;
+                    if let Some(session) = session {
+                        spdy_session(session, version, q, runtime, id).await;
+                    }
+                });
+                resp
+            }
+            Err(resp) => resp,
+        };
+    }
+    let ws = match WebSocketUpgrade::from_request(req, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
     ws.protocols(PROTOCOLS.iter().copied())
         .on_upgrade(move |socket| {
             let version = Version::of(
@@ -258,10 +264,31 @@ pub(super) async fn exec(
                     .and_then(|p| p.to_str().ok())
                     .unwrap_or_default(),
             );
-            session(socket, version, q, runtime, id)
+            ws_session(socket, version, q, runtime, id)
         })
         .into_response()
 }
+
+/// The protocols of exec over SPDY (`X-Stream-Protocol-Version`), newest
+/// first.
+const SPDY_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// What the client side of a session did.
+#[derive(Debug)]
+enum Event {
+    Stdin(Vec<u8>),
+    StdinEof,
+    Resize(u16, u16),
+    Gone,
+}
+
+/// What a session sends: channel (STDOUT, STDERR, STATUS) and bytes.
+type Output = (u8, Vec<u8>);
 
 /// How a session's input loop ended.
 enum End {
@@ -271,16 +298,14 @@ enum End {
     ClientGone,
 }
 
-/// Sends a reader's bytes as messages on `channel` until its end.
-async fn pump(mut r: ExecReader, channel: u8, tx: tokio::sync::mpsc::Sender<Message>) {
+/// Sends a reader's bytes on `channel` until its end.
+async fn pump(mut r: ExecReader, channel: u8, tx: mpsc::Sender<Output>) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        match r.read(&mut buf[1..]).await {
+        match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                buf[0] = channel;
-                let msg = Message::Binary(buf[..=n].to_vec().into());
-                if tx.send(msg).await.is_err() {
+                if tx.send((channel, buf[..n].to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -288,7 +313,106 @@ async fn pump(mut r: ExecReader, channel: u8, tx: tokio::sync::mpsc::Sender<Mess
     }
 }
 
-async fn session(
+/// Runs the command for a client whatever its transport: `events` from
+/// it, `out` to it (closed when the session is over).
+async fn run(
+    mut events: mpsc::Receiver<Event>,
+    out: mpsc::Sender<Output>,
+    version: Version,
+    q: ExecQuery,
+    runtime: Arc<dyn Runtime>,
+    id: String,
+) {
+    // A terminal starts at the client's size, which it sends first.
+    let mut pending = Vec::new();
+    let mut size = None;
+    if q.io.tty {
+        let deadline = tokio::time::sleep(FIRST_SIZE_WAIT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                e = events.recv() => match e {
+                    Some(Event::Resize(w, h)) => {
+                        size = Some((w, h));
+                        break;
+                    }
+                    Some(Event::Gone) | None => return,
+                    Some(other) => pending.push(other),
+                },
+            }
+        }
+    }
+    let mut p = match runtime.exec_interactive(&id, &q.command, q.io).await {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(m) = status_message(version, &q.command, &Err(e.to_string())) {
+                let _ = out.send((STATUS, m)).await;
+            }
+            return;
+        }
+    };
+    let terminal = p.terminal.take();
+    if let (Some(t), Some((w, h))) = (&terminal, size) {
+        let _ = t.resize(w, h);
+    }
+    let outputs: Vec<_> = [(p.stdout.take(), STDOUT), (p.stderr.take(), STDERR)]
+        .into_iter()
+        .filter_map(|(r, ch)| r.map(|r| tokio::spawn(pump(r, ch, out.clone()))))
+        .collect();
+    let mut stdin = p.stdin.take();
+    let end = {
+        let done = async {
+            for o in outputs {
+                let _ = o.await;
+            }
+            p.wait().await.map_err(|e| e.to_string())
+        };
+        tokio::pin!(done);
+        let mut pending = pending.into_iter();
+        loop {
+            let event = match pending.next() {
+                Some(e) => e,
+                None => tokio::select! {
+                    end = &mut done => break End::Exited(end),
+                    e = events.recv() => e.unwrap_or(Event::Gone),
+                },
+            };
+            match event {
+                Event::Stdin(d) => {
+                    if let Some(w) = stdin.as_mut()
+                        && (w.write_all(&d).await.is_err() || w.flush().await.is_err())
+                    {
+                        stdin = None;
+                    }
+                }
+                Event::Resize(w, h) => {
+                    if let Some(t) = &terminal {
+                        let _ = t.resize(w, h);
+                    }
+                }
+                Event::StdinEof => {
+                    if let Some(mut w) = stdin.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                Event::Gone => break End::ClientGone,
+            }
+        }
+    };
+    drop(stdin);
+    match end {
+        End::Exited(end) => {
+            if let Some(m) = status_message(version, &q.command, &end) {
+                let _ = out.send((STATUS, m)).await;
+            }
+        }
+        End::ClientGone => p.kill().await,
+    }
+}
+
+/// A session over a WebSocket: channel-prefixed binary messages.
+async fn ws_session(
     socket: WebSocket,
     version: Version,
     q: ExecQuery,
@@ -296,10 +420,14 @@ async fn session(
     id: String,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(16);
     let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
+        while let Some((ch, data)) = out_rx.recv().await {
+            if sink
+                .send(Message::Binary(with_channel(ch, &data).into()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -312,114 +440,144 @@ async fn session(
         let _ = sink.send(Message::Close(Some(close))).await;
         let _ = sink.close().await;
     });
-
-    // A terminal starts at the client's size, which it sends first.
-    let mut pending = Vec::new();
-    let mut size = None;
-    if q.io.tty {
-        let deadline = tokio::time::sleep(FIRST_SIZE_WAIT);
-        tokio::pin!(deadline);
+    let (ev_tx, ev_rx) = mpsc::channel(16);
+    let reader = tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                m = stream.next() => match m {
-                    Some(Ok(Message::Binary(d))) => match parse_inbound(version, &d) {
-                        Inbound::Resize { width, height } => {
-                            size = Some((width, height));
-                            break;
-                        }
-                        other => pending.push(other),
-                    },
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        drop(tx);
-                        let _ = writer.await;
+            let event = match stream.next().await {
+                Some(Ok(Message::Binary(d))) => match parse_inbound(version, &d) {
+                    Inbound::Stdin(d) => Event::Stdin(d),
+                    Inbound::Resize { width, height } => Event::Resize(width, height),
+                    Inbound::Close(STDIN) => Event::StdinEof,
+                    Inbound::Close(_) | Inbound::Ignored => continue,
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Event::Gone,
+                Some(Ok(_)) => continue,
+            };
+            let gone = matches!(event, Event::Gone);
+            if ev_tx.send(event).await.is_err() || gone {
+                return;
+            }
+        }
+    });
+    run(ev_rx, out_tx, version, q, runtime, id).await;
+    reader.abort();
+    let _ = writer.await;
+}
+
+/// A session over SPDY: one stream per channel, opened by the client
+/// (`streamType`: error, stdin, stdout, stderr, resize).
+async fn spdy_session(
+    mut session: spdy::Session,
+    version: Version,
+    q: ExecQuery,
+    runtime: Arc<dyn Runtime>,
+    id: String,
+) {
+    let expected = 1
+        + usize::from(q.io.stdin)
+        + usize::from(q.io.stdout)
+        + usize::from(q.io.stderr)
+        + usize::from(q.io.tty && version >= Version::V3);
+    let mut ids: BTreeMap<u8, u32> = BTreeMap::new();
+    let mut stdin = None;
+    let mut resize = None;
+    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    tokio::pin!(deadline);
+    while ids.len() + usize::from(stdin.is_some()) + usize::from(resize.is_some()) < expected {
+        let s = tokio::select! {
+            _ = &mut deadline => return,
+            s = session.incoming.recv() => match s {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        session.sender.reply(s.id).await;
+        match s.header("streamtype") {
+            Some("error") => {
+                ids.insert(STATUS, s.id);
+            }
+            Some("stdout") => {
+                ids.insert(STDOUT, s.id);
+            }
+            Some("stderr") => {
+                ids.insert(STDERR, s.id);
+            }
+            Some("stdin") => stdin = Some(s),
+            Some("resize") => resize = Some(s),
+            _ => session.sender.reset(s.id).await,
+        }
+    }
+    let (ev_tx, ev_rx) = mpsc::channel(16);
+    let mut inputs = Vec::new();
+    if let Some(mut s) = stdin {
+        let tx = ev_tx.clone();
+        inputs.push(tokio::spawn(async move {
+            while let Some(d) = s.data.recv().await {
+                if tx.send(Event::Stdin(d)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Event::StdinEof).await;
+        }));
+    }
+    if let Some(mut s) = resize {
+        let tx = ev_tx.clone();
+        inputs.push(tokio::spawn(async move {
+            // A sequence of JSON objects.
+            let mut buf = Vec::new();
+            while let Some(d) = s.data.recv().await {
+                buf.extend_from_slice(&d);
+                let mut sizes = serde_json::Deserializer::from_slice(&buf).into_iter::<Size>();
+                let mut got = Vec::new();
+                let mut used = 0;
+                while let Some(Ok(size)) = sizes.next() {
+                    used = sizes.byte_offset();
+                    got.push(Event::Resize(size.width, size.height));
+                }
+                buf.drain(..used);
+                for e in got {
+                    if tx.send(e).await.is_err() {
                         return;
                     }
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    }
-
-    let mut p = match runtime.exec_interactive(&id, &q.command, q.io).await {
-        Ok(p) => p,
-        Err(e) => {
-            if let Some(m) = status_message(version, &q.command, &Err(e.to_string())) {
-                let _ = tx
-                    .send(Message::Binary(with_channel(STATUS, &m).into()))
-                    .await;
-            }
-            drop(tx);
-            let _ = writer.await;
-            return;
-        }
-    };
-    let terminal = p.terminal.take();
-    if let (Some(t), Some((w, h))) = (&terminal, size) {
-        let _ = t.resize(w, h);
-    }
-    let outputs: Vec<_> = [(p.stdout.take(), STDOUT), (p.stderr.take(), STDERR)]
-        .into_iter()
-        .filter_map(|(r, ch)| r.map(|r| tokio::spawn(pump(r, ch, tx.clone()))))
-        .collect();
-    let mut stdin = p.stdin.take();
-
-    let end = {
-        let done = async {
-            for o in outputs {
-                let _ = o.await;
-            }
-            p.wait().await.map_err(|e| e.to_string())
-        };
-        tokio::pin!(done);
-        let mut inbound = pending.into_iter();
-        loop {
-            let msg = match inbound.next() {
-                Some(m) => m,
-                None => tokio::select! {
-                    end = &mut done => break End::Exited(end),
-                    m = stream.next() => match m {
-                        Some(Ok(Message::Binary(d))) => parse_inbound(version, &d),
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::ClientGone,
-                        Some(Ok(_)) => Inbound::Ignored,
-                    },
-                },
-            };
-            match msg {
-                Inbound::Stdin(d) => {
-                    if let Some(w) = stdin.as_mut()
-                        && (w.write_all(&d).await.is_err() || w.flush().await.is_err())
-                    {
-                        stdin = None;
-                    }
                 }
-                Inbound::Resize { width, height } => {
-                    if let Some(t) = &terminal {
-                        let _ = t.resize(width, height);
-                    }
-                }
-                Inbound::Close(STDIN) => {
-                    if let Some(mut w) = stdin.take() {
-                        let _ = w.shutdown().await;
-                    }
-                }
-                Inbound::Close(_) | Inbound::Ignored => {}
             }
-        }
-    };
-    drop(stdin);
-    match end {
-        End::Exited(end) => {
-            if let Some(m) = status_message(version, &q.command, &end) {
-                let _ = tx
-                    .send(Message::Binary(with_channel(STATUS, &m).into()))
-                    .await;
-            }
-        }
-        End::ClientGone => p.kill().await,
+        }));
     }
-    drop(tx);
+    // The connection's end is the client's going.
+    let mut incoming = std::mem::replace(&mut session.incoming, mpsc::channel(1).1);
+    inputs.push(tokio::spawn(async move {
+        while incoming.recv().await.is_some() {}
+        let _ = ev_tx.send(Event::Gone).await;
+    }));
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(16);
+    let sender = session.sender.clone();
+    let writer = tokio::spawn(async move {
+        while let Some((ch, data)) = out_rx.recv().await {
+            if let Some(id) = ids.get(&ch)
+                && !sender.data(*id, data).await
+            {
+                return;
+            }
+        }
+        for id in ids.values() {
+            sender.fin(*id).await;
+        }
+        sender.goaway().await;
+    });
+    run(ev_rx, out_tx, version, q, runtime, id).await;
     let _ = writer.await;
+    for t in inputs {
+        t.abort();
+    }
+}
+
+/// A terminal size as clients send it.
+#[derive(serde::Deserialize)]
+struct Size {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
 }
 
 fn with_channel(channel: u8, data: &[u8]) -> Vec<u8> {

@@ -8,6 +8,8 @@
 
 pub mod exec;
 pub mod logs;
+pub mod spdy;
+pub mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
