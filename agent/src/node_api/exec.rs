@@ -249,7 +249,7 @@ pub(super) async fn exec(
                 });
                 resp
             }
-            Err(resp) => resp,
+            Err(resp) => *resp,
         };
     }
     let ws = match WebSocketUpgrade::from_request(req, &()).await {

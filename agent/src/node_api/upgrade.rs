@@ -43,12 +43,12 @@ pub type PendingSession = Pin<Box<dyn Future<Output = Option<spdy::Session>> + S
 pub fn spdy(
     mut req: Request,
     protocols: &[&str],
-) -> Result<(Response, String, PendingSession), Response> {
+) -> Result<(Response, String, PendingSession), Box<Response>> {
     if !has_token(req.headers(), header::UPGRADE, "SPDY/3.1") {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: this endpoint speaks WebSocket or SPDY/3.1".into(),
-        ));
+        )));
     }
     let client: Vec<String> = req
         .headers()
@@ -60,10 +60,10 @@ pub fn spdy(
         .filter(|p| !p.is_empty())
         .collect();
     if client.is_empty() {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "unable to upgrade: X-Stream-Protocol-Version is required".into(),
-        ));
+        )));
     }
     let client_refs: Vec<&str> = client.iter().map(String::as_str).collect();
     let Some(chosen) = negotiate(&client_refs, protocols) else {
@@ -77,7 +77,7 @@ pub fn spdy(
             r.headers_mut()
                 .insert("x-accepted-stream-protocol-versions", v);
         }
-        return Err(r);
+        return Err(Box::new(r));
     };
     let upgraded = hyper::upgrade::on(&mut req);
     let session: PendingSession = Box::pin(async move {
