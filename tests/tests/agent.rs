@@ -297,6 +297,69 @@ fn exec_through_the_api_server(e: &Env) {
     for minor in keelson_e2e::kubectl_versions() {
         exec_with_kubectl(e, minor);
     }
+    // A server on the pod's loopback only, for port-forward.
+    e.server.kubectl_ok(
+        33,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo forwarded > /tmp/index.html && httpd -p 127.0.0.1:8080 -h /tmp",
+        ],
+    );
+    for minor in keelson_e2e::kubectl_versions() {
+        port_forward_with_kubectl(e, minor);
+    }
+}
+
+/// `kubectl port-forward` to the pod's loopback-only HTTP server (kubectl
+/// 1.33 tunnels SPDY in a WebSocket, 1.27 upgrades to SPDY), and to a
+/// port nothing listens on (the error comes back on the error stream).
+fn port_forward_with_kubectl(e: &Env, minor: u32) {
+    use std::io::{BufRead, Read, Write};
+    let mut child = e
+        .server
+        .kubectl_cmd(minor, &["port-forward", "pod/web", "0:8080", "0:9999"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // "Forwarding from 127.0.0.1:PORT -> 8080"
+    let mut local = std::collections::BTreeMap::new();
+    while local.len() < 2 {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
+            && let Some((port, remote)) = rest.split_once(" -> ")
+        {
+            local.insert(remote.trim().to_string(), port.parse::<u16>().unwrap());
+        }
+    }
+    let get = |port: u16| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        body
+    };
+    let ok = get(local["8080"]);
+    let refused = get(local["9999"]);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        ok.starts_with("HTTP/1.") && ok.ends_with("forwarded\n"),
+        "kubectl 1.{minor} port-forward: {ok:?} {stderr}"
+    );
+    assert_eq!(refused, "", "kubectl 1.{minor}");
+    assert!(
+        stderr.contains("error forwarding port 9999"),
+        "kubectl 1.{minor}: {stderr}"
+    );
 }
 
 fn exec_with_kubectl(e: &Env, minor: u32) {

@@ -1,5 +1,5 @@
 //! The node HTTP API (TLS on 10250): healthz, pods, containerLogs, exec
-//! ([`exec`]).
+//! ([`exec`]), portForward ([`portforward`]).
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with the kubelet's
 //! query parameters `follow`, `previous`, `tailLines`, `timestamps`,
@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod logs;
+pub mod portforward;
 pub mod spdy;
 pub mod upgrade;
 
@@ -75,6 +76,8 @@ struct App {
     pods: Store<Pod>,
     host: Arc<Host>,
     health: crate::health::NodeHealth,
+    /// Connects inside pods' network namespaces (port forwarding).
+    netns: Option<keelson_host::netns::NetnsWorker>,
 }
 
 /// Loads `pki_dir/node.{crt,key}`, generating a self-signed pair if absent.
@@ -117,6 +120,10 @@ fn router(app: App) -> Router {
             "/exec/{ns}/{pod}/{container}",
             get(exec::exec).post(exec::exec),
         )
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(portforward::port_forward).post(portforward::port_forward),
+        )
         .with_state(app)
 }
 
@@ -135,10 +142,14 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
             addr: cfg.listen,
             source,
         })?;
+    let netns = keelson_host::netns::NetnsWorker::spawn()
+        .inspect_err(|e| tracing::warn!("node API: no port forwarding: {e}"))
+        .ok();
     let app = router(App {
         pods: cfg.pods,
         host: cfg.host,
         health: cfg.health,
+        netns,
     });
     let new_service = move |_peer: Peer| {
         let app = app.clone();

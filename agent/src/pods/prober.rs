@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use keelson_host::netns::NetnsWorker;
 use keelson_runtime::Runtime;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use super::probe::{Handler, Outcome, Scheme};
 
@@ -186,32 +186,15 @@ impl Prober {
 
     /// A TCP connection to `addr` from inside the pod's network namespace.
     async fn connect(&self, t: &Target, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-        let new = move || {
-            if addr.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }
-        };
-        let socket = if t.netns.as_os_str().is_empty() {
-            new().map_err(|e| ConnectError::Setup(format!("create a socket: {e}")))?
-        } else {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.netns.run(&t.netns, move |entered| {
-                let _ = tx.send(entered.map_err(|e| e.to_string()).and_then(|()| {
-                    new().map_err(|e| format!("create a socket in {addr}'s namespace: {e}"))
-                }));
-            });
-            rx.await
-                .map_err(|_| ConnectError::Setup("the probe thread is gone".into()))?
-                .map_err(ConnectError::Setup)?
-        };
-        let stream = socket
-            .connect(addr)
+        self.netns
+            .connect(&t.netns, addr)
             .await
-            .map_err(|e| ConnectError::Probe(format!("connect: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+            .map_err(|e| match e {
+                keelson_host::netns::ConnectError::Setup(e) => ConnectError::Setup(e),
+                keelson_host::netns::ConnectError::Connect(e) => {
+                    ConnectError::Probe(format!("connect: {e}"))
+                }
+            })
     }
 
     async fn http_get(

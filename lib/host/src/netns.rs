@@ -197,6 +197,56 @@ impl NetnsWorker {
     }
 }
 
+/// Why [`NetnsWorker::connect`] failed.
+#[cfg(feature = "serve")]
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No socket could be made in the namespace (it is gone, the worker
+    /// is gone, no descriptors left): the caller's trouble.
+    #[error("{0}")]
+    Setup(String),
+    /// The connection itself failed (refused, unreachable, reset).
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+}
+
+#[cfg(feature = "serve")]
+impl NetnsWorker {
+    /// Connects to `addr` from inside the network namespace at `netns` (the
+    /// process's own when empty): the socket is made on the worker thread,
+    /// so it belongs to the namespace, and connected from tokio.
+    pub async fn connect(
+        &self,
+        netns: &Path,
+        addr: std::net::SocketAddr,
+    ) -> Result<tokio::net::TcpStream, ConnectError> {
+        use tokio::net::TcpSocket;
+        let new = move || {
+            if addr.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+        };
+        let socket = if netns.as_os_str().is_empty() {
+            new().map_err(|e| ConnectError::Setup(format!("create a socket: {e}")))?
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.run(netns, move |entered| {
+                let _ = tx.send(entered.map_err(|e| e.to_string()).and_then(|()| {
+                    new().map_err(|e| format!("create a socket in {addr}'s namespace: {e}"))
+                }));
+            });
+            rx.await
+                .map_err(|_| ConnectError::Setup("the netns worker thread is gone".into()))?
+                .map_err(ConnectError::Setup)?
+        };
+        let stream = socket.connect(addr).await.map_err(ConnectError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
