@@ -36,6 +36,9 @@ pub struct AgentConfig {
     pub node_ip: Option<IpAddr>,
     /// Address of the node API (TLS).
     pub node_api_listen: SocketAddr,
+    /// CA bundle whose client certificates the node API accepts (None:
+    /// the CA of `kubeconfig`).
+    pub client_ca_file: Option<PathBuf>,
     /// The node's pod CIDR (written to spec.podCIDR when set).
     pub pod_cidr: Option<ipnet::Ipv4Net>,
     /// The Service proxy (mode `None`: no proxy). The agent fills in its
@@ -68,6 +71,7 @@ impl Default for AgentConfig {
             cgroup_root: "kubepods".into(),
             node_ip: None,
             node_api_listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            client_ca_file: None,
             pod_cidr: None,
             proxy: keelson_proxy::ProxyConfig {
                 mode: keelson_proxy::ProxyMode::None,
@@ -110,6 +114,39 @@ pub fn resolve_runtime(name: &str) -> anyhow::Result<PathBuf> {
         },
     };
     tool.find().with_context(|| format!("--runtime {name}"))
+}
+
+/// The CA (PEM) the node API checks client certificates against:
+/// `client_ca_file`, else the cluster CA named by the kubeconfig; None when
+/// neither names one.
+pub async fn node_api_client_ca(
+    client_ca_file: Option<&std::path::Path>,
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    if let Some(f) = client_ca_file {
+        return std::fs::read_to_string(f)
+            .map(Some)
+            .with_context(|| format!("read --client-ca-file {}", f.display()));
+    }
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("read kubeconfig {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .with_context(|| format!("load kubeconfig {}", kubeconfig.display()))?;
+    Ok(cfg.root_cert.map(|certs| {
+        use base64::Engine;
+        let mut pem = String::new();
+        for der in certs {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                pem.push_str(&String::from_utf8_lossy(line));
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        }
+        pem
+    }))
 }
 
 pub async fn client_from(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
@@ -329,6 +366,8 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     tasks.push(
         crate::node_api::serve(crate::node_api::NodeApiConfig {
             listen: args.node_api_listen,
+            client_ca_pem: node_api_client_ca(args.client_ca_file.as_deref(), &args.kubeconfig)
+                .await?,
             pki_dir: args.root_dir.join("pki"),
             node_name: args.node_name.clone(),
             node_ip,

@@ -53,6 +53,10 @@ pub struct AgentArgs {
     /// Address of the node API (TLS).
     #[arg(long, default_value_t = d().node_api_listen)]
     pub node_api_listen: SocketAddr,
+    /// CA bundle (PEM) whose client certificates the node API accepts
+    /// (default: the CA of --kubeconfig, the cluster's).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
     /// The node's pod CIDR (written to spec.podCIDR when set). Where the
     /// CNI config dir holds no configuration, the agent networks pods in it
     /// with keelson-cni (else in the Node's spec.podCIDR).
@@ -142,6 +146,7 @@ impl AgentArgs {
             cgroup_root: self.cgroup_root,
             node_ip: self.node_ip,
             node_api_listen: self.node_api_listen,
+            client_ca_file: self.client_ca_file,
             pod_cidr: self.pod_cidr,
             proxy,
             cluster_dns: self.cluster_dns,

@@ -1042,7 +1042,11 @@ fn breakdown(
         key_dir.path(),
         server::satoken::DEFAULT_ISSUER,
     )?);
-    let app = server::http::router(registry.clone(), addr, issuer);
+    let pki = server::pki::Pki::load_or_create(key_dir.path(), &["127.0.0.1".to_string()])?;
+    let nodes =
+        server::nodeproxy::NodeClient::new(&pki.node_client.cert_pem, &pki.node_client.key_pem)
+            .map_err(anyhow::Error::msg)?;
+    let app = server::http::router(registry.clone(), addr, issuer, nodes);
     let uri = format!("/api/v1/namespaces/{NAMESPACE}/pods");
     let mut samples = Vec::new();
     let mut failure = None;

@@ -54,6 +54,9 @@ pub struct AgentProcess {
     /// Node API port (127.0.0.1).
     pub api_port: u16,
     kubeconfig: PathBuf,
+    /// The client certificate and key the node API accepts (the cluster
+    /// admin's).
+    pub client_cert: (PathBuf, PathBuf),
     extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -108,6 +111,10 @@ impl AgentProcess {
             subnet,
             api_port: free_port(),
             kubeconfig: server.kubeconfig.clone(),
+            client_cert: (
+                server.data_dir.join("pki/admin.crt"),
+                server.data_dir.join("pki/admin.key"),
+            ),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: base.join("agent.log"),
@@ -229,10 +236,15 @@ impl AgentProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// GET https://127.0.0.1:PORT<path> on the node API (curl -k).
+    /// GET https://127.0.0.1:PORT<path> on the node API (curl -k), with
+    /// [`AgentProcess::client_cert`].
     pub fn node_api(&self, path: &str) -> (u16, String) {
         let out = Command::new("curl")
             .args(["-sk", "--max-time", "60", "-w", "\n%{http_code}"])
+            .arg("--cert")
+            .arg(&self.client_cert.0)
+            .arg("--key")
+            .arg(&self.client_cert.1)
             .arg(format!("https://127.0.0.1:{}{path}", self.api_port))
             .output()
             .expect("run curl");

@@ -255,6 +255,41 @@ async fn pod_runs_with_ip_logs_and_exec() {
             .iter()
             .any(|p| p["metadata"]["name"] == "web")
     );
+    // Without a client certificate only /healthz answers; with one from
+    // another CA (the node's own self-signed serving pair) the handshake fails.
+    let curl = |path: &str, cert: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sk",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ]);
+        if let Some((crt, key)) = cert {
+            c.arg("--cert").arg(crt).arg("--key").arg(key);
+        }
+        let out = c
+            .arg(format!("https://127.0.0.1:{}{path}", e.agent.api_port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("/pods", None), "401");
+    assert_eq!(curl("/containerLogs/default/web/main", None), "401");
+    assert_eq!(
+        curl("/exec/default/web/main?command=id&stdout=1", None),
+        "401"
+    );
+    assert_eq!(curl("/healthz", None), "200");
+    let pki = e.agent.root_dir.join("pki");
+    let other = (pki.join("node.crt"), pki.join("node.key"));
+    assert_eq!(
+        curl("/pods", Some((other.0.as_path(), other.1.as_path()))),
+        "000"
+    );
     // kubectl logs goes through the API server's pods/log proxy to the node API.
     let out = e.server.kubectl_ok(33, &["logs", "web"]);
     assert!(out.starts_with("hello from web\n"), "kubectl logs: {out:?}");

@@ -1,6 +1,10 @@
 //! The node HTTP API (TLS on 10250): healthz, pods, containerLogs, exec
 //! ([`exec`]), portForward ([`portforward`]).
 //!
+//! Every request but `/healthz` must come with a client certificate the
+//! cluster CA signed (the API server's, an admin's): others get 401. Any
+//! such client may do everything (there is no authorization yet).
+//!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with the kubelet's
 //! query parameters `follow`, `previous`, `tailLines`, `timestamps`,
 //! `limitBytes` returns the container's output as plain text (CRI prefix
@@ -57,6 +61,9 @@ pub enum NodeApiError {
 pub struct NodeApiConfig {
     /// --node-api-listen.
     pub listen: SocketAddr,
+    /// The CA (PEM) whose client certificates authenticate requests; with
+    /// none, only `/healthz` is served.
+    pub client_ca_pem: Option<String>,
     /// Where the serving certificate lives (generated if absent).
     pub pki_dir: PathBuf,
     /// Node name (a SAN of the certificate).
@@ -130,7 +137,11 @@ fn router(app: App) -> Router {
 /// Binds and serves the node API over TLS in a background task.
 pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, NodeApiError> {
     let (cert, key) = load_or_create_cert(&cfg.pki_dir, &cfg.node_name, cfg.node_ip)?;
-    let tls = keelson_host::serve::server_config(&cert, &key, ClientAuth::None).map_err(|e| {
+    let client_auth = match cfg.client_ca_pem.as_deref() {
+        Some(ca_pem) => ClientAuth::Optional { ca_pem },
+        None => ClientAuth::None,
+    };
+    let tls = keelson_host::serve::server_config(&cert, &key, client_auth).map_err(|e| {
         NodeApiError::Pki {
             dir: cfg.pki_dir.clone(),
             reason: e.to_string(),
@@ -151,10 +162,18 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
         health: cfg.health,
         netns,
     });
-    let new_service = move |_peer: Peer| {
+    let new_service = move |peer: Peer| {
         let app = app.clone();
+        // A certificate the cluster CA signed (checked in the handshake).
+        let authenticated = !peer.certificates.is_empty();
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            app.clone().oneshot(req.map(Body::new))
+            let app = app.clone();
+            async move {
+                if !authenticated && !unauthenticated_path(req.uri().path()) {
+                    return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
+                }
+                app.oneshot(req.map(Body::new)).await
+            }
         })
     };
     Ok(tokio::spawn(keelson_host::serve::serve(
@@ -164,6 +183,12 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
         new_service,
         None,
     )))
+}
+
+/// What the node API serves without a client certificate: its health
+/// (the kubelet's healthz port), nothing about pods.
+fn unauthenticated_path(path: &str) -> bool {
+    path == "/healthz"
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -36,14 +36,21 @@ struct AppState {
     server_address: String,
     metrics: Arc<Metrics>,
     tokens: Arc<TokenIssuer>,
+    nodes: super::nodeproxy::NodeClient,
 }
 
-pub fn router(registry: Arc<Registry>, addr: SocketAddr, tokens: Arc<TokenIssuer>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    addr: SocketAddr,
+    tokens: Arc<TokenIssuer>,
+    nodes: super::nodeproxy::NodeClient,
+) -> Router {
     let state = AppState {
         registry,
         server_address: addr.to_string(),
         metrics: Arc::new(Metrics::new()),
         tokens,
+        nodes,
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -336,7 +343,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
                 "{method} is not supported on pods/{sub}"
             )));
         }
-        let resp = super::nodeproxy::stream(&state.registry, ns, name, sub, req)
+        let resp = super::nodeproxy::stream(&state.registry, &state.nodes, ns, name, sub, req)
             .await
             .unwrap_or_else(|e| error_response(&e));
         tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
@@ -609,7 +616,8 @@ async fn resource(
         (&Method::GET, Some(name), Some("log")) => {
             let query: Vec<(String, String)> =
                 q.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            super::nodeproxy::pod_log(reg, ns.unwrap_or("default"), name, &query).await
+            super::nodeproxy::pod_log(reg, &state.nodes, ns.unwrap_or("default"), name, &query)
+                .await
         }
         (&Method::POST, None, None) => {
             let (obj, _) = parse_body(headers, &body)?;

@@ -71,6 +71,8 @@ pub enum ServerError {
     },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("TLS client towards node APIs: {0}")]
+    NodeClient(String),
 }
 
 /// A running server.
@@ -201,7 +203,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             registry: registry.clone(),
         }),
     ));
-    let app = http::router(registry.clone(), addr, issuer);
+    let nodes = nodeproxy::NodeClient::new(&pki.node_client.cert_pem, &pki.node_client.key_pem)
+        .map_err(ServerError::NodeClient)?;
+    let app = http::router(registry.clone(), addr, issuer, nodes);
     let mut tasks = vec![tokio::spawn(tls::serve(
         listener,
         tls,

@@ -4,8 +4,10 @@
 //! `status.daemonEndpoints.kubeletEndpoint`): a log is streamed back, a
 //! streaming request's upgraded connection is spliced to the node's.
 //!
-//! The node's serving certificate is self-signed by its agent, so it is not
-//! verified (as kube-apiserver does without `--kubelet-certificate-authority`).
+//! The API server authenticates to the node with its node client
+//! certificate ([`NodeClient`]). The node's serving certificate is
+//! self-signed by its agent, so it is not verified (as kube-apiserver does
+//! without `--kubelet-certificate-authority`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,36 @@ use serde_json::Value;
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::Registry;
 use crate::api::resources;
+
+/// How the API server connects to node APIs: TLS, presenting its node
+/// client certificate (signed by the cluster CA, in system:masters).
+#[derive(Clone)]
+pub struct NodeClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl NodeClient {
+    /// A client presenting `cert_pem`/`key_pem`.
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<NodeClient, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("node client certificate: {e}"))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("node client key: {e}"))?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls config: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyNodeCert))
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("node client certificate: {e}"))?;
+        Ok(NodeClient { tls: Arc::new(tls) })
+    }
+}
 
 /// Query parameters of `pods/log` forwarded to the node as they are.
 const FORWARDED: &[&str] = &[
@@ -167,6 +199,7 @@ pub fn stream_target(
 /// closes. The client's credentials are not passed on.
 pub async fn stream(
     registry: &Registry,
+    client: &NodeClient,
     ns: &str,
     name: &str,
     sub: &str,
@@ -192,7 +225,7 @@ pub async fn stream(
             target.host, target.port
         ))
     };
-    let (mut sender, addr) = connect(&target, true).await.map_err(unavailable)?;
+    let (mut sender, addr) = connect(client, &target, true).await.map_err(unavailable)?;
     let mut out = http::Request::builder()
         .method(req.method().clone())
         .uri(&target.path)
@@ -238,6 +271,7 @@ pub async fn stream(
 /// Streams a container log from the pod's node.
 pub async fn pod_log(
     registry: &Registry,
+    client: &NodeClient,
     ns: &str,
     name: &str,
     query: &[(String, String)],
@@ -257,7 +291,7 @@ pub async fn pod_log(
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.as_str());
     let target = log_target(&pod, &node, container, query)?;
-    fetch(&target).await.map_err(|e| {
+    fetch(client, &target).await.map_err(|e| {
         ApiError::unavailable(format!(
             "logs of pod {ns}/{name} from node {node_name} at {}:{}: {e}",
             target.host, target.port
@@ -268,6 +302,7 @@ pub async fn pod_log(
 /// An HTTP/1.1 connection to a node API (TLS), with upgrades when asked:
 /// the sender and the address as a Host header.
 async fn connect(
+    client: &NodeClient,
     target: &LogTarget,
     upgrades: bool,
 ) -> Result<
@@ -289,17 +324,9 @@ async fn connect(
     .await
     .map_err(|_| "connect: timed out".to_string())?
     .map_err(|e| format!("connect: {e}"))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("tls config: {e}"))?
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyNodeCert))
-    .with_no_client_auth();
     let server_name = rustls::pki_types::ServerName::try_from(target.host.clone())
         .map_err(|e| format!("server name {}: {e}", target.host))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(client.tls.clone())
         .connect(server_name, tcp)
         .await
         .map_err(|e| format!("tls handshake: {e}"))?;
@@ -338,8 +365,8 @@ async fn node_error(resp: http::Response<hyper::body::Incoming>) -> Response {
     error_response(code, &msg)
 }
 
-async fn fetch(target: &LogTarget) -> Result<Response, String> {
-    let (mut sender, addr) = connect(target, false).await?;
+async fn fetch(client: &NodeClient, target: &LogTarget) -> Result<Response, String> {
+    let (mut sender, addr) = connect(client, target, false).await?;
     let req = http::Request::get(&target.path)
         .header(header::HOST, &addr)
         .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -1,6 +1,8 @@
-//! The cluster's certificates: a CA, the API server's serving certificate and
-//! the admin client certificate, created on first start under `DIR/pki` and
-//! reused afterwards. Also writes `DIR/admin.kubeconfig`.
+//! The cluster's certificates: a CA, the API server's serving certificate,
+//! the admin client certificate and the API server's client certificate
+//! towards node APIs (kube-apiserver's `--kubelet-client-certificate`),
+//! created on first start under `DIR/pki` and reused afterwards. Also
+//! writes `DIR/admin.kubeconfig`.
 
 use std::fs;
 use std::net::IpAddr;
@@ -29,6 +31,9 @@ pub enum PkiError {
     Key(String),
 }
 
+/// The file name (without extension) of [`Pki::node_client`].
+const NODE_CLIENT: &str = "apiserver-kubelet-client";
+
 /// PEM-encoded certificate and key.
 #[derive(Clone, Debug)]
 pub struct CertPair {
@@ -43,6 +48,8 @@ pub struct Pki {
     pub ca: CertPair,
     pub serving: CertPair,
     pub admin: CertPair,
+    /// What the API server presents to node APIs (in system:masters).
+    pub node_client: CertPair,
 }
 
 fn read_pair(dir: &Path, name: &str) -> Option<CertPair> {
@@ -155,7 +162,7 @@ impl Pki {
                 let ca = new_ca()?;
                 write_pair(&dir, "ca", &ca)?;
                 // A new CA invalidates everything it did not sign.
-                for name in ["apiserver", "admin"] {
+                for name in ["apiserver", "admin", NODE_CLIENT] {
                     let _ = fs::remove_file(dir.join(format!("{name}.crt")));
                 }
                 ca
@@ -180,11 +187,26 @@ impl Pki {
                 pair
             }
         };
+        let node_client = match read_pair(&dir, NODE_CLIENT) {
+            Some(pair) => pair,
+            None => {
+                let pair = issue(
+                    &ca,
+                    "kube-apiserver-kubelet-client",
+                    &["system:masters"],
+                    &[],
+                    false,
+                )?;
+                write_pair(&dir, NODE_CLIENT, &pair)?;
+                pair
+            }
+        };
         Ok(Pki {
             dir,
             ca,
             serving,
             admin,
+            node_client,
         })
     }
 
@@ -234,5 +256,7 @@ mod tests {
         assert_eq!(a.ca.cert_pem, c.ca.cert_pem);
         assert_ne!(a.serving.cert_pem, c.serving.cert_pem);
         assert_eq!(a.admin.cert_pem, c.admin.cert_pem);
+        assert_eq!(a.node_client.cert_pem, c.node_client.cert_pem);
+        assert_ne!(a.node_client.cert_pem, a.admin.cert_pem);
     }
 }
