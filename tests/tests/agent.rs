@@ -323,6 +323,42 @@ async fn pod_runs_with_ip_logs_and_exec() {
         "kubectl logs -f did not stream new lines: last {last}, before {before}: {followed:?}"
     );
     exec_through_the_api_server(&e);
+    exec_with_kube_rs(&e).await;
+}
+
+/// A client library's exec (kube-rs, WebSocket): output and the exit code
+/// in the final Status.
+async fn exec_with_kube_rs(e: &Env) {
+    use tokio::io::AsyncReadExt;
+    let pods: Api<Pod> = Api::namespaced(e.client.clone(), "default");
+    let mut attached = pods
+        .exec(
+            "web",
+            ["sh", "-c", "echo from kube-rs; exit 5"],
+            &kube::api::AttachParams::default().stderr(false),
+        )
+        .await
+        .expect("kube-rs exec");
+    let mut out = String::new();
+    attached
+        .stdout()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let status = attached
+        .take_status()
+        .expect("status")
+        .await
+        .expect("a status");
+    assert_eq!(out, "from kube-rs\n");
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("NonZeroExitCode"),
+        "{status:?}"
+    );
+    let causes = status.details.and_then(|d| d.causes).unwrap_or_default();
+    assert_eq!(causes[0].message.as_deref(), Some("5"), "{causes:?}");
 }
 
 /// `kubectl exec` into the running pod `web`, through the API server's

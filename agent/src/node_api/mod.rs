@@ -252,10 +252,72 @@ fn attempts(dir: &Path) -> Vec<u32> {
     v
 }
 
+/// The log protocols over WebSocket: the bytes as binary messages, or as
+/// base64 text messages.
+const LOG_PROTOCOLS: [&str; 2] = ["binary.k8s.io", "base64.binary.k8s.io"];
+
+/// `GET /containerLogs/...`: the log as the response body, or over a
+/// WebSocket when asked (`binary.k8s.io`, `base64.binary.k8s.io`).
 async fn container_logs(
     State(app): State<App>,
-    UrlPath((ns, pod_name, container)): UrlPath<(String, String, String)>,
+    path: UrlPath<(String, String, String)>,
     Query(q): Query<LogQuery>,
+    req: axum::extract::Request,
+) -> Response {
+    let websocket = upgrade::is_websocket(&req);
+    let resp = log_response(app, path, q).await;
+    if !websocket || resp.status() != StatusCode::OK {
+        return resp;
+    }
+    use axum::extract::FromRequest;
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures::{SinkExt, StreamExt};
+    let ws = match WebSocketUpgrade::from_request(req, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
+    ws.protocols(LOG_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let base64 = socket.protocol().and_then(|p| p.to_str().ok()) == Some(LOG_PROTOCOLS[1]);
+            let (mut sink, mut incoming) = socket.split();
+            // The client sends nothing; its close ends the stream early.
+            let mut body = resp.into_body().into_data_stream();
+            loop {
+                let chunk = tokio::select! {
+                    c = body.next() => c,
+                    m = incoming.next() => match m {
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                        Some(Ok(_)) => continue,
+                    },
+                };
+                let Some(Ok(chunk)) = chunk else { break };
+                let msg = if base64 {
+                    use base64::Engine;
+                    Message::Text(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(&chunk)
+                            .into(),
+                    )
+                } else {
+                    Message::Binary(chunk)
+                };
+                if sink.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            let close = axum::extract::ws::CloseFrame {
+                code: axum::extract::ws::close_code::NORMAL,
+                reason: "".into(),
+            };
+            let _ = sink.send(Message::Close(Some(close))).await;
+        })
+        .into_response()
+}
+
+async fn log_response(
+    app: App,
+    UrlPath((ns, pod_name, container)): UrlPath<(String, String, String)>,
+    q: LogQuery,
 ) -> Response {
     let pod = app.pods.state().into_iter().find(|p| {
         p.metadata.namespace.as_deref() == Some(&ns)

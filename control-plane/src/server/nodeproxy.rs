@@ -160,9 +160,9 @@ fn encode(v: &str) -> String {
 /// The streaming subresources of pods, passed through to the node.
 pub const STREAMING: &[&str] = &["exec", "attach", "portforward"];
 
-/// Works out the node API URL path of `pods/exec`, `pods/attach` or
-/// `pods/portforward` (pure): the query goes along but for `container`,
-/// which becomes part of the path.
+/// Works out the node API URL path of `pods/exec`, `pods/attach`,
+/// `pods/portforward` or `pods/log` over a WebSocket (pure): the query
+/// goes along but for `container`, which becomes part of the path.
 pub fn stream_target(
     pod: &Value,
     node: &Value,
@@ -179,11 +179,15 @@ pub fn stream_target(
         .filter(|c| !c.is_empty());
     let mut path = match sub {
         "portforward" => format!("/portForward/{ns}/{name}"),
+        "log" => format!(
+            "/containerLogs/{ns}/{name}/{}",
+            container_of(pod, container)?
+        ),
         _ => format!("/{sub}/{ns}/{name}/{}", container_of(pod, container)?),
     };
     let forwarded: Vec<String> = query
         .iter()
-        .filter(|(k, _)| k != "container")
+        .filter(|(k, _)| k != "container" && (sub != "log" || FORWARDED.contains(&k.as_str())))
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     if !forwarded.is_empty() {
