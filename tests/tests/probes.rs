@@ -2,7 +2,8 @@
 //! agent in its own network namespace, the nftables Service proxy):
 //! readiness gating a Service's endpoint, a failing liveness probe
 //! restarting its container with the kubelet's Events, a startup probe
-//! holding liveness back, postStart and preStop hooks, a readiness gate.
+//! holding liveness back, postStart and preStop hooks, a readiness gate,
+//! a native sidecar's order.
 //!
 //! Needs root; skips (or fails under KEELSON_REQUIRE_ALL=1) otherwise.
 
@@ -474,4 +475,75 @@ spec:
     // sleepy's preStop sleep holds its deletion at least 3 s.
     assert!(took >= Duration::from_secs(3), "deleted in {took:?}");
     assert!(took < Duration::from_secs(15), "deleted in {took:?}");
+}
+
+/// A native sidecar (an init container with `restartPolicy: Always`) that
+/// tails a file the main container writes in a shared emptyDir: it starts
+/// before the main container, keeps running beside it, and is stopped
+/// after it finishes, so that the pod completes.
+#[test]
+fn a_native_sidecar_starts_before_and_stops_after_the_main_container() {
+    if !can_run("a_native_sidecar_starts_before_and_stops_after_the_main_container") {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: tailed}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 10
+  initContainers:
+  - name: tail
+    image: {image}
+    restartPolicy: Always
+    command: ["sh", "-c", "trap 'if [ -f /hooks/main-end ]; then echo after; else echo before; fi > /hooks/side-stop; exit 0' TERM; touch /shared/log; echo up > /hooks/side-start; tail -f /shared/log & wait"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: hooks, mountPath: /hooks}}]
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "if [ -f /hooks/side-start ]; then echo yes > /hooks/main-saw-side; fi; for i in 1 2 3; do echo line $i >> /shared/log; sleep 1; done; echo done > /hooks/main-end"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: hooks, mountPath: /hooks}}]
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+  - name: hooks
+    hostPath: {{path: {d}, type: Directory}}
+"#,
+        image = c.busybox(),
+    ));
+    c.wait_until("tailed Succeeded", Duration::from_secs(120), || {
+        pod_field(&c, "tailed", ".status.phase") == "Succeeded"
+    });
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.path().join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("main-saw-side"), "yes", "the sidecar started first");
+    assert_eq!(
+        read("side-stop"),
+        "after",
+        "the sidecar stopped after the main container"
+    );
+    let logs = c.kubectl_ok(&["logs", "tailed", "-c", "tail"]);
+    assert!(
+        logs.contains("line 3"),
+        "the sidecar tailed the shared file: {logs:?}"
+    );
+    // Its status is an init container's that ran beside the main one.
+    assert_eq!(
+        pod_field(&c, "tailed", ".status.initContainerStatuses[0].name"),
+        "tail"
+    );
+    let ev = events_of(&c, "tailed");
+    assert!(
+        ev.iter()
+            .any(|(r, m)| r == "Killing" && m == "Stopping container tail"),
+        "{ev:?}"
+    );
 }

@@ -460,15 +460,12 @@ impl Worker {
                     Action::KillContainer {
                         name,
                         id,
-                        kind,
+                        why,
                         grace,
                     } => {
-                        self.ctx.events.pod(
-                            pod,
-                            EventType::Normal,
-                            "Killing",
-                            &probe::kill_message(&name, kind),
-                        );
+                        self.ctx
+                            .events
+                            .pod(pod, EventType::Normal, "Killing", &why.message(&name));
                         self.probes.remove(&name);
                         stop_container(&self.ctx, pod, self.st.as_ref(), &name, &id, grace).await;
                     }
@@ -530,7 +527,12 @@ impl Worker {
             return;
         };
         let mut keep = HashSet::new();
-        for c in &spec.containers {
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| keelson_rules::containers::is_sidecar(c));
+        for c in sidecars.chain(&spec.containers) {
             let Some(h) = obs.containers.get_mut(&c.name) else {
                 continue;
             };
@@ -812,6 +814,32 @@ impl Worker {
         } else {
             grace.saturating_sub(took).max(MIN_GRACE_AFTER_HOOK)
         };
+        // Main containers stop first, then sidecars one by one in reverse
+        // order (the kubelet's order), each within what is left of the grace.
+        let sidecars: Vec<&str> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| keelson_rules::containers::is_sidecar(c))
+            .map(|c| c.name.as_str())
+            .rev()
+            .collect();
+        if !sidecars.is_empty() {
+            let t0 = std::time::Instant::now();
+            let name_of =
+                |c: &ContainerInfo| c.labels.get(labels::CONTAINER).cloned().unwrap_or_default();
+            let mains = running
+                .iter()
+                .filter(|c| !sidecars.contains(&name_of(c).as_str()))
+                .map(|c| self.ctx.host.runtime.stop(&c.id, grace));
+            futures::future::join_all(mains).await;
+            for s in &sidecars {
+                for c in running.iter().filter(|c| name_of(c) == *s) {
+                    let left = grace.saturating_sub(t0.elapsed()).max(MIN_GRACE_AFTER_HOOK);
+                    let _ = self.ctx.host.runtime.stop(&c.id, left).await;
+                }
+            }
+        }
         let cs = self.all_containers();
         if let Err(e) = self.ctx.host.teardown(&self.uid, cs, grace).await {
             tracing::warn!(pod = %self.uid, "tear down: {e}");

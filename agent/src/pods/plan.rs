@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Pod;
+use keelson_rules::containers::is_sidecar;
 use keelson_runtime::ContainerState;
 
 /// First restart delay after the first quick crash.
@@ -155,8 +156,8 @@ pub enum Action {
         name: String,
         /// Runtime container ID.
         id: String,
-        /// The probe that failed.
-        kind: super::probe::Kind,
+        /// Why.
+        why: KillReason,
         /// Grace period.
         grace: Duration,
     },
@@ -171,6 +172,25 @@ pub enum Action {
         /// Grace period.
         grace: Duration,
     },
+}
+
+/// Why a running container is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// Its liveness or startup probe failed.
+    Probe(super::probe::Kind),
+    /// A sidecar whose main containers have all finished for good.
+    MainContainersDone,
+}
+
+impl KillReason {
+    /// The Event message (reason `Killing`).
+    pub fn message(self, container: &str) -> String {
+        match self {
+            KillReason::Probe(kind) => super::probe::kill_message(container, kind),
+            KillReason::MainContainersDone => format!("Stopping container {container}"),
+        }
+    }
 }
 
 /// A waiting reason to show in containerStatuses.
@@ -369,14 +389,47 @@ pub fn init_done(pod: &Pod, obs: &Observed) -> bool {
         .map(Vec::as_slice)
         .unwrap_or_default();
     inits.iter().all(|c| {
+        let h = obs.containers.get(&c.name);
+        if is_sidecar(c) {
+            return h.is_some_and(started);
+        }
         matches!(
-            obs.containers.get(&c.name).and_then(History::current),
+            h.and_then(History::current),
             Some(Instance {
                 state: ContainerState::Exited { exit_code: 0, .. },
                 ..
             })
         )
     })
+}
+
+/// Whether the current instance runs and its startup probe (if any) passed.
+fn started(h: &History) -> bool {
+    matches!(
+        h.current(),
+        Some(Instance {
+            state: ContainerState::Running { .. },
+            ..
+        })
+    ) && h.probes.as_ref().is_none_or(|p| p.started)
+}
+
+/// Whether every main container has finished and will not be restarted.
+pub fn main_containers_done(pod: &Pod, obs: &Observed) -> bool {
+    let policy = restart_policy(pod);
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    !spec.containers.is_empty()
+        && spec.containers.iter().all(|c| {
+            matches!(
+                obs.containers.get(&c.name).and_then(History::current),
+                Some(Instance {
+                    state: ContainerState::Exited { exit_code, .. },
+                    ..
+                }) if !should_restart(policy, *exit_code)
+            )
+        })
 }
 
 /// Computes the actions that bring `obs` towards `pod` at time `now`.
@@ -426,9 +479,76 @@ pub fn plan(pod: &Pod, obs: &Observed, now: SystemTime) -> Plan {
         p.actions.push(Action::CreateSandbox);
         return p;
     }
-    // Init containers, in order: one at a time.
-    for c in spec.init_containers.iter().flatten() {
+    // Init containers, in order: one at a time. A sidecar (restartPolicy
+    // Always) lets the next one start once it runs and has started; it is
+    // restarted whatever the pod's policy, without holding the main
+    // containers back once the pod has been initialized; once the main
+    // containers have finished for good, sidecars are stopped.
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let mains_done = main_containers_done(pod, obs);
+    let initialized = inits.iter().all(|c| {
         let h = obs.containers.get(&c.name);
+        if is_sidecar(c) {
+            h.is_some_and(|h| !h.instances.is_empty())
+        } else {
+            matches!(
+                h.and_then(History::current),
+                Some(Instance {
+                    state: ContainerState::Exited { exit_code: 0, .. },
+                    ..
+                })
+            )
+        }
+    });
+    for c in inits {
+        let h = obs.containers.get(&c.name);
+        if is_sidecar(c) {
+            let running = h
+                .and_then(History::current)
+                .filter(|i| matches!(i.state, ContainerState::Running { .. }));
+            if mains_done {
+                if let Some(cur) = running {
+                    p.actions.push(Action::KillContainer {
+                        name: c.name.clone(),
+                        id: cur.id.clone(),
+                        why: KillReason::MainContainersDone,
+                        grace: super::probe::kill_grace(pod, None),
+                    });
+                }
+                continue;
+            }
+            if let (Some(cur), Some(kill)) = (
+                running,
+                h.and_then(|h| h.probes.as_ref())
+                    .and_then(|p| p.kill.as_ref()),
+            ) {
+                p.actions.push(Action::KillContainer {
+                    name: c.name.clone(),
+                    id: cur.id.clone(),
+                    why: KillReason::Probe(kill.kind),
+                    grace: super::probe::kill_grace(pod, kill.grace),
+                });
+                continue;
+            }
+            match gate(pod, &c.name, h, RestartPolicy::Always, now) {
+                Gate::Go { attempt, streak } => p.actions.push(Action::StartContainer {
+                    name: c.name.clone(),
+                    init: true,
+                    attempt,
+                    streak,
+                }),
+                Gate::Wait(d, w) => {
+                    p.requeue_after = min_opt(p.requeue_after, d);
+                    p.waiting.insert(c.name.clone(), w);
+                }
+                Gate::Done if h.is_some_and(started) => continue,
+                Gate::Done => {}
+            }
+            if initialized {
+                continue;
+            }
+            return p;
+        }
         if let Some(Instance {
             state: ContainerState::Exited { exit_code: 0, .. },
             ..
@@ -471,7 +591,7 @@ pub fn plan(pod: &Pod, obs: &Observed, now: SystemTime) -> Plan {
             p.actions.push(Action::KillContainer {
                 name: c.name.clone(),
                 id: cur.id.clone(),
-                kind: kill.kind,
+                why: KillReason::Probe(kill.kind),
                 grace: super::probe::kill_grace(pod, kill.grace),
             });
             continue;
@@ -792,7 +912,7 @@ mod tests {
             vec![Action::KillContainer {
                 name: "a".into(),
                 id: "x".into(),
-                kind: Kind::Liveness,
+                why: KillReason::Probe(Kind::Liveness),
                 grace: Duration::from_secs(9),
             }]
         );
@@ -839,5 +959,89 @@ mod tests {
                 grace: Duration::from_secs(7)
             }]
         );
+    }
+
+    /// A pod whose init containers are a sidecar then a regular one.
+    fn sidecar_pod(policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {
+                "restartPolicy": policy,
+                "initContainers": [
+                    {"name": "side", "image": "i", "restartPolicy": "Always"},
+                    {"name": "setup", "image": "i"},
+                ],
+                "containers": [{"name": "app", "image": "i"}],
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sidecar_starts_first_keeps_running_and_stops_after_the_main_container() {
+        let pod = sidecar_pod("Never");
+        // Nothing ran: the sidecar alone starts.
+        assert_eq!(
+            plan(&pod, &obs(&[]), t(0)).actions,
+            [start("side", true, 0, 0)]
+        );
+        // It runs: the regular init container is next; the main waits.
+        let o = obs(&[("side", vec![running("s0", 0)])]);
+        assert_eq!(plan(&pod, &o, t(1)).actions, [start("setup", true, 0, 0)]);
+        assert!(!init_done(&pod, &o));
+        // Initialized: the main container starts beside the sidecar.
+        let o = obs(&[
+            ("side", vec![running("s0", 0)]),
+            ("setup", vec![exited("i0", 0, 0, 0, 1, 2)]),
+        ]);
+        assert!(init_done(&pod, &o));
+        assert_eq!(plan(&pod, &o, t(3)).actions, [start("app", false, 0, 0)]);
+        // The sidecar crashes later: restarted although the pod's policy is
+        // Never, without holding anything back.
+        let o = obs(&[
+            ("side", vec![exited("s0", 0, 0, 1, 0, 100)]),
+            ("setup", vec![exited("i0", 0, 0, 0, 1, 2)]),
+            ("app", vec![running("a0", 0)]),
+        ]);
+        assert_eq!(plan(&pod, &o, t(100)).actions, [start("side", true, 1, 1)]);
+        // The main container finished for good: the sidecar is stopped and
+        // not restarted.
+        let o = obs(&[
+            ("side", vec![running("s1", 1)]),
+            ("setup", vec![exited("i0", 0, 0, 0, 1, 2)]),
+            ("app", vec![exited("a0", 0, 0, 0, 3, 200)]),
+        ]);
+        assert!(main_containers_done(&pod, &o));
+        let p = plan(&pod, &o, t(201));
+        assert_eq!(
+            p.actions,
+            [Action::KillContainer {
+                name: "side".into(),
+                id: "s1".into(),
+                why: KillReason::MainContainersDone,
+                grace: Duration::from_secs(30),
+            }]
+        );
+        let o = obs(&[
+            ("side", vec![exited("s1", 1, 0, 137, 100, 202)]),
+            ("setup", vec![exited("i0", 0, 0, 0, 1, 2)]),
+            ("app", vec![exited("a0", 0, 0, 0, 3, 200)]),
+        ]);
+        assert!(plan(&pod, &o, t(300)).actions.is_empty());
+        assert_eq!(super::super::status::phase(&pod, &o), "Succeeded");
+    }
+
+    #[test]
+    fn a_sidecar_that_has_not_started_holds_the_init_sequence() {
+        let pod = sidecar_pod("Always");
+        // Running but its startup probe has not passed.
+        let mut o = obs(&[("side", vec![running("s0", 0)])]);
+        o.containers.get_mut("side").unwrap().probes = Some(super::super::probe::ProbeView {
+            started: false,
+            ready: false,
+            kill: None,
+        });
+        assert!(plan(&pod, &o, t(1)).actions.is_empty());
+        assert_eq!(super::super::status::phase(&pod, &o), "Pending");
     }
 }

@@ -224,8 +224,15 @@ pub fn phase(pod: &Pod, obs: &Observed) -> &'static str {
         return "Pending";
     };
     let policy = plan::restart_policy(pod);
-    // A failed init container under Never fails the pod.
+    // A failed init container under Never fails the pod; a sidecar counts
+    // once it has run (whatever it does later, the main containers decide).
     for c in spec.init_containers.iter().flatten() {
+        if keelson_rules::containers::is_sidecar(c) {
+            match obs.containers.get(&c.name) {
+                Some(h) if !h.instances.is_empty() => continue,
+                _ => return "Pending",
+            }
+        }
         match obs
             .containers
             .get(&c.name)
@@ -336,7 +343,20 @@ pub fn compute(
             )
         })
         .collect();
-    let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    // Sidecars' readiness counts as the main containers' does.
+    let sidecars: Vec<&ContainerStatus> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .zip(&inits)
+        .filter(|(c, _)| keelson_rules::containers::is_sidecar(c))
+        .map(|(_, cs)| cs)
+        .collect();
+    let all_ready = !containers.is_empty()
+        && containers
+            .iter()
+            .chain(sidecars.iter().copied())
+            .all(|c| c.ready);
     let phase = phase(pod, obs);
     let gates = readiness_gates(pod);
     let ready = condition(
@@ -352,6 +372,7 @@ pub fn compute(
     );
     let unready: Vec<&str> = containers
         .iter()
+        .chain(sidecars.iter().copied())
         .filter(|c| !c.ready)
         .map(|c| c.name.as_str())
         .collect();

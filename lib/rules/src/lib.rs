@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod affinity;
+pub mod containers;
 pub mod owners;
 pub mod qos;
 pub mod quantity;
