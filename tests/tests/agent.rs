@@ -490,6 +490,27 @@ fn exec_with_kubectl(e: &Env, minor: u32) {
     assert_eq!(out.status.code(), Some(4), "{out:?} {text}");
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert!(text.contains("27 91"), "{text:?}");
+    // kubectl cp (tar through exec) into the pod and back out.
+    let dir = e.agent.root_dir.parent().unwrap();
+    let local = dir.join(format!("cp-in-{minor}.txt"));
+    let back = dir.join(format!("cp-out-{minor}.txt"));
+    let content = format!("copied by kubectl 1.{minor}\n");
+    std::fs::write(&local, &content).unwrap();
+    let remote = format!("web:/tmp/cp-{minor}.txt");
+    e.server
+        .kubectl_ok(minor, &["cp", local.to_str().unwrap(), &remote]);
+    let inside = e.server.kubectl_ok(
+        minor,
+        &["exec", "web", "--", "cat", &format!("/tmp/cp-{minor}.txt")],
+    );
+    assert_eq!(inside, content, "kubectl 1.{minor} cp into the pod");
+    e.server
+        .kubectl_ok(minor, &["cp", &remote, back.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(&back).unwrap(),
+        content,
+        "kubectl 1.{minor} cp out of the pod"
+    );
     // A container that does not exist, a pod that does not: kubectl's errors.
     let out = e
         .server

@@ -50,7 +50,7 @@ mkdir -p "$base/bin" "$base/etc" "$base/tmp" "$base/root" "$base/proc" "$base/sy
 cp "$BUSYBOX" "$base/bin/busybox"
 chmod 0755 "$base/bin/busybox"
 for applet in sh ash echo sleep cat ls cp mv rm mkdir touch true false env id ps \
-    kill test printf head tail grep sed wc date hostname ip ping nc wget httpd \
+    kill test printf head tail grep sed wc date hostname ip ping nc wget httpd tar \
     vi du df mount umount sync seq tee yes whoami stat readlink ln chmod chown; do
     ln -s busybox "$base/bin/$applet"
 done
