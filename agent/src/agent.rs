@@ -34,8 +34,8 @@ pub struct AgentConfig {
     pub cgroup_root: String,
     /// The node's InternalIP (None: the first non-loopback address).
     pub node_ip: Option<IpAddr>,
-    /// Address of the node API (TLS).
-    pub node_api_listen: SocketAddr,
+    /// Address of the node API (TLS); None: the node IP, port 10250.
+    pub node_api_listen: Option<SocketAddr>,
     /// CA bundle whose client certificates the node API accepts (None:
     /// the CA of `kubeconfig`).
     pub client_ca_file: Option<PathBuf>,
@@ -70,7 +70,7 @@ impl Default for AgentConfig {
             cni_bin_dir: PathBuf::from("/opt/cni/bin"),
             cgroup_root: "kubepods".into(),
             node_ip: None,
-            node_api_listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            node_api_listen: None,
             client_ca_file: None,
             pod_cidr: None,
             proxy: keelson_proxy::ProxyConfig {
@@ -252,6 +252,10 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
         Some(ip) => ip,
         None => crate::node::first_non_loopback_ip().context("find the node IP (set --node-ip)")?,
     };
+    // The node API listens on the node's address, not on every address.
+    let node_api_listen = args
+        .node_api_listen
+        .unwrap_or(SocketAddr::new(node_ip, 10250));
     let proxy = (args.proxy.mode != keelson_proxy::ProxyMode::None).then(|| {
         let mut p = args.proxy.clone();
         p.node_name = args.node_name.clone();
@@ -304,7 +308,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
         name: args.node_name.clone(),
         node_ip,
         pod_cidr: args.pod_cidr.map(|c| c.to_string()),
-        api_port: args.node_api_listen.port(),
+        api_port: node_api_listen.port(),
         runtime_version: format!("{runtime_name}://{runtime_version}"),
     };
     let mut clock = crate::node::ConditionClock::default();
@@ -365,7 +369,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
 
     tasks.push(
         crate::node_api::serve(crate::node_api::NodeApiConfig {
-            listen: args.node_api_listen,
+            listen: node_api_listen,
             client_ca_pem: node_api_client_ca(args.client_ca_file.as_deref(), &args.kubeconfig)
                 .await?,
             pki_dir: args.root_dir.join("pki"),
@@ -404,7 +408,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
         )));
     }
 
-    tracing::info!(node = %args.node_name, %node_ip, api = %args.node_api_listen,
+    tracing::info!(node = %args.node_name, %node_ip, api = %node_api_listen,
         proxy_mode = ?args.proxy.mode, "agent running");
     Ok(Agent {
         health,

@@ -50,9 +50,9 @@ pub struct AgentArgs {
     /// The node's InternalIP (default: the first non-loopback address).
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Address of the node API (TLS).
-    #[arg(long, default_value_t = d().node_api_listen)]
-    pub node_api_listen: SocketAddr,
+    /// Address of the node API (TLS) [default: the node IP, port 10250].
+    #[arg(long)]
+    pub node_api_listen: Option<SocketAddr>,
     /// CA bundle (PEM) whose client certificates the node API accepts
     /// (default: the CA of --kubeconfig, the cluster's).
     #[arg(long)]
