@@ -383,6 +383,70 @@ fn exec_through_the_api_server(e: &Env) {
     for minor in keelson_e2e::kubectl_versions() {
         port_forward_with_kubectl(e, minor);
     }
+    proxy_through_the_api_server(e);
+}
+
+/// `pods/{name}:{port}/proxy/...` and `services/{name}:{port}/proxy/...`:
+/// the API server asks the pod (or a ready endpoint of the Service).
+fn proxy_through_the_api_server(e: &Env) {
+    e.server.kubectl_ok(
+        33,
+        &["exec", "web", "--", "sh", "-c", "httpd -p 8081 -h /tmp"],
+    );
+    let body = e.server.kubectl_ok(
+        33,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web:8081/proxy/index.html",
+        ],
+    );
+    assert_eq!(body, "forwarded\n");
+    e.server
+        .kubectl_ok(33, &["label", "pod", "web", "app=proxied"]);
+    e.server.kubectl_ok(
+        33,
+        &["create", "service", "clusterip", "proxied", "--tcp=80:8081"],
+    );
+    e.server.kubectl_ok(
+        33,
+        &["set", "selector", "service", "proxied", "app=proxied"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = e.server.kubectl(
+            33,
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/services/proxied:80/proxy/index.html",
+            ],
+        );
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "forwarded\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service proxy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A port nothing listens on: the API server says why.
+    let out = e.server.kubectl(
+        33,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web:9/proxy/",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error trying to reach pod"),
+        "{out:?}"
+    );
 }
 
 /// `kubectl port-forward` to the pod's loopback-only HTTP server (kubectl

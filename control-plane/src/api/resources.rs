@@ -144,7 +144,15 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         &["po"],
         &["all"],
-        &["status", "binding", "log", "exec", "attach", "portforward"],
+        &[
+            "status",
+            "binding",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+            "proxy"
+        ],
         &[
             "spec.nodeName",
             "spec.restartPolicy",
@@ -169,7 +177,7 @@ pub static RESOURCES: &[ResourceType] = &[
             true,
             &["svc"],
             &["all"],
-            &["status"],
+            &["status", "proxy"],
             &["spec.clusterIP", "spec.type"],
             "core/services",
             core::Service

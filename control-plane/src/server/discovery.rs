@@ -84,6 +84,7 @@ fn subresource_entries(r: &ResourceType) -> Vec<Value> {
                 "exec" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodExecOptions", "verbs": ["create", "get"]}),
                 "attach" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodAttachOptions", "verbs": ["create", "get"]}),
                 "portforward" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}),
+                "proxy" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": if r.plural == "pods" { "PodProxyOptions" } else { "ServiceProxyOptions" }, "verbs": ["create", "delete", "get", "patch", "update"]}),
                 "finalize" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["update"]}),
                 _ => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get"]}),
             }

@@ -359,7 +359,20 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     let user = parts.extensions.get::<UserInfo>().cloned();
-    let result = route(&state, &method, &uri, &parts.headers, body, user.as_ref()).await;
+    let result = match super::proxy::parse(uri.path()) {
+        Some(target) => {
+            super::proxy::serve(
+                &state.registry,
+                target,
+                &method,
+                uri.query(),
+                &parts.headers,
+                body,
+            )
+            .await
+        }
+        None => route(&state, &method, &uri, &parts.headers, body, user.as_ref()).await,
+    };
     let resp = match result {
         Ok(r) => r,
         Err(e) => error_response(&e),

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod pki;
+pub mod proxy;
 pub mod satoken;
 pub mod tls;
 

@@ -405,7 +405,7 @@ fn error_response(code: u16, msg: &str) -> Response {
 
 /// Accepts the node's self-signed serving certificate (see the module docs).
 #[derive(Debug)]
-struct AnyNodeCert;
+pub(super) struct AnyNodeCert;
 
 impl rustls::client::danger::ServerCertVerifier for AnyNodeCert {
     fn verify_server_cert(
