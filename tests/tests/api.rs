@@ -2554,3 +2554,192 @@ async fn propagation_policies_finish() {
         }
     }
 }
+
+/// What a typical chart applies beside its workloads: RBAC, a
+/// PodDisruptionBudget, a NetworkPolicy, an Ingress and its class, an HPA,
+/// a PriorityClass, a RuntimeClass, storage objects, a PodTemplate. kubectl
+/// applies them (twice: the second is a patch), lists them by short name,
+/// and `kubectl auth can-i` answers from the reviews.
+#[tokio::test]
+async fn a_charts_supporting_objects_apply() {
+    let server = ServerProcess::start_with(None, API_ONLY);
+    let manifest = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: app, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: app, namespace: default}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: app, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: app}
+subjects:
+- {kind: ServiceAccount, name: app, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: app-reader}
+rules:
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: app-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: app-reader}
+subjects:
+- {kind: ServiceAccount, name: app, namespace: default}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: app, namespace: default}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: app}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: app, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: app}}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: web}
+spec: {controller: example.com/ingress}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: app, namespace: default}
+spec:
+  ingressClassName: web
+  rules:
+  - host: app.example.com
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend: {service: {name: app, port: {number: 80}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: app, namespace: default}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: app}
+  minReplicas: 1
+  maxReplicas: 3
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: important}
+value: 1000
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: crun}
+handler: crun
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: local}
+provisioner: kubernetes.io/no-provisioner
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: data}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: local
+  hostPath: {path: /tmp/data}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: default}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: local
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: PodTemplate
+metadata: {name: app, namespace: default}
+template:
+  metadata: {labels: {app: app}}
+  spec:
+    containers: [{name: c, image: busybox}]
+"#;
+    let file = server.data_dir.join("chart.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let f = file.to_str().unwrap();
+    for minor in keelson_e2e::kubectl_versions() {
+        let out = server.kubectl_ok(minor, &["apply", "-f", f]);
+        assert_eq!(
+            out.lines().count(),
+            16,
+            "kubectl 1.{minor} applied every object: {out}"
+        );
+    }
+    for short in [
+        "role",
+        "rolebinding",
+        "clusterrole",
+        "clusterrolebinding",
+        "pdb",
+        "netpol",
+        "ing",
+        "ingressclass",
+        "hpa",
+        "pc",
+        "runtimeclass",
+        "sc",
+        "pv",
+        "pvc",
+        "podtemplate",
+    ] {
+        let out = server.kubectl_ok(33, &["get", short, "-A", "-o", "name"]);
+        assert!(!out.trim().is_empty(), "kubectl get {short}: nothing");
+    }
+    // A change applies as a patch and is kept.
+    let changed = manifest.replace("maxReplicas: 3", "maxReplicas: 5");
+    std::fs::write(&file, changed).unwrap();
+    server.kubectl_ok(33, &["apply", "-f", f]);
+    let hpa = server.kubectl_json(33, &["get", "hpa", "app"]);
+    assert_eq!(hpa["spec"]["maxReplicas"], 5);
+    // Reviews: every authenticated request is allowed, and they say so.
+    assert_eq!(
+        server
+            .kubectl_ok(33, &["auth", "can-i", "delete", "nodes"])
+            .trim(),
+        "yes"
+    );
+    let c = server.client().await;
+    let review = post(
+        &c,
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": "someone", "resourceAttributes": {"verb": "get", "resource": "pods"}}}),
+    )
+    .await
+    .ok(201);
+    assert_eq!(review["status"]["allowed"], true, "{review}");
+    assert_eq!(review["spec"]["user"], "someone");
+    // A malformed object is refused with the field named.
+    let bad = post(
+        &c,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "bad"}, "rules": "all"}),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+}

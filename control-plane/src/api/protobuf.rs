@@ -743,7 +743,88 @@ static KINDS: &[(&str, &str, &Schema)] = &[
     ("v1", "Service", &SERVICE),
     ("v1", "Pod", &POD),
     ("apps/v1", "Deployment", &DEPLOYMENT),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectAccessReview",
+        &SELF_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SubjectAccessReview",
+        &SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "LocalSubjectAccessReview",
+        &SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectRulesReview",
+        &SELF_SUBJECT_RULES_REVIEW,
+    ),
 ];
+
+// k8s.io/api authorization/v1: the reviews `kubectl auth can-i` sends.
+// Their status is the server's answer, so it is not read.
+static SELF_SUBJECT_ACCESS_REVIEW: Schema = Schema {
+    name: "SelfSubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        keep(2, "spec", Msg(&SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+    ],
+};
+static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Schema = Schema {
+    name: "SelfSubjectAccessReviewSpec",
+    fields: &[
+        keep(1, "resourceAttributes", Msg(&RESOURCE_ATTRIBUTES)),
+        keep(2, "nonResourceAttributes", Msg(&NON_RESOURCE_ATTRIBUTES)),
+    ],
+};
+static SUBJECT_ACCESS_REVIEW: Schema = Schema {
+    name: "SubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        keep(2, "spec", Msg(&SUBJECT_ACCESS_REVIEW_SPEC)),
+    ],
+};
+static SUBJECT_ACCESS_REVIEW_SPEC: Schema = Schema {
+    name: "SubjectAccessReviewSpec",
+    fields: &[
+        keep(1, "resourceAttributes", Msg(&RESOURCE_ATTRIBUTES)),
+        keep(2, "nonResourceAttributes", Msg(&NON_RESOURCE_ATTRIBUTES)),
+        f(3, "user", Str),
+        rep(4, "groups", Str),
+        f(6, "uid", Str),
+    ],
+};
+static RESOURCE_ATTRIBUTES: Schema = Schema {
+    name: "ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Str),
+        f(2, "verb", Str),
+        f(3, "group", Str),
+        f(4, "version", Str),
+        f(5, "resource", Str),
+        f(6, "subresource", Str),
+        f(7, "name", Str),
+    ],
+};
+static NON_RESOURCE_ATTRIBUTES: Schema = Schema {
+    name: "NonResourceAttributes",
+    fields: &[f(1, "path", Str), f(2, "verb", Str)],
+};
+static SELF_SUBJECT_RULES_REVIEW: Schema = Schema {
+    name: "SelfSubjectRulesReview",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        keep(2, "spec", Msg(&SELF_SUBJECT_RULES_REVIEW_SPEC)),
+    ],
+};
+static SELF_SUBJECT_RULES_REVIEW_SPEC: Schema = Schema {
+    name: "SelfSubjectRulesReviewSpec",
+    fields: &[f(1, "namespace", Str)],
+};
 
 // k8s.io/apimachinery/pkg/apis/meta/v1 DeleteOptions (a DELETE's body).
 static DELETE_OPTIONS: Schema = Schema {

@@ -461,6 +461,27 @@ async fn route(
                 &self_subject_review(user),
             ))
         }
+        ["apis", "authorization.k8s.io", "v1", review]
+        | [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "namespaces",
+            _,
+            review,
+        ] if access_review_kind(review).is_some() => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{method} is not supported on {path}"
+                )));
+            }
+            let (obj, _) = parse_body(headers, &body)?;
+            let kind = access_review_kind(review).unwrap_or_default();
+            Ok(json_response(
+                StatusCode::CREATED,
+                &access_review(kind, obj),
+            ))
+        }
         ["openapi", "v3"] => get_only(Some(openapi::index())),
         ["openapi", "v3", "api", version] => get_only(openapi::document("", version)),
         ["openapi", "v3", "apis", group, version] => get_only(openapi::document(group, version)),
@@ -474,6 +495,41 @@ async fn route(
         }
         _ => Err(ApiError::path_not_found(path)),
     }
+}
+
+/// The kind an authorization review path creates.
+fn access_review_kind(plural: &str) -> Option<&'static str> {
+    match plural {
+        "selfsubjectaccessreviews" => Some("SelfSubjectAccessReview"),
+        "subjectaccessreviews" => Some("SubjectAccessReview"),
+        "localsubjectaccessreviews" => Some("LocalSubjectAccessReview"),
+        "selfsubjectrulesreviews" => Some("SelfSubjectRulesReview"),
+        _ => None,
+    }
+}
+
+/// `kubectl auth can-i` and the authorization reviews: the API server
+/// authorizes every authenticated request (there is no authorizer yet), so
+/// every review is allowed, and says why.
+fn access_review(kind: &str, mut review: Value) -> Value {
+    const WHY: &str = "no authorizer: every authenticated request is allowed";
+    review["kind"] = json!(kind);
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    if !review["metadata"].is_object() {
+        review["metadata"] = json!({});
+    }
+    review["metadata"]["creationTimestamp"] = json!(crate::api::registry::now_rfc3339());
+    review["status"] = if kind == "SelfSubjectRulesReview" {
+        json!({
+            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            "incomplete": false,
+            "evaluationError": WHY,
+        })
+    } else {
+        json!({"allowed": true, "reason": WHY})
+    };
+    review
 }
 
 /// `kubectl auth whoami`: who the request was authenticated as.
