@@ -503,6 +503,7 @@ shared_types!(
     k8s_openapi::api::apps::v1::Deployment,
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::apps::v1::DaemonSet,
+    k8s_openapi::api::batch::v1::Job,
     k8s_openapi::api::discovery::v1::EndpointSlice,
     k8s_openapi::api::coordination::v1::Lease,
 );

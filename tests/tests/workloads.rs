@@ -556,3 +556,115 @@ spec:
         "after the pod is gone: {out}"
     );
 }
+
+/// A Job runs its pods until three succeed, two at a time, and is then
+/// Complete (`kubectl wait --for=condition=complete`); a Job whose pods fail
+/// stops at its backoff limit, Failed; deleting a Job deletes its pods.
+#[test]
+fn jobs_run_to_completion_or_fail_at_their_backoff_limit() {
+    if !can_run("jobs_run_to_completion_or_fail_at_their_backoff_limit") {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    c.apply(&format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: counted}}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: work
+        image: {image}
+        command: ["sh", "-c", "echo working; sleep 1"]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: doomed}}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: work
+        image: {image}
+        command: ["sh", "-c", "exit 2"]
+"#,
+        image = c.busybox(),
+    ));
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/counted",
+        "--timeout=120s",
+    ]);
+    let job = json_of(&c, &["get", "job", "counted"]);
+    assert_eq!(job["status"]["succeeded"], 3, "{job}");
+    assert!(job["status"]["completionTime"].is_string(), "{job}");
+    let pods = json_of(&c, &["get", "pods", "-l", "job-name=counted"]);
+    let pods = pods["items"].as_array().unwrap();
+    assert_eq!(pods.len(), 3, "one pod per completion");
+    assert!(pods.iter().all(|p| p["status"]["phase"] == "Succeeded"));
+    let logs = c.kubectl_ok(&["logs", "job/counted"]);
+    assert_eq!(logs, "working\n");
+
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/doomed",
+        "--timeout=120s",
+    ]);
+    let job = json_of(&c, &["get", "job", "doomed"]);
+    assert_eq!(job["status"]["failed"], 2, "{job}");
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded");
+
+    // A Job without a valid restart policy is refused, saying why.
+    let out = c.kubectl(&[
+        "create",
+        "job",
+        "bad",
+        "--image=busybox",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ]);
+    let mut bad: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    bad["spec"]["template"]["spec"]["restartPolicy"] = "Always".into();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), bad.to_string()).unwrap();
+    let out = c.kubectl(&["create", "-f", file.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.template.spec.restartPolicy"),
+        "{out:?}"
+    );
+
+    c.kubectl_ok(&["delete", "job", "counted", "--wait=true"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = json_of(&c, &["get", "pods", "-l", "job-name=counted"]);
+        if left["items"].as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Job's pods outlived it");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `kubectl ARGS -o json`, parsed.
+fn json_of(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&c.kubectl_ok(&a)).expect("kubectl -o json")
+}

@@ -101,6 +101,7 @@ pub fn apply(rt: &ResourceType, v: &mut Value) {
                 template(spec);
             }
         }
+        ("batch", "Job") => job(v),
         ("apps", "DaemonSet") => {
             if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
                 set_default(spec, "revisionHistoryLimit", json!(10));
@@ -120,6 +121,58 @@ pub fn apply(rt: &ResourceType, v: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A Job's defaults as kube-apiserver sets them: one pod to one
+/// completion, six retries, and (unless `manualSelector`) a selector on
+/// the Job's uid that its template's labels carry.
+fn job(v: &mut Value) {
+    let uid = v
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if !spec.contains_key("parallelism") && !spec.contains_key("completions") {
+        spec.insert("completions".into(), json!(1));
+    }
+    set_default(spec, "parallelism", json!(1));
+    set_default(spec, "backoffLimit", json!(6));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    let manual = spec.get("manualSelector") == Some(&json!(true));
+    if !manual && !uid.is_empty() && !spec.contains_key("selector") {
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
+        let t = child(spec, "template");
+        if let Some(t) = obj(t) {
+            let md = child(t, "metadata");
+            if let Some(md) = obj(md) {
+                let labels = child(md, "labels");
+                if let Some(l) = obj(labels) {
+                    for (k, val) in [
+                        ("batch.kubernetes.io/controller-uid", &uid),
+                        ("batch.kubernetes.io/job-name", &name),
+                        ("controller-uid", &uid),
+                        ("job-name", &name),
+                    ] {
+                        set_default(l, k, json!(val));
+                    }
+                }
+            }
+        }
+    }
+    template(spec);
 }
 
 fn template(spec: &mut Map<String, Value>) {

@@ -79,6 +79,7 @@ impl ResourceType {
 }
 
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
+use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
 use k8s_openapi::api::{discovery::v1 as discovery, events::v1 as events};
 use k8s_openapi::api::{networking::v1 as networking, node::v1 as node, policy::v1 as policy};
@@ -388,6 +389,20 @@ pub static RESOURCES: &[ResourceType] = &[
         META,
         "apps/controllerrevisions",
         apps::ControllerRevision
+    ),
+    rt!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        true,
+        META,
+        &["all"],
+        &["status"],
+        &["status.successful"],
+        "batch/jobs",
+        batch::Job
     ),
     rt!(
         "",

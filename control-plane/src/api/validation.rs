@@ -405,9 +405,47 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
             workload_causes(v, &mut out, rt.kind == "Deployment")
         }
         ("apps", "DaemonSet") => workload_causes(v, &mut out, true),
+        ("batch", "Job") => job_causes(v, &mut out),
         _ => {}
     }
     out
+}
+
+/// A Job: its selector and template as a workload's, a pod restart policy
+/// of Never or OnFailure, counts not negative.
+fn job_causes(v: &Value, out: &mut Vec<Cause>) {
+    workload_causes(v, out, false);
+    let spec = v.get("spec");
+    match spec
+        .and_then(|s| s.pointer("/template/spec/restartPolicy"))
+        .and_then(Value::as_str)
+    {
+        Some("Never" | "OnFailure") => {}
+        other => out.push(Cause::new(
+            "FieldValueNotSupported",
+            "spec.template.spec.restartPolicy",
+            format!(
+                "Unsupported value: \"{}\": supported values: \"OnFailure\", \"Never\"",
+                other.unwrap_or_default()
+            ),
+        )),
+    }
+    for field in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+    ] {
+        if let Some(n) = spec.and_then(|s| s.get(field)).and_then(Value::as_i64)
+            && n < 0
+        {
+            out.push(Cause::invalid(
+                format!("spec.{field}"),
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
 }
 
 /// Checks on an update: fields that may not change.
@@ -419,6 +457,7 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause
         | ("apps", "ReplicaSet")
         | ("apps", "DaemonSet")
         | ("apps", "StatefulSet")
+        | ("batch", "Job")
             if !same("/spec/selector") =>
         {
             out.push(Cause::invalid("spec.selector", "", "field is immutable"));

@@ -20,6 +20,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -77,6 +78,7 @@ pub fn spawn_all(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
         supervised!("deployment", deployment::run),
         supervised!("replicaset", replicaset::run),
         supervised!("daemonset", daemonset::run),
+        supervised!("job", job::run),
         supervised!("endpointslice", endpointslice::run),
         supervised!("serviceaccount", serviceaccount::run),
         supervised!("root-ca-cert-publisher", rootca::run),
