@@ -5,7 +5,7 @@
 //! ```text
 //! keelson-conformance --upstream BIN_DIR --kubernetes-module DIR --release V --doc FILE
 //!     [--focus REGEX] [--skip REGEX] [--nodes N] [--parallel N] [--report-dir DIR]
-//!     [--timeout 12h] [--serial-timeout 12h]
+//!     [--timeout 12h] [--serial-timeout 12h] [--summarize]
 //! ```
 //!
 //! 1. A cluster from the test kit's multi-node harness: a `keelson server`
@@ -17,10 +17,12 @@
 //! 3. As upstream's conformance runner does: the parallel part
 //!    (`ginkgo --nodes P e2e.test`, `[Serial]` skipped), then the serial part
 //!    (`e2e.test`, focus on `[Serial]`). `--timeout` / `--serial-timeout`
-//!    (Go durations) bound each part (Ginkgo's suite timeout). Known gap:
-//!    when the parallel part hits its timeout, the Ginkgo CLI writes no
-//!    merged JSON report, so that part's results are missing from the
-//!    document (the specs count as not run); run it to the end.
+//!    (Go durations) bound each part (Ginkgo's suite timeout). The
+//!    parallel part's output is kept (`parallel.log`): when its merged JSON
+//!    report is missing (its process 1 died, or it hit its timeout), the
+//!    failures are read from that output and the document says so.
+//!    `--summarize` writes the document again from what a run left in the
+//!    report dir, without running anything.
 //! 4. The Ginkgo JSON reports summed up into the document: counts by SIG,
 //!    each failing test with the first line of its failure.
 //!
@@ -79,6 +81,8 @@ struct Args {
     release: String,
     timeout: String,
     serial_timeout: String,
+    /// Only write the document from the reports a run left in report_dir.
+    summarize: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -94,6 +98,7 @@ fn parse_args() -> anyhow::Result<Args> {
         release: String::new(),
         timeout: "12h".into(),
         serial_timeout: "12h".into(),
+        summarize: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -110,6 +115,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--release" => a.release = value()?,
             "--timeout" => a.timeout = value()?,
             "--serial-timeout" => a.serial_timeout = value()?,
+            "--summarize" => a.summarize = true,
             _ => bail!("unknown flag {flag:?} (see tests/src/bin/keelson-conformance.rs)"),
         }
     }
@@ -251,12 +257,20 @@ fn build_images(a: &Args) -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if args.summarize {
+        return summarize(&args);
+    }
     let images = build_images(&args)?;
     let stop = stop_on_signals();
     let started = Instant::now();
     std::fs::create_dir_all(&args.report_dir)
         .with_context(|| format!("create {}", args.report_dir.display()))?;
-    for f in ["parallel.json", "serial.json"] {
+    for f in [
+        "parallel.json",
+        "serial.json",
+        "parallel.log",
+        "run-meta.json",
+    ] {
         let _ = std::fs::remove_file(args.report_dir.join(f));
     }
 
@@ -278,6 +292,7 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     let mut results = Results::default();
+    let mut part_specs = Vec::new();
     for (i, (focus, skip)) in parts.iter().enumerate() {
         let report = args.report_dir.join(format!("dry-run-{i}.json"));
         let out = Command::new(args.upstream.join("e2e.test"))
@@ -294,7 +309,7 @@ fn main() -> anyhow::Result<()> {
                 String::from_utf8_lossy(&out.stderr).trim()
             )
         })?;
-        results.add_expected(&text)?;
+        part_specs.push(results.add_expected(&text)?);
     }
     eprintln!(
         "keelson-conformance: {} tests selected",
@@ -366,7 +381,6 @@ fn main() -> anyhow::Result<()> {
     };
 
     // The parallel part.
-    let parallel_report = args.report_dir.join("parallel.json");
     let mut cmd = Command::new(args.upstream.join("ginkgo"));
     cmd.arg(format!("--procs={}", args.parallel))
         .arg(format!("--timeout={}", args.timeout))
@@ -378,7 +392,17 @@ fn main() -> anyhow::Result<()> {
         .arg(format!("--ginkgo.focus={}", parts[0].0))
         .arg(format!("--ginkgo.skip={}", parts[0].1));
     env(&mut cmd);
-    let status = wait(spawn_group(&mut cmd)?, &stop)?;
+    // Its output is kept too: the fallback when its JSON report is missing.
+    cmd.stdout(Stdio::piped());
+    let mut child = spawn_group(&mut cmd)?;
+    let tee = child.stdout.take().map(|out| {
+        let log = args.report_dir.join("parallel.log");
+        std::thread::spawn(move || tee_to(out, &log))
+    });
+    let status = wait(child, &stop)?;
+    if let Some(t) = tee {
+        let _ = t.join();
+    }
     eprintln!("keelson-conformance: parallel part: {status}");
 
     // The serial part.
@@ -398,21 +422,83 @@ fn main() -> anyhow::Result<()> {
     drop(routes);
     drop(cluster);
 
-    for r in [&parallel_report, &serial_report] {
-        if let Ok(text) = std::fs::read_to_string(r) {
+    let meta = RunMeta {
+        date: now(),
+        minutes: took.as_secs() / 60,
+        interrupted: stop.load(Ordering::SeqCst),
+    };
+    let m = serde_json::json!({"date": meta.date, "minutes": meta.minutes, "interrupted": meta.interrupted});
+    std::fs::write(args.report_dir.join("run-meta.json"), m.to_string())?;
+    add_reports(&args, &mut results, &part_specs, &meta)?;
+    write_doc(&args, &results, &meta)
+}
+
+/// When and how long a run was (kept beside its reports).
+struct RunMeta {
+    date: String,
+    minutes: u64,
+    interrupted: bool,
+}
+
+/// Copies `out` to this process's stdout and to `log`.
+fn tee_to(mut out: std::process::ChildStdout, log: &Path) {
+    use std::io::{Read, Write};
+    let mut file = std::fs::File::create(log).ok();
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = out.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = std::io::stdout().write_all(&buf[..n]);
+        if let Some(f) = file.as_mut() {
+            let _ = f.write_all(&buf[..n]);
+        }
+    }
+}
+
+/// The parts' results: their JSON reports, or for a parallel part whose
+/// report is missing or empty, what the Ginkgo CLI printed.
+fn add_reports(
+    args: &Args,
+    results: &mut Results,
+    parts: &[BTreeMap<String, String>],
+    meta: &RunMeta,
+) -> anyhow::Result<()> {
+    for (i, name) in ["parallel.json", "serial.json"].iter().enumerate() {
+        let r = args.report_dir.join(name);
+        let before = results.tests.len();
+        if let Ok(text) = std::fs::read_to_string(&r) {
             results
                 .add_report(&text)
                 .with_context(|| format!("read {}", r.display()))?;
         }
+        if i == 0
+            && results.tests.len() == before
+            && !meta.interrupted
+            && let (Ok(log), Some(part)) = (
+                std::fs::read_to_string(args.report_dir.join("parallel.log")),
+                parts.first(),
+            )
+        {
+            let (failed, passed) = results.add_text(&log, part);
+            eprintln!(
+                "keelson-conformance: {} has no results; from the parallel part's output: {failed} failed, {passed} passed",
+                r.display()
+            );
+        }
     }
+    Ok(())
+}
+
+fn write_doc(args: &Args, results: &Results, meta: &RunMeta) -> anyhow::Result<()> {
     let doc = results.markdown(&Meta {
         release: &args.release,
-        date: &now(),
+        date: &meta.date,
         nodes: args.nodes,
         focus: &args.focus,
         skip: args.skip.as_deref(),
-        minutes: took.as_secs() / 60,
-        interrupted: stop.load(Ordering::SeqCst),
+        minutes: meta.minutes,
+        interrupted: meta.interrupted,
     });
     if let Some(dir) = args.doc.parent() {
         std::fs::create_dir_all(dir)?;
@@ -429,6 +515,29 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--summarize`: the document from the reports (and dry runs) a run left
+/// in the report dir, without running anything.
+fn summarize(args: &Args) -> anyhow::Result<()> {
+    let mut results = Results::default();
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let f = args.report_dir.join(format!("dry-run-{i}.json"));
+        let text = std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?;
+        parts.push(results.add_expected(&text)?);
+    }
+    let m: serde_json::Value = std::fs::read(args.report_dir.join("run-meta.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let meta = RunMeta {
+        date: m["date"].as_str().map_or_else(now, str::to_string),
+        minutes: m["minutes"].as_u64().unwrap_or(0),
+        interrupted: m["interrupted"].as_bool().unwrap_or(false),
+    };
+    add_reports(args, &mut results, &parts, &meta)?;
+    write_doc(args, &results, &meta)
+}
+
 fn now() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -436,6 +545,20 @@ fn now() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// The node types Ginkgo names in a failure's heading.
+const NODE_TYPES: &[&str] = &[
+    "It",
+    "BeforeEach",
+    "AfterEach",
+    "JustBeforeEach",
+    "JustAfterEach",
+    "BeforeAll",
+    "AfterAll",
+    "DeferCleanup (Each)",
+    "DeferCleanup (All)",
+    "DeferCleanup",
+];
 
 /// How one test ended, as the report sums it up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -452,6 +575,8 @@ struct Results {
     /// Every spec the focus selects (from a dry run), by name: those with
     /// no result were never started (the run was interrupted first).
     expected: BTreeMap<String, String>,
+    /// What the document must say about how the results were gathered.
+    notes: Vec<String>,
 }
 
 struct Meta<'a> {
@@ -542,18 +667,102 @@ impl Results {
         Ok(())
     }
 
+    /// Adds what the Ginkgo CLI printed for a part whose JSON report is
+    /// missing (its process 1, which writes it, died): each failure block
+    /// (`• [FAILED] [t seconds]`, the spec's line, `[FAILED] message`) by
+    /// name; the part's other selected specs passed when the count of
+    /// bullets (one per finished spec) says every one of them ran.
+    /// Returns (failed, passed) as found.
+    fn add_text(&mut self, log: &str, part: &BTreeMap<String, String>) -> (usize, usize) {
+        let lines: Vec<&str> = log.lines().collect();
+        let mut failed = 0;
+        let mut bullets = 0;
+        for (i, l) in lines.iter().enumerate() {
+            bullets += l.matches('•').count();
+            let Some(rest) = l.strip_prefix("• [") else {
+                continue;
+            };
+            if !["FAILED]", "PANICKED]", "TIMEDOUT]", "INTERRUPTED]"]
+                .iter()
+                .any(|s| rest.starts_with(s))
+            {
+                continue;
+            }
+            let Some(spec) = lines.get(i + 1) else {
+                continue;
+            };
+            // "<containers> [It] <leaf> [labels]" (the failed node's type in
+            // place of It: BeforeEach, AfterEach, ...) → the report's name.
+            let mut name = spec.to_string();
+            for node in NODE_TYPES {
+                let tag = format!(" [{node}] ");
+                if let Some(at) = name.find(&tag) {
+                    name.replace_range(at..at + tag.len(), " ");
+                    break;
+                }
+            }
+            if let Some(cut) = name.rfind(" [")
+                && name.ends_with(']')
+                && name[cut..].contains(", ")
+            {
+                name.truncate(cut);
+            }
+            let message = lines[i + 1..]
+                .iter()
+                .take(400)
+                .map(|l| l.trim())
+                .find_map(|l| {
+                    ["[FAILED] ", "[PANICKED] ", "[TIMEDOUT] "]
+                        .iter()
+                        .find_map(|p| l.strip_prefix(p))
+                        // "[FAILED] in [It] - file:line" says where, not what.
+                        .filter(|m| !m.starts_with("in ["))
+                })
+                .unwrap_or(rest);
+            let sig = part.get(&name).cloned().unwrap_or_else(|| sig_of(&name));
+            self.tests
+                .insert(name, (Outcome::Failed, sig, first_line(message)));
+            failed += 1;
+        }
+        let left: Vec<(&String, &String)> = part
+            .iter()
+            .filter(|(n, _)| !self.tests.contains_key(*n))
+            .collect();
+        let passed = bullets.saturating_sub(failed);
+        // A few results missing (a process that died with its spec) do not
+        // hide the rest; the document says how many.
+        if passed <= left.len() && passed * 20 >= left.len() * 19 {
+            if passed < left.len() {
+                self.notes.push(format!(
+                    "The parallel part's JSON report was lost; its results come from its printed output, \
+                     which names failures only: {failed} failed, {passed} passed, and {} of the {} specs \
+                     counted as passed here may not have finished.",
+                    left.len() - passed,
+                    left.len()
+                ));
+            }
+            for (n, sig) in left {
+                self.tests
+                    .insert(n.clone(), (Outcome::Passed, sig.clone(), String::new()));
+            }
+        }
+        (failed, passed)
+    }
+
     /// Adds the specs a dry run's report says the focus selects.
-    fn add_expected(&mut self, json: &str) -> anyhow::Result<()> {
+    fn add_expected(&mut self, json: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let suites: serde_json::Value = serde_json::from_str(json).context("not JSON")?;
+        let mut part = BTreeMap::new();
         for suite in suites.as_array().context("not an array of suite reports")? {
             for spec in suite["SpecReports"].as_array().into_iter().flatten() {
                 if spec["LeafNodeType"] == "It" && spec["State"] != "skipped" {
                     let (name, sig) = spec_name(spec);
-                    self.expected.insert(name, sig);
+                    self.expected.insert(name.clone(), sig.clone());
+                    part.insert(name, sig);
                 }
             }
         }
-        Ok(())
+        Ok(part)
     }
 
     fn not_run(&self) -> usize {
@@ -617,6 +826,9 @@ impl Results {
             m.focus,
             m.skip.map(|k| format!(", skip: `{k}`")).unwrap_or_default()
         );
+        for n in &self.notes {
+            let _ = writeln!(s, "- Note: {n}");
+        }
         let _ = writeln!(s, "\n**{}**\n", self.totals_line());
         let _ = writeln!(s, "| SIG | passed | failed | skipped |");
         let _ = writeln!(s, "|---|---:|---:|---:|");
@@ -699,6 +911,34 @@ mod tests {
         assert!(doc.contains("Other x \\| y"), "{doc}");
         assert!(doc.contains("## Failing (2)"), "{doc}");
         assert!(!doc.contains("not focused"));
+    }
+
+    #[test]
+    fn without_a_report_the_printed_failures_and_bullets_count() {
+        let mut r = Results::default();
+        let part = r
+            .add_expected(r#"[{"SpecReports":[
+              {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-apps] Deployment"],"LeafNodeText":"rolls [Conformance]"},
+              {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-api-machinery] Webhook [Privileged]"],"LeafNodeText":"mutates [Conformance]"},
+              {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-node] Pods"],"LeafNodeText":"run [Conformance]"}]}]"#)
+            .unwrap();
+        let log = "SS•S\n• [FAILED] [0.1 seconds]\n[sig-api-machinery] Webhook [Privileged] [BeforeEach] mutates [Conformance] [sig-api-machinery, Conformance]\n  [FAILED] in [BeforeEach] - x.go:1\n  [FAILED] no rolebindings\nSS•";
+        assert_eq!(r.add_text(log, &part), (1, 2));
+        let (o, sig, line) =
+            &r.tests["[sig-api-machinery] Webhook [Privileged] mutates [Conformance]"];
+        assert_eq!(
+            (*o, sig.as_str(), line.as_str()),
+            (Outcome::Failed, "sig-api-machinery", "no rolebindings")
+        );
+        assert_eq!(r.count(Outcome::Passed), 2);
+        assert_eq!(r.not_run(), 0);
+        // Bullets that do not add up: the rest is not counted as passed.
+        let mut r = Results::default();
+        let part = r.add_expected(r#"[{"SpecReports":[
+              {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-apps] A"],"LeafNodeText":"a"},
+              {"LeafNodeType":"It","State":"passed","ContainerHierarchyTexts":["[sig-apps] B"],"LeafNodeText":"b"}]}]"#).unwrap();
+        assert_eq!(r.add_text("•", &part), (0, 1));
+        assert_eq!(r.count(Outcome::Passed), 0);
     }
 
     #[test]
