@@ -34,6 +34,10 @@ pub struct ResourceType {
     pub typed: TypedRoundTrip,
     /// Names must be DNS-1123 labels rather than subdomains.
     pub label_names: bool,
+    /// Defined by a CustomResourceDefinition ([`super::custom`]): its
+    /// schema, storage version and printer columns are the server's to
+    /// look up, and stored objects are read through them (no raw fast path).
+    pub custom: bool,
 }
 
 impl ResourceType {
@@ -80,6 +84,7 @@ impl ResourceType {
 
 use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
 use k8s_openapi::api::{discovery::v1 as discovery, events::v1 as events};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 
 const META: &[&str] = &[];
 
@@ -99,6 +104,7 @@ macro_rules! rt {
             storage: $storage,
             typed: round_trip::<$ty>,
             label_names: false,
+            custom: false,
         }
     };
 }
@@ -363,6 +369,20 @@ pub static RESOURCES: &[ResourceType] = &[
         META,
         "apps/statefulsets",
         apps::StatefulSet
+    ),
+    rt!(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd", "crds"],
+        &["api-extensions"],
+        &["status"],
+        META,
+        "apiextensions.k8s.io/customresourcedefinitions",
+        apiextensions::CustomResourceDefinition
     ),
     rt!(
         "apps",

@@ -405,6 +405,7 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
             workload_causes(v, &mut out, rt.kind == "Deployment")
         }
         ("apps", "DaemonSet") => workload_causes(v, &mut out, true),
+        (super::crd::GROUP, super::crd::KIND) => out.extend(super::crd::validate(v)),
         _ => {}
     }
     out
@@ -470,6 +471,7 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause
                 ));
             }
         }
+        (super::crd::GROUP, super::crd::KIND) => out.extend(super::crd::validate_update(old, new)),
         _ => {}
     }
     out

@@ -24,7 +24,7 @@ use crate::api::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, ScaleChange, WatchEvent,
     WatchOptions, WriteOptions,
 };
-use crate::api::resources::{self, ResourceType};
+use crate::api::resources::ResourceType;
 use crate::api::selectors::{FieldSelector, LabelSelector};
 
 /// Largest request body accepted (as kube-apiserver: 3 MiB).
@@ -100,8 +100,11 @@ struct Target {
     watch_prefix: bool,
 }
 
+/// The resource type served at (group, version, plural).
+type Lookup<'a> = &'a dyn Fn(&str, &str, &str) -> Option<&'static ResourceType>;
+
 /// Parse `/api/v1/...` or `/apis/<group>/<version>/...` after the group-version.
-fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
+fn parse_target(find: Lookup<'_>, group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
     let not_found = || ApiError::path_not_found(&segs.join("/"));
     let mut segs = segs;
     let mut watch_prefix = false;
@@ -118,7 +121,7 @@ fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> 
         (None, segs)
     };
     let plural = rest.first().ok_or_else(not_found)?;
-    let rt = resources::find(group, version, plural).ok_or_else(not_found)?;
+    let rt = find(group, version, plural).ok_or_else(not_found)?;
     if namespace.is_some() && !rt.namespaced {
         return Err(not_found());
     }
@@ -378,6 +381,7 @@ async fn route(
 ) -> ApiResult<Response> {
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let custom = state.registry.custom_types().snapshot();
     let get_only = |doc: Option<Value>| -> ApiResult<Response> {
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(format!(
@@ -415,10 +419,10 @@ async fn route(
             Ok(r)
         }
         ["api"] => get_only(Some(discovery::api_versions(&state.server_address))),
-        ["apis"] => get_only(Some(discovery::api_group_list())),
-        ["api", version] => get_only(discovery::api_resource_list("", version)),
-        ["apis", group] => get_only(discovery::api_group(group)),
-        ["apis", group, version] => get_only(discovery::api_resource_list(group, version)),
+        ["apis"] => get_only(Some(discovery::api_group_list(&custom))),
+        ["api", version] => get_only(discovery::api_resource_list(&custom, "", version)),
+        ["apis", group] => get_only(discovery::api_group(&custom, group)),
+        ["apis", group, version] => get_only(discovery::api_resource_list(&custom, group, version)),
         ["openapi", "v2"] => {
             let accept = headers
                 .get(header::ACCEPT)
@@ -452,11 +456,16 @@ async fn route(
         ["openapi", "v3", "api", version] => get_only(openapi::document("", version)),
         ["openapi", "v3", "apis", group, version] => get_only(openapi::document(group, version)),
         ["api", version, rest @ ..] => {
-            let t = parse_target("", version, rest)?;
+            let t = parse_target(&|g, v, p| state.registry.find(g, v, p), "", version, rest)?;
             resource(state, method, uri, headers, body, t).await
         }
         ["apis", group, version, rest @ ..] => {
-            let t = parse_target(group, version, rest)?;
+            let t = parse_target(
+                &|g, v, p| state.registry.find(g, v, p),
+                group,
+                version,
+                rest,
+            )?;
             resource(state, method, uri, headers, body, t).await
         }
         _ => Err(ApiError::path_not_found(path)),
@@ -611,7 +620,7 @@ async fn resource(
         }
         (&Method::GET, Some(name), Some("status")) => ok(&reg.get(rt, ns, name).await?),
         (&Method::GET, Some(name), Some("scale")) => {
-            ok(&Registry::scale_of(&reg.get(rt, ns, name).await?))
+            ok(&reg.scale_of(rt, &reg.get(rt, ns, name).await?))
         }
         (&Method::GET, Some(name), Some("log")) => {
             let query: Vec<(String, String)> =
@@ -881,10 +890,12 @@ mod tests {
         );
     }
     use super::*;
+    use crate::api::resources;
 
     #[test]
     fn targets() {
         let t = parse_target(
+            &resources::find,
             "",
             "v1",
             &["namespaces", "default", "pods", "web", "status"],
@@ -894,19 +905,32 @@ mod tests {
         assert_eq!(t.namespace.as_deref(), Some("default"));
         assert_eq!(t.name.as_deref(), Some("web"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
-        let t = parse_target("", "v1", &["namespaces", "default"]).unwrap();
+        let t = parse_target(&resources::find, "", "v1", &["namespaces", "default"]).unwrap();
         assert_eq!(t.rt.kind, "Namespace");
         assert_eq!(t.name.as_deref(), Some("default"));
-        let t = parse_target("", "v1", &["namespaces", "gone", "finalize"]).unwrap();
+        let t = parse_target(
+            &resources::find,
+            "",
+            "v1",
+            &["namespaces", "gone", "finalize"],
+        )
+        .unwrap();
         assert_eq!(t.subresource.as_deref(), Some("finalize"));
-        let t = parse_target("", "v1", &["pods"]).unwrap();
+        let t = parse_target(&resources::find, "", "v1", &["pods"]).unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
-        let t = parse_target("", "v1", &["watch", "namespaces", "a", "pods"]).unwrap();
+        let t = parse_target(
+            &resources::find,
+            "",
+            "v1",
+            &["watch", "namespaces", "a", "pods"],
+        )
+        .unwrap();
         assert!(t.watch_prefix);
-        assert!(parse_target("", "v1", &["namespaces", "a", "nodes"]).is_err());
-        assert!(parse_target("", "v1", &["pods", "x", "bogus"]).is_err());
+        assert!(parse_target(&resources::find, "", "v1", &["namespaces", "a", "nodes"]).is_err());
+        assert!(parse_target(&resources::find, "", "v1", &["pods", "x", "bogus"]).is_err());
         assert!(
             parse_target(
+                &resources::find,
                 "apps",
                 "v1",
                 &["namespaces", "a", "deployments", "d", "scale"]
