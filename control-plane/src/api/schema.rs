@@ -311,7 +311,7 @@ fn number_causes(n: &serde_json::Number, s: &Value, path: &str, out: &mut Vec<Ca
             out.push(Cause::invalid_value(
                 path,
                 &value,
-                format!("{name} in body should be {rel} {}", s["maximum"]),
+                format!("{name} in body should be {rel} {}", go_number(max)),
             ));
         }
     }
@@ -326,9 +326,18 @@ fn number_causes(n: &serde_json::Number, s: &Value, path: &str, out: &mut Vec<Ca
             out.push(Cause::invalid_value(
                 path,
                 &value,
-                format!("{name} in body should be {rel} {}", s["minimum"]),
+                format!("{name} in body should be {rel} {}", go_number(min)),
             ));
         }
+    }
+}
+
+/// A bound as Go's `%v` prints a float64: no ".0" on whole numbers.
+fn go_number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
     }
 }
 
@@ -457,7 +466,7 @@ mod tests {
                     "required": ["size"],
                     "properties": {
                         "size": {"type": "string", "enum": ["small", "large"]},
-                        "replicas": {"type": "integer", "minimum": 0, "maximum": 10, "default": 1},
+                        "replicas": {"type": "integer", "minimum": 0.0, "maximum": 10, "default": 1},
                         "name": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 8},
                         "ports": {"type": "array", "maxItems": 2, "items": {
                             "type": "object",

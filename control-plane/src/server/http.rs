@@ -19,6 +19,7 @@ use super::auth::UserInfo;
 use super::metrics::{Metrics, WatchLabels};
 use super::satoken::TokenIssuer;
 use super::{discovery, openapi};
+use crate::api::custom::CustomVersion;
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, ScaleChange, WatchEvent,
@@ -26,6 +27,7 @@ use crate::api::registry::{
 };
 use crate::api::resources::ResourceType;
 use crate::api::selectors::{FieldSelector, LabelSelector};
+use crate::api::table;
 
 /// Largest request body accepted (as kube-apiserver: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -165,8 +167,31 @@ fn wants_table(headers: &HeaderMap) -> bool {
         })
 }
 
-fn as_table(rt: &ResourceType, items: &[Value], list_meta: Value) -> Value {
-    crate::api::table::render(rt.group, rt.kind, items, list_meta, chrono::Utc::now())
+fn as_table(
+    custom: Option<&CustomVersion>,
+    rt: &ResourceType,
+    items: &[Value],
+    list_meta: Value,
+) -> Value {
+    let now = chrono::Utc::now();
+    match custom.filter(|c| !c.printer_columns.is_empty()) {
+        Some(c) => {
+            let columns: Vec<table::CustomColumn<'_>> = c
+                .printer_columns
+                .iter()
+                .map(|p| table::CustomColumn {
+                    name: &p.name,
+                    ty: &p.ty,
+                    format: &p.format,
+                    description: &p.description,
+                    priority: p.priority,
+                    json_path: &p.json_path,
+                })
+                .collect();
+            table::render_custom(&columns, items, list_meta, now)
+        }
+        None => table::render(rt.group, rt.kind, items, list_meta, now),
+    }
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
@@ -573,7 +598,13 @@ async fn resource(
             let list = reg.list(rt, ns, &opts).await?;
             if wants_table(headers) {
                 let items = list["items"].as_array().cloned().unwrap_or_default();
-                return ok(&as_table(rt, &items, list["metadata"].clone()));
+                let custom = reg.custom_types().of(rt);
+                return ok(&as_table(
+                    custom.as_deref(),
+                    rt,
+                    &items,
+                    list["metadata"].clone(),
+                ));
             }
             ok(&list)
         }
@@ -610,7 +641,9 @@ async fn resource(
                     .pointer("/metadata/resourceVersion")
                     .cloned()
                     .unwrap_or(Value::Null);
+                let custom = reg.custom_types().of(rt);
                 return ok(&as_table(
+                    custom.as_deref(),
                     rt,
                     std::slice::from_ref(&obj),
                     json!({"resourceVersion": rv}),
@@ -730,7 +763,12 @@ async fn resource(
     }
 }
 
-fn table_event_line(rt: &ResourceType, kind: &str, object: &Value) -> Bytes {
+fn table_event_line(
+    custom: Option<&CustomVersion>,
+    rt: &ResourceType,
+    kind: &str,
+    object: &Value,
+) -> Bytes {
     let rv = object
         .pointer("/metadata/resourceVersion")
         .cloned()
@@ -738,6 +776,7 @@ fn table_event_line(rt: &ResourceType, kind: &str, object: &Value) -> Bytes {
     event_line(
         kind,
         &as_table(
+            custom,
             rt,
             std::slice::from_ref(object),
             json!({"resourceVersion": rv}),
@@ -796,9 +835,10 @@ async fn watch(
     let api_version = rt.api_version();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let current = state.registry.store().current_revision().await.unwrap_or(0);
+    let custom = state.registry.custom_types().of(rt);
     let line = move |kind: &str, o: &Value| {
         if table {
-            table_event_line(rt, kind, o)
+            table_event_line(custom.as_deref(), rt, kind, o)
         } else {
             event_line(kind, o)
         }
