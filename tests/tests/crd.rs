@@ -410,6 +410,26 @@ async fn custom_resources_with_kubectl_and_a_client() {
         );
     }
 
+    // Deleting a namespace deletes the custom resources in it.
+    server.kubectl_ok(m, &["create", "namespace", "crd-ns"]);
+    let w3 = write(
+        dir.path(),
+        "w3.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w3, namespace: crd-ns}\nspec: {size: small}\n",
+    );
+    server.kubectl_ok(m, &["create", "-f", &w3]);
+    server.kubectl_ok(m, &["delete", "namespace", "crd-ns", "--timeout=30s"]);
+    let r = call(
+        &client,
+        "GET",
+        "/apis/example.com/v1/namespaces/crd-ns/widgets",
+        "",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["items"], json!([]), "{}", r.body);
+
     // A default added to the schema applies to objects already stored, on read.
     server.kubectl_ok(
         m,
