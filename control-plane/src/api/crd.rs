@@ -276,17 +276,41 @@ fn versions_causes(v: &Value, crd: &CustomResourceDefinition, out: &mut Vec<Caus
     }
 }
 
-/// Checks on an update: the scope may not change.
+/// Checks on an update: the scope may not change, and a version objects
+/// may be stored in (`status.storedVersions`) may not leave `spec.versions`.
 pub fn validate_update(old: &Value, new: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
     let scope = |v: &Value| v.pointer("/spec/scope").cloned().unwrap_or(Value::Null);
     if scope(old) != scope(new) {
-        return vec![Cause::invalid_value(
+        out.push(Cause::invalid_value(
             "spec.scope",
             &scope(new),
             "field is immutable",
-        )];
+        ));
     }
-    Vec::new()
+    let versions: Vec<&str> = new
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .collect();
+    let stored = new
+        .pointer("/status/storedVersions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for (i, v) in stored.enumerate() {
+        if !versions.contains(&v) {
+            out.push(Cause::invalid(
+                format!("status.storedVersions[{i}]"),
+                v,
+                format!("missing from spec.versions; {v} was previously a storage version, and must remain in spec.versions until a storage migration ensures no data remains persisted in {v} and removes {v} from status.storedVersions"),
+            ));
+        }
+    }
+    out
 }
 
 /// Kubernetes' version order (`version.CompareKubeAwareVersionStrings`):
@@ -791,6 +815,18 @@ mod tests {
                 .field,
             "spec.scope"
         );
+    }
+
+    #[test]
+    fn a_stored_version_stays_in_the_spec() {
+        let mut old = crd("widgets", "Widget", "2024-01-01T00:00:00Z");
+        old["status"] = json!({"storedVersions": ["v1beta1", "v1"]});
+        let mut new = old.clone();
+        new["spec"]["versions"].as_array_mut().unwrap().remove(0);
+        let causes = validate_update(&old, &new);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "status.storedVersions[0]");
+        assert!(validate_update(&old, &old).is_empty());
     }
 
     #[test]
