@@ -36,6 +36,8 @@ spec:
         specReplicasPath: .spec.replicas
         statusReplicasPath: .status.replicas
         labelSelectorPath: .status.selector
+    selectableFields:
+    - {jsonPath: .spec.size}
     additionalPrinterColumns:
     - {name: Size, type: string, jsonPath: .spec.size}
     - {name: Replicas, type: integer, jsonPath: .spec.replicas}
@@ -349,6 +351,30 @@ async fn custom_resources_with_kubectl_and_a_client() {
             )
             .trim(),
         "widget.example.com/w2"
+    );
+    assert_eq!(
+        server
+            .kubectl_ok(
+                m,
+                &[
+                    "get",
+                    "widgets",
+                    "--field-selector=spec.size=large",
+                    "-o",
+                    "name"
+                ]
+            )
+            .trim(),
+        "widget.example.com/w1\nwidget.example.com/w2"
+    );
+    let err = stderr_of(
+        &server,
+        m,
+        &["get", "widgets", "--field-selector=spec.colour=blue"],
+    );
+    assert!(
+        err.contains("field label not supported: spec.colour"),
+        "{err}"
     );
 
     // Finalizers hold a custom resource as they hold any object.

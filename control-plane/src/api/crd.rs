@@ -241,6 +241,32 @@ fn versions_causes(v: &Value, crd: &CustomResourceDefinition, out: &mut Vec<Caus
                 ));
             }
         }
+        for (j, f) in ver.selectable_fields.iter().flatten().enumerate() {
+            let fp = format!("{path}.selectableFields[{j}].jsonPath");
+            let p = f.json_path.as_str();
+            let simple = p.len() > 1
+                && p.starts_with('.')
+                && p[1..].split('.').all(|s| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                });
+            if p.is_empty() {
+                out.push(Cause::required(fp));
+            } else if !simple {
+                out.push(Cause::invalid(
+                    fp,
+                    p,
+                    "is an invalid path: must be a simple path like .spec.field",
+                ));
+            } else if p.starts_with(".metadata") {
+                out.push(Cause::invalid(
+                    fp,
+                    p,
+                    "must not point to fields in metadata",
+                ));
+            }
+        }
         for (j, col) in ver.additional_printer_columns.iter().flatten().enumerate() {
             let cp = format!("{path}.additionalPrinterColumns[{j}]");
             const TYPES: &[&str] = &["boolean", "date", "integer", "number", "string"];
@@ -406,6 +432,8 @@ pub struct ServedVersion {
     pub schema: Option<Value>,
     pub storage_version: String,
     pub printer_columns: Vec<PrinterColumn>,
+    /// Field selector labels (`selectableFields`, as `spec.color`).
+    pub selectable_fields: Vec<String>,
     /// The definition is being deleted: no new objects.
     pub terminating: bool,
 }
@@ -559,6 +587,12 @@ pub fn plan(crds: &[Value], builtin: &dyn Fn(&str) -> TakenNames, now: &str) -> 
                         priority: c.priority.unwrap_or(0),
                         json_path: c.json_path.clone(),
                     })
+                    .collect(),
+                selectable_fields: v
+                    .selectable_fields
+                    .iter()
+                    .flatten()
+                    .map(|f| f.json_path.trim_start_matches('.').to_string())
                     .collect(),
                 terminating,
             });

@@ -38,14 +38,13 @@ impl CustomVersion {
     }
 
     /// A stored object as this version shows it: its apiVersion (conversion
-    /// `None` changes nothing else) and the schema's defaults.
+    /// `None` changes nothing else), pruned to this version's schema and
+    /// with its defaults.
     pub fn from_storage(&self, mut v: Value) -> Value {
         if let Some(m) = v.as_object_mut() {
             m.insert("apiVersion".into(), self.rt.api_version().into());
         }
-        if let Some(s) = &self.schema {
-            schema::apply_defaults(&mut v, s);
-        }
+        self.prune_and_default(&mut v);
         v
     }
 
@@ -163,6 +162,7 @@ struct Shape {
     categories: Vec<String>,
     status: bool,
     scale: bool,
+    field_labels: Vec<String>,
 }
 
 fn leak_str(s: &str) -> &'static str {
@@ -204,6 +204,7 @@ fn intern(s: &ServedVersion) -> &'static ResourceType {
         categories: s.names.categories.clone().unwrap_or_default(),
         status: s.status,
         scale: s.scale.is_some(),
+        field_labels: s.selectable_fields.clone(),
     };
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
@@ -226,7 +227,7 @@ fn intern(s: &ServedVersion) -> &'static ResourceType {
         short_names: leak_strs(&shape.short_names),
         categories: leak_strs(&shape.categories),
         subresources,
-        field_labels: &[],
+        field_labels: leak_strs(&shape.field_labels),
         storage: leak_str(&format!("{}/{}", shape.group, shape.plural)),
         typed: as_is,
         label_names: false,
@@ -250,10 +251,11 @@ mod tests {
                 "names": {"plural": "things", "kind": kind},
                 "versions": [
                     {"name": "v1", "served": true, "storage": true,
+                     "selectableFields": [{"jsonPath": ".spec.size"}],
                      "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                          "spec": {"type": "object", "properties": {"size": {"type": "string", "default": "m"}}}}}}},
                     {"name": "v2", "served": true, "storage": false,
-                     "schema": {"openAPIV3Schema": {"type": "object"}}}
+                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
                 ]}
         });
         crd::set_defaults(&mut v);
@@ -289,8 +291,15 @@ mod tests {
         assert_eq!(stored["apiVersion"], "intern.example.com/v1");
         let read = v2.from_storage(stored.clone());
         assert_eq!(read["apiVersion"], "intern.example.com/v2");
-        // Defaults of the version read apply on the way out.
-        assert_eq!(v1.from_storage(stored)["spec"]["size"], "m");
+        // Defaults of the version read apply on the way out, and what its
+        // schema does not know is pruned.
+        let mut stored = stored;
+        stored["spec"]["only_in_v2"] = "x".into();
+        let read = v1.from_storage(stored.clone());
+        assert_eq!(read["spec"]["size"], "m");
+        assert!(read["spec"].get("only_in_v2").is_none(), "{read}");
+        assert_eq!(v2.from_storage(stored)["spec"]["only_in_v2"], "x");
+        assert_eq!(v1.rt.field_labels, &["spec.size"]);
         assert_eq!(
             group_versions(&types.snapshot()),
             vec![(
