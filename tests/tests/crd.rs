@@ -145,6 +145,12 @@ async fn custom_resources_with_kubectl_and_a_client() {
             "--timeout=30s",
         ],
     );
+    let crds = server.kubectl_ok(m, &["get", "crds"]);
+    assert!(
+        crds.starts_with("NAME") && crds.lines().next().unwrap().ends_with("CREATED AT"),
+        "{crds}"
+    );
+    assert!(crds.contains("widgets.example.com"), "{crds}");
     let crd = server.kubectl_json(m, &["get", "crd", "widgets.example.com"]);
     assert_eq!(crd["spec"]["names"]["singular"], "widget");
     assert_eq!(crd["spec"]["names"]["listKind"], "WidgetList");

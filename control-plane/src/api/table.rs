@@ -262,6 +262,9 @@ fn printer_for(group: &str, kind: &str) -> Printer {
         ("apps", "DaemonSet") => (DAEMON_SET_COLUMNS, daemon_set_cells),
         ("apps", "StatefulSet") => (STATEFUL_SET_COLUMNS, stateful_set_cells),
         ("apps", "ControllerRevision") => (CONTROLLER_REVISION_COLUMNS, controller_revision_cells),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            (CREATED_AT_COLUMNS, created_at_cells)
+        }
         _ => (DEFAULT_COLUMNS, default_cells),
     };
     Printer {
@@ -272,6 +275,26 @@ fn printer_for(group: &str, kind: &str) -> Printer {
 }
 
 static DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
+
+/// kube-apiserver's default table convertor (types without a printer of
+/// their own, such as CustomResourceDefinitions): Name and Created At.
+static CREATED_AT_COLUMNS: &[Column] = &[
+    NAME,
+    Column {
+        name: "Created At",
+        ty: "date",
+        format: "",
+        priority: 0,
+        description: CREATED_DOC,
+    },
+];
+
+fn created_at_cells(o: J<'_>, _now: DateTime<Utc>) -> Vec<Value> {
+    vec![
+        name(o),
+        o.at("metadata").at("creationTimestamp").str().into(),
+    ]
+}
 
 fn default_cells(o: J<'_>, now: DateTime<Utc>) -> Vec<Value> {
     vec![name(o), age(o, now)]
@@ -1727,6 +1750,24 @@ mod tests {
     }
 
     // --- Age -----------------------------------------------------------------
+
+    #[test]
+    fn definitions_show_when_they_were_created() {
+        let now: DateTime<Utc> = "2024-01-01T00:10:00Z".parse().unwrap();
+        let crd = json!({"metadata": {"name": "widgets.example.com", "creationTimestamp": "2024-01-01T00:00:00Z"}});
+        let t = render(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            &[crd],
+            json!({}),
+            now,
+        );
+        assert_eq!(t["columnDefinitions"][1]["name"], "Created At");
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["widgets.example.com", "2024-01-01T00:00:00Z"])
+        );
+    }
 
     #[test]
     fn custom_columns_follow_their_json_paths() {
