@@ -971,7 +971,7 @@ fn breakdown(
         for _ in 0..reps {
             let t = Instant::now();
             for kv in &kvs {
-                std::hint::black_box(Registry::decode(rt, kv).context("decode a stored pod")?);
+                std::hint::black_box(registry.decode(rt, kv).context("decode a stored pod")?);
             }
             samples.push(t.elapsed());
         }
@@ -1083,7 +1083,7 @@ fn breakdown(
         let mut samples = Vec::new();
         for _ in 0..settings.iters.max(1000) {
             let t = Instant::now();
-            let obj = Registry::decode(rt, kv).context("decode a stored pod")?;
+            let obj = registry.decode(rt, kv).context("decode a stored pod")?;
             let line = serde_json::to_vec(&json!({"type": "MODIFIED", "object": obj}))?;
             std::hint::black_box(line);
             samples.push(t.elapsed());

@@ -26,6 +26,7 @@ fn child<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Value {
 /// Apply defaults to a whole object of type `rt`.
 pub fn apply(rt: &ResourceType, v: &mut Value) {
     match (rt.group, rt.kind) {
+        (super::crd::GROUP, super::crd::KIND) => super::crd::set_defaults(v),
         ("", "Pod") => {
             if let Some(spec) = v.get_mut("spec") {
                 pod_spec(spec);

@@ -50,6 +50,69 @@ impl Cause {
             format!("Invalid value: \"{value}\": {detail}"),
         )
     }
+    /// Invalid, for a value of any JSON type (printed as [`field_value`]).
+    pub fn invalid_value(
+        field: impl Into<String>,
+        value: &Value,
+        detail: impl std::fmt::Display,
+    ) -> Self {
+        Cause::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: {}: {detail}", field_value(value)),
+        )
+    }
+    /// A value of the wrong type (apimachinery's `field.TypeInvalid`).
+    pub fn type_invalid(
+        field: impl Into<String>,
+        value: &Value,
+        detail: impl std::fmt::Display,
+    ) -> Self {
+        Cause::new(
+            "FieldValueTypeInvalid",
+            field,
+            format!("Invalid value: {}: {detail}", field_value(value)),
+        )
+    }
+    /// A value outside an enumeration (`field.NotSupported`).
+    pub fn not_supported(field: impl Into<String>, value: &Value, allowed: &[String]) -> Self {
+        let quoted: Vec<String> = allowed
+            .iter()
+            .map(|a| Value::String(a.clone()).to_string())
+            .collect();
+        let mut message = format!("Unsupported value: {}", field_value(value));
+        if !quoted.is_empty() {
+            message.push_str(&format!(": supported values: {}", quoted.join(", ")));
+        }
+        Cause::new("FieldValueNotSupported", field, message)
+    }
+    /// A string longer than `max` bytes (`field.TooLong`).
+    pub fn too_long(field: impl Into<String>, max: u64) -> Self {
+        let unit = if max == 1 { "byte" } else { "bytes" };
+        Cause::new(
+            "FieldValueTooLong",
+            field,
+            format!("Too long: may not be more than {max} {unit}"),
+        )
+    }
+    /// A list with more than `max` items (`field.TooMany`).
+    pub fn too_many(field: impl Into<String>, actual: usize, max: u64) -> Self {
+        let unit = if max == 1 { "item" } else { "items" };
+        Cause::new(
+            "FieldValueTooMany",
+            field,
+            format!("Too many: {actual}: must have at most {max} {unit}"),
+        )
+    }
+    pub fn forbidden(field: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Cause::new("FieldValueForbidden", field, format!("Forbidden: {detail}"))
+    }
+}
+
+/// A value as apimachinery's field errors print it: strings quoted,
+/// numbers and booleans bare, anything else as JSON.
+pub fn field_value(v: &Value) -> String {
+    v.to_string()
 }
 
 impl std::fmt::Display for ApiError {

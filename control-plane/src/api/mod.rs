@@ -3,6 +3,8 @@
 
 pub mod alloc;
 pub mod convert;
+pub mod crd;
+pub mod custom;
 pub mod defaults;
 pub mod errors;
 pub mod patch;
@@ -10,6 +12,7 @@ pub mod patch_meta;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
+pub mod schema;
 pub mod selectors;
 pub mod serviceaccount;
 pub mod table;

@@ -454,6 +454,12 @@ enum Ty {
     IntOrString,
     /// `resource.Quantity` → JSON string.
     Quantity,
+    /// double (fixed64) → JSON number.
+    F64,
+    /// A nested message converted to its JSON form by a function: for Go
+    /// types with a JSON marshaller of their own (apiextensions' `JSON`,
+    /// `JSONSchemaPropsOrBool`, …).
+    Conv(&'static Schema, fn(Map<String, Value>) -> Value),
 }
 
 /// Whether a singular field's zero value ("", 0, false) appears in JSON.
@@ -596,6 +602,17 @@ fn decode_field(
             m.shift_remove("string")
                 .unwrap_or_else(|| Value::String(String::new()))
         }
+        Ty::F64 => {
+            expect_wire(schema.name, field.json, key, WT_FIXED64)?;
+            let raw = r.take(8, schema.name, key.tag)?.rest();
+            let bits = u64::from_le_bytes(raw.try_into().unwrap_or([0; 8]));
+            serde_json::Number::from_f64(f64::from_bits(bits)).map_or(Value::Null, Value::Number)
+        }
+        Ty::Conv(nested, convert) => {
+            let mut m = Map::new();
+            decode_message(nested, payload(schema, field, key, r)?, &mut m)?;
+            convert(m)
+        }
     };
     put(out, field, value);
     Ok(())
@@ -733,7 +750,7 @@ fn int_or_string(schema: &'static Schema, field: &'static Field, sub: Reader<'_>
 // no `omitempty`. Order follows the Go structs.
 // ---------------------------------------------------------------------------
 
-use Ty::{Bool, Bytes, I32, I64, Inline, IntOrString, Msg, Quantity, Str, Time};
+use Ty::{Bool, Bytes, Conv, F64, I32, I64, Inline, IntOrString, Msg, Quantity, Str, Time};
 
 static KINDS: &[(&str, &str, &Schema)] = &[
     ("v1", "Namespace", &NAMESPACE),
@@ -762,6 +779,11 @@ static KINDS: &[(&str, &str, &Schema)] = &[
         "authorization.k8s.io/v1",
         "SelfSubjectRulesReview",
         &SELF_SUBJECT_RULES_REVIEW,
+    ),
+    (
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        &CUSTOM_RESOURCE_DEFINITION,
     ),
 ];
 
@@ -933,6 +955,286 @@ static CONDITION: Schema = Schema {
 };
 
 // core/v1: Namespace, ConfigMap, Secret, ServiceAccount.
+// k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1 generated.proto.
+static CUSTOM_RESOURCE_DEFINITION: Schema = Schema {
+    name: "CustomResourceDefinition",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&CRD_SPEC)),
+        f(3, "status", Msg(&CRD_STATUS)),
+    ],
+};
+static CRD_SPEC: Schema = Schema {
+    name: "CustomResourceDefinitionSpec",
+    fields: &[
+        keep(1, "group", Str),
+        f(3, "names", Msg(&CRD_NAMES)),
+        keep(4, "scope", Str),
+        rep(7, "versions", Msg(&CRD_VERSION)),
+        keep(9, "conversion", Msg(&CRD_CONVERSION)),
+        f(10, "preserveUnknownFields", Bool),
+    ],
+};
+static CRD_NAMES: Schema = Schema {
+    name: "CustomResourceDefinitionNames",
+    fields: &[
+        keep(1, "plural", Str),
+        f(2, "singular", Str),
+        rep(3, "shortNames", Str),
+        keep(4, "kind", Str),
+        f(5, "listKind", Str),
+        rep(6, "categories", Str),
+    ],
+};
+static CRD_VERSION: Schema = Schema {
+    name: "CustomResourceDefinitionVersion",
+    fields: &[
+        keep(1, "name", Str),
+        keep(2, "served", Bool),
+        keep(3, "storage", Bool),
+        f(7, "deprecated", Bool),
+        keep(8, "deprecationWarning", Str),
+        keep(4, "schema", Msg(&CRD_VALIDATION)),
+        keep(5, "subresources", Msg(&CRD_SUBRESOURCES)),
+        rep(6, "additionalPrinterColumns", Msg(&CRD_COLUMN)),
+        rep(9, "selectableFields", Msg(&CRD_SELECTABLE_FIELD)),
+    ],
+};
+static CRD_VALIDATION: Schema = Schema {
+    name: "CustomResourceValidation",
+    fields: &[keep(1, "openAPIV3Schema", Msg(&JSON_SCHEMA_PROPS))],
+};
+static CRD_SUBRESOURCES: Schema = Schema {
+    name: "CustomResourceSubresources",
+    fields: &[
+        keep(1, "status", Msg(&CRD_SUBRESOURCE_STATUS)),
+        keep(2, "scale", Msg(&CRD_SUBRESOURCE_SCALE)),
+    ],
+};
+static CRD_SUBRESOURCE_STATUS: Schema = Schema {
+    name: "CustomResourceSubresourceStatus",
+    fields: &[],
+};
+static CRD_SUBRESOURCE_SCALE: Schema = Schema {
+    name: "CustomResourceSubresourceScale",
+    fields: &[
+        keep(1, "specReplicasPath", Str),
+        keep(2, "statusReplicasPath", Str),
+        keep(3, "labelSelectorPath", Str),
+    ],
+};
+static CRD_COLUMN: Schema = Schema {
+    name: "CustomResourceColumnDefinition",
+    fields: &[
+        keep(1, "name", Str),
+        keep(2, "type", Str),
+        f(3, "format", Str),
+        f(4, "description", Str),
+        f(5, "priority", I32),
+        keep(6, "jsonPath", Str),
+    ],
+};
+static CRD_SELECTABLE_FIELD: Schema = Schema {
+    name: "SelectableField",
+    fields: &[keep(1, "jsonPath", Str)],
+};
+static CRD_CONVERSION: Schema = Schema {
+    name: "CustomResourceConversion",
+    fields: &[
+        keep(1, "strategy", Str),
+        keep(2, "webhook", Msg(&CRD_WEBHOOK_CONVERSION)),
+    ],
+};
+static CRD_WEBHOOK_CONVERSION: Schema = Schema {
+    name: "WebhookConversion",
+    fields: &[
+        keep(2, "clientConfig", Msg(&CRD_WEBHOOK_CLIENT_CONFIG)),
+        rep(3, "conversionReviewVersions", Str),
+    ],
+};
+static CRD_WEBHOOK_CLIENT_CONFIG: Schema = Schema {
+    name: "WebhookClientConfig",
+    fields: &[
+        keep(3, "url", Str),
+        keep(1, "service", Msg(&CRD_SERVICE_REFERENCE)),
+        f(2, "caBundle", Bytes),
+    ],
+};
+static CRD_SERVICE_REFERENCE: Schema = Schema {
+    name: "ServiceReference",
+    fields: &[
+        keep(1, "namespace", Str),
+        keep(2, "name", Str),
+        keep(3, "path", Str),
+        keep(4, "port", I32),
+    ],
+};
+static CRD_STATUS: Schema = Schema {
+    name: "CustomResourceDefinitionStatus",
+    fields: &[
+        rep(1, "conditions", Msg(&CRD_CONDITION)),
+        keep(2, "acceptedNames", Msg(&CRD_NAMES)),
+        rep(3, "storedVersions", Str),
+        f(4, "observedGeneration", I64),
+    ],
+};
+static CRD_CONDITION: Schema = Schema {
+    name: "CustomResourceDefinitionCondition",
+    fields: &[
+        keep(1, "type", Str),
+        keep(2, "status", Str),
+        f(3, "lastTransitionTime", Time),
+        f(4, "reason", Str),
+        f(5, "message", Str),
+        f(6, "observedGeneration", I64),
+    ],
+};
+static JSON_SCHEMA_PROPS: Schema = Schema {
+    name: "JSONSchemaProps",
+    fields: &[
+        f(1, "id", Str),
+        f(2, "$schema", Str),
+        keep(3, "$ref", Str),
+        f(4, "description", Str),
+        f(5, "type", Str),
+        f(6, "format", Str),
+        f(7, "title", Str),
+        keep(8, "default", Conv(&RAW_JSON, raw_json)),
+        keep(9, "maximum", F64),
+        f(10, "exclusiveMaximum", Bool),
+        keep(11, "minimum", F64),
+        f(12, "exclusiveMinimum", Bool),
+        keep(13, "maxLength", I64),
+        keep(14, "minLength", I64),
+        f(15, "pattern", Str),
+        keep(16, "maxItems", I64),
+        keep(17, "minItems", I64),
+        f(18, "uniqueItems", Bool),
+        keep(19, "multipleOf", F64),
+        rep(20, "enum", Conv(&RAW_JSON, raw_json)),
+        keep(21, "maxProperties", I64),
+        keep(22, "minProperties", I64),
+        rep(23, "required", Str),
+        keep(24, "items", Conv(&SCHEMA_OR_ARRAY, schema_or_array)),
+        rep(25, "allOf", Msg(&JSON_SCHEMA_PROPS)),
+        rep(26, "oneOf", Msg(&JSON_SCHEMA_PROPS)),
+        rep(27, "anyOf", Msg(&JSON_SCHEMA_PROPS)),
+        keep(28, "not", Msg(&JSON_SCHEMA_PROPS)),
+        map(29, "properties", &SCHEMA_ENTRY),
+        keep(
+            30,
+            "additionalProperties",
+            Conv(&SCHEMA_OR_BOOL, schema_or_bool),
+        ),
+        map(31, "patternProperties", &SCHEMA_ENTRY),
+        map(32, "dependencies", &SCHEMA_OR_STRINGS_ENTRY),
+        keep(33, "additionalItems", Conv(&SCHEMA_OR_BOOL, schema_or_bool)),
+        map(34, "definitions", &SCHEMA_ENTRY),
+        keep(35, "externalDocs", Msg(&EXTERNAL_DOCS)),
+        keep(36, "example", Conv(&RAW_JSON, raw_json)),
+        f(37, "nullable", Bool),
+        keep(38, "x-kubernetes-preserve-unknown-fields", Bool),
+        f(39, "x-kubernetes-embedded-resource", Bool),
+        f(40, "x-kubernetes-int-or-string", Bool),
+        rep(41, "x-kubernetes-list-map-keys", Str),
+        keep(42, "x-kubernetes-list-type", Str),
+        keep(43, "x-kubernetes-map-type", Str),
+        rep(44, "x-kubernetes-validations", Msg(&VALIDATION_RULE)),
+    ],
+};
+static SCHEMA_ENTRY: Schema = Schema {
+    name: "map<string,JSONSchemaProps> entry",
+    fields: &[
+        keep(1, "key", Str),
+        keep(2, "value", Msg(&JSON_SCHEMA_PROPS)),
+    ],
+};
+static SCHEMA_OR_STRINGS_ENTRY: Schema = Schema {
+    name: "map<string,JSONSchemaPropsOrStringArray> entry",
+    fields: &[
+        keep(1, "key", Str),
+        keep(2, "value", Conv(&SCHEMA_OR_STRINGS, schema_or_strings)),
+    ],
+};
+static RAW_JSON: Schema = Schema {
+    name: "JSON",
+    fields: &[keep(1, "raw", Bytes)],
+};
+static SCHEMA_OR_ARRAY: Schema = Schema {
+    name: "JSONSchemaPropsOrArray",
+    fields: &[
+        keep(1, "schema", Msg(&JSON_SCHEMA_PROPS)),
+        rep(2, "jSONSchemas", Msg(&JSON_SCHEMA_PROPS)),
+    ],
+};
+static SCHEMA_OR_BOOL: Schema = Schema {
+    name: "JSONSchemaPropsOrBool",
+    fields: &[
+        keep(1, "allows", Bool),
+        keep(2, "schema", Msg(&JSON_SCHEMA_PROPS)),
+    ],
+};
+static SCHEMA_OR_STRINGS: Schema = Schema {
+    name: "JSONSchemaPropsOrStringArray",
+    fields: &[
+        keep(1, "schema", Msg(&JSON_SCHEMA_PROPS)),
+        rep(2, "property", Str),
+    ],
+};
+static EXTERNAL_DOCS: Schema = Schema {
+    name: "ExternalDocumentation",
+    fields: &[f(1, "description", Str), f(2, "url", Str)],
+};
+static VALIDATION_RULE: Schema = Schema {
+    name: "ValidationRule",
+    fields: &[
+        keep(1, "rule", Str),
+        f(2, "message", Str),
+        f(3, "messageExpression", Str),
+        keep(4, "reason", Str),
+        f(5, "fieldPath", Str),
+        keep(6, "optionalOldSelf", Bool),
+    ],
+};
+
+/// apiextensions' `JSON`: its `raw` bytes are the JSON text.
+fn raw_json(mut m: Map<String, Value>) -> Value {
+    m.shift_remove("raw")
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_str().unwrap_or_default())
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// `JSONSchemaPropsOrArray`'s MarshalJSON: the list if any, else the schema.
+fn schema_or_array(mut m: Map<String, Value>) -> Value {
+    match m.shift_remove("jSONSchemas") {
+        Some(Value::Array(a)) if !a.is_empty() => Value::Array(a),
+        _ => m.shift_remove("schema").unwrap_or(Value::Null),
+    }
+}
+
+/// `JSONSchemaPropsOrBool`'s MarshalJSON: the schema if any, else `allows`.
+fn schema_or_bool(mut m: Map<String, Value>) -> Value {
+    match m.shift_remove("schema") {
+        Some(s) => s,
+        None => Value::Bool(m.get("allows").and_then(Value::as_bool).unwrap_or(false)),
+    }
+}
+
+/// `JSONSchemaPropsOrStringArray`'s MarshalJSON: the strings if any, else the schema.
+fn schema_or_strings(mut m: Map<String, Value>) -> Value {
+    match m.shift_remove("property") {
+        Some(Value::Array(a)) if !a.is_empty() => Value::Array(a),
+        _ => m
+            .shift_remove("schema")
+            .unwrap_or_else(|| Value::Array(Vec::new())),
+    }
+}
+
 static NAMESPACE: Schema = Schema {
     name: "Namespace",
     fields: &[
@@ -1906,6 +2208,109 @@ mod tests {
       \x90\x01\x00\xa2\x01\x00\x1a\x002\x00B\x00J\x00R\x00X\x00`\x00h\x00\x82\x01\
       \x00\x8a\x01\x00\x9a\x01\x00\xc2\x01\x00\x22\x02\x0a\x00(\x008\x00\x1a\x0c\
       \x08\x00\x10\x00\x18\x00\x20\x00(\x008\x00\x1a\x00\x22\x00";
+
+    #[test]
+    fn custom_resource_definitions_decode_with_their_schemas() {
+        let json_raw = |v: &str| Enc::new().bytes(1, v.as_bytes());
+        let double =
+            |e: Enc, tag: u32, v: f64| e.key(tag, WT_FIXED64).raw(&v.to_bits().to_le_bytes());
+        let size = double(
+            Enc::new()
+                .str(5, "string")
+                .msg(20, json_raw("\"small\""))
+                .msg(20, json_raw("\"large\"")),
+            11,
+            0.0,
+        );
+        let replicas = Enc::new().str(5, "integer").msg(8, json_raw("1"));
+        let tags = Enc::new()
+            .str(5, "array")
+            .msg(24, Enc::new().msg(1, Enc::new().str(5, "string")));
+        let labels = Enc::new().str(5, "object").msg(
+            30,
+            Enc::new().bool(1, true).msg(2, Enc::new().str(5, "string")),
+        );
+        let free = Enc::new().str(5, "object").bool(38, true);
+        let spec_schema = Enc::new()
+            .str(5, "object")
+            .str(23, "size")
+            .msg(29, Enc::new().str(1, "size").msg(2, size))
+            .msg(29, Enc::new().str(1, "replicas").msg(2, replicas))
+            .msg(29, Enc::new().str(1, "tags").msg(2, tags))
+            .msg(29, Enc::new().str(1, "labels").msg(2, labels))
+            .msg(29, Enc::new().str(1, "free").msg(2, free));
+        let root = Enc::new()
+            .str(5, "object")
+            .msg(29, Enc::new().str(1, "spec").msg(2, spec_schema));
+        let version = Enc::new()
+            .str(1, "v1")
+            .bool(2, true)
+            .bool(3, true)
+            .msg(4, Enc::new().msg(1, root))
+            .msg(5, Enc::new().msg(1, Enc::new()))
+            .bool(7, false)
+            .str(8, "");
+        let names = Enc::new()
+            .str(1, "widgets")
+            .str(2, "widget")
+            .str(3, "wd")
+            .str(4, "Widget")
+            .str(5, "WidgetList");
+        let raw = Enc::new()
+            .msg(1, meta("widgets.example.com", ""))
+            .msg(
+                2,
+                Enc::new()
+                    .str(1, "example.com")
+                    .msg(3, names)
+                    .str(4, "Namespaced")
+                    .msg(7, version)
+                    .msg(9, Enc::new().str(1, "None"))
+                    .bool(10, false),
+            )
+            .msg(
+                3,
+                Enc::new()
+                    .msg(
+                        1,
+                        Enc::new()
+                            .str(1, "")
+                            .str(2, "")
+                            .str(4, "")
+                            .str(5, "patched"),
+                    )
+                    .msg(2, Enc::new().str(1, "").str(4, "")),
+            );
+        let got = decode("apiextensions.k8s.io/v1", "CustomResourceDefinition", raw);
+        assert_eq!(
+            got["spec"],
+            json!({
+                "group": "example.com",
+                "names": {"plural": "widgets", "singular": "widget", "shortNames": ["wd"], "kind": "Widget", "listKind": "WidgetList"},
+                "scope": "Namespaced",
+                "versions": [{
+                    "name": "v1", "served": true, "storage": true, "deprecationWarning": "",
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                        "type": "object",
+                        "required": ["size"],
+                        "properties": {
+                            "size": {"type": "string", "enum": ["small", "large"], "minimum": 0.0},
+                            "replicas": {"type": "integer", "default": 1},
+                            "tags": {"type": "array", "items": {"type": "string"}},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                        }
+                    }}}},
+                    "subresources": {"status": {}}
+                }],
+                "conversion": {"strategy": "None"}
+            })
+        );
+        assert_eq!(
+            got["status"],
+            json!({"conditions": [{"type": "", "status": "", "message": "patched"}], "acceptedNames": {"plural": "", "kind": ""}})
+        );
+    }
 
     #[test]
     fn kubectl_bodies_decode_like_kubectl_dry_run_json() {

@@ -15,6 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::alloc::ServiceAllocator;
 use super::convert;
+use super::crd;
+use super::custom::{CustomTypes, CustomVersion};
 use super::defaults;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::patch::{self, PatchError};
@@ -156,6 +158,7 @@ pub struct Registry {
     store: Arc<dyn Store>,
     pub config: ApiConfig,
     alloc: ServiceAllocator,
+    custom: CustomTypes,
 }
 
 pub fn now_rfc3339() -> String {
@@ -209,6 +212,15 @@ fn finalizers(v: &Value) -> Vec<String> {
     out
 }
 
+/// Everything of an object except metadata.
+fn content_part(v: &Value) -> Value {
+    let mut c = v.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.remove("metadata");
+    }
+    c
+}
+
 /// Everything of an object except metadata and status: what bumps generation.
 fn spec_part(v: &Value) -> Value {
     let mut c = v.clone();
@@ -258,7 +270,20 @@ impl Registry {
             store,
             config,
             alloc,
+            custom: CustomTypes::default(),
         }
+    }
+
+    /// The resource type served at `group/version/plural`: built in, or
+    /// defined by a CustomResourceDefinition.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+        resources::find(group, version, plural)
+            .or_else(|| self.custom.find(group, version, plural).map(|c| c.rt))
+    }
+
+    /// The custom resource versions served now.
+    pub fn custom_types(&self) -> &CustomTypes {
+        &self.custom
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -281,15 +306,15 @@ impl Registry {
     }
 
     /// Decode a stored value into the object clients see.
-    pub fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
-        let mut v: Value = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::internal(format!("decode stored object {}: {e}", kv.key)))?;
-        meta_mut(&mut v).insert("resourceVersion".into(), kv.mod_revision.to_string().into());
-        Ok(convert::from_storage(rt, v))
+    pub fn decode(&self, rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
+        decode_with(rt, self.custom.of(rt).as_deref(), kv)
     }
 
-    fn encode(rt: &ResourceType, v: &Value) -> ApiResult<Vec<u8>> {
-        let mut v = convert::to_storage(rt, v.clone());
+    fn encode(&self, rt: &ResourceType, v: &Value) -> ApiResult<Vec<u8>> {
+        let mut v = match self.custom.of(rt) {
+            Some(c) => c.to_storage(v.clone()),
+            None => convert::to_storage(rt, v.clone()),
+        };
         meta_mut(&mut v).remove("resourceVersion");
         serde_json::to_vec(&v).map_err(|e| ApiError::internal(format!("encode object: {e}")))
     }
@@ -303,7 +328,7 @@ impl Registry {
 
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> ApiResult<Value> {
         let kv = self.get_kv(rt, ns, name).await?;
-        Self::decode(rt, &kv)
+        self.decode(rt, &kv)
     }
 
     /// List objects, honouring selectors and paging.
@@ -328,13 +353,14 @@ impl Registry {
         } else {
             opts.limit.max(100)
         };
+        let custom = self.custom.of(rt);
         loop {
             let res = self.store.list(&prefix, start.as_deref(), page).await?;
             revision = res.revision;
             let mut last_key = None;
             for kv in &res.kvs {
                 last_key = Some(kv.key.clone());
-                let obj = Self::decode(rt, kv)?;
+                let obj = decode_with(rt, custom.as_deref(), kv)?;
                 if opts.label_selector.matches_object(&obj)
                     && opts.field_selector.matches_object(&obj)
                 {
@@ -373,6 +399,7 @@ impl Registry {
         if !opts.label_selector.is_empty()
             || !opts.field_selector.is_empty()
             || rt.group == "events.k8s.io"
+            || rt.custom
         {
             return Ok(None);
         }
@@ -432,13 +459,19 @@ impl Registry {
         fv: FieldValidation,
     ) -> ApiResult<(Value, Vec<String>)> {
         defaults::apply(rt, &mut obj);
+        let custom = self.custom.of(rt);
+        let mut unknown = Vec::new();
+        if let Some(c) = &custom {
+            unknown = custom_object_meta(&mut obj)?;
+            unknown.extend(c.prune_and_default(&mut obj));
+        }
         let typed = (rt.typed)(&obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
                 rt.kind, rt.version, rt.kind
             ))
         })?;
-        let unknown = unknown_fields(&obj, &typed);
+        unknown.extend(unknown_fields(&obj, &typed));
         let mut warnings = Vec::new();
         if !unknown.is_empty() {
             match fv {
@@ -459,7 +492,10 @@ impl Registry {
             }
         }
         let name = meta_str(&typed, "name").to_string();
-        let causes = validation::validate(rt, &typed);
+        let mut causes = validation::validate(rt, &typed);
+        if let Some(c) = &custom {
+            causes.extend(c.validate(&typed));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt.group, rt.kind, &name, causes));
         }
@@ -534,7 +570,7 @@ impl Registry {
         match kv {
             None => Err(ApiError::not_found("namespaces", ns).with_object("", "namespaces", ns)),
             Some(kv) => {
-                let v = Self::decode(nsrt, &kv)?;
+                let v = self.decode(nsrt, &kv)?;
                 if !meta_str(&v, "deletionTimestamp").is_empty() {
                     Err(ApiError::forbidden(format!(
                         "unable to create new content in namespace {ns} because it is being terminated"
@@ -556,6 +592,21 @@ impl Registry {
     ) -> ApiResult<Written> {
         Self::check_type_meta(rt, &mut obj)?;
         Self::check_namespace(rt, ns, &mut obj)?;
+        if let Some(c) = self.custom.of(rt) {
+            if c.terminating {
+                return Err(ApiError::method_not_allowed(format!(
+                    "create not allowed while custom resource definition {} is terminating",
+                    c.crd
+                )));
+            }
+            // As for built-in types: a status subresource's is not the
+            // creator's to set.
+            if rt.has_status()
+                && let Some(m) = obj.as_object_mut()
+            {
+                m.remove("status");
+            }
+        }
         {
             let md = meta_mut(&mut obj);
             let name = md
@@ -600,7 +651,7 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(rt.group, rt.kind, &name, causes));
         }
-        if obj.get("spec").is_some() {
+        if obj.get("spec").is_some() || rt.custom {
             meta_mut(&mut obj).insert("generation".into(), 1.into());
         }
         let (mut obj, warnings) = self.admit(rt, obj, opts.field_validation)?;
@@ -628,14 +679,15 @@ impl Registry {
         } else {
             None
         };
-        let bytes = Self::encode(rt, &obj)?;
+        let bytes = self.encode(rt, &obj)?;
         match self.store.create(&key, bytes).await {
             Ok(kv) => {
                 if let Some(a) = allocation {
                     a.commit();
                 }
+                self.after_write(rt).await;
                 Ok(Written {
-                    object: Self::decode(rt, &kv)?,
+                    object: self.decode(rt, &kv)?,
                     warnings,
                     created: true,
                 })
@@ -681,7 +733,7 @@ impl Registry {
             if !wanted_rv.is_empty() && wanted_rv != kv.mod_revision.to_string() {
                 return Err(self.conflict(rt, name));
             }
-            let current = Self::decode(rt, &kv)?;
+            let current = self.decode(rt, &kv)?;
             match self
                 .write_update(rt, ns, name, &kv, current, obj.clone(), subresource, opts)
                 .await
@@ -785,7 +837,13 @@ impl Registry {
             .map_err(UpdateError::Api)?;
         // Compared after defaulting: a manifest that leaves out defaulted
         // fields (kubectl replace) is no spec change.
-        if new.get("spec").is_some() && spec_part(&new) != spec_part(&current) {
+        let changed = if rt.custom && !rt.has_status() {
+            // Without a status subresource, status is content like the rest.
+            content_part(&new) != content_part(&current)
+        } else {
+            spec_part(&new) != spec_part(&current)
+        };
+        if (new.get("spec").is_some() || rt.custom) && changed {
             let g = meta(&current)
                 .get("generation")
                 .and_then(Value::as_i64)
@@ -873,15 +931,18 @@ impl Registry {
         } else {
             None
         };
-        let bytes = Self::encode(rt, &new).map_err(UpdateError::Api)?;
+        let bytes = self.encode(rt, &new).map_err(UpdateError::Api)?;
         match self.store.update(&key, bytes, kv.mod_revision).await {
             Ok(kv) => {
                 if let Some(a) = allocation {
                     a.commit();
                     self.alloc.release_unused(&current, &new).await;
                 }
+                if subresource.is_none() {
+                    self.after_write(rt).await;
+                }
                 Ok(Written {
-                    object: Self::decode(rt, &kv).map_err(UpdateError::Api)?,
+                    object: self.decode(rt, &kv).map_err(UpdateError::Api)?,
                     warnings,
                     created: false,
                 })
@@ -916,7 +977,7 @@ impl Registry {
     ) -> ApiResult<Written> {
         loop {
             let kv = self.get_kv(rt, ns, name).await?;
-            let current = Self::decode(rt, &kv)?;
+            let current = self.decode(rt, &kv)?;
             let patched = apply_patch(rt, &current, patch_type, patch_body)?;
             let pinned = meta_str(&patched, "resourceVersion").to_string();
             let pinned_by_patch = pinned != kv.mod_revision.to_string();
@@ -953,7 +1014,7 @@ impl Registry {
     ) -> ApiResult<Value> {
         loop {
             let kv = self.get_kv(rt, ns, name).await?;
-            let current = Self::decode(rt, &kv)?;
+            let current = self.decode(rt, &kv)?;
             if let Some(uid) = &opts.precondition_uid
                 && uid != meta_str(&current, "uid")
             {
@@ -985,6 +1046,14 @@ impl Registry {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            let cleanup = json!(crd::CLEANUP_FINALIZER);
+            if rt.is(crd::GROUP, crd::KIND)
+                && meta_str(&current, "deletionTimestamp").is_empty()
+                && !fins.contains(&cleanup)
+            {
+                // Its custom resources go first ([`Registry::reconcile_custom_resources`]).
+                fins.push(cleanup);
+            }
             match opts.propagation_policy.as_deref() {
                 Some("Orphan") if !fins.contains(&json!("orphan")) => fins.push(json!("orphan")),
                 Some("Foreground") if !fins.contains(&json!("foregroundDeletion")) => {
@@ -1030,9 +1099,12 @@ impl Registry {
                 if opts.dry_run {
                     return Ok(marked);
                 }
-                let bytes = Self::encode(rt, &marked)?;
+                let bytes = self.encode(rt, &marked)?;
                 match self.store.update(&key, bytes, kv.mod_revision).await {
-                    Ok(kv) => return Self::decode(rt, &kv),
+                    Ok(kv) => {
+                        self.after_write(rt).await;
+                        return self.decode(rt, &kv);
+                    }
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(StoreError::NotFound { .. }) => {
                         return Err(ApiError::not_found(&rt.qualified(), name)
@@ -1095,6 +1167,125 @@ impl Registry {
         if rt.is("", "Service") {
             self.alloc.release_all(obj).await;
         }
+        self.after_write(rt).await;
+    }
+
+    /// A written CustomResourceDefinition changes what this server serves
+    /// before the write is answered (other servers on the same store
+    /// follow through [`Registry::reconcile_custom_resources`]).
+    async fn after_write(&self, rt: &ResourceType) {
+        if rt.is(crd::GROUP, crd::KIND)
+            && let Err(e) = self.refresh_custom_types().await
+        {
+            tracing::warn!(error = %e, "refresh custom resource types");
+        }
+    }
+
+    /// The stored CustomResourceDefinitions, as clients see them.
+    async fn stored_definitions(&self) -> ApiResult<Vec<Value>> {
+        let rt = crd_type();
+        let res = self.store.list(&Self::prefix(rt, None), None, 0).await?;
+        res.kvs.iter().map(|kv| self.decode(rt, kv)).collect()
+    }
+
+    /// Serve what the stored definitions define now.
+    pub async fn refresh_custom_types(&self) -> ApiResult<crd::Plan> {
+        let defs = self.stored_definitions().await?;
+        let plan = crd::plan(&defs, &crd::builtin_names, &now_rfc3339());
+        self.custom.replace(&plan.served);
+        Ok(plan)
+    }
+
+    /// One pass of what apiextensions-apiserver's controllers do: serve
+    /// the custom resource versions the stored definitions define, give
+    /// each definition the status it should have (accepted names,
+    /// NamesAccepted, Established, stored versions), and for a deleting
+    /// one delete its custom resources, then release it. Level-triggered:
+    /// a second pass with nothing changed writes nothing. Returns whether
+    /// custom resources are still on their way out (look again soon).
+    pub async fn reconcile_custom_resources(&self) -> ApiResult<bool> {
+        let plan = self.refresh_custom_types().await?;
+        let rt = crd_type();
+        let opts = WriteOptions::default();
+        for (name, status) in &plan.status {
+            let mut current = match self.get(rt, None, name).await {
+                Ok(c) => c,
+                Err(e) if e.code == 404 => continue,
+                Err(e) => return Err(e),
+            };
+            current["status"] = status.clone();
+            match self
+                .update(rt, None, name, current, Some("status"), &opts)
+                .await
+            {
+                Ok(_) => {}
+                // Changed meanwhile: the change brings another pass.
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(crd = %name, error = %e, "write custom resource definition status")
+                }
+            }
+        }
+        let mut pending = false;
+        for name in &plan.cleanup {
+            if !self.delete_custom_resources(&plan, name).await? {
+                pending = true;
+                continue;
+            }
+            let mut current = match self.get(rt, None, name).await {
+                Ok(c) => c,
+                Err(e) if e.code == 404 => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(fins) = current
+                .pointer_mut("/metadata/finalizers")
+                .and_then(Value::as_array_mut)
+            {
+                fins.retain(|f| f != crd::CLEANUP_FINALIZER);
+            }
+            match self.update(rt, None, name, current, None, &opts).await {
+                Ok(_) => tracing::info!(crd = %name, "custom resources deleted"),
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Delete the custom resources of the deleting definition `name`;
+    /// true when none is left.
+    async fn delete_custom_resources(&self, plan: &crd::Plan, name: &str) -> ApiResult<bool> {
+        let Some(rt) = plan
+            .served
+            .iter()
+            .find(|s| s.crd == name)
+            .and_then(|s| self.custom.find(&s.group, &s.version, &s.names.plural))
+            .map(|c| c.rt)
+        else {
+            // Never served: nothing was stored.
+            return Ok(true);
+        };
+        let list = self.list(rt, None, &ListOptions::default()).await?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        for item in &items {
+            if !meta_str(item, "deletionTimestamp").is_empty() {
+                continue;
+            }
+            let ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+            match self
+                .delete(rt, ns, meta_str(item, "name"), &DeleteOptions::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if items.is_empty() {
+            return Ok(true);
+        }
+        let left = self.list(rt, None, &ListOptions::default()).await?;
+        Ok(left["items"].as_array().is_none_or(Vec::is_empty))
     }
 
     /// Delete every object matching the selectors (DELETE on a collection).
@@ -1137,7 +1328,7 @@ impl Registry {
         }
         loop {
             let kv = self.get_kv(rt, Some(ns), name).await?;
-            let mut pod = Self::decode(rt, &kv)?;
+            let mut pod = self.decode(rt, &kv)?;
             if !meta_str(&pod, "deletionTimestamp").is_empty() {
                 return Err(ApiError::conflict(
                     "pods",
@@ -1165,7 +1356,7 @@ impl Registry {
                 cs.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
                 cs.push(cond);
             }
-            let bytes = Self::encode(rt, &pod)?;
+            let bytes = self.encode(rt, &pod)?;
             match self.store.update(&kv.key, bytes, kv.mod_revision).await {
                 Ok(_) => {
                     return Ok(
@@ -1178,13 +1369,54 @@ impl Registry {
         }
     }
 
-    /// The autoscaling/v1 Scale of a deployment or replica set.
-    pub fn scale_of(obj: &Value) -> Value {
+    /// The autoscaling/v1 Scale of an object of `rt`: `spec.replicas`,
+    /// `status.replicas` and `spec.selector` for the built-in types, the
+    /// paths of its scale subresource for a custom resource.
+    pub fn scale_of(&self, rt: &ResourceType, obj: &Value) -> Value {
+        let paths = self.custom.of(rt).and_then(|c| c.scale.clone());
+        let (spec, status, selector) = match &paths {
+            Some(p) => (
+                json_path_pointer(&p.spec_replicas),
+                json_path_pointer(&p.status_replicas),
+                p.label_selector
+                    .as_deref()
+                    .map(json_path_pointer)
+                    .and_then(|ptr| obj.pointer(&ptr))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            None => (
+                "/spec/replicas".to_string(),
+                "/status/replicas".to_string(),
+                Self::selector_string(obj),
+            ),
+        };
+        json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta_str(obj, "name"),
+                "namespace": meta_str(obj, "namespace"),
+                "uid": meta_str(obj, "uid"),
+                "resourceVersion": meta_str(obj, "resourceVersion"),
+                "creationTimestamp": meta(obj).get("creationTimestamp").cloned().unwrap_or(Value::Null),
+            },
+            "spec": {"replicas": obj.pointer(&spec).cloned().unwrap_or(json!(0))},
+            "status": {
+                "replicas": obj.pointer(&status).cloned().unwrap_or(json!(0)),
+                "selector": selector,
+            },
+        })
+    }
+
+    /// `spec.selector` as a label selector string.
+    fn selector_string(obj: &Value) -> String {
         let sel = obj
             .pointer("/spec/selector")
             .cloned()
             .unwrap_or(Value::Null);
-        let selector = LabelSelector::from_object(&sel)
+        LabelSelector::from_object(&sel)
             .map(|s| {
                 s.0.iter()
                     .map(|r| match &r.op {
@@ -1202,23 +1434,7 @@ impl Registry {
                     .collect::<Vec<_>>()
                     .join(",")
             })
-            .unwrap_or_default();
-        json!({
-            "kind": "Scale",
-            "apiVersion": "autoscaling/v1",
-            "metadata": {
-                "name": meta_str(obj, "name"),
-                "namespace": meta_str(obj, "namespace"),
-                "uid": meta_str(obj, "uid"),
-                "resourceVersion": meta_str(obj, "resourceVersion"),
-                "creationTimestamp": meta(obj).get("creationTimestamp").cloned().unwrap_or(Value::Null),
-            },
-            "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-            "status": {
-                "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-                "selector": selector,
-            },
-        })
+            .unwrap_or_default()
     }
 
     /// Update the scale subresource: PUT (a Scale) or PATCH (against the Scale).
@@ -1232,8 +1448,8 @@ impl Registry {
     ) -> ApiResult<Value> {
         loop {
             let kv = self.get_kv(rt, Some(ns), name).await?;
-            let current = Self::decode(rt, &kv)?;
-            let scale = Self::scale_of(&current);
+            let current = self.decode(rt, &kv)?;
+            let scale = self.scale_of(rt, &current);
             let new_scale = match change {
                 ScaleChange::Replace(s) => {
                     let rv = s
@@ -1249,6 +1465,7 @@ impl Registry {
                     let scale_rt = ResourceType {
                         kind: "Scale",
                         group: "autoscaling",
+                        custom: false,
                         ..*rt
                     };
                     apply_patch(&scale_rt, &scale, t, p)?
@@ -1278,12 +1495,16 @@ impl Registry {
                 ));
             }
             let mut new = current.clone();
-            new["spec"]["replicas"] = replicas.into();
+            let spec_path = match self.custom.of(rt).and_then(|c| c.scale.clone()) {
+                Some(p) => json_path_pointer(&p.spec_replicas),
+                None => "/spec/replicas".to_string(),
+            };
+            set_pointer(&mut new, &spec_path, replicas.into());
             match self
                 .write_update(rt, Some(ns), name, &kv, current, new, None, opts)
                 .await
             {
-                Ok(w) => return Ok(Self::scale_of(&w.object)),
+                Ok(w) => return Ok(self.scale_of(rt, &w.object)),
                 Err(UpdateError::Conflict) => continue,
                 Err(UpdateError::Api(e)) => return Err(e),
             }
@@ -1303,6 +1524,8 @@ impl Registry {
             .field_selector
             .required_value("metadata.name")
             .map(String::from);
+        // Read through the version as it is now, for the watch's life.
+        let custom = self.custom.of(rt);
         let (mut initial, from) = match opts.resource_version {
             Some(rv) if rv > 0 && !opts.send_initial_events => (Vec::new(), rv),
             _ => {
@@ -1318,7 +1541,7 @@ impl Registry {
                 };
                 let mut initial = Vec::new();
                 for kv in &list.0 {
-                    let obj = Self::decode(rt, kv)?;
+                    let obj = decode_with(rt, custom.as_deref(), kv)?;
                     if opts.label_selector.matches_object(&obj)
                         && opts.field_selector.matches_object(&obj)
                     {
@@ -1354,7 +1577,8 @@ impl Registry {
         let raw_lines = opts.lines
             && opts.label_selector.is_empty()
             && opts.field_selector.is_empty()
-            && rt.group != "events.k8s.io";
+            && rt.group != "events.k8s.io"
+            && !rt.custom;
         let label = opts.label_selector;
         let field = opts.field_selector;
         let matches = move |v: &Value| label.matches_object(v) && field.matches_object(v);
@@ -1378,7 +1602,8 @@ impl Registry {
                     } else if let Some(line) = raw_lines.then(|| event_line_raw(&ev)).flatten() {
                         Some(line)
                     } else {
-                        translate(rt, &ev, &matches).or(Some(WatchEvent::Progress(ev.revision())))
+                        translate(rt, custom.as_deref(), &ev, &matches)
+                            .or(Some(WatchEvent::Progress(ev.revision())))
                     }
                 }
             };
@@ -1386,6 +1611,70 @@ impl Registry {
         });
         Ok(futures::stream::iter(initial).chain(live).boxed())
     }
+}
+
+fn crd_type() -> &'static ResourceType {
+    resources::find(crd::GROUP, "v1", "customresourcedefinitions")
+        .expect("customresourcedefinitions registered")
+}
+
+/// A scale subresource's path (`.spec.replicas`) as a JSON pointer.
+fn json_path_pointer(path: &str) -> String {
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .fold(String::new(), |acc, s| format!("{acc}/{s}"))
+}
+
+/// Set the value at a JSON pointer, making the objects on the way.
+fn set_pointer(v: &mut Value, pointer: &str, value: Value) {
+    let mut cur = v;
+    let parts: Vec<&str> = pointer.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let m = cur.as_object_mut().expect("made an object");
+        if i == parts.len() - 1 {
+            m.insert(p.to_string(), value);
+            return;
+        }
+        cur = m.entry(p.to_string()).or_insert_with(|| json!({}));
+    }
+}
+
+/// A custom resource's metadata as ObjectMeta has it (the schema does not
+/// describe metadata): the paths of the fields that were dropped.
+fn custom_object_meta(obj: &mut Value) -> ApiResult<Vec<String>> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let Some(md) = obj.get("metadata").cloned() else {
+        return Ok(Vec::new());
+    };
+    let typed: ObjectMeta = serde_json::from_value(md.clone())
+        .map_err(|e| ApiError::bad_request(format!("metadata: {e}")))?;
+    let typed = serde_json::to_value(typed)
+        .map_err(|e| ApiError::internal(format!("encode metadata: {e}")))?;
+    let dropped = unknown_fields(&md, &typed)
+        .into_iter()
+        .map(|f| format!("metadata.{f}"))
+        .collect();
+    obj["metadata"] = typed;
+    Ok(dropped)
+}
+
+/// Decode a stored value into the object clients see, through the custom
+/// resource version `custom` when `rt` is one.
+fn decode_with(
+    rt: &ResourceType,
+    custom: Option<&CustomVersion>,
+    kv: &KeyValue,
+) -> ApiResult<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("decode stored object {}: {e}", kv.key)))?;
+    meta_mut(&mut v).insert("resourceVersion".into(), kv.mod_revision.to_string().into());
+    Ok(match custom {
+        Some(c) => c.from_storage(v),
+        None => convert::from_storage(rt, v),
+    })
 }
 
 /// Split a stored object's JSON at its top-level `"metadata":{` and return
@@ -1445,10 +1734,11 @@ fn list_object(rt: &ResourceType, metadata: Value, items: Vec<Value>) -> Value {
 /// move into the selection are ADDED, out of it DELETED.
 fn translate(
     rt: &ResourceType,
+    custom: Option<&CustomVersion>,
     ev: &crate::store::Event,
     matches: &impl Fn(&Value) -> bool,
 ) -> Option<WatchEvent> {
-    let decode = |kv: &KeyValue| Registry::decode(rt, kv).ok();
+    let decode = |kv: &KeyValue| decode_with(rt, custom, kv).ok();
     match ev.kind {
         EventKind::Put => {
             let new = decode(&ev.kv)?;
@@ -1483,6 +1773,12 @@ enum UpdateError {
 }
 
 fn apply_patch(rt: &ResourceType, current: &Value, t: PatchType, p: &Value) -> ApiResult<Value> {
+    if rt.custom && t == PatchType::Strategic {
+        // No Go struct, no patch strategy: as kube-apiserver, refused.
+        let mut e = ApiError::unsupported_media_type("application/strategic-merge-patch+json");
+        e.message = "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into();
+        return Err(e);
+    }
     let result = match t {
         PatchType::Json => patch::apply_json_patch(current, p),
         PatchType::Merge => patch::apply_json_merge_patch(current, p),

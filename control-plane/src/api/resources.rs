@@ -34,6 +34,10 @@ pub struct ResourceType {
     pub typed: TypedRoundTrip,
     /// Names must be DNS-1123 labels rather than subdomains.
     pub label_names: bool,
+    /// Defined by a CustomResourceDefinition ([`super::custom`]): its
+    /// schema, storage version and printer columns are the server's to
+    /// look up, and stored objects are read through them (no raw fast path).
+    pub custom: bool,
 }
 
 impl ResourceType {
@@ -84,6 +88,7 @@ use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core:
 use k8s_openapi::api::{discovery::v1 as discovery, events::v1 as events};
 use k8s_openapi::api::{networking::v1 as networking, node::v1 as node, policy::v1 as policy};
 use k8s_openapi::api::{rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 
 const META: &[&str] = &[];
 
@@ -103,6 +108,7 @@ macro_rules! rt {
             storage: $storage,
             typed: round_trip::<$ty>,
             label_names: false,
+            custom: false,
         }
     };
 }
@@ -375,6 +381,20 @@ pub static RESOURCES: &[ResourceType] = &[
         META,
         "apps/statefulsets",
         apps::StatefulSet
+    ),
+    rt!(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd", "crds"],
+        &["api-extensions"],
+        &["status"],
+        META,
+        "apiextensions.k8s.io/customresourcedefinitions",
+        apiextensions::CustomResourceDefinition
     ),
     rt!(
         "apps",

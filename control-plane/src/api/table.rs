@@ -39,13 +39,93 @@ pub fn render(
             })
         })
         .collect();
+    table(column_definitions, items, list_meta, |item| {
+        let obj = J(Some(item));
+        ((printer.cells)(obj, now), (printer.conditions)(obj))
+    })
+}
+
+/// A custom resource's column as its definition's `additionalPrinterColumns`
+/// entry gives it: `json_path` is a simple JSONPath (`.spec.size`,
+/// `.status.conditions[0].type`).
+pub struct CustomColumn<'a> {
+    pub name: &'a str,
+    pub ty: &'a str,
+    pub format: &'a str,
+    pub description: &'a str,
+    pub priority: i32,
+    pub json_path: &'a str,
+}
+
+/// Render custom resources as kube-apiserver does for a definition with
+/// `additionalPrinterColumns`: Name, then those columns (a `date` column
+/// shows the time since, as Age does; a missing value is null).
+pub fn render_custom(
+    columns: &[CustomColumn<'_>],
+    items: &[Value],
+    list_meta: Value,
+    now: DateTime<Utc>,
+) -> Value {
+    let mut column_definitions = vec![json!({
+        "name": NAME.name, "type": NAME.ty, "format": NAME.format,
+        "description": NAME.description, "priority": NAME.priority,
+    })];
+    column_definitions.extend(columns.iter().map(|c| {
+        json!({"name": c.name, "type": c.ty, "format": c.format, "description": c.description, "priority": c.priority})
+    }));
+    table(column_definitions, items, list_meta, |item| {
+        let mut cells = vec![name(J(Some(item)))];
+        for c in columns {
+            let v = simple_json_path(item, c.json_path);
+            cells.push(match (c.ty, v) {
+                (_, None | Some(Value::Null)) => Value::Null,
+                ("date", Some(t)) => since(J(Some(t)), now).into(),
+                ("string", Some(Value::String(s))) => s.clone().into(),
+                ("string", Some(other)) => other.to_string().into(),
+                (_, Some(other)) => other.clone(),
+            });
+        }
+        (cells, None)
+    })
+}
+
+/// The value at a simple JSONPath: `.a.b`, `.a[2].b`, optionally in braces.
+fn simple_json_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let path = path.trim();
+    let path = path
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .unwrap_or(path);
+    let mut cur = v;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            cur = cur.get(key)?;
+        }
+        for idx in indices.split('[').filter(|s| !s.is_empty()) {
+            let n: usize = idx.strip_suffix(']')?.parse().ok()?;
+            cur = cur.get(n)?;
+        }
+    }
+    Some(cur)
+}
+
+fn table(
+    column_definitions: Vec<Value>,
+    items: &[Value],
+    list_meta: Value,
+    row_of: impl Fn(&Value) -> (Vec<Value>, Option<Value>),
+) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
-            let obj = J(Some(item));
+            let (cells, conditions) = row_of(item);
             let mut row = Map::new();
-            row.insert("cells".into(), Value::Array((printer.cells)(obj, now)));
-            if let Some(conditions) = (printer.conditions)(obj) {
+            row.insert("cells".into(), Value::Array(cells));
+            if let Some(conditions) = conditions {
                 row.insert("conditions".into(), conditions);
             }
             let metadata = match item.get("metadata") {
@@ -182,6 +262,9 @@ fn printer_for(group: &str, kind: &str) -> Printer {
         ("apps", "DaemonSet") => (DAEMON_SET_COLUMNS, daemon_set_cells),
         ("apps", "StatefulSet") => (STATEFUL_SET_COLUMNS, stateful_set_cells),
         ("apps", "ControllerRevision") => (CONTROLLER_REVISION_COLUMNS, controller_revision_cells),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            (CREATED_AT_COLUMNS, created_at_cells)
+        }
         _ => (DEFAULT_COLUMNS, default_cells),
     };
     Printer {
@@ -192,6 +275,26 @@ fn printer_for(group: &str, kind: &str) -> Printer {
 }
 
 static DEFAULT_COLUMNS: &[Column] = &[NAME, AGE];
+
+/// kube-apiserver's default table convertor (types without a printer of
+/// their own, such as CustomResourceDefinitions): Name and Created At.
+static CREATED_AT_COLUMNS: &[Column] = &[
+    NAME,
+    Column {
+        name: "Created At",
+        ty: "date",
+        format: "",
+        priority: 0,
+        description: CREATED_DOC,
+    },
+];
+
+fn created_at_cells(o: J<'_>, _now: DateTime<Utc>) -> Vec<Value> {
+    vec![
+        name(o),
+        o.at("metadata").at("creationTimestamp").str().into(),
+    ]
+}
 
 fn default_cells(o: J<'_>, now: DateTime<Utc>) -> Vec<Value> {
     vec![name(o), age(o, now)]
@@ -1647,6 +1750,81 @@ mod tests {
     }
 
     // --- Age -----------------------------------------------------------------
+
+    #[test]
+    fn definitions_show_when_they_were_created() {
+        let now: DateTime<Utc> = "2024-01-01T00:10:00Z".parse().unwrap();
+        let crd = json!({"metadata": {"name": "widgets.example.com", "creationTimestamp": "2024-01-01T00:00:00Z"}});
+        let t = render(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            &[crd],
+            json!({}),
+            now,
+        );
+        assert_eq!(t["columnDefinitions"][1]["name"], "Created At");
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["widgets.example.com", "2024-01-01T00:00:00Z"])
+        );
+    }
+
+    #[test]
+    fn custom_columns_follow_their_json_paths() {
+        let now: DateTime<Utc> = "2024-01-01T00:10:00Z".parse().unwrap();
+        let columns = [
+            CustomColumn {
+                name: "Size",
+                ty: "string",
+                format: "",
+                description: "",
+                priority: 0,
+                json_path: ".spec.size",
+            },
+            CustomColumn {
+                name: "Replicas",
+                ty: "integer",
+                format: "",
+                description: "",
+                priority: 0,
+                json_path: ".spec.replicas",
+            },
+            CustomColumn {
+                name: "First",
+                ty: "string",
+                format: "",
+                description: "",
+                priority: 1,
+                json_path: "{.spec.ports[1].name}",
+            },
+            CustomColumn {
+                name: "Since",
+                ty: "date",
+                format: "",
+                description: "",
+                priority: 0,
+                json_path: ".metadata.creationTimestamp",
+            },
+            CustomColumn {
+                name: "Gone",
+                ty: "string",
+                format: "",
+                description: "",
+                priority: 0,
+                json_path: ".status.nothing",
+            },
+        ];
+        let item = json!({"metadata": {"name": "w", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                          "spec": {"size": "small", "replicas": 3, "ports": [{"name": "a"}, {"name": "b"}]}});
+        let t = render_custom(&columns, &[item], json!({"resourceVersion": "5"}), now);
+        assert_eq!(t["columnDefinitions"][0]["name"], "Name");
+        assert_eq!(t["columnDefinitions"][3]["priority"], 1);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["w", "small", 3, "b", "10m", null])
+        );
+        assert_eq!(t["metadata"]["resourceVersion"], "5");
+    }
 
     #[test]
     fn human_duration_matches_apimachinery() {

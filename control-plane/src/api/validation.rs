@@ -406,6 +406,7 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
         }
         ("apps", "DaemonSet") => workload_causes(v, &mut out, true),
         ("batch", "Job") => job_causes(v, &mut out),
+        (super::crd::GROUP, super::crd::KIND) => out.extend(super::crd::validate(v)),
         _ => {}
     }
     out
@@ -509,6 +510,7 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause
                 ));
             }
         }
+        (super::crd::GROUP, super::crd::KIND) => out.extend(super::crd::validate_update(old, new)),
         _ => {}
     }
     out

@@ -1,5 +1,6 @@
 //! What the API server does by itself: bootstrap objects, namespace
-//! deletion, store compaction, and the Service allocation repair.
+//! deletion, store compaction, the Service allocation repair, and the
+//! CustomResourceDefinitions' controller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +149,10 @@ pub fn spawn(
             }
         }));
     }
+    out.push(tokio::spawn(custom_resource_definitions(
+        registry.clone(),
+        stop.clone(),
+    )));
     {
         let mut stop = stop;
         out.push(tokio::spawn(async move {
@@ -172,6 +177,59 @@ pub fn spawn(
     out
 }
 
+/// The CustomResourceDefinitions' controller
+/// ([`Registry::reconcile_custom_resources`]): a pass at start, at every
+/// change to a definition in the store (made through this server or
+/// another one on the same store), every second while custom resources
+/// of a deleting definition remain, and every 30 s regardless.
+async fn custom_resource_definitions(
+    registry: Arc<Registry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    let crds = resources::find(crate::api::crd::GROUP, "v1", "customresourcedefinitions")
+        .expect("customresourcedefinitions registered");
+    let prefix = Registry::prefix(crds, None);
+    let mut events: Option<crate::store::WatchStream> = None;
+    loop {
+        if events.is_none() {
+            let store = registry.store();
+            events = match store.current_revision().await {
+                Ok(rev) => store.watch(&prefix, rev).await.ok(),
+                Err(_) => None,
+            };
+        }
+        let pending = match registry.reconcile_custom_resources().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "custom resource definitions");
+                true
+            }
+        };
+        let wait = if pending || events.is_none() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        };
+        let next = async {
+            match events.as_mut() {
+                Some(ev) => ev.next().await.map(|e| e.is_ok()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = next => {
+                if ev != Some(true) {
+                    // Ended or failed (compacted): watch again from now.
+                    events = None;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// One pass of the namespace lifecycle: for each namespace being deleted,
 /// delete its objects; once none remain, drop its finalizer and delete it.
 pub async fn finalize_namespaces(registry: &Registry) -> Result<(), crate::api::errors::ApiError> {
@@ -191,7 +249,9 @@ pub async fn finalize_namespaces(registry: &Registry) -> Result<(), crate::api::
             .to_string();
         let mut remaining = 0;
         let mut seen = Vec::new();
-        for rt in RESOURCES.iter().filter(|r| r.namespaced) {
+        let custom = registry.custom_types().snapshot();
+        let types = RESOURCES.iter().chain(custom.iter().map(|c| c.rt));
+        for rt in types.filter(|r| r.namespaced) {
             if seen.contains(&rt.storage) {
                 continue;
             }

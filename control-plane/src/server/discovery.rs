@@ -1,8 +1,15 @@
-//! Discovery documents: /version, /api, /apis, /api/v1, /apis/<group>[/<version>].
+//! Discovery documents: /version, /api, /apis, /api/v1, /apis/<group>[/<version>],
+//! for the built-in resources and the custom ones served now.
+
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::api::custom::{self, CustomVersion};
 use crate::api::resources::{self, ResourceType};
+
+/// The custom resource versions served now ([`crate::api::custom::CustomTypes::snapshot`]).
+pub type Custom = [Arc<CustomVersion>];
 
 /// The Kubernetes version whose API this server speaks.
 pub const KUBE_MAJOR: &str = "1";
@@ -30,29 +37,54 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-fn group_doc(group: &str) -> Value {
-    // Each group is served at one version (autoscaling at v2, the rest v1).
-    let version = resources::RESOURCES
-        .iter()
-        .find(|r| r.group == group)
-        .map_or("v1", |r| r.version);
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// Every group with its versions, the preferred one first: the built-in
+/// groups in discovery order, then the custom ones.
+fn group_versions(custom: &Custom) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = resources::groups()
+        .into_iter()
+        .map(|g| {
+            // Each built-in group is served at one version (autoscaling
+            // at v2, the rest v1).
+            let version = resources::RESOURCES
+                .iter()
+                .find(|r| r.group == g)
+                .map_or("v1", |r| r.version);
+            (g.to_string(), vec![version.to_string()])
+        })
+        .collect();
+    for (g, vs) in custom::group_versions(custom) {
+        match out.iter_mut().find(|(x, _)| *x == g) {
+            Some((_, have)) => {
+                let new: Vec<String> = vs.into_iter().filter(|v| !have.contains(v)).collect();
+                have.extend(new);
+            }
+            None => out.push((g, vs)),
+        }
+    }
+    out
 }
 
-pub fn api_group_list() -> Value {
+fn group_doc(group: &str, versions: &[String]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs, "preferredVersion": gvs.first().cloned().unwrap_or(Value::Null)})
+}
+
+pub fn api_group_list(custom: &Custom) -> Value {
     json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": resources::groups().into_iter().map(group_doc).collect::<Vec<_>>(),
+        "groups": group_versions(custom).iter().map(|(g, vs)| group_doc(g, vs)).collect::<Vec<_>>(),
     })
 }
 
-pub fn api_group(group: &str) -> Option<Value> {
-    if !resources::groups().contains(&group) {
-        return None;
-    }
-    let mut doc = group_doc(group);
+pub fn api_group(custom: &Custom, group: &str) -> Option<Value> {
+    let (g, vs) = group_versions(custom)
+        .into_iter()
+        .find(|(g, _)| g == group)?;
+    let mut doc = group_doc(&g, &vs);
     doc["kind"] = "APIGroup".into();
     doc["apiVersion"] = "v1".into();
     Some(doc)
@@ -97,9 +129,13 @@ fn subresource_entries(r: &ResourceType) -> Vec<Value> {
         .collect()
 }
 
-pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn api_resource_list(custom: &Custom, group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in resources::in_group_version(group, version) {
+    let custom_types = custom
+        .iter()
+        .map(|c| c.rt)
+        .filter(|r| r.group == group && r.version == version);
+    for r in resources::in_group_version(group, version).chain(custom_types) {
         resources.push(resource_entry(r));
         resources.extend(subresource_entries(r));
     }
@@ -122,7 +158,7 @@ mod tests {
 
     #[test]
     fn core_resources_listed_with_subresources() {
-        let doc = api_resource_list("", "v1").unwrap();
+        let doc = api_resource_list(&[], "", "v1").unwrap();
         let names: Vec<&str> = doc["resources"]
             .as_array()
             .unwrap()
@@ -140,7 +176,7 @@ mod tests {
         ] {
             assert!(names.contains(&want), "missing {want}");
         }
-        let apps = api_resource_list("apps", "v1").unwrap();
+        let apps = api_resource_list(&[], "apps", "v1").unwrap();
         let scale = apps["resources"]
             .as_array()
             .unwrap()
@@ -148,7 +184,7 @@ mod tests {
             .find(|r| r["name"] == "deployments/scale")
             .unwrap();
         assert_eq!(scale["group"], "autoscaling");
-        assert!(api_resource_list("nope", "v1").is_none());
-        assert!(api_group("apps").is_some());
+        assert!(api_resource_list(&[], "nope", "v1").is_none());
+        assert!(api_group(&[], "apps").is_some());
     }
 }

@@ -19,13 +19,15 @@ use super::auth::UserInfo;
 use super::metrics::{Metrics, WatchLabels};
 use super::satoken::TokenIssuer;
 use super::{discovery, openapi};
+use crate::api::custom::CustomVersion;
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, ScaleChange, WatchEvent,
     WatchOptions, WriteOptions,
 };
-use crate::api::resources::{self, ResourceType};
+use crate::api::resources::ResourceType;
 use crate::api::selectors::{FieldSelector, LabelSelector};
+use crate::api::table;
 
 /// Largest request body accepted (as kube-apiserver: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -100,8 +102,11 @@ struct Target {
     watch_prefix: bool,
 }
 
+/// The resource type served at (group, version, plural).
+type Lookup<'a> = &'a dyn Fn(&str, &str, &str) -> Option<&'static ResourceType>;
+
 /// Parse `/api/v1/...` or `/apis/<group>/<version>/...` after the group-version.
-fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
+fn parse_target(find: Lookup<'_>, group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> {
     let not_found = || ApiError::path_not_found(&segs.join("/"));
     let mut segs = segs;
     let mut watch_prefix = false;
@@ -118,7 +123,7 @@ fn parse_target(group: &str, version: &str, segs: &[&str]) -> ApiResult<Target> 
         (None, segs)
     };
     let plural = rest.first().ok_or_else(not_found)?;
-    let rt = resources::find(group, version, plural).ok_or_else(not_found)?;
+    let rt = find(group, version, plural).ok_or_else(not_found)?;
     if namespace.is_some() && !rt.namespaced {
         return Err(not_found());
     }
@@ -162,8 +167,31 @@ fn wants_table(headers: &HeaderMap) -> bool {
         })
 }
 
-fn as_table(rt: &ResourceType, items: &[Value], list_meta: Value) -> Value {
-    crate::api::table::render(rt.group, rt.kind, items, list_meta, chrono::Utc::now())
+fn as_table(
+    custom: Option<&CustomVersion>,
+    rt: &ResourceType,
+    items: &[Value],
+    list_meta: Value,
+) -> Value {
+    let now = chrono::Utc::now();
+    match custom.filter(|c| !c.printer_columns.is_empty()) {
+        Some(c) => {
+            let columns: Vec<table::CustomColumn<'_>> = c
+                .printer_columns
+                .iter()
+                .map(|p| table::CustomColumn {
+                    name: &p.name,
+                    ty: &p.ty,
+                    format: &p.format,
+                    description: &p.description,
+                    priority: p.priority,
+                    json_path: &p.json_path,
+                })
+                .collect();
+            table::render_custom(&columns, items, list_meta, now)
+        }
+        None => table::render(rt.group, rt.kind, items, list_meta, now),
+    }
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
@@ -391,6 +419,7 @@ async fn route(
 ) -> ApiResult<Response> {
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let custom = state.registry.custom_types().snapshot();
     let get_only = |doc: Option<Value>| -> ApiResult<Response> {
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(format!(
@@ -428,10 +457,10 @@ async fn route(
             Ok(r)
         }
         ["api"] => get_only(Some(discovery::api_versions(&state.server_address))),
-        ["apis"] => get_only(Some(discovery::api_group_list())),
-        ["api", version] => get_only(discovery::api_resource_list("", version)),
-        ["apis", group] => get_only(discovery::api_group(group)),
-        ["apis", group, version] => get_only(discovery::api_resource_list(group, version)),
+        ["apis"] => get_only(Some(discovery::api_group_list(&custom))),
+        ["api", version] => get_only(discovery::api_resource_list(&custom, "", version)),
+        ["apis", group] => get_only(discovery::api_group(&custom, group)),
+        ["apis", group, version] => get_only(discovery::api_resource_list(&custom, group, version)),
         ["openapi", "v2"] => {
             let accept = headers
                 .get(header::ACCEPT)
@@ -486,11 +515,16 @@ async fn route(
         ["openapi", "v3", "api", version] => get_only(openapi::document("", version)),
         ["openapi", "v3", "apis", group, version] => get_only(openapi::document(group, version)),
         ["api", version, rest @ ..] => {
-            let t = parse_target("", version, rest)?;
+            let t = parse_target(&|g, v, p| state.registry.find(g, v, p), "", version, rest)?;
             resource(state, method, uri, headers, body, t).await
         }
         ["apis", group, version, rest @ ..] => {
-            let t = parse_target(group, version, rest)?;
+            let t = parse_target(
+                &|g, v, p| state.registry.find(g, v, p),
+                group,
+                version,
+                rest,
+            )?;
             resource(state, method, uri, headers, body, t).await
         }
         _ => Err(ApiError::path_not_found(path)),
@@ -633,7 +667,13 @@ async fn resource(
             let list = reg.list(rt, ns, &opts).await?;
             if wants_table(headers) {
                 let items = list["items"].as_array().cloned().unwrap_or_default();
-                return ok(&as_table(rt, &items, list["metadata"].clone()));
+                let custom = reg.custom_types().of(rt);
+                return ok(&as_table(
+                    custom.as_deref(),
+                    rt,
+                    &items,
+                    list["metadata"].clone(),
+                ));
             }
             ok(&list)
         }
@@ -670,7 +710,9 @@ async fn resource(
                     .pointer("/metadata/resourceVersion")
                     .cloned()
                     .unwrap_or(Value::Null);
+                let custom = reg.custom_types().of(rt);
                 return ok(&as_table(
+                    custom.as_deref(),
                     rt,
                     std::slice::from_ref(&obj),
                     json!({"resourceVersion": rv}),
@@ -680,7 +722,7 @@ async fn resource(
         }
         (&Method::GET, Some(name), Some("status")) => ok(&reg.get(rt, ns, name).await?),
         (&Method::GET, Some(name), Some("scale")) => {
-            ok(&Registry::scale_of(&reg.get(rt, ns, name).await?))
+            ok(&reg.scale_of(rt, &reg.get(rt, ns, name).await?))
         }
         (&Method::GET, Some(name), Some("log")) => {
             let query: Vec<(String, String)> =
@@ -790,7 +832,12 @@ async fn resource(
     }
 }
 
-fn table_event_line(rt: &ResourceType, kind: &str, object: &Value) -> Bytes {
+fn table_event_line(
+    custom: Option<&CustomVersion>,
+    rt: &ResourceType,
+    kind: &str,
+    object: &Value,
+) -> Bytes {
     let rv = object
         .pointer("/metadata/resourceVersion")
         .cloned()
@@ -798,6 +845,7 @@ fn table_event_line(rt: &ResourceType, kind: &str, object: &Value) -> Bytes {
     event_line(
         kind,
         &as_table(
+            custom,
             rt,
             std::slice::from_ref(object),
             json!({"resourceVersion": rv}),
@@ -856,9 +904,10 @@ async fn watch(
     let api_version = rt.api_version();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let current = state.registry.store().current_revision().await.unwrap_or(0);
+    let custom = state.registry.custom_types().of(rt);
     let line = move |kind: &str, o: &Value| {
         if table {
-            table_event_line(rt, kind, o)
+            table_event_line(custom.as_deref(), rt, kind, o)
         } else {
             event_line(kind, o)
         }
@@ -950,10 +999,12 @@ mod tests {
         );
     }
     use super::*;
+    use crate::api::resources;
 
     #[test]
     fn targets() {
         let t = parse_target(
+            &resources::find,
             "",
             "v1",
             &["namespaces", "default", "pods", "web", "status"],
@@ -963,19 +1014,32 @@ mod tests {
         assert_eq!(t.namespace.as_deref(), Some("default"));
         assert_eq!(t.name.as_deref(), Some("web"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
-        let t = parse_target("", "v1", &["namespaces", "default"]).unwrap();
+        let t = parse_target(&resources::find, "", "v1", &["namespaces", "default"]).unwrap();
         assert_eq!(t.rt.kind, "Namespace");
         assert_eq!(t.name.as_deref(), Some("default"));
-        let t = parse_target("", "v1", &["namespaces", "gone", "finalize"]).unwrap();
+        let t = parse_target(
+            &resources::find,
+            "",
+            "v1",
+            &["namespaces", "gone", "finalize"],
+        )
+        .unwrap();
         assert_eq!(t.subresource.as_deref(), Some("finalize"));
-        let t = parse_target("", "v1", &["pods"]).unwrap();
+        let t = parse_target(&resources::find, "", "v1", &["pods"]).unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
-        let t = parse_target("", "v1", &["watch", "namespaces", "a", "pods"]).unwrap();
+        let t = parse_target(
+            &resources::find,
+            "",
+            "v1",
+            &["watch", "namespaces", "a", "pods"],
+        )
+        .unwrap();
         assert!(t.watch_prefix);
-        assert!(parse_target("", "v1", &["namespaces", "a", "nodes"]).is_err());
-        assert!(parse_target("", "v1", &["pods", "x", "bogus"]).is_err());
+        assert!(parse_target(&resources::find, "", "v1", &["namespaces", "a", "nodes"]).is_err());
+        assert!(parse_target(&resources::find, "", "v1", &["pods", "x", "bogus"]).is_err());
         assert!(
             parse_target(
+                &resources::find,
                 "apps",
                 "v1",
                 &["namespaces", "a", "deployments", "d", "scale"]
