@@ -44,7 +44,7 @@ impl NodeClient {
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls config: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyNodeCert))
+        .with_custom_certificate_verifier(Arc::new(keelson_host::serve::UnverifiedServer))
         .with_client_auth_cert(certs, key)
         .map_err(|e| format!("node client certificate: {e}"))?;
         Ok(NodeClient { tls: Arc::new(tls) })
@@ -401,57 +401,6 @@ fn error_response(code: u16, msg: &str) -> Response {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-/// Accepts the node's self-signed serving certificate (see the module docs).
-#[derive(Debug)]
-pub(super) struct AnyNodeCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyNodeCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

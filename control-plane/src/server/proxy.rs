@@ -243,7 +243,7 @@ async fn forward(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls config: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(super::nodeproxy::AnyNodeCert))
+        .with_custom_certificate_verifier(Arc::new(keelson_host::serve::UnverifiedServer))
         .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| format!("server name {host}: {e}"))?;
