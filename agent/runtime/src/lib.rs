@@ -237,15 +237,7 @@ impl ExecProcess {
     /// Kills the command (the caller went away) and the runtime's process.
     pub async fn kill(&mut self) {
         if let Some(p) = self.pid_file.take() {
-            if let Some(pid) = std::fs::read_to_string(&p)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_by_pid_file(&p);
             let _ = std::fs::remove_file(p);
         }
         let _ = self.child.kill().await;
@@ -261,6 +253,21 @@ impl std::fmt::Debug for ExecProcess {
             .field("stderr", &self.stderr.is_some())
             .field("terminal", &self.terminal.is_some())
             .finish()
+    }
+}
+
+/// SIGKILLs the process whose PID the runtime wrote to `pid_file` (an
+/// exec's: killing the runtime's own process would leave it running in
+/// the container).
+fn kill_by_pid_file(pid_file: &std::path::Path) {
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -482,15 +482,7 @@ impl Runtime for OciRuntime {
             }),
             Err(_) => {
                 // The child (runc) was dropped and killed; now its process.
-                if let Some(pid) = std::fs::read_to_string(&pid_file)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                crate::kill_by_pid_file(&pid_file);
                 Ok(ExecResult {
                     exit_code: None,
                     output: Vec::new(),

@@ -431,13 +431,7 @@ async fn ws_session(
                 return;
             }
         }
-        // A normal closure: the client reads it as the end of every
-        // channel (a close without a code is an error to client-go).
-        let close = axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(close))).await;
+        let _ = sink.send(super::normal_close()).await;
         let _ = sink.close().await;
     });
     let (ev_tx, ev_rx) = mpsc::channel(16);

@@ -185,6 +185,15 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
     )))
 }
 
+/// A WebSocket close with the normal code: clients read it as the end of
+/// every stream (client-go takes a close without a code for an error).
+pub(crate) fn normal_close() -> axum::extract::ws::Message {
+    axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 /// What the node API serves without a client certificate: its health
 /// (the kubelet's healthz port), nothing about pods.
 fn unauthenticated_path(path: &str) -> bool {
@@ -305,11 +314,7 @@ async fn container_logs(
                     return;
                 }
             }
-            let close = axum::extract::ws::CloseFrame {
-                code: axum::extract::ws::close_code::NORMAL,
-                reason: "".into(),
-            };
-            let _ = sink.send(Message::Close(Some(close))).await;
+            let _ = sink.send(normal_close()).await;
         })
         .into_response()
 }

@@ -137,11 +137,7 @@ async fn tunnel(socket: WebSocket, io: tokio::io::DuplexStream) {
                 }
             }
         }
-        let close = axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(close))).await;
+        let _ = sink.send(super::normal_close()).await;
     };
     // The session's end (its write side closed) ends the tunnel.
     let up = tokio::spawn(up);

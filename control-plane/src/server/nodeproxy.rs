@@ -197,6 +197,21 @@ pub fn stream_target(
     Ok(LogTarget { host, port, path })
 }
 
+/// The pod and the Node it is bound to.
+async fn pod_and_node(registry: &Registry, ns: &str, name: &str) -> ApiResult<(Value, Value)> {
+    let pods = resources::find("", "v1", "pods").expect("pods are served");
+    let nodes = resources::find("", "v1", "nodes").expect("nodes are served");
+    let pod = registry.get(pods, Some(ns), name).await?;
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let node = registry.get(nodes, None, node_name).await?;
+    Ok((pod, node))
+}
+
 /// `pods/{name}/exec|attach|portforward`: the request, with its upgrade
 /// (WebSocket or SPDY), is passed to the pod's node; once the node
 /// switches protocols, bytes are copied both ways until either side
@@ -209,16 +224,8 @@ pub async fn stream(
     sub: &str,
     mut req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    let pods = resources::find("", "v1", "pods").expect("pods are served");
-    let nodes = resources::find("", "v1", "nodes").expect("nodes are served");
-    let pod = registry.get(pods, Some(ns), name).await?;
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
-    let node = registry.get(nodes, None, node_name).await?;
+    let (pod, node) = pod_and_node(registry, ns, name).await?;
+    let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(req.uri().query().unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
@@ -280,16 +287,8 @@ pub async fn pod_log(
     name: &str,
     query: &[(String, String)],
 ) -> ApiResult<Response> {
-    let pods = resources::find("", "v1", "pods").expect("pods are served");
-    let nodes = resources::find("", "v1", "nodes").expect("nodes are served");
-    let pod = registry.get(pods, Some(ns), name).await?;
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
-    let node = registry.get(nodes, None, node_name).await?;
+    let (pod, node) = pod_and_node(registry, ns, name).await?;
+    let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
     let container = query
         .iter()
         .find(|(k, _)| k == "container")
