@@ -324,6 +324,7 @@ async fn pod_runs_with_ip_logs_and_exec() {
     );
     exec_through_the_api_server(&e);
     exec_with_kube_rs(&e).await;
+    attach_with_kubectl(&e).await;
 }
 
 /// A client library's exec (kube-rs, WebSocket): output and the exit code
@@ -384,6 +385,68 @@ fn exec_through_the_api_server(e: &Env) {
         port_forward_with_kubectl(e, minor);
     }
     proxy_through_the_api_server(e);
+}
+
+/// `kubectl attach -i` to a pod started with `stdin: true`: what kubectl
+/// sends reaches the container's input, its new output (stdout and stderr)
+/// comes back; kubectl 1.33 over WebSocket, 1.27 over SPDY.
+async fn attach_with_kubectl(e: &Env) {
+    let image = e.reg.image(BUSYBOX);
+    let mut p = pod_json(
+        "talker",
+        &e.agent.node_name,
+        &image,
+        "while read l; do echo \"heard $l\"; echo \"err $l\" >&2; done",
+        json!({}),
+    );
+    p["spec"]["containers"][0]["stdin"] = json!(true);
+    create(&e.client, p).await;
+    wait_pod(e, "talker", "Running", Duration::from_secs(60), running).await;
+    for minor in keelson_e2e::kubectl_versions() {
+        let mut child = e
+            .server
+            .kubectl_cmd(minor, &["attach", "-i", "talker"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Attached once kubectl is connected: say something until heard.
+        let word = format!("hello-{minor}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut heard = false;
+        while !heard && Instant::now() < deadline {
+            use std::io::Write;
+            let _ = writeln!(stdin, "{word}");
+            while let Ok(l) = rx.recv_timeout(Duration::from_millis(700)) {
+                if l == format!("heard {word}") {
+                    heard = true;
+                    break;
+                }
+            }
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            heard,
+            "kubectl 1.{minor} attach: nothing heard; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `pods/{name}:{port}/proxy/...` and `services/{name}:{port}/proxy/...`:

@@ -89,6 +89,9 @@ pub struct ContainerConfig {
     pub mounts: Vec<Mount>,
     /// CRI-format log file for stdout and stderr.
     pub log_path: PathBuf,
+    /// Keep the container's standard input open for `attach` (the pod's
+    /// `stdin: true`): a FIFO in its state dir, never at EOF.
+    pub stdin: bool,
 }
 
 /// A bind mount into the container.
@@ -162,6 +165,12 @@ pub trait Runtime: Send + Sync {
         args: &[String],
         timeout: Duration,
     ) -> Result<ExecResult, RuntimeError>;
+    /// A writer to the standard input of container `id`, when it was
+    /// started with [`ContainerConfig::stdin`]; `None` otherwise.
+    async fn attach_stdin(&self, id: &str) -> Result<Option<ExecWriter>, RuntimeError> {
+        let _ = id;
+        Ok(None)
+    }
     /// Starts `args` in the running container `id` (as [`Runtime::exec`]
     /// does) with its standard streams handed to the caller: pipes, or
     /// one terminal when `io.tty`. The command's exit code is the exit

@@ -282,6 +282,7 @@ impl Runtime for OciRuntime {
             bundle: dir.clone(),
             log_path: config.log_path.clone(),
             log_max_bytes: 10 << 20,
+            stdin: config.stdin,
         };
         let data = serde_json::to_vec_pretty(&shim_cfg)
             .map_err(|e| RuntimeError::Failed(e.to_string()))?;
@@ -491,6 +492,27 @@ impl Runtime for OciRuntime {
         };
         let _ = std::fs::remove_file(&pid_file);
         result
+    }
+
+    async fn attach_stdin(&self, id: &str) -> Result<Option<ExecWriter>, RuntimeError> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let fifo = self.container_dir(id).join(crate::shim::STDIN_FIFO);
+        if !fifo.exists() {
+            return Ok(None);
+        }
+        // The container holds the FIFO open for reading: this open does
+        // not wait.
+        let w = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .await
+            .map_err(|err| RuntimeError::Io {
+                op: format!("open {}", fifo.display()),
+                err,
+            })?;
+        Ok(Some(Box::new(w)))
     }
 
     async fn exec_interactive(

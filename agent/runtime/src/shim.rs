@@ -53,7 +53,14 @@ pub struct ShimConfig {
     /// rotated file, `<log>.1`).
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
+    /// Give the container a standard input that `attach` can write to
+    /// ([`STDIN_FIFO`] in the state dir).
+    #[serde(default)]
+    pub stdin: bool,
 }
+
+/// The FIFO in a container's state dir that is its standard input.
+pub const STDIN_FIFO: &str = "stdin";
 
 fn default_log_max() -> u64 {
     10 << 20
@@ -195,13 +202,29 @@ fn run(dir: &Path, cfg: &ShimConfig) -> Result<Exit, String> {
         // right after runc create returns, so the pipes reach EOF when the
         // container's processes are gone.
         let mut c = runtime_cmd(cfg, dir);
+        // A FIFO the container holds open for reading and writing, so it
+        // never reads EOF while attach clients come and go.
+        let stdin = if cfg.stdin {
+            let fifo = dir.join(STDIN_FIFO);
+            let _ = std::fs::remove_file(&fifo);
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("mkfifo {}: {e}", fifo.display()))?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .map_err(|e| format!("open {}: {e}", fifo.display()))?;
+            Stdio::from(f)
+        } else {
+            Stdio::null()
+        };
         c.arg("create")
             .arg("--bundle")
             .arg(&cfg.bundle)
             .arg("--pid-file")
             .arg(&pid_file)
             .arg(&cfg.id)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w));
         c.status()

@@ -43,9 +43,9 @@ pub const PROTOCOLS: &[&str] = &[
 ];
 
 const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const STATUS: u8 = 3;
+pub(super) const STDOUT: u8 = 1;
+pub(super) const STDERR: u8 = 2;
+pub(super) const STATUS: u8 = 3;
 const RESIZE: u8 = 4;
 /// v5: `[CLOSE, channel]` closes a channel.
 const CLOSE: u8 = 255;
@@ -65,6 +65,11 @@ pub struct ExecQuery {
 
 /// Parses the query of an exec request (pure).
 pub fn parse_query(raw: &str) -> Result<ExecQuery, String> {
+    parse_streams(raw, true)
+}
+
+/// The streams (and, for exec, the command) a query asks for (pure).
+pub fn parse_streams(raw: &str, command: bool) -> Result<ExecQuery, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(raw).map_err(|e| format!("invalid query: {e}"))?;
     let mut q = ExecQuery::default();
@@ -79,7 +84,7 @@ pub fn parse_query(raw: &str) -> Result<ExecQuery, String> {
             _ => {}
         }
     }
-    if q.command.is_empty() {
+    if command && q.command.is_empty() {
         return Err("you must specify at least 1 command".into());
     }
     if !(q.io.stdin || q.io.stdout || q.io.stderr) {
@@ -190,7 +195,11 @@ pub fn status_message(
 }
 
 /// The runtime ID of the running attempt of `container` in pod `uid`.
-async fn running_container(runtime: &dyn Runtime, uid: &str, container: &str) -> Option<String> {
+pub(super) async fn running_container(
+    runtime: &dyn Runtime,
+    uid: &str,
+    container: &str,
+) -> Option<String> {
     runtime
         .list()
         .await
@@ -244,7 +253,11 @@ pub(super) async fn exec(
                 tokio::spawn(async move {
                     let session = session.await;
                     if let Some(session) = session {
-                        spdy_session(session, version, q, runtime, id).await;
+                        let io = q.io;
+                        spdy_session(session, version, io, move |ev, out| {
+                            run(ev, out, version, q, runtime, id)
+                        })
+                        .await;
                     }
                 });
                 resp
@@ -264,14 +277,16 @@ pub(super) async fn exec(
                     .and_then(|p| p.to_str().ok())
                     .unwrap_or_default(),
             );
-            ws_session(socket, version, q, runtime, id)
+            ws_session(socket, version, move |ev, out| {
+                run(ev, out, version, q, runtime, id)
+            })
         })
         .into_response()
 }
 
 /// The protocols of exec over SPDY (`X-Stream-Protocol-Version`), newest
 /// first.
-const SPDY_PROTOCOLS: &[&str] = &[
+pub(super) const SPDY_PROTOCOLS: &[&str] = &[
     "v4.channel.k8s.io",
     "v3.channel.k8s.io",
     "v2.channel.k8s.io",
@@ -280,7 +295,7 @@ const SPDY_PROTOCOLS: &[&str] = &[
 
 /// What the client side of a session did.
 #[derive(Debug)]
-enum Event {
+pub(super) enum Event {
     Stdin(Vec<u8>),
     StdinEof,
     Resize(u16, u16),
@@ -288,7 +303,7 @@ enum Event {
 }
 
 /// What a session sends: channel (STDOUT, STDERR, STATUS) and bytes.
-type Output = (u8, Vec<u8>);
+pub(super) type Output = (u8, Vec<u8>);
 
 /// How a session's input loop ended.
 enum End {
@@ -412,13 +427,11 @@ async fn run(
 }
 
 /// A session over a WebSocket: channel-prefixed binary messages.
-async fn ws_session(
-    socket: WebSocket,
-    version: Version,
-    q: ExecQuery,
-    runtime: Arc<dyn Runtime>,
-    id: String,
-) {
+pub(super) async fn ws_session<R, F>(socket: WebSocket, version: Version, runner: R)
+where
+    R: FnOnce(mpsc::Receiver<Event>, mpsc::Sender<Output>) -> F,
+    F: std::future::Future<Output = ()>,
+{
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(16);
     let writer = tokio::spawn(async move {
@@ -453,25 +466,27 @@ async fn ws_session(
             }
         }
     });
-    run(ev_rx, out_tx, version, q, runtime, id).await;
+    runner(ev_rx, out_tx).await;
     reader.abort();
     let _ = writer.await;
 }
 
 /// A session over SPDY: one stream per channel, opened by the client
 /// (`streamType`: error, stdin, stdout, stderr, resize).
-async fn spdy_session(
+pub(super) async fn spdy_session<R, F>(
     mut session: spdy::Session,
     version: Version,
-    q: ExecQuery,
-    runtime: Arc<dyn Runtime>,
-    id: String,
-) {
+    io: ExecIo,
+    runner: R,
+) where
+    R: FnOnce(mpsc::Receiver<Event>, mpsc::Sender<Output>) -> F,
+    F: std::future::Future<Output = ()>,
+{
     let expected = 1
-        + usize::from(q.io.stdin)
-        + usize::from(q.io.stdout)
-        + usize::from(q.io.stderr)
-        + usize::from(q.io.tty && version >= Version::V3);
+        + usize::from(io.stdin)
+        + usize::from(io.stdout)
+        + usize::from(io.stderr)
+        + usize::from(io.tty && version >= Version::V3);
     let mut ids: BTreeMap<u8, u32> = BTreeMap::new();
     let mut stdin = None;
     let mut resize = None;
@@ -558,7 +573,7 @@ async fn spdy_session(
         }
         sender.goaway().await;
     });
-    run(ev_rx, out_tx, version, q, runtime, id).await;
+    runner(ev_rx, out_tx).await;
     let _ = writer.await;
     for t in inputs {
         t.abort();

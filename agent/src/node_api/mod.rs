@@ -10,6 +10,7 @@
 //! `limitBytes` returns the container's output as plain text (CRI prefix
 //! stripped); with `follow=true` the body streams until the container exits.
 
+pub mod attach;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
@@ -126,6 +127,10 @@ fn router(app: App) -> Router {
         .route(
             "/exec/{ns}/{pod}/{container}",
             get(exec::exec).post(exec::exec),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            get(attach::attach).post(attach::attach),
         )
         .route(
             "/portForward/{ns}/{pod}",

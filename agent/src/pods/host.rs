@@ -569,6 +569,7 @@ impl Host {
             privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
             mounts,
             log_path,
+            stdin: c.stdin == Some(true),
         };
         self.runtime
             .start(&config)
