@@ -309,6 +309,18 @@ fn authentication() {
     let url = format!("https://127.0.0.1:{}/api/v1/namespaces", server.port);
     let (code, body) = curl(&[&url]);
     assert_unauthorized(code, &body, "no credentials");
+    // Health and version are public, as system:public-info-viewer makes
+    // them; a bad credential is refused there too.
+    let base = format!("https://127.0.0.1:{}", server.port);
+    assert_eq!(curl(&[&format!("{base}/healthz")]), (200, "ok".into()));
+    let (code, body) = curl(&[&format!("{base}/version")]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(&[
+        "-H",
+        "Authorization: Bearer not-a-token",
+        &format!("{base}/healthz"),
+    ]);
+    assert_unauthorized(code, &body, "bad bearer token on /healthz");
     let (code, body) = curl(&["-H", "Authorization: Bearer not-a-token", &url]);
     assert_unauthorized(code, &body, "bad bearer token");
     let token = std::fs::read_to_string(server.data_dir.join("admin.token")).expect("admin.token");

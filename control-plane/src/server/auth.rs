@@ -25,6 +25,18 @@ pub struct UserInfo {
 /// The group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
 
+impl UserInfo {
+    /// Who a request without credentials is (only for the public paths).
+    pub fn anonymous() -> UserInfo {
+        UserInfo {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
 /// The verified client certificate's identity for one connection, if any.
 #[derive(Clone, Debug, Default)]
 pub struct PeerIdentity(pub Option<UserInfo>);

@@ -46,7 +46,16 @@ pub async fn serve(
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let Some(user) = authn.authenticate(&peer, auth.as_deref()).await else {
+                let user = match authn.authenticate(&peer, auth.as_deref()).await {
+                    Some(u) => Some(u),
+                    // No credentials at all: what kube-apiserver gives
+                    // system:anonymous (system:public-info-viewer).
+                    None if auth.is_none() && peer.0.is_none() && public_info(req.uri().path()) => {
+                        Some(super::auth::UserInfo::anonymous())
+                    }
+                    None => None,
+                };
+                let Some(user) = user else {
                     return Ok::<_, std::convert::Infallible>(
                         super::http::error_response(&crate::api::errors::ApiError::unauthorized())
                             .into_response(),
@@ -59,4 +68,25 @@ pub async fn serve(
         })
     };
     keelson_host::serve::serve("API server", listener, tls, new_service, Some(stop)).await
+}
+
+/// The paths anyone may read without credentials (kube-apiserver's
+/// system:public-info-viewer role): health and version.
+fn public_info(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz", "/version"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_health_and_version_are_public() {
+        for p in ["/healthz", "/livez", "/readyz/ping", "/version"] {
+            assert!(super::public_info(p), "{p}");
+        }
+        for p in ["/api", "/healthzz", "/apis/apps/v1", "/", "/versions"] {
+            assert!(!super::public_info(p), "{p}");
+        }
+    }
 }
