@@ -1471,17 +1471,23 @@ impl Registry {
                     apply_patch(&scale_rt, &scale, t, p)?
                 }
             };
-            let replicas = new_scale
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| {
+            // spec.replicas is a plain int32 in Go: absent (as a protobuf
+            // body with 0 replicas decodes) or null reads as 0.
+            let replicas = match new_scale.pointer("/spec/replicas") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v.as_i64().ok_or_else(|| {
                     ApiError::invalid(
                         "autoscaling",
                         "Scale",
                         name,
-                        vec![Cause::required("spec.replicas")],
+                        vec![Cause::invalid(
+                            "spec.replicas",
+                            &v.to_string(),
+                            "must be an integer",
+                        )],
                     )
-                })?;
+                })?,
+            };
             if replicas < 0 {
                 return Err(ApiError::invalid(
                     "autoscaling",
