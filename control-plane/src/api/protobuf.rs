@@ -779,6 +779,7 @@ static KINDS: &[(&str, &str, &Schema)] = &[
     ("v1", "ServiceAccount", &SERVICE_ACCOUNT),
     ("v1", "Service", &SERVICE),
     ("v1", "Pod", &POD),
+    ("v1", "Node", &NODE),
     ("v1", "Endpoints", &ENDPOINTS),
     ("v1", "Event", &EVENT),
     ("v1", "PodTemplate", &POD_TEMPLATE),
@@ -1525,6 +1526,89 @@ static POD_SPEC: Schema = Schema {
         // 39 resourceClaims: skipped.
         f(40, "resources", Msg(&RESOURCE_REQUIREMENTS)),
         keep(41, "hostnameOverride", Str),
+    ],
+};
+// k8s.io/api core/v1 Node: what clients create and update (labels,
+// taints, unschedulable; a fake node's status). Images, volumes, runtime
+// handlers and features in the status are not read.
+static NODE: Schema = Schema {
+    name: "Node",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        keep(2, "spec", Msg(&NODE_SPEC)),
+        keep(3, "status", Msg(&NODE_STATUS)),
+    ],
+};
+static NODE_SPEC: Schema = Schema {
+    name: "NodeSpec",
+    fields: &[
+        f(1, "podCIDR", Str),
+        rep(7, "podCIDRs", Str),
+        f(3, "providerID", Str),
+        f(4, "unschedulable", Bool),
+        rep(5, "taints", Msg(&TAINT)),
+        f(2, "externalID", Str),
+    ],
+};
+static TAINT: Schema = Schema {
+    name: "Taint",
+    fields: &[
+        keep(1, "key", Str),
+        f(2, "value", Str),
+        keep(3, "effect", Str),
+        f(4, "timeAdded", Time),
+    ],
+};
+static NODE_STATUS: Schema = Schema {
+    name: "NodeStatus",
+    fields: &[
+        map(1, "capacity", &QUANTITY_ENTRY),
+        map(2, "allocatable", &QUANTITY_ENTRY),
+        f(3, "phase", Str),
+        rep(4, "conditions", Msg(&NODE_CONDITION)),
+        rep(5, "addresses", Msg(&NODE_ADDRESS)),
+        keep(6, "daemonEndpoints", Msg(&NODE_DAEMON_ENDPOINTS)),
+        keep(7, "nodeInfo", Msg(&NODE_SYSTEM_INFO)),
+        rep(9, "volumesInUse", Str),
+        rep(14, "declaredFeatures", Str),
+    ],
+};
+static NODE_CONDITION: Schema = Schema {
+    name: "NodeCondition",
+    fields: &[
+        keep(1, "type", Str),
+        keep(2, "status", Str),
+        f(3, "lastHeartbeatTime", Time),
+        f(4, "lastTransitionTime", Time),
+        f(5, "reason", Str),
+        f(6, "message", Str),
+    ],
+};
+static NODE_ADDRESS: Schema = Schema {
+    name: "NodeAddress",
+    fields: &[keep(1, "type", Str), keep(2, "address", Str)],
+};
+static NODE_DAEMON_ENDPOINTS: Schema = Schema {
+    name: "NodeDaemonEndpoints",
+    fields: &[keep(1, "kubeletEndpoint", Msg(&DAEMON_ENDPOINT))],
+};
+static DAEMON_ENDPOINT: Schema = Schema {
+    name: "DaemonEndpoint",
+    fields: &[keep(1, "Port", I32)],
+};
+static NODE_SYSTEM_INFO: Schema = Schema {
+    name: "NodeSystemInfo",
+    fields: &[
+        keep(1, "machineID", Str),
+        keep(2, "systemUUID", Str),
+        keep(3, "bootID", Str),
+        keep(4, "kernelVersion", Str),
+        keep(5, "osImage", Str),
+        keep(6, "containerRuntimeVersion", Str),
+        keep(7, "kubeletVersion", Str),
+        keep(8, "kubeProxyVersion", Str),
+        keep(9, "operatingSystem", Str),
+        keep(10, "architecture", Str),
     ],
 };
 static TOLERATION: Schema = Schema {
@@ -3388,7 +3472,8 @@ mod tests {
         };
     }
 
-    const GOLDEN: [(&str, &[u8], &str); 33] = golden![
+    const GOLDEN: [(&str, &[u8], &str); 34] = golden![
+        "node",
         "replicaset",
         "replicaset-status",
         "daemonset",

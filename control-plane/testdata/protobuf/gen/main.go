@@ -107,6 +107,27 @@ func objects() []golden {
 		},
 	}
 	return []golden{
+		{name: "node", gvk: gv("", "v1", "Node"), obj: &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "e2e-fake-node", Labels: map[string]string{"kubernetes.io/hostname": "e2e-fake-node"}},
+			Spec: corev1.NodeSpec{
+				PodCIDR:       "10.244.9.0/24",
+				PodCIDRs:      []string{"10.244.9.0/24"},
+				Unschedulable: true,
+				Taints:        []corev1.Taint{{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}},
+			},
+			Status: corev1.NodeStatus{
+				Capacity:    corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("2"), corev1.ResourcePods: resource.MustParse("110")},
+				Allocatable: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1900m")},
+				Phase:       corev1.NodeRunning,
+				Conditions: []corev1.NodeCondition{{
+					Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+					LastHeartbeatTime: t1, LastTransitionTime: t1,
+				}},
+				Addresses:       []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.0.0.9"}},
+				DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: 10250}},
+				NodeInfo:        corev1.NodeSystemInfo{KernelVersion: "6.18", OperatingSystem: "linux", Architecture: "amd64"},
+			},
+		}},
 		{name: "replicaset", gvk: gv("apps", "v1", "ReplicaSet"), obj: &appsv1.ReplicaSet{
 			ObjectMeta: meta("web", "demo"),
 			Spec: appsv1.ReplicaSetSpec{
