@@ -325,6 +325,46 @@ async fn pod_runs_with_ip_logs_and_exec() {
     exec_through_the_api_server(&e);
     exec_with_kube_rs(&e).await;
     attach_with_kubectl(&e).await;
+    termination_messages(&e).await;
+}
+
+/// An exited container's termination message: what it wrote to
+/// /dev/termination-log, or under FallbackToLogsOnError its last log lines.
+async fn termination_messages(e: &Env) {
+    let image = e.reg.image(BUSYBOX);
+    let never = json!({"restartPolicy": "Never"});
+    create(
+        &e.client,
+        pod_json(
+            "farewell",
+            &e.agent.node_name,
+            &image,
+            "echo -n bye from the file > /dev/termination-log; echo not this; exit 3",
+            never.clone(),
+        ),
+    )
+    .await;
+    let mut fallback = pod_json(
+        "fallback",
+        &e.agent.node_name,
+        &image,
+        "echo first words; echo last words; exit 4",
+        never,
+    );
+    fallback["spec"]["containers"][0]["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    create(&e.client, fallback).await;
+    let failed = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+    for (name, want) in [
+        ("farewell", "bye from the file"),
+        ("fallback", "first words\nlast words\n"),
+    ] {
+        let p = wait_pod(e, name, "Failed", Duration::from_secs(60), failed).await;
+        let t = main_status(&p)
+            .state
+            .and_then(|s| s.terminated)
+            .expect("terminated");
+        assert_eq!(t.message.as_deref(), Some(want), "{name}");
+    }
 }
 
 /// A client library's exec (kube-rs, WebSocket): output and the exit code

@@ -147,6 +147,51 @@ fn io(op: String) -> impl FnOnce(std::io::Error) -> String {
 }
 
 impl Host {
+    /// The file mounted at a container attempt's terminationMessagePath.
+    pub fn termination_log(&self, uid: &str, container: &str, attempt: u32) -> PathBuf {
+        self.pod_dir(uid)
+            .join("termination")
+            .join(format!("{container}-{attempt}"))
+    }
+
+    /// An exited attempt's termination message, as the kubelet reads it:
+    /// the file (at most 4 KiB), or, under FallbackToLogsOnError when that
+    /// is empty and the exit code is not 0, the last 80 lines (at most
+    /// 2 KiB) of its log.
+    pub fn termination_message(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+        exit_code: i32,
+    ) -> Option<String> {
+        const MAX: u64 = 4096;
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let mut text = String::new();
+        if let Ok(f) = std::fs::File::open(self.termination_log(uid, &container.name, attempt)) {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            let _ = f.take(MAX).read_to_end(&mut buf);
+            text = String::from_utf8_lossy(&buf).into_owned();
+        }
+        let fallback =
+            container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        if text.is_empty() && fallback && exit_code != 0 {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let log = self
+                .log_dir(ns, name, uid)
+                .join(&container.name)
+                .join(format!("{attempt}.log"));
+            let data = std::fs::read(log).unwrap_or_default();
+            let (lines, _) = crate::node_api::logs::parse(&data);
+            let out =
+                crate::node_api::logs::render(&crate::node_api::logs::tail(lines, Some(80)), false);
+            let start = out.len().saturating_sub(2048);
+            text = String::from_utf8_lossy(&out[start..]).into_owned();
+        }
+        Some(text)
+    }
     /// Opens the image store, the runtime and the cgroup manager.
     pub fn new(cfg: HostConfig) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -515,7 +560,29 @@ impl Host {
         let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
         let (uid_n, gid_n) =
             spec::user(pod, c, &image.config, &|n| spec::passwd_lookup(&passwd, n));
-        let mounts = self.mounts(pod, st, c).map_err(create)?;
+        let mut mounts = self.mounts(pod, st, c).map_err(create)?;
+        // The termination message file, writable by any user in the
+        // container, read once it exits.
+        let term = self.termination_log(uid, &c.name, attempt);
+        if let Some(dir) = term.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| create(format!("create {}: {e}", dir.display())))?;
+        }
+        std::fs::write(&term, b"")
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&term, std::fs::Permissions::from_mode(0o666))
+            })
+            .map_err(|e| create(format!("create {}: {e}", term.display())))?;
+        mounts.push(Mount {
+            source: term,
+            destination: c
+                .termination_message_path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+            readonly: false,
+        });
         let log_path = self
             .log_dir(&st.namespace, &st.name, uid)
             .join(&c.name)

@@ -250,6 +250,8 @@ struct Worker {
     probes: BTreeMap<String, ProbeRunner>,
     /// Probe tasks wake the worker when a result changes.
     wake: Arc<tokio::sync::Notify>,
+    /// Termination messages of exited instances, read once (by ID).
+    messages: BTreeMap<String, Option<String>>,
 }
 
 /// The probes of one running container instance and the task running them.
@@ -299,6 +301,7 @@ impl Worker {
             tokens: BTreeMap::new(),
             volumes_synced: None,
             probes: BTreeMap::new(),
+            messages: BTreeMap::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -335,7 +338,7 @@ impl Worker {
         self.known.values().flatten().cloned().collect()
     }
 
-    async fn observe(&mut self) -> Observed {
+    async fn observe(&mut self, pod: Option<&Pod>) -> Observed {
         let rt = self.ctx.host.runtime.clone();
         for list in self.known.values_mut() {
             let mut keep = Vec::new();
@@ -379,6 +382,7 @@ impl Worker {
         });
         let mut containers = BTreeMap::new();
         for (name, list) in &self.known {
+            let spec = pod.and_then(|p| container_spec(p, name));
             containers.insert(
                 name.clone(),
                 History {
@@ -386,6 +390,19 @@ impl Worker {
                         .iter()
                         .map(|c| {
                             let (attempt, streak) = host::attempt_of(c);
+                            let message = match (&c.state, pod, spec) {
+                                (ContainerState::Exited { exit_code, .. }, Some(p), Some(s)) => {
+                                    self.messages
+                                        .entry(c.id.clone())
+                                        .or_insert_with(|| {
+                                            self.ctx
+                                                .host
+                                                .termination_message(p, s, attempt, *exit_code)
+                                        })
+                                        .clone()
+                                }
+                                _ => None,
+                            };
                             Instance {
                                 id: c.id.clone(),
                                 attempt,
@@ -396,6 +413,7 @@ impl Worker {
                                     .get(labels::IMAGE_ID)
                                     .cloned()
                                     .unwrap_or_default(),
+                                message,
                             }
                         })
                         .collect(),
@@ -416,7 +434,7 @@ impl Worker {
 
     async fn reconcile(&mut self, pod: &Pod) -> Step {
         for _round in 0..8 {
-            let mut obs = self.observe().await;
+            let mut obs = self.observe(Some(pod)).await;
             self.sync_probes(pod, &mut obs);
             let p = plan::plan(pod, &obs, now());
             if p.actions.is_empty() {
@@ -450,7 +468,7 @@ impl Worker {
                                 );
                                 self.network_event_sent = true;
                             }
-                            let obs = self.observe().await;
+                            let obs = self.observe(Some(pod)).await;
                             self.report(pod, &obs, &plan::plan(pod, &obs, now())).await;
                             return Step::Wait(crate::network::ready::RECHECK_NOT_READY);
                         }

@@ -28,6 +28,10 @@ pub struct Instance {
     pub state: ContainerState,
     /// containerStatuses[].imageID it ran with.
     pub image_id: String,
+    /// Once exited: its termination message (the file at
+    /// terminationMessagePath, or its last log lines under
+    /// FallbackToLogsOnError).
+    pub message: Option<String>,
 }
 
 /// How long a failed start shows its own reason (ErrImagePull) before the
@@ -644,6 +648,7 @@ mod tests {
                 started_at: t(0),
             },
             image_id: String::new(),
+            message: None,
         }
     }
 
@@ -659,6 +664,7 @@ mod tests {
                 finished_at: t(end),
             },
             image_id: String::new(),
+            message: None,
         }
     }
 

@@ -60,6 +60,7 @@ fn terminated(inst: &Instance, runtime: &str) -> Option<ContainerStateTerminated
         started_at: Some(k8s_time(started_at)),
         finished_at: Some(k8s_time(finished_at)),
         container_id: Some(format!("{runtime}://{}", inst.id)),
+        message: inst.message.clone().filter(|m| !m.is_empty()),
         ..Default::default()
     })
 }
@@ -494,6 +495,7 @@ mod tests {
             streak: 0,
             state,
             image_id: "img@sha256:1".into(),
+            message: None,
         }
     }
 
