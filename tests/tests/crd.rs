@@ -168,6 +168,39 @@ async fn custom_resources_with_kubectl_and_a_client() {
         group.body
     );
     assert_eq!(group.body["versions"].as_array().unwrap().len(), 2);
+    // Aggregated discovery, as kubectl 1.27+ asks for it first.
+    let req = http::Request::builder()
+        .uri("/apis")
+        .header(
+            http::header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .body(kube::client::Body::from(Vec::new()))
+        .unwrap();
+    let res = client.send(req).await.expect("aggregated discovery");
+    assert_eq!(
+        res.headers()[http::header::CONTENT_TYPE],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let agg: Value =
+        serde_json::from_slice(&res.into_body().collect_bytes().await.unwrap()).unwrap();
+    let example = agg["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "example.com")
+        .unwrap_or_else(|| panic!("example.com not in {agg}"));
+    assert_eq!(example["versions"][0]["version"], "v1");
+    let widgets_doc = &example["versions"][0]["resources"][0];
+    assert_eq!(widgets_doc["resource"], "widgets");
+    assert_eq!(widgets_doc["shortNames"], json!(["wdg"]));
+    let subs: Vec<&str> = widgets_doc["subresources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subresource"].as_str().unwrap())
+        .collect();
+    assert_eq!(subs, vec!["status", "scale"]);
 
     // A watch from now on, through the client.
     let v1 = widgets(&client, "v1");

@@ -129,15 +129,107 @@ fn subresource_entries(r: &ResourceType) -> Vec<Value> {
         .collect()
 }
 
-pub fn api_resource_list(custom: &Custom, group: &str, version: &str) -> Option<Value> {
-    let mut resources = Vec::new();
+/// The aggregated discovery document (`apidiscovery.k8s.io/<version>`
+/// `APIGroupDiscoveryList`): of the legacy group for `/api` (`legacy`), of
+/// every named group for `/apis`. The same resources, verbs and
+/// subresources as the per-group documents.
+pub fn aggregated(custom: &Custom, legacy: bool, api_version: &str) -> Value {
+    let groups: Vec<(String, Vec<String>)> = if legacy {
+        vec![(String::new(), vec!["v1".to_string()])]
+    } else {
+        group_versions(custom)
+    };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"version": v, "resources": aggregated_resources(custom, group, v), "freshness": "Current"}))
+                .collect();
+            let mut metadata = json!({"creationTimestamp": null});
+            if !group.is_empty() {
+                metadata["name"] = json!(group);
+            }
+            json!({"metadata": metadata, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": api_version,
+        "metadata": {},
+        "items": items,
+    })
+}
+
+fn aggregated_resources(custom: &Custom, group: &str, version: &str) -> Vec<Value> {
     let custom_types = custom
         .iter()
         .map(|c| c.rt)
         .filter(|r| r.group == group && r.version == version);
-    for r in resources::in_group_version(group, version).chain(custom_types) {
+    resources::in_group_version(group, version)
+        .chain(custom_types)
+        .map(|r| {
+            let subresources: Vec<Value> = subresource_entries(r)
+                .into_iter()
+                .map(|e| {
+                    let name = e["name"].as_str().unwrap_or_default();
+                    json!({
+                        "subresource": name.split_once('/').map_or(name, |(_, s)| s),
+                        "responseKind": {
+                            "group": e.get("group").cloned().unwrap_or_else(|| json!(r.group)),
+                            "version": e.get("version").cloned().unwrap_or_else(|| json!(r.version)),
+                            "kind": e["kind"],
+                        },
+                        "verbs": e["verbs"],
+                    })
+                })
+                .collect();
+            let mut d = json!({
+                "resource": r.plural,
+                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": r.verbs(),
+            });
+            if !r.short_names.is_empty() {
+                d["shortNames"] = json!(r.short_names);
+            }
+            if !r.categories.is_empty() {
+                d["categories"] = json!(r.categories);
+            }
+            if !subresources.is_empty() {
+                d["subresources"] = json!(subresources);
+            }
+            d
+        })
+        .collect()
+}
+
+/// kube-apiserver's `storageVersionHash`: the first 8 bytes of the SHA-256
+/// of "group/version/kind" of the stored form, in base64.
+pub fn storage_version_hash(group: &str, version: &str, kind: &str) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{group}/{version}/{kind}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(&digest.as_ref()[..8])
+}
+
+pub fn api_resource_list(custom: &Custom, group: &str, version: &str) -> Option<Value> {
+    let mut resources = Vec::new();
+    for r in resources::in_group_version(group, version) {
         resources.push(resource_entry(r));
         resources.extend(subresource_entries(r));
+    }
+    for c in custom
+        .iter()
+        .filter(|c| c.rt.group == group && c.rt.version == version)
+    {
+        let mut e = resource_entry(c.rt);
+        e["storageVersionHash"] = storage_version_hash(group, &c.storage_version, c.rt.kind).into();
+        resources.push(e);
+        resources.extend(subresource_entries(c.rt));
     }
     if resources.is_empty() {
         return None;
@@ -185,6 +277,40 @@ mod tests {
             .unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert!(api_resource_list(&[], "nope", "v1").is_none());
+        // apiserver's discovery.StorageVersionHash("apps", "v1", "Deployment").
+        assert_eq!(
+            storage_version_hash("apps", "v1", "Deployment"),
+            "8aSe+NMegvE="
+        );
+        let agg = aggregated(&[], false, "apidiscovery.k8s.io/v2");
+        let apps = agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "apps")
+            .unwrap();
+        assert_eq!(apps["versions"][0]["version"], "v1");
+        let deploy = apps["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .unwrap();
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["responseKind"]["kind"], "Deployment");
+        let scale = deploy["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subresource"] == "scale")
+            .unwrap();
+        assert_eq!(
+            scale["responseKind"],
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+        );
+        let core = aggregated(&[], true, "apidiscovery.k8s.io/v2");
+        assert_eq!(core["items"].as_array().unwrap().len(), 1);
+        assert!(core["items"][0]["metadata"].get("name").is_none());
         assert!(api_group(&[], "apps").is_some());
     }
 }

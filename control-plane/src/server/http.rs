@@ -154,6 +154,35 @@ fn query_map(uri: &http::Uri) -> HashMap<String, String> {
         .collect()
 }
 
+/// The aggregated discovery version the client asked for (`v2`, else
+/// `v2beta1`), if it did: `Accept: application/json;g=apidiscovery.k8s.io;
+/// v=v2;as=APIGroupDiscoveryList`.
+fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    let asks = |version: &str| {
+        accept.split(',').any(|part| {
+            let p: Vec<&str> = part.split(';').map(str::trim).collect();
+            p.first() == Some(&"application/json")
+                && p.contains(&"as=APIGroupDiscoveryList")
+                && p.contains(&"g=apidiscovery.k8s.io")
+                && p.contains(&format!("v={version}").as_str())
+        })
+    };
+    ["v2", "v2beta1"].into_iter().find(|v| asks(v))
+}
+
+fn aggregated_response(custom: &discovery::Custom, legacy: bool, version: &str) -> Response {
+    let doc = discovery::aggregated(custom, legacy, &format!("apidiscovery.k8s.io/{version}"));
+    let mut r = json_response(StatusCode::OK, &doc);
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    if let Ok(v) = HeaderValue::from_str(&ct) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
+}
+
 /// Whether the client asked for a server-side `meta.k8s.io/v1` Table (kubectl get).
 fn wants_table(headers: &HeaderMap) -> bool {
     headers
@@ -455,6 +484,10 @@ async fn route(
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             Ok(r)
+        }
+        ["api"] | ["apis"] if method == Method::GET && wants_aggregated(headers).is_some() => {
+            let version = wants_aggregated(headers).unwrap_or("v2");
+            Ok(aggregated_response(&custom, segs == ["api"], version))
         }
         ["api"] => get_only(Some(discovery::api_versions(&state.server_address))),
         ["apis"] => get_only(Some(discovery::api_group_list(&custom))),
