@@ -1046,7 +1046,13 @@ fn breakdown(
     let nodes =
         server::nodeproxy::NodeClient::new(&pki.node_client.cert_pem, &pki.node_client.key_pem)
             .map_err(anyhow::Error::msg)?;
-    let app = server::http::router(registry.clone(), addr, issuer, nodes);
+    let app = server::http::router(
+        registry.clone(),
+        addr,
+        issuer,
+        nodes,
+        server::authz::Authorizer::new(),
+    );
     let uri = format!("/api/v1/namespaces/{NAMESPACE}/pods");
     let mut samples = Vec::new();
     let mut failure = None;

@@ -225,6 +225,23 @@ impl Drop for ServerProcess {
     }
 }
 
+/// `curl -s -k` (10 s at most) with `args`: (HTTP status, 0 if none; body;
+/// curl's exit code).
+pub fn curl_k(args: &[&str]) -> (u16, String, i32) {
+    let out = Command::new("/usr/bin/curl")
+        .args(["-s", "-k", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
 /// Path of an installed kubectl 1.`minor`.
 pub fn kubectl_path(minor: u32) -> PathBuf {
     PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"))

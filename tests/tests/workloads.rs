@@ -402,6 +402,17 @@ fn a_pod_lists_pods_with_its_service_account_token_until_it_is_deleted() {
 kind: ServiceAccount
 metadata: {{name: lister}}
 ---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader}}
+rules: [{{apiGroups: [""], resources: [pods], verbs: [get, list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: lister-reads-pods}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects: [{{kind: ServiceAccount, name: lister}}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {{name: client}}

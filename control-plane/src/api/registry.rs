@@ -51,6 +51,24 @@ impl FieldValidation {
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    /// The caller's check of the object about to be written, given the
+    /// stored one on an update (admission that depends on who writes: RBAC
+    /// escalation prevention, node restriction).
+    pub check: Option<WriteCheck>,
+}
+
+/// A check of a write: (type, stored object on an update, new object).
+pub type WriteCheckFn =
+    dyn Fn(&ResourceType, Option<&Value>, &Value) -> ApiResult<()> + Send + Sync;
+
+/// A [`WriteCheckFn`] the options carry.
+#[derive(Clone)]
+pub struct WriteCheck(pub Arc<WriteCheckFn>);
+
+impl std::fmt::Debug for WriteCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteCheck")
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -655,6 +673,9 @@ impl Registry {
             meta_mut(&mut obj).insert("generation".into(), 1.into());
         }
         let (mut obj, warnings) = self.admit(rt, obj, opts.field_validation)?;
+        if let Some(check) = &opts.check {
+            (check.0)(rt, None, &obj)?;
+        }
         if rt.namespaced {
             self.namespace_open(ns.unwrap_or_default()).await?;
         }
@@ -835,6 +856,9 @@ impl Registry {
         let (mut new, warnings) = self
             .admit(rt, new, opts.field_validation)
             .map_err(UpdateError::Api)?;
+        if let Some(check) = &opts.check {
+            (check.0)(rt, Some(&current), &new).map_err(UpdateError::Api)?;
+        }
         // Compared after defaulting: a manifest that leaves out defaulted
         // fields (kubectl replace) is no spec change.
         let changed = if rt.custom && !rt.has_status() {

@@ -69,6 +69,19 @@ pub fn name_causes(rt: &ResourceType, name: &str) -> Vec<Cause> {
     if name.is_empty() {
         return vec![Cause::required("metadata.name")];
     }
+    if rt.group == "rbac.authorization.k8s.io" {
+        // RBAC names are path segments (system:node, system:basic-user).
+        let bad = match name {
+            "." => Some("may not be '.'"),
+            ".." => Some("may not be '..'"),
+            n if n.contains('/') => Some("may not contain '/'"),
+            n if n.contains('%') => Some("may not contain '%'"),
+            _ => None,
+        };
+        return bad
+            .map(|why| vec![Cause::invalid("metadata.name", name, why)])
+            .unwrap_or_default();
+    }
     let ok = if rt.is("", "Service") {
         is_dns1035_label(name)
     } else if rt.label_names {
@@ -543,6 +556,13 @@ mod tests {
             name_causes(find("", "v1", "pods").unwrap(), "Bad_Name")[0].field,
             "metadata.name"
         );
+        // RBAC names are path segments.
+        let roles = find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+        assert!(name_causes(roles, "system:node").is_empty());
+        assert!(name_causes(roles, "Any_Name").is_empty());
+        for bad in [".", "..", "a/b", "a%2f"] {
+            assert_eq!(name_causes(roles, bad).len(), 1, "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::auth::UserInfo;
+use super::authz::{self, Authorizer, attributes};
 use super::metrics::{Metrics, WatchLabels};
 use super::satoken::TokenIssuer;
 use super::{discovery, openapi};
@@ -23,7 +24,7 @@ use crate::api::custom::CustomVersion;
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::{
     DeleteOptions, FieldValidation, ListOptions, PatchType, Registry, ScaleChange, WatchEvent,
-    WatchOptions, WriteOptions,
+    WatchOptions, WriteCheck, WriteOptions,
 };
 use crate::api::resources::ResourceType;
 use crate::api::selectors::{FieldSelector, LabelSelector};
@@ -39,6 +40,7 @@ struct AppState {
     metrics: Arc<Metrics>,
     tokens: Arc<TokenIssuer>,
     nodes: super::nodeproxy::NodeClient,
+    authz: Arc<Authorizer>,
 }
 
 pub fn router(
@@ -46,6 +48,7 @@ pub fn router(
     addr: SocketAddr,
     tokens: Arc<TokenIssuer>,
     nodes: super::nodeproxy::NodeClient,
+    authz: Arc<Authorizer>,
 ) -> Router {
     let state = AppState {
         registry,
@@ -53,6 +56,7 @@ pub fn router(
         metrics: Arc::new(Metrics::new()),
         tokens,
         nodes,
+        authz,
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -280,7 +284,10 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<(Value, String)> {
     Ok((value, ct))
 }
 
-fn write_options(q: &HashMap<String, String>) -> ApiResult<WriteOptions> {
+fn write_options(
+    q: &HashMap<String, String>,
+    check: Option<WriteCheck>,
+) -> ApiResult<WriteOptions> {
     let dry_run = match q.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
@@ -295,6 +302,7 @@ fn write_options(q: &HashMap<String, String>) -> ApiResult<WriteOptions> {
         field_validation: FieldValidation::parse(
             q.get("fieldValidation").map(String::as_str).unwrap_or(""),
         )?,
+        check,
     })
 }
 
@@ -394,6 +402,12 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let user = req.extensions().get::<UserInfo>().cloned();
+    if let Some(u) = &user
+        && let Err(e) = authorize(&state.authz, u, &method, &uri)
+    {
+        return error_response(&e);
+    }
     if let Some((ns, name, sub)) = streaming_subresource(uri.path()) {
         if !matches!(method, Method::GET | Method::POST) {
             return error_response(&ApiError::method_not_allowed(format!(
@@ -415,7 +429,6 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             )));
         }
     };
-    let user = parts.extensions.get::<UserInfo>().cloned();
     let result = match super::proxy::parse(uri.path()) {
         Some(target) => {
             super::proxy::serve(
@@ -539,9 +552,10 @@ async fn route(
             }
             let (obj, _) = parse_body(headers, &body)?;
             let kind = access_review_kind(review).unwrap_or_default();
+            let path_ns = (segs.len() == 6).then(|| segs[4]);
             Ok(json_response(
                 StatusCode::CREATED,
-                &access_review(kind, obj),
+                &access_review(&state.authz, kind, path_ns, user, obj)?,
             ))
         }
         ["openapi", "v3"] => get_only(Some(openapi::index())),
@@ -549,7 +563,7 @@ async fn route(
         ["openapi", "v3", "apis", group, version] => get_only(openapi::document(group, version)),
         ["api", version, rest @ ..] => {
             let t = parse_target(&|g, v, p| state.registry.find(g, v, p), "", version, rest)?;
-            resource(state, method, uri, headers, body, t).await
+            resource(state, method, uri, headers, body, t, user).await
         }
         ["apis", group, version, rest @ ..] => {
             let t = parse_target(
@@ -558,10 +572,35 @@ async fn route(
                 version,
                 rest,
             )?;
-            resource(state, method, uri, headers, body, t).await
+            resource(state, method, uri, headers, body, t, user).await
         }
         _ => Err(ApiError::path_not_found(path)),
     }
+}
+
+/// Refuse what the user may not do (403, as kube-apiserver words it).
+/// Streaming subresources opened with GET (WebSocket) need `create` too,
+/// as kube-apiserver checks them.
+fn authorize(
+    authz: &Authorizer,
+    user: &UserInfo,
+    method: &Method,
+    uri: &http::Uri,
+) -> ApiResult<()> {
+    let a = attributes::of_request(user, method.as_str(), uri.path(), uri.query());
+    if let Some(e) = authz.check(&a) {
+        return Err(e);
+    }
+    if a.verb == "get" && streaming_subresource(uri.path()).is_some() {
+        let create = attributes::Attributes {
+            verb: "create".into(),
+            ..a
+        };
+        if let Some(e) = authz.check(&create) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The kind an authorization review path creates.
@@ -575,28 +614,103 @@ fn access_review_kind(plural: &str) -> Option<&'static str> {
     }
 }
 
-/// `kubectl auth can-i` and the authorization reviews: the API server
-/// authorizes every authenticated request (there is no authorizer yet), so
-/// every review is allowed, and says why.
-fn access_review(kind: &str, mut review: Value) -> Value {
-    const WHY: &str = "no authorizer: every authenticated request is allowed";
+/// `kubectl auth can-i` and the authorization reviews, answered by the
+/// authorizer: for the requester (the Self reviews) or for the user the
+/// review names (SubjectAccessReview; LocalSubjectAccessReview in the
+/// path's namespace).
+fn access_review(
+    authz: &Authorizer,
+    kind: &str,
+    path_namespace: Option<&str>,
+    requester: Option<&UserInfo>,
+    mut review: Value,
+) -> ApiResult<Value> {
     review["kind"] = json!(kind);
     review["apiVersion"] = json!("authorization.k8s.io/v1");
     if !review["metadata"].is_object() {
         review["metadata"] = json!({});
     }
     review["metadata"]["creationTimestamp"] = json!(crate::api::registry::now_rfc3339());
-    review["status"] = if kind == "SelfSubjectRulesReview" {
-        json!({
-            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-            "incomplete": false,
-            "evaluationError": WHY,
-        })
+    let spec = review["spec"].clone();
+    let anonymous = UserInfo::anonymous();
+    let subject = if kind.starts_with("Self") {
+        requester.cloned().unwrap_or(anonymous)
     } else {
-        json!({"allowed": true, "reason": WHY})
+        let user = spec["user"].as_str().unwrap_or_default();
+        let groups: Vec<String> = spec["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(String::from))
+            .collect();
+        if user.is_empty() && groups.is_empty() {
+            return Err(ApiError::invalid(
+                "authorization.k8s.io",
+                kind,
+                "",
+                vec![crate::api::errors::Cause::required("spec.user")],
+            ));
+        }
+        UserInfo {
+            name: user.to_string(),
+            uid: spec["uid"].as_str().unwrap_or_default().to_string(),
+            groups,
+            extra: Default::default(),
+        }
     };
-    review
+    if kind == "SelfSubjectRulesReview" {
+        let ns = spec["namespace"].as_str().unwrap_or_default();
+        review["status"] =
+            authz::rules_review_status(&authz.rules_for(&subject.name, &subject.groups, ns));
+        return Ok(review);
+    }
+    let a = if let Some(ra) = spec["resourceAttributes"].as_object() {
+        let f = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or_default();
+        let ns = f("namespace");
+        if let Some(p) = path_namespace
+            && p != ns
+        {
+            return Err(ApiError::invalid(
+                "authorization.k8s.io",
+                kind,
+                "",
+                vec![crate::api::errors::Cause::invalid(
+                    "spec.resourceAttributes.namespace",
+                    ns,
+                    "must match metadata.namespace",
+                )],
+            ));
+        }
+        attributes::Attributes::resource(
+            &subject,
+            f("verb"),
+            f("group"),
+            ns,
+            f("resource"),
+            f("subresource"),
+            f("name"),
+        )
+    } else if let Some(na) = spec["nonResourceAttributes"].as_object() {
+        let f = |k: &str| na.get(k).and_then(Value::as_str).unwrap_or_default();
+        attributes::Attributes {
+            user: subject.name.clone(),
+            groups: subject.groups.clone(),
+            verb: f("verb").to_string(),
+            path: f("path").to_string(),
+            ..Default::default()
+        }
+    } else {
+        return Err(ApiError::invalid(
+            "authorization.k8s.io",
+            kind,
+            "",
+            vec![crate::api::errors::Cause::required(
+                "spec.resourceAttributes",
+            )],
+        ));
+    };
+    review["status"] = authz::review_status(&authz.authorize(&a));
+    Ok(review)
 }
 
 /// `kubectl auth whoami`: who the request was authenticated as.
@@ -638,8 +752,10 @@ async fn resource(
     headers: &HeaderMap,
     body: Bytes,
     t: Target,
+    user: Option<&UserInfo>,
 ) -> ApiResult<Response> {
     let reg = &state.registry;
+    let check = user.map(|u| state.authz.write_check(u));
     let q = query_map(uri);
     let ns = t.namespace.as_deref();
     let rt = t.rt;
@@ -765,7 +881,9 @@ async fn resource(
         }
         (&Method::POST, None, None) => {
             let (obj, _) = parse_body(headers, &body)?;
-            let w = reg.create(rt, ns, obj, &write_options(&q)?).await?;
+            let w = reg
+                .create(rt, ns, obj, &write_options(&q, check.clone())?)
+                .await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &w.object),
                 &w.warnings,
@@ -791,7 +909,7 @@ async fn resource(
         (&Method::PUT, Some(name), None | Some("status") | Some("finalize")) => {
             let (obj, _) = parse_body(headers, &body)?;
             let w = reg
-                .update(rt, ns, name, obj, sub, &write_options(&q)?)
+                .update(rt, ns, name, obj, sub, &write_options(&q, check.clone())?)
                 .await?;
             Ok(with_warnings(
                 json_response(StatusCode::OK, &w.object),
@@ -806,14 +924,22 @@ async fn resource(
                     ns.unwrap_or_default(),
                     name,
                     ScaleChange::Replace(&obj),
-                    &write_options(&q)?,
+                    &write_options(&q, check.clone())?,
                 )
                 .await?)
         }
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let (p, ct) = parse_body(headers, &body)?;
             let w = reg
-                .patch(rt, ns, name, patch_type(&ct)?, &p, sub, &write_options(&q)?)
+                .patch(
+                    rt,
+                    ns,
+                    name,
+                    patch_type(&ct)?,
+                    &p,
+                    sub,
+                    &write_options(&q, check.clone())?,
+                )
                 .await?;
             Ok(with_warnings(
                 json_response(StatusCode::OK, &w.object),
@@ -829,7 +955,7 @@ async fn resource(
                     ns.unwrap_or_default(),
                     name,
                     change,
-                    &write_options(&q)?,
+                    &write_options(&q, check.clone())?,
                 )
                 .await?)
         }

@@ -2,6 +2,7 @@
 //! and bearer-token authentication, over an embedded or etcd store.
 
 pub mod auth;
+pub mod authz;
 pub mod background;
 pub mod discovery;
 pub mod http;
@@ -194,8 +195,19 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
     });
     background::bootstrap(&registry, addr.port(), advertise).await;
+    authz::policy::reconcile(&registry).await;
 
     let (shutdown, rx) = tokio::sync::watch::channel(false);
+    let authorizer = authz::Authorizer::new();
+    let mut tasks = authorizer.run(registry.clone(), rx.clone());
+    if tokio::time::timeout(std::time::Duration::from_secs(30), authorizer.wait_synced())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the authorizer has not read the RBAC policy after 30 s; requests it cannot allow are refused until it has"
+        );
+    }
     let tls = tls::server_config(&pki).map_err(ServerError::Tls)?;
     let authn = Arc::new(auth::Authenticator::new(
         tokens,
@@ -206,14 +218,14 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     ));
     let nodes = nodeproxy::NodeClient::new(&pki.node_client.cert_pem, &pki.node_client.key_pem)
         .map_err(ServerError::NodeClient)?;
-    let app = http::router(registry.clone(), addr, issuer, nodes);
-    let mut tasks = vec![tokio::spawn(tls::serve(
+    let app = http::router(registry.clone(), addr, issuer, nodes, authorizer);
+    tasks.push(tokio::spawn(tls::serve(
         listener,
         tls,
         authn,
         app,
         rx.clone(),
-    ))];
+    )));
     tasks.extend(background::spawn(registry.clone(), rx.clone()));
     if config.controllers {
         let client = admin_client(&pki, &url).await?;

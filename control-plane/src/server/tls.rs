@@ -46,20 +46,22 @@ pub async fn serve(
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                // No credentials at all: system:anonymous, whom the
+                // authorizer gives what kube-apiserver gives it (health and
+                // version); a credential that does not check out is 401.
                 let user = match authn.authenticate(&peer, auth.as_deref()).await {
-                    Some(u) => Some(u),
-                    // No credentials at all: what kube-apiserver gives
-                    // system:anonymous (system:public-info-viewer).
-                    None if auth.is_none() && peer.0.is_none() && public_info(req.uri().path()) => {
-                        Some(super::auth::UserInfo::anonymous())
+                    Some(u) => u,
+                    None if auth.is_none() && peer.0.is_none() => {
+                        super::auth::UserInfo::anonymous()
                     }
-                    None => None,
-                };
-                let Some(user) = user else {
-                    return Ok::<_, std::convert::Infallible>(
-                        super::http::error_response(&crate::api::errors::ApiError::unauthorized())
+                    None => {
+                        return Ok::<_, std::convert::Infallible>(
+                            super::http::error_response(
+                                &crate::api::errors::ApiError::unauthorized(),
+                            )
                             .into_response(),
-                    );
+                        );
+                    }
                 };
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(user);
@@ -68,25 +70,4 @@ pub async fn serve(
         })
     };
     keelson_host::serve::serve("API server", listener, tls, new_service, Some(stop)).await
-}
-
-/// The paths anyone may read without credentials (kube-apiserver's
-/// system:public-info-viewer role): health and version.
-fn public_info(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz", "/version"]
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_health_and_version_are_public() {
-        for p in ["/healthz", "/livez", "/readyz/ping", "/version"] {
-            assert!(super::public_info(p), "{p}");
-        }
-        for p in ["/api", "/healthzz", "/apis/apps/v1", "/", "/versions"] {
-            assert!(!super::public_info(p), "{p}");
-        }
-    }
 }
