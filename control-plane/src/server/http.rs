@@ -256,9 +256,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<(Value, String)> {
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
-            serde_saphyr::from_str::<Value>(text).map_err(|e| {
-                ApiError::bad_request(format!("error decoding request body as YAML: {e}"))
-            })?
+            decode_yaml(text)?
         }
         "application/vnd.kubernetes.protobuf" => {
             use crate::api::protobuf::{ProtoError, decode_object};
@@ -282,6 +280,21 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<(Value, String)> {
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     Ok((value, ct))
+}
+
+/// A YAML body as JSON, with what it may expand to bounded by its size:
+/// aliases may not make it more than about twice as many nodes, or twice
+/// as many scalar bytes, as its text holds (a "billion laughs" document is
+/// refused before it is built, not after).
+fn decode_yaml(text: &str) -> ApiResult<Value> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 1000 + text.len() / 2;
+    budget.max_total_scalar_bytes = 4096 + text.len() * 2;
+    budget.max_recorded_anchor_bytes = 4096 + text.len() * 2;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    serde_saphyr::from_str_with_options::<Value>(text, options)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body as YAML: {e}")))
 }
 
 fn write_options(
@@ -421,12 +434,47 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         return resp;
     }
     let (parts, body) = req.into_parts();
+    // A declared length over the limit is refused before a byte is read
+    // (a client that waits for 100-continue never sends the body).
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let mut r = error_response(&ApiError::too_large(format!(
+            "the request body exceeds {MAX_BODY} bytes"
+        )));
+        if parts.version < http::Version::HTTP_2 {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else {
+            // HTTP/2 clients send without waiting; a stream reset before
+            // they finish loses them the answer. Discard what they send
+            // (nothing is kept), for a while, so they read it.
+            tokio::spawn(async move {
+                let mut body = body.into_data_stream();
+                let deadline = tokio::time::sleep(Duration::from_secs(30));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        chunk = body.next() => if !matches!(chunk, Some(Ok(_))) { break },
+                        _ = &mut deadline => break,
+                    }
+                }
+            });
+        }
+        return r;
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return error_response(&ApiError::too_large(format!(
+            let mut r = error_response(&ApiError::too_large(format!(
                 "the request body exceeds {MAX_BODY} bytes"
             )));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     let result = match super::proxy::parse(uri.path()) {
@@ -1133,6 +1181,27 @@ fn rv_of(o: &Value) -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn yaml_bodies_may_not_expand_past_their_size() {
+        let doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: &l {x: z}}\ndata: {k: v}\nextra: *l\n";
+        let v = decode_yaml(doc).unwrap();
+        assert_eq!(v["extra"]["x"], "z", "a small alias is fine");
+        let mut bomb = String::from("a0: &a0 [x,x,x,x,x,x,x,x,x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(",");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let e = decode_yaml(&bomb).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("budget"), "{}", e.message);
+        // A large plain document is still read whole.
+        let big: String = (0..20_000).map(|i| format!("k{i}: v{i}\n")).collect();
+        assert_eq!(
+            decode_yaml(&big).unwrap().as_object().unwrap().len(),
+            20_000
+        );
+    }
 
     #[test]
     fn streaming_subresources_are_told_apart() {
