@@ -2,7 +2,7 @@
 //! out (`keelson agent` and `keelson up` build the config from their flags).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -57,6 +57,12 @@ pub struct AgentConfig {
     pub pod_log_dir: PathBuf,
     /// Registries reached over plain HTTP (host or host:port; loopback always is).
     pub insecure_registries: Vec<String>,
+}
+
+/// The image store's directory under the agent's root dir (`keelson
+/// images` finds it the same way).
+pub fn image_store_dir(root_dir: &Path) -> PathBuf {
+    root_dir.join("images")
 }
 
 impl Default for AgentConfig {
@@ -359,7 +365,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     let env = Arc::new(env);
     tasks.push(tokio::spawn(crate::imports::watch(
         env.images.clone(),
-        args.root_dir.join(crate::imports::IMPORT_DIR),
+        crate::imports::import_dir(&args.root_dir),
         events.clone(),
     )));
     let manager =

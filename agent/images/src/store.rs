@@ -399,6 +399,18 @@ impl ImageStore {
         out
     }
 
+    /// The size and free space of the filesystem the store is on (statvfs
+    /// of its root: the kubelet's image filesystem).
+    pub fn disk_usage(&self) -> Result<crate::gc::DiskUsage, ImageError> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| io_err("statvfs", &self.root)(e.into()))?;
+        let frsize = st.fragment_size();
+        Ok(crate::gc::DiskUsage {
+            capacity: st.blocks() * frsize,
+            available: st.blocks_available() * frsize,
+        })
+    }
+
     /// The config digest and layer digests (lowest first) of the image
     /// `top` resolves to, from local blobs only.
     fn resolve_local(&self, top: &Digest) -> Option<(Digest, Vec<Digest>)> {
@@ -422,26 +434,43 @@ impl ImageStore {
     /// running or stopped but not yet removed.
     pub fn users(&self, reference: &str) -> Result<Vec<PathBuf>, ImageError> {
         let r = parse(reference)?;
-        let Some(top) = self
-            .index()
-            .images
-            .get(&r.to_string())
-            .and_then(|e| Digest::parse(&e.digest).ok())
-        else {
-            return Ok(Vec::new());
-        };
-        let want: HashSet<PathBuf> = self
-            .resolve_local(&top)
-            .map(|(_, layers)| layers.iter().map(|d| self.layer_path(d)).collect())
-            .unwrap_or_default();
-        if want.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.all_users()?.remove(&r.to_string()).unwrap_or_default())
+    }
+
+    /// [`ImageStore::users`] of every indexed image that has any, by
+    /// canonical reference (one read of mountinfo).
+    pub fn all_users(&self) -> Result<BTreeMap<String, Vec<PathBuf>>, ImageError> {
+        let mounts = crate::mount::current_overlay_mounts()?;
+        let mut out = BTreeMap::new();
+        if mounts.is_empty() {
+            return Ok(out);
         }
-        Ok(crate::mount::current_overlay_mounts()?
-            .into_iter()
-            .filter(|m| m.lower_dirs.iter().cloned().collect::<HashSet<_>>() == want)
-            .map(|m| m.mount_point)
-            .collect())
+        let mounted: Vec<(HashSet<&PathBuf>, &PathBuf)> = mounts
+            .iter()
+            .map(|m| (m.lower_dirs.iter().collect(), &m.mount_point))
+            .collect();
+        for (reference, e) in self.index().images {
+            let Some((_, layers)) = Digest::parse(&e.digest)
+                .ok()
+                .and_then(|top| self.resolve_local(&top))
+            else {
+                continue;
+            };
+            if layers.is_empty() {
+                continue;
+            }
+            let want: Vec<PathBuf> = layers.iter().map(|d| self.layer_path(d)).collect();
+            let want: HashSet<&PathBuf> = want.iter().collect();
+            let users: Vec<PathBuf> = mounted
+                .iter()
+                .filter(|(lower, _)| *lower == want)
+                .map(|(_, mp)| (*mp).clone())
+                .collect();
+            if !users.is_empty() {
+                out.insert(reference, users);
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets `reference` (its content stays until [`ImageStore::gc`]).

@@ -196,7 +196,7 @@ impl Host {
     pub fn new(cfg: HostConfig) -> anyhow::Result<Self> {
         use anyhow::Context;
         let images = ImageStore::open(
-            &cfg.root_dir.join("images"),
+            &crate::agent::image_store_dir(&cfg.root_dir),
             cfg.insecure_registries.clone(),
         )
         .with_context(|| format!("open image store in {}", cfg.root_dir.display()))?;
