@@ -3,18 +3,21 @@
 //! layer) imported by `keelson images import` while the agent runs shows
 //! in `keelson images ls`, runs a pod whose registry does not exist, is
 //! refused by `keelson images rm` while the pod runs and removed after; the
-//! agent's drop box takes a docker archive too.
+//! agent's drop box takes a docker archive too; and image garbage
+//! collection by disk usage removes unused images and keeps those pods use,
+//! with the kubelet's Node Events.
 //!
 //! Needs root, runc and the CNI plugins (skips, or fails under
 //! KEELSON_REQUIRE_ALL=1, otherwise). No network: the pods' registries are
 //! `keelson.invalid` and `127.0.0.1:1`, and nothing is pulled.
 
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use keelson_e2e::agent::{AgentProcess, can_run};
-use keelson_e2e::docker_archive::{Layer, SavedImage};
+use keelson_e2e::docker_archive::{Layer, SavedImage, save};
 use keelson_e2e::{ServerProcess, keelson_bin};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
@@ -251,4 +254,105 @@ async fn a_docker_save_archive_imported_by_the_cli_runs_a_pod() {
         msgs[0].contains("keelson.invalid/e2e/dropped:v2"),
         "{msgs:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_gc_removes_unused_images_and_keeps_those_pods_use() {
+    if !can_run("images-gc") {
+        return;
+    }
+    let Some(layer) = busybox_layer() else {
+        return;
+    };
+    let server = ServerProcess::start(None);
+    let client = server.client().await;
+    // Any usage is above 1 %, and 0 % is out of reach: every pass collects
+    // what it may and says it could not free enough.
+    let agent = AgentProcess::start(
+        &server,
+        "images-gc",
+        &[
+            "--image-gc-high-threshold",
+            "1",
+            "--image-gc-low-threshold",
+            "0",
+            "--image-minimum-gc-age",
+            "0s",
+            "--image-gc-period",
+            "1s",
+        ],
+    );
+    const USED: &str = "127.0.0.1:1/e2e/used:v1";
+    const IDLE: &str = "127.0.0.1:1/e2e/idle:v1";
+    // The pod first: from then on its image is in use, even before it is
+    // on the node.
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api.create(
+        &PostParams::default(),
+        &pod("gc-user", &agent.node_name, USED, "Never"),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("two.tar");
+    save(vec![
+        SavedImage::new(&[USED], vec![layer]),
+        SavedImage::new(
+            &[IDLE],
+            vec![Layer::new().dir("etc").file("etc/idle", b"idle\n", 0o644)],
+        ),
+    ])
+    .write_tar(&archive, false)
+    .unwrap();
+    ok(
+        &images(&agent, &["import", archive.to_str().unwrap()]),
+        "keelson images import",
+    );
+    let host = |r: &str| r.rsplit_once(':').unwrap().0.to_string();
+    wait_for(
+        "the idle image collected",
+        Duration::from_secs(30),
+        &agent,
+        async || (listed(&agent) == [(host(USED), "v1".to_string())]).then_some(()),
+    )
+    .await;
+    let collected = node_events(&client, &agent.node_name, "ImageGarbageCollected").await;
+    assert!(collected.iter().any(|m| m.contains(IDLE)), "{collected:?}");
+    assert!(collected.iter().all(|m| !m.contains(USED)), "{collected:?}");
+    let failed = wait_for(
+        "a FreeDiskSpaceFailed Event",
+        Duration::from_secs(10),
+        &agent,
+        async || {
+            Some(node_events(&client, &agent.node_name, "FreeDiskSpaceFailed").await)
+                .filter(|m| !m.is_empty())
+        },
+    )
+    .await;
+    assert!(
+        failed[0].starts_with("Failed to garbage collect required amount of images."),
+        "{failed:?}"
+    );
+    // The pod gets its image on its next attempt (after the back-off) and
+    // runs; collection passes meanwhile leave the image alone.
+    wait_running(&api, "gc-user", &agent).await;
+    assert_eq!(listed(&agent), [(host(USED), "v1".to_string())]);
+    // Its pod gone, the image is unused and goes too, layers and all.
+    delete_and_wait(&api, "gc-user", &agent).await;
+    wait_for(
+        "the used image collected once its pod is gone",
+        Duration::from_secs(30),
+        &agent,
+        async || listed(&agent).is_empty().then_some(()),
+    )
+    .await;
+    let layers = agent.root_dir.join("images/layers/sha256");
+    wait_for(
+        "its layers removed",
+        Duration::from_secs(10),
+        &agent,
+        async || (std::fs::read_dir(&layers).unwrap().count() == 0).then_some(()),
+    )
+    .await;
+    assert!(Path::new(&agent.root_dir).is_dir());
 }
