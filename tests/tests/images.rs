@@ -187,6 +187,33 @@ async fn a_docker_save_archive_imported_by_the_cli_runs_a_pod() {
     .await
     .unwrap();
     let p = wait_running(&api, "from-archive", &agent).await;
+    // The kubelet's Event for an image the node has: no Pulling.
+    let evs = wait_for(
+        "a Pulled Event",
+        Duration::from_secs(10),
+        &agent,
+        async || {
+            let evs: Vec<(String, String)> = Api::<Event>::namespaced(client.clone(), "default")
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some("from-archive"))
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect();
+            evs.iter().any(|(r, _)| r == "Pulled").then_some(evs)
+        },
+    )
+    .await;
+    assert!(
+        evs.contains(&(
+            "Pulled".to_string(),
+            format!("Container image \"{IMAGE}\" already present on machine")
+        )),
+        "{evs:?}"
+    );
+    assert!(!evs.iter().any(|(r, _)| r == "Pulling"), "{evs:?}");
     let status = &p.status.unwrap().container_statuses.unwrap()[0];
     assert!(
         status

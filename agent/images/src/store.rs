@@ -116,6 +116,13 @@ fn disk_usage(dir: &Path) -> u64 {
     total
 }
 
+impl crate::PulledImage {
+    /// Bytes on disk of its unpacked layers (walks them: blocking I/O).
+    pub fn size_on_disk(&self) -> u64 {
+        self.layers.iter().map(|l| disk_usage(l)).sum()
+    }
+}
+
 /// Why an operation waits for another process (see [`ImageStore`]'s
 /// locking).
 const STORE_LOCK: &str = "store.lock";
