@@ -96,22 +96,35 @@ impl ImageGc {
         let now = SystemTime::now();
         let pods = self.pods.state();
         let mut in_use = pod_images(pods.iter().map(|p| p.as_ref()));
-        let store = self.store.clone();
-        let (usage, images, mounted) = tokio::task::spawn_blocking(move || {
-            let usage = store.disk_usage().map_err(|e| e.to_string())?;
-            let images = store.images();
-            let mounted = store.all_users().map_err(|e| e.to_string())?;
-            Ok::<_, String>((usage, images, mounted))
-        })
-        .await
-        .map_err(|e| format!("image GC task: {e}"))??;
-        in_use.extend(mounted.into_keys());
         for r in &in_use {
             self.last_used.insert(r.clone(), now);
         }
-        let present: BTreeSet<&str> = images.iter().map(|i| i.reference.as_str()).collect();
-        self.last_used.retain(|r, _| present.contains(r.as_str()));
-        self.first_seen.retain(|r, _| present.contains(r.as_str()));
+        // Cheap bookkeeping every pass (the index only) ...
+        let present: BTreeSet<String> = self.store.list().into_iter().collect();
+        self.last_used.retain(|r, _| present.contains(r));
+        self.first_seen.retain(|r, _| present.contains(r));
+        for r in &present {
+            self.first_seen.entry(r.clone()).or_insert(now);
+        }
+        // ... and the walk of the layers only when over the threshold.
+        let usage = self.store.disk_usage().map_err(|e| e.to_string())?;
+        if !self.policy.enabled()
+            || usage.used_percent() < u64::from(self.policy.high_threshold_percent)
+        {
+            return Ok(None);
+        }
+        let store = self.store.clone();
+        let (images, mounted) = tokio::task::spawn_blocking(move || {
+            let images = store.images();
+            let mounted = store.all_users().map_err(|e| e.to_string())?;
+            Ok::<_, String>((images, mounted))
+        })
+        .await
+        .map_err(|e| format!("image GC task: {e}"))??;
+        for r in mounted.into_keys() {
+            self.last_used.insert(r.clone(), now);
+            in_use.insert(r);
+        }
         let candidates: Vec<Candidate> = images
             .iter()
             .map(|i| {
