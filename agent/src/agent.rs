@@ -2,8 +2,9 @@
 //! out (`keelson agent` and `keelson up` build the config from their flags).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -57,6 +58,19 @@ pub struct AgentConfig {
     pub pod_log_dir: PathBuf,
     /// Registries reached over plain HTTP (host or host:port; loopback always is).
     pub insecure_registries: Vec<String>,
+    /// Image garbage collection by disk usage of the image filesystem (the
+    /// kubelet's --image-gc-high-threshold, --image-gc-low-threshold and
+    /// --image-minimum-gc-age). A high threshold of 100 disables it.
+    pub image_gc: keelson_images::gc::GcPolicy,
+    /// How often image garbage collection looks at disk usage (the
+    /// kubelet's fixed 5 minutes).
+    pub image_gc_period: Duration,
+}
+
+/// The image store's directory under the agent's root dir (`keelson
+/// images` finds it the same way).
+pub fn image_store_dir(root_dir: &Path) -> PathBuf {
+    root_dir.join("images")
 }
 
 impl Default for AgentConfig {
@@ -84,6 +98,12 @@ impl Default for AgentConfig {
             run_dir: PathBuf::from("/run/keelson"),
             pod_log_dir: PathBuf::from("/var/log/pods"),
             insecure_registries: Vec::new(),
+            image_gc: keelson_images::gc::GcPolicy {
+                high_threshold_percent: 85,
+                low_threshold_percent: 80,
+                minimum_age: Duration::from_secs(120),
+            },
+            image_gc_period: Duration::from_secs(300),
         }
     }
 }
@@ -244,6 +264,9 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     if args.node_name.is_empty() {
         bail!("--node-name must not be empty");
     }
+    args.image_gc
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--image-gc-*-threshold: {e}"))?;
     for d in [&args.root_dir, &args.run_dir, &args.pod_log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
@@ -359,13 +382,18 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     let env = Arc::new(env);
     tasks.push(tokio::spawn(crate::imports::watch(
         env.images.clone(),
-        args.root_dir.join(crate::imports::IMPORT_DIR),
+        crate::imports::import_dir(&args.root_dir),
         events.clone(),
     )));
     let manager =
         crate::pods::Manager::start(&informers, env.clone(), events.clone(), health.clone())
             .await
             .context("start pod manager")?;
+    tasks.push(tokio::spawn(crate::image_gc::run(
+        crate::image_gc::ImageGc::new(env.images.clone(), manager.store(), args.image_gc),
+        args.image_gc_period,
+        events.clone(),
+    )));
 
     tasks.push(
         crate::node_api::serve(crate::node_api::NodeApiConfig {

@@ -1,10 +1,11 @@
 //! Image archives for nodes without a registry, as k3s's agent takes them:
-//! an OCI layout (a directory, or a tar archive of one) put in
+//! an OCI layout or a `docker save` archive (a directory, or a tar of one,
+//! gzip-compressed or not; keelson-images tells them apart) put in
 //! `<root-dir>/images/import/` is imported into the node's image store at
 //! start and whenever a new or changed one appears (checked every
 //! [`POLL`]). Pods then run it with `imagePullPolicy: IfNotPresent` (the
 //! default for a tag other than `latest`). Each import, good or bad, is a
-//! Node Event.
+//! Node Event. `keelson images import` imports the same archives by hand.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,10 @@ use keelson_images::ImageStore;
 
 use crate::events::{EventType, Recorder};
 
-/// Where archives are dropped, under the agent's root dir.
-pub const IMPORT_DIR: &str = "images/import";
+/// Where archives are dropped: `import/` in the image store's directory.
+pub fn import_dir(root_dir: &Path) -> PathBuf {
+    crate::agent::image_store_dir(root_dir).join("import")
+}
 /// How often the directory is looked at.
 pub const POLL: Duration = Duration::from_secs(2);
 
@@ -26,7 +29,9 @@ type Stamp = (u64, Option<SystemTime>);
 fn stamp(p: &Path) -> Option<Stamp> {
     let md = std::fs::metadata(p).ok()?;
     let (len, modified) = if md.is_dir() {
-        let idx = std::fs::metadata(p.join("index.json")).ok()?;
+        let idx = std::fs::metadata(p.join("index.json"))
+            .or_else(|_| std::fs::metadata(p.join(keelson_images::docker::MANIFEST)))
+            .ok()?;
         (idx.len(), idx.modified().ok())
     } else {
         (md.len(), md.modified().ok())
@@ -34,7 +39,8 @@ fn stamp(p: &Path) -> Option<Stamp> {
     Some((len, modified))
 }
 
-/// The entries of `dir` that look like archives or layouts, by name.
+/// The entries of `dir` that look like image archives or layouts
+/// ([`keelson_images::archive::looks_importable`]).
 fn candidates(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -42,11 +48,7 @@ fn candidates(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            !name.is_some_and(|n| n.starts_with('.'))
-                && (p.join("index.json").is_file() || p.extension().is_some_and(|e| e == "tar"))
-        })
+        .filter(|p| keelson_images::archive::looks_importable(p))
         .collect();
     out.sort();
     out

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod events;
 pub mod health;
+pub mod image_gc;
 pub mod imports;
 pub mod network;
 pub mod node;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use keelson_agent::agent::AgentConfig;
 use keelson_proxy::ProxyMode;
 
+use crate::proxy::Dur;
+
 fn d() -> AgentConfig {
     AgentConfig::default()
 }
@@ -118,6 +120,25 @@ pub struct AgentArgs {
     /// Registries reached over plain HTTP (host or host:port; loopback always is).
     #[arg(long, value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
+    /// Percent of the image filesystem (the one holding <root-dir>/images)
+    /// in use at or above which unused images are removed, least recently
+    /// used first; 100 disables image garbage collection.
+    #[arg(long, value_name = "PERCENT", default_value_t = d().image_gc.high_threshold_percent,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Percent image garbage collection brings usage down to (below the
+    /// high threshold).
+    #[arg(long, value_name = "PERCENT", default_value_t = d().image_gc.low_threshold_percent,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+    /// Images the node has had for less than this are never garbage
+    /// collected (500ms, 30s, 2m, 1h).
+    #[arg(long, value_name = "DURATION", default_value_t = Dur(d().image_gc.minimum_age))]
+    pub image_minimum_gc_age: Dur,
+    /// How often image garbage collection looks at disk usage (the
+    /// kubelet's is fixed at 5m).
+    #[arg(long, value_name = "DURATION", default_value_t = Dur(d().image_gc_period), hide = true)]
+    pub image_gc_period: Dur,
 }
 
 impl AgentArgs {
@@ -155,6 +176,12 @@ impl AgentArgs {
             run_dir: self.run_dir,
             pod_log_dir: self.pod_log_dir,
             insecure_registries: self.insecure_registry,
+            image_gc: keelson_images::gc::GcPolicy {
+                high_threshold_percent: self.image_gc_high_threshold,
+                low_threshold_percent: self.image_gc_low_threshold,
+                minimum_age: self.image_minimum_gc_age.0,
+            },
+            image_gc_period: self.image_gc_period.0,
         }
     }
 }
@@ -194,6 +221,8 @@ mod tests {
         assert_eq!(c.proxy.mode, ProxyMode::None);
         assert_eq!(c.proxy.ebpf.pin_dir, d.proxy.ebpf.pin_dir);
         assert_eq!(c.proxy.nft.service_cidr, Some(default_service_cidr()));
+        assert_eq!(c.image_gc, d.image_gc);
+        assert_eq!(c.image_gc_period, d.image_gc_period);
         let c = Wrap::parse_from([
             "x",
             "--kubeconfig",
@@ -215,5 +244,35 @@ mod tests {
             Some("10.244.0.0/16".parse().unwrap())
         );
         assert_eq!(c.proxy.nft.nodeport_addresses.len(), 2);
+        let c = Wrap::parse_from([
+            "x",
+            "--kubeconfig",
+            "k",
+            "--node-name",
+            "n",
+            "--image-gc-high-threshold",
+            "90",
+            "--image-gc-low-threshold",
+            "70",
+            "--image-minimum-gc-age",
+            "30s",
+        ])
+        .a
+        .config();
+        assert_eq!(c.image_gc.high_threshold_percent, 90);
+        assert_eq!(c.image_gc.low_threshold_percent, 70);
+        assert_eq!(c.image_gc.minimum_age, std::time::Duration::from_secs(30));
+        assert!(
+            Wrap::try_parse_from([
+                "x",
+                "--kubeconfig",
+                "k",
+                "--node-name",
+                "n",
+                "--image-gc-high-threshold",
+                "101"
+            ])
+            .is_err()
+        );
     }
 }

@@ -8,6 +8,7 @@
 mod agent;
 mod bench;
 mod down;
+mod images;
 mod install;
 mod proxy;
 mod server;
@@ -48,6 +49,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Run only the Service load balancer (what kube-proxy does).
     Proxy(proxy::ProxyArgs),
+    /// The node's image store: `import` archives (`docker save`, OCI),
+    /// `ls`, `rm`. Safe while the agent runs.
+    Images(images::ImagesArgs),
     /// Benchmarks: `keelson bench services` (Service routing through each
     /// dataplane side by side), `keelson bench compare OLD NEW`.
     Bench(bench::BenchArgs),
@@ -102,6 +106,7 @@ fn main() {
         Command::Install(args) => install::run(args),
         Command::Agent(args) => tokio_main(agent::run(*args)),
         Command::Proxy(args) => tokio_main(proxy::run(args)),
+        Command::Images(args) => tokio_main(images::run(args)),
         Command::Bench(args) => bench::run(args),
         // No tokio runtime here: the shim forks and execs.
         Command::Shim(args) => keelson_runtime::shim::main(args),

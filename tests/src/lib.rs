@@ -11,7 +11,8 @@
 //!   ([`wait_for`]);
 //! - launchers that clean up even when a test fails: [`EtcdProcess`],
 //!   [`ServerProcess`], [`agent::AgentProcess`], [`multinode::Cluster`],
-//!   [`registry::Registry`].
+//!   [`registry::Registry`];
+//! - `docker save` archives made in the test ([`docker_archive`]).
 //!
 //! Nothing here is compiled into a product binary.
 
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod bin;
+pub mod docker_archive;
 pub mod etcd;
 pub mod fake;
 pub mod multinode;

@@ -98,6 +98,33 @@ async fn wait_pod(
     );
 }
 
+/// (reason, message) of the Events about pod `name`, oldest first.
+async fn pod_events(e: &Env, name: &str) -> Vec<(String, String)> {
+    // Events are posted fire and forget: give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut evs: Vec<k8s_openapi::api::core::v1::Event> =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(e.client.clone(), "default")
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ev| {
+                ev.involved_object.kind.as_deref() == Some("Pod")
+                    && ev.involved_object.name.as_deref() == Some(name)
+            })
+            .collect();
+    evs.sort_by_key(|ev| ev.event_time.as_ref().map(|t| t.0));
+    evs.into_iter()
+        .map(|ev| {
+            (
+                ev.reason.unwrap_or_default(),
+                ev.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 fn running(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         && p.status
@@ -1084,6 +1111,31 @@ async fn missing_image_reports_err_image_pull_and_others_run() {
     assert!(w.message.unwrap_or_default().contains("does-not-exist"));
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
     wait_pod(&e, "good", "Running", Duration::from_secs(60), running).await;
+    // The pull, in the kubelet's Events.
+    let events = pod_events(&e, "good").await;
+    assert!(
+        events.contains(&("Pulling".to_string(), format!("Pulling image \"{good}\""))),
+        "{events:?}"
+    );
+    let pulled: Vec<&String> = events
+        .iter()
+        .filter(|(r, _)| r == "Pulled")
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(pulled.len(), 1, "{events:?}");
+    let prefix = format!("Successfully pulled image \"{good}\" in ");
+    assert!(pulled[0].starts_with(&prefix), "{pulled:?}");
+    assert!(
+        pulled[0].contains(" including waiting). Image size: "),
+        "{pulled:?}"
+    );
+    let size: u64 = pulled[0]
+        .rsplit("Image size: ")
+        .next()
+        .and_then(|s| s.strip_suffix(" bytes."))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(size > 1_000_000, "busybox is about 2 MB: {pulled:?}");
     // The image store's typed errors reach the status as the kubelet's
     // reasons: a reference that does not parse, and Never with no image.
     let waiting_reason = |p: &Pod| {

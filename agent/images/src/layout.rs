@@ -1,6 +1,7 @@
 //! Images from an OCI image layout (a directory, or a tar archive of one:
-//! what `skopeo copy oci-archive:`, `nerdctl save` and `ctr export` write),
-//! for nodes without a registry. The layout is a [`Remote`]: the store
+//! what `skopeo copy oci-archive:`, `nerdctl save` and `ctr export` write;
+//! `archive.rs` tells it from a `docker save` archive), for nodes without
+//! a registry. The layout is a [`Remote`]: the store
 //! imports from it exactly as it pulls, digests verified.
 //!
 //! An image's name comes from its index entry's annotations:
@@ -106,13 +107,18 @@ impl Remote for OciLayout {
     }
 
     async fn blob(&self, _r: &ImageRef, desc: &Descriptor) -> Result<BlobStream, RemoteError> {
-        let file = tokio::fs::File::open(self.blob_path(&desc.digest))
-            .await
-            .map_err(|e| RemoteError::NotFound(format!("blob {}: {e}", desc.digest)))?;
-        let stream = tokio_util_like::ReaderStream::new(file)
-            .map(|r| r.map_err(|e| RemoteError::Other(e.to_string())));
-        Ok(stream.boxed())
+        file_blob(&self.blob_path(&desc.digest), &desc.digest).await
     }
+}
+
+/// The file `path` as the blob `digest` (the store verifies the bytes).
+pub(crate) async fn file_blob(path: &Path, digest: &Digest) -> Result<BlobStream, RemoteError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| RemoteError::NotFound(format!("blob {digest}: {e}")))?;
+    let stream = tokio_util_like::ReaderStream::new(file)
+        .map(|r| r.map_err(|e| RemoteError::Other(e.to_string())));
+    Ok(stream.boxed())
 }
 
 /// A minimal `AsyncRead` -> `Stream` of chunks (what tokio-util's
@@ -162,40 +168,6 @@ mod tokio_util_like {
             }
         }
     }
-}
-
-/// Unpacks the tar archive `archive` (an OCI layout) into `dest`, which
-/// must not exist; entries may not leave `dest`.
-pub fn unpack_archive(archive: &Path, dest: &Path) -> Result<(), String> {
-    let file =
-        std::fs::File::open(archive).map_err(|e| format!("open {}: {e}", archive.display()))?;
-    std::fs::create_dir(dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
-    let mut ar = tar::Archive::new(file);
-    for entry in ar
-        .entries()
-        .map_err(|e| format!("read {}: {e}", archive.display()))?
-    {
-        let mut entry = entry.map_err(|e| format!("read {}: {e}", archive.display()))?;
-        let ty = entry.header().entry_type();
-        if !(ty.is_file() || ty.is_dir()) {
-            continue; // a layout holds files and directories only
-        }
-        // unpack_in refuses paths that leave `dest` (.., absolute).
-        let ok = entry
-            .unpack_in(dest)
-            .map_err(|e| format!("unpack {}: {e}", archive.display()))?;
-        if !ok {
-            return Err(format!(
-                "{}: entry {:?} leaves the archive",
-                archive.display(),
-                entry
-                    .path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

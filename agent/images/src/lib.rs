@@ -5,8 +5,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod auth;
 pub mod digest;
+pub mod docker;
+pub mod gc;
 pub mod layout;
 pub mod manifest;
 pub mod mount;
@@ -44,6 +47,10 @@ pub enum ImageError {
     /// A manifest, media type or platform this crate does not handle.
     #[error("pull image {reference}: {detail}")]
     Unsupported { reference: String, detail: String },
+    /// An image archive (`import_path`) is not one this crate reads, or is
+    /// malformed; nothing of it was indexed.
+    #[error("import {path}: {detail}")]
+    Import { path: PathBuf, detail: String },
     /// A layer could not be unpacked (bad tar, path escaping the root, ...).
     #[error("pull image {reference}: unpack layer {layer}: {detail}")]
     Unpack {
@@ -60,6 +67,16 @@ pub enum ImageError {
         op: &'static str,
         path: PathBuf,
         error: std::io::Error,
+    },
+    /// Containers' root filesystems are made of the image (`remove_unused`).
+    #[error(
+        "image {reference} is in use by {} container(s) (root filesystem {}); stop them first, or force",
+        users.len(),
+        users.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    InUse {
+        reference: String,
+        users: Vec<PathBuf>,
     },
     /// A mount or unmount failed.
     #[error("{op} {path}: {detail}")]
@@ -130,4 +147,4 @@ pub struct PulledImage {
 
 pub use mount::{is_mounted, mount_rootfs, unmount_rootfs};
 pub use reference::ImageRef;
-pub use store::{GcStats, ImageStore, StoreStats};
+pub use store::{GcStats, ImageInfo, ImageStore, StoreStats};

@@ -89,6 +89,63 @@ pub fn mount_points(mountinfo: &str) -> Vec<String> {
         .collect()
 }
 
+/// An overlay mount seen in mountinfo: where it is and its lower dirs
+/// (topmost first, as mounted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMount {
+    /// The mount point.
+    pub mount_point: PathBuf,
+    /// `lowerdir`'s entries, unescaped.
+    pub lower_dirs: Vec<PathBuf>,
+}
+
+/// The overlay mounts of a /proc/PID/mountinfo text. Pure.
+pub fn overlay_mounts(mountinfo: &str) -> Vec<OverlayMount> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut t = tail.split(' ');
+        if t.next() != Some("overlay") {
+            continue;
+        }
+        let (Some(_source), Some(opts)) = (t.next(), t.next()) else {
+            continue;
+        };
+        let Some(mount_point) = head.split(' ').nth(4) else {
+            continue;
+        };
+        let mut lower_dirs = Vec::new();
+        for opt in opts.split(',') {
+            // `lowerdir=a:b` (mount(2)), `lowerdir+=a` (fsconfig, one each);
+            // `::` separates data-only layers.
+            let list = opt
+                .strip_prefix("lowerdir=")
+                .or_else(|| opt.strip_prefix("lowerdir+="));
+            if let Some(list) = list {
+                lower_dirs.extend(
+                    list.split(':')
+                        .filter(|d| !d.is_empty())
+                        .map(|d| PathBuf::from(unescape(d))),
+                );
+            }
+        }
+        out.push(OverlayMount {
+            mount_point: PathBuf::from(unescape(mount_point)),
+            lower_dirs,
+        });
+    }
+    out
+}
+
+/// The overlay mounts in this process's mount namespace.
+pub fn current_overlay_mounts() -> Result<Vec<OverlayMount>, ImageError> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
+    Ok(overlay_mounts(&info))
+}
+
 /// True if `path` is a mount point in this process's mount namespace.
 pub fn is_mounted(path: &Path) -> Result<bool, ImageError> {
     let info = fs::read_to_string("/proc/self/mountinfo")
@@ -254,5 +311,21 @@ mod tests {
         );
         assert_eq!(unescape("a\\134b"), "a\\b");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn finds_overlay_lower_dirs() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:50 / /var/lib/k/c1/rootfs rw,relatime - overlay overlay rw,lowerdir=/s/l/b:/s/l/a,upperdir=/c/u,workdir=/c/w,uuid=on
+91 22 0:51 / /tmp/with\\040space/rootfs rw - overlay overlay rw,lowerdir+=/s/l/c,lowerdir+=/s/l/d,upperdir=/u,workdir=/w
+92 22 0:52 / /x rw - tmpfs tmpfs rw,lowerdir=/not/overlay
+";
+        let m = overlay_mounts(info);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mount_point, Path::new("/var/lib/k/c1/rootfs"));
+        assert_eq!(m[0].lower_dirs, [Path::new("/s/l/b"), Path::new("/s/l/a")]);
+        assert_eq!(m[1].mount_point, Path::new("/tmp/with space/rootfs"));
+        assert_eq!(m[1].lower_dirs, [Path::new("/s/l/c"), Path::new("/s/l/d")]);
     }
 }

@@ -61,6 +61,119 @@ struct IndexFile {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 struct IndexEntry {
     digest: String,
+    /// When this digest was indexed under this reference (Unix seconds);
+    /// absent in entries older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+}
+
+/// An indexed image, as `keelson images ls` and image garbage collection
+/// see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The canonical reference.
+    pub reference: String,
+    /// What the reference resolved to: the manifest (or index) digest.
+    pub digest: String,
+    /// The config digest (None if the image is not complete).
+    pub image_id: Option<String>,
+    /// Its unpacked layers, lowest first: digest hex and bytes on disk.
+    pub layers: Vec<(String, u64)>,
+    /// When it was indexed (None for entries from before that was kept).
+    pub created: Option<std::time::SystemTime>,
+}
+
+impl ImageInfo {
+    /// Bytes on disk of its unpacked layers (layers it shares with other
+    /// images count for each, as `crictl images` counts them).
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Bytes on disk under `dir` (blocks allocated, links not followed, each
+/// hard-linked inode once).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+impl crate::PulledImage {
+    /// Bytes on disk of its unpacked layers (walks them: blocking I/O).
+    pub fn size_on_disk(&self) -> u64 {
+        self.layers.iter().map(|l| disk_usage(l)).sum()
+    }
+}
+
+/// Why an operation waits for another process (see [`ImageStore`]'s
+/// locking).
+const STORE_LOCK: &str = "store.lock";
+const INDEX_LOCK: &str = "index.lock";
+
+/// Takes `flock(kind)` on `path` without blocking a thread: tries, then
+/// sleeps and tries again while another process holds it.
+async fn flock_async(
+    path: &Path,
+    exclusive: bool,
+) -> Result<nix::fcntl::Flock<fs::File>, ImageError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let mut file = open_lock_file(path)?;
+    let arg = if exclusive {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockSharedNonblock
+    };
+    let mut wait = std::time::Duration::from_millis(5);
+    let mut logged = false;
+    loop {
+        match Flock::lock(file, arg) {
+            Ok(l) => return Ok(l),
+            Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                if !logged {
+                    tracing::info!(lock = %path.display(), "waiting for another process using the image store");
+                    logged = true;
+                }
+                file = f;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err((_, e)) => return Err(io_err("lock", path)(e.into())),
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<fs::File, ImageError> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))
+}
+
+/// What holds the store for an operation: the in-process lock and the
+/// cross-process file lock, released together.
+struct Held<G> {
+    _file: nix::fcntl::Flock<fs::File>,
+    _guard: G,
 }
 
 /// Named async locks, created on demand and dropped when unused.
@@ -118,11 +231,21 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Ima
 }
 
 /// The content store under a root directory.
+///
+/// Several processes may use one store (the agent, and `keelson images`
+/// beside it): `index.json` is read from disk at each lookup and updated
+/// read-modify-write under `index.lock` (flock, exclusive); pulls and
+/// imports hold `store.lock` shared and `gc`/`remove` exclusively, so no
+/// process collects what another has written but not yet indexed. Within
+/// a process an async lock does the same, so a waiting `gc` parks a task,
+/// not a thread.
 #[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
     remote: Arc<dyn Remote>,
-    index: Mutex<IndexFile>,
+    /// Serialises this process's index updates (the file lock serialises
+    /// processes).
+    index_lock: Mutex<()>,
     locks: KeyedLocks,
     /// Pulls hold it shared; `gc` and `remove` exclusively, so that nothing a
     /// pull has written but not yet indexed is collected.
@@ -146,19 +269,14 @@ impl ImageStore {
         }
         let root = fs::canonicalize(root).map_err(io_err("resolve", root))?;
         clean_stale_tmp(&root.join("tmp"))?;
-        let index_path = root.join("index.json");
-        let index = match fs::read(&index_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt {
-                path: index_path.clone(),
-                detail: e.to_string(),
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => IndexFile::default(),
-            Err(e) => return Err(io_err("read", &index_path)(e)),
-        };
+        for l in [STORE_LOCK, INDEX_LOCK] {
+            open_lock_file(&root.join(l))?;
+        }
+        read_index(&root)?;
         Ok(Self {
             root,
             remote,
-            index: Mutex::new(index),
+            index_lock: Mutex::new(()),
             locks: KeyedLocks::default(),
             gc_lock: tokio::sync::RwLock::new(()),
             counters: Counters::default(),
@@ -250,28 +368,161 @@ impl ImageStore {
 
     /// The canonical references in the index.
     pub fn list(&self) -> Vec<String> {
-        self.lock_index().images.keys().cloned().collect()
+        self.index().images.keys().cloned().collect()
+    }
+
+    /// The indexed images with their layers and sizes on disk (walks the
+    /// layer directories: blocking I/O).
+    pub fn images(&self) -> Vec<ImageInfo> {
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        let mut out = Vec::new();
+        for (reference, e) in self.index().images {
+            let (image_id, layers) = Digest::parse(&e.digest)
+                .ok()
+                .and_then(|top| self.resolve_local(&top))
+                .map(|(cfg, ls)| (Some(cfg.to_string()), ls))
+                .unwrap_or((None, Vec::new()));
+            let layers = layers
+                .into_iter()
+                .filter(|d| self.layer_path(d).is_dir())
+                .map(|d| {
+                    let hex = d.hex().to_string();
+                    let n = *sizes
+                        .entry(hex.clone())
+                        .or_insert_with(|| disk_usage(&self.layer_path(&d)));
+                    (hex, n)
+                })
+                .collect();
+            out.push(ImageInfo {
+                reference,
+                digest: e.digest,
+                image_id,
+                layers,
+                created: e
+                    .created
+                    .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
+            });
+        }
+        out
+    }
+
+    /// The size and free space of the filesystem the store is on (statvfs
+    /// of its root: the kubelet's image filesystem).
+    pub fn disk_usage(&self) -> Result<crate::gc::DiskUsage, ImageError> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| io_err("statvfs", &self.root)(e.into()))?;
+        let frsize = st.fragment_size();
+        Ok(crate::gc::DiskUsage {
+            capacity: st.blocks() * frsize,
+            available: st.blocks_available() * frsize,
+        })
+    }
+
+    /// The config digest and layer digests (lowest first) of the image
+    /// `top` resolves to, from local blobs only.
+    fn resolve_local(&self, top: &Digest) -> Option<(Digest, Vec<Digest>)> {
+        let bytes = self.read_blob(top).ok()??;
+        let mut m = Manifest::parse(&bytes).ok()?;
+        if let Manifest::Index { manifests } = &m {
+            let d = manifest::select_platform(manifests, "linux", manifest::host_arch())?;
+            m = Manifest::parse(&self.read_blob(&d.digest).ok()??).ok()?;
+        }
+        match m {
+            Manifest::Image { config, layers } => Some((
+                config.digest,
+                layers.into_iter().map(|l| l.digest).collect(),
+            )),
+            Manifest::Index { .. } => None,
+        }
+    }
+
+    /// The root filesystems (overlay mount points, in this mount namespace)
+    /// made of exactly `reference`'s layers: the containers that use it,
+    /// running or stopped but not yet removed.
+    pub fn users(&self, reference: &str) -> Result<Vec<PathBuf>, ImageError> {
+        let r = parse(reference)?;
+        Ok(self.all_users()?.remove(&r.to_string()).unwrap_or_default())
+    }
+
+    /// [`ImageStore::users`] of every indexed image that has any, by
+    /// canonical reference (one read of mountinfo).
+    pub fn all_users(&self) -> Result<BTreeMap<String, Vec<PathBuf>>, ImageError> {
+        let mounts = crate::mount::current_overlay_mounts()?;
+        let mut out = BTreeMap::new();
+        if mounts.is_empty() {
+            return Ok(out);
+        }
+        let mounted: Vec<(HashSet<&PathBuf>, &PathBuf)> = mounts
+            .iter()
+            .map(|m| (m.lower_dirs.iter().collect(), &m.mount_point))
+            .collect();
+        for (reference, e) in self.index().images {
+            let Some((_, layers)) = Digest::parse(&e.digest)
+                .ok()
+                .and_then(|top| self.resolve_local(&top))
+            else {
+                continue;
+            };
+            if layers.is_empty() {
+                continue;
+            }
+            let want: Vec<PathBuf> = layers.iter().map(|d| self.layer_path(d)).collect();
+            let want: HashSet<&PathBuf> = want.iter().collect();
+            let users: Vec<PathBuf> = mounted
+                .iter()
+                .filter(|(lower, _)| *lower == want)
+                .map(|(_, mp)| (*mp).clone())
+                .collect();
+            if !users.is_empty() {
+                out.insert(reference, users);
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets `reference` (its content stays until [`ImageStore::gc`]).
     /// Returns whether it was there.
     pub async fn remove(&self, reference: &str) -> Result<bool, ImageError> {
         let r = parse(reference)?;
-        let _gc = self.gc_lock.write().await;
-        let mut index = self.lock_index();
-        let was = index.images.remove(&r.to_string()).is_some();
-        if was {
-            self.write_index(&index)?;
-        }
-        Ok(was)
+        let _held = self.exclusive().await?;
+        self.update_index(|index| index.images.remove(&r.to_string()).is_some())
     }
 
-    /// Removes blobs and layers no indexed image refers to. The caller makes
-    /// sure no container still uses a removed image's layers.
+    /// [`ImageStore::remove`], refused with [`ImageError::InUse`] while a
+    /// container's root filesystem is made of the image
+    /// ([`ImageStore::users`]).
+    pub async fn remove_unused(&self, reference: &str) -> Result<bool, ImageError> {
+        let r = parse(reference)?;
+        let _held = self.exclusive().await?;
+        let users = self.users(reference)?;
+        if !users.is_empty() {
+            return Err(ImageError::InUse {
+                reference: r.to_string(),
+                users,
+            });
+        }
+        self.update_index(|index| index.images.remove(&r.to_string()).is_some())
+    }
+
+    /// Holds the store against other pulls, imports and collections (this
+    /// process's and other processes').
+    async fn exclusive(&self) -> Result<Held<tokio::sync::RwLockWriteGuard<'_, ()>>, ImageError> {
+        let guard = self.gc_lock.write().await;
+        let file = flock_async(&self.root.join(STORE_LOCK), true).await?;
+        Ok(Held {
+            _file: file,
+            _guard: guard,
+        })
+    }
+
+    /// Removes blobs and layers no indexed image refers to. Layers that a
+    /// mounted overlay (a container's root filesystem) has as a lower dir
+    /// are kept even then, so a forced `remove` never pulls a layer from
+    /// under a container.
     pub async fn gc(&self) -> Result<GcStats, ImageError> {
-        let _gc = self.gc_lock.write().await;
+        let _held = self.exclusive().await?;
         let tops: Vec<String> = self
-            .lock_index()
+            .index()
             .images
             .values()
             .map(|e| e.digest.clone())
@@ -283,6 +534,14 @@ impl ImageStore {
                 continue;
             };
             self.mark(&top, &mut keep_blobs, &mut keep_layers, 0);
+        }
+        let layers_dir = self.root.join("layers/sha256");
+        for m in crate::mount::current_overlay_mounts()? {
+            for l in m.lower_dirs {
+                if let Ok(hex) = l.strip_prefix(&layers_dir) {
+                    keep_layers.insert(hex.to_string_lossy().into_owned());
+                }
+            }
         }
         let mut stats = GcStats::default();
         for (dir, keep, count) in [
@@ -333,8 +592,34 @@ impl ImageStore {
         }
     }
 
-    fn lock_index(&self) -> std::sync::MutexGuard<'_, IndexFile> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    /// The index as it is on disk now (another process may have changed
+    /// it); an unreadable one reads as empty, with a log line.
+    fn index(&self) -> IndexFile {
+        read_index(&self.root).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            IndexFile::default()
+        })
+    }
+
+    /// Applies `change` to the index as it is on disk, holding it against
+    /// other writers (threads and processes); writes it back if `change`
+    /// says it changed anything, and returns that.
+    fn update_index(
+        &self,
+        change: impl FnOnce(&mut IndexFile) -> bool,
+    ) -> Result<bool, ImageError> {
+        let _in_process = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.root.join(INDEX_LOCK);
+        // Held for a read and an atomic write: blocking is brief.
+        let _file =
+            nix::fcntl::Flock::lock(open_lock_file(&path)?, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| io_err("lock", &path)(e.into()))?;
+        let mut index = read_index(&self.root)?;
+        let changed = change(&mut index);
+        if changed {
+            self.write_index(&index)?;
+        }
+        Ok(changed)
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -398,7 +683,7 @@ impl ImageStore {
     }
 
     fn get_parsed(&self, reference: &str, r: &ImageRef) -> Result<Option<PulledImage>, ImageError> {
-        let top = match self.lock_index().images.get(&r.to_string()) {
+        let top = match read_index(&self.root)?.images.get(&r.to_string()) {
             Some(e) => e.digest.clone(),
             None => return Ok(None),
         };
@@ -509,11 +794,14 @@ impl ImageStore {
         self.pull_from(source, reference, &r).await
     }
 
-    /// Imports every named image of an OCI layout directory or of a tar
-    /// archive of one; returns their references.
+    /// Imports every named image of an image archive: an OCI layout or a
+    /// `docker save` archive, as a directory or a tar of one (gzip or not;
+    /// `archive.rs` tells them apart). Returns their references. Each image
+    /// is imported as a pull is: all of it, verified, or nothing.
     pub async fn import_path(&self, path: &Path) -> Result<Vec<String>, ImageError> {
-        let bad = |detail: String| ImageError::Unsupported {
-            reference: path.display().to_string(),
+        use crate::archive::Format;
+        let bad = |detail: String| ImageError::Import {
+            path: path.to_path_buf(),
             detail,
         };
         let unpacked = if path.is_dir() {
@@ -521,24 +809,46 @@ impl ImageStore {
         } else {
             let dir = TmpGuard(Some(self.tmp_path("import")));
             let (src, dst) = (path.to_path_buf(), dir.path().to_path_buf());
-            tokio::task::spawn_blocking(move || crate::layout::unpack_archive(&src, &dst))
+            tokio::task::spawn_blocking(move || crate::archive::unpack_archive(&src, &dst))
                 .await
                 .map_err(|e| bad(format!("unpack task: {e}")))?
                 .map_err(bad)?;
             Some(dir)
         };
-        let dir = unpacked.as_ref().map_or(path, |d| d.path());
-        let layout = crate::layout::OciLayout::open(dir).map_err(bad)?;
-        let names = layout.names();
+        let dir = unpacked.as_ref().map_or(path, |d| d.path()).to_path_buf();
+        let (source, names, unnamed): (Box<dyn Remote>, Vec<String>, String) =
+            match crate::archive::detect(&dir).map_err(bad)? {
+                Format::OciLayout => {
+                    let layout = crate::layout::OciLayout::open(&dir).map_err(bad)?;
+                    let names = layout.names();
+                    let why = format!(
+                        "index annotation {} or a full {}",
+                        crate::layout::CONTAINERD_NAME,
+                        crate::layout::OCI_REF_NAME
+                    );
+                    (Box::new(layout), names, why)
+                }
+                Format::DockerArchive => {
+                    // Hashes every file: off the async threads.
+                    let archive = tokio::task::spawn_blocking(move || {
+                        crate::docker::DockerArchive::open(&dir)
+                    })
+                    .await
+                    .map_err(|e| bad(format!("read task: {e}")))?
+                    .map_err(bad)?;
+                    let names = archive.names();
+                    (
+                        Box::new(archive),
+                        names,
+                        "RepoTags in manifest.json".to_string(),
+                    )
+                }
+            };
         if names.is_empty() {
-            return Err(bad(format!(
-                "no image in it is named (index annotation {} or a full {})",
-                crate::layout::CONTAINERD_NAME,
-                crate::layout::OCI_REF_NAME
-            )));
+            return Err(bad(format!("no image in it is named ({unnamed})")));
         }
         for name in &names {
-            self.import(&layout, name).await?;
+            self.import(source.as_ref(), name).await?;
         }
         Ok(names)
     }
@@ -553,6 +863,9 @@ impl ImageStore {
             reference: reference.to_string(),
             detail,
         };
+        // The caller holds the in-process lock shared; this holds other
+        // processes' `gc` and `remove` off until the entry is written.
+        let _shared = flock_async(&self.root.join(STORE_LOCK), false).await?;
         let (top, top_bytes) = self.fetch_manifest(remote, reference, r).await?;
         // Already complete under this digest (Always on an unchanged tag).
         if let Some(img) = self.load(reference, r, &top)? {
@@ -616,24 +929,28 @@ impl ImageStore {
     }
 
     fn set_index(&self, r: &ImageRef, top: &Digest) -> Result<(), ImageError> {
-        let mut index = self.lock_index();
         let key = r.to_string();
-        if index
-            .images
-            .get(&key)
-            .is_some_and(|e| e.digest == top.as_str())
-        {
-            return Ok(());
-        }
-        let mut next = index.clone();
-        next.images.insert(
-            key,
-            IndexEntry {
-                digest: top.to_string(),
-            },
-        );
-        self.write_index(&next)?;
-        *index = next;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.update_index(|index| {
+            if index
+                .images
+                .get(&key)
+                .is_some_and(|e| e.digest == top.as_str())
+            {
+                return false;
+            }
+            index.images.insert(
+                key,
+                IndexEntry {
+                    digest: top.to_string(),
+                    created: Some(now),
+                },
+            );
+            true
+        })?;
         Ok(())
     }
 
@@ -801,6 +1118,19 @@ fn remote_err(reference: &str, what: &str, e: RemoteError) -> ImageError {
             reference: reference.to_string(),
             detail: format!("{what}: {detail}"),
         },
+    }
+}
+
+/// The index file under `root` as it is now.
+fn read_index(root: &Path) -> Result<IndexFile, ImageError> {
+    let path = root.join("index.json");
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt {
+            path,
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IndexFile::default()),
+        Err(e) => Err(io_err("read", &path)(e)),
     }
 }
 

@@ -196,7 +196,7 @@ impl Host {
     pub fn new(cfg: HostConfig) -> anyhow::Result<Self> {
         use anyhow::Context;
         let images = ImageStore::open(
-            &cfg.root_dir.join("images"),
+            &crate::agent::image_store_dir(&cfg.root_dir),
             cfg.insecure_registries.clone(),
         )
         .with_context(|| format!("open image store in {}", cfg.root_dir.display()))?;
@@ -510,27 +510,75 @@ impl Host {
         }
     }
 
-    /// Pulls the image, builds the config and starts the container.
+    /// The container's image if its pull policy lets the store's copy do
+    /// (IfNotPresent and Never) and the store has it: no network. `None`:
+    /// it must be pulled (policy Always, or absent under IfNotPresent);
+    /// absent under Never is the `ErrImageNeverPull` failure.
+    pub fn present_image(&self, c: &Container) -> Result<Option<PulledImage>, StartError> {
+        let image_ref = c.image.clone().unwrap_or_default();
+        let fail = |e: keelson_images::ImageError| StartError {
+            kind: super::plan::FailureKind::of_image_error(&e),
+            message: e.to_string(),
+        };
+        let policy = pull_policy(c);
+        if policy == PullPolicy::Always {
+            // A bad reference fails here too, before any Pulling Event.
+            keelson_images::ImageRef::parse(&image_ref).map_err(|e| {
+                fail(keelson_images::ImageError::InvalidReference {
+                    reference: image_ref.clone(),
+                    reason: e.0,
+                })
+            })?;
+            return Ok(None);
+        }
+        match self.images.get(&image_ref).map_err(fail)? {
+            Some(img) => Ok(Some(img)),
+            None if policy == PullPolicy::Never => {
+                Err(fail(keelson_images::ImageError::NeverPull {
+                    reference: image_ref,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Pulls the container's image per its pull policy, trying `creds`.
+    pub async fn pull_image(
+        &self,
+        c: &Container,
+        creds: &[Credential],
+    ) -> Result<PulledImage, StartError> {
+        let image_ref = c.image.clone().unwrap_or_default();
+        self.pull(&image_ref, pull_policy(c), creds)
+            .await
+            .map_err(|e| StartError {
+                kind: super::plan::FailureKind::of_image_error(&e),
+                message: e.to_string(),
+            })
+    }
+
+    /// Bytes on disk of the image's unpacked layers (what `keelson images
+    /// ls` shows; the `Pulled` Event says it).
+    pub async fn image_size(&self, image: &PulledImage) -> u64 {
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || image.size_on_disk())
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Builds the config from the image and starts the container.
     #[allow(clippy::too_many_arguments)]
     pub async fn start_container(
         &self,
         pod: &Pod,
         st: &PodState,
         c: &Container,
+        image: PulledImage,
         attempt: u32,
         streak: u32,
         env_src: spec::EnvSources<'_>,
-        creds: &[Credential],
     ) -> Result<(String, PulledImage), StartError> {
         use super::plan::FailureKind;
-        let image_ref = c.image.clone().unwrap_or_default();
-        let image = self
-            .pull(&image_ref, pull_policy(c), creds)
-            .await
-            .map_err(|e| StartError {
-                kind: FailureKind::of_image_error(&e),
-                message: e.to_string(),
-            })?;
         let create = |message: String| StartError {
             kind: FailureKind::Create,
             message,

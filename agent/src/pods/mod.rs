@@ -698,37 +698,27 @@ impl Worker {
             async move {
                 let c = c?;
                 let image = c.image.clone().unwrap_or_default();
-                events.pod(
-                    pod,
-                    EventType::Normal,
-                    "Pulling",
-                    &format!("Pulling image \"{image}\""),
-                );
-                let t0 = std::time::Instant::now();
-                let r = host
-                    .start_container(pod, st, c, *attempt, *streak, env_src, creds)
-                    .await;
-                if r.is_ok() {
-                    {
-                        events.pod(
-                            pod,
-                            EventType::Normal,
-                            "Pulled",
-                            &format!("Container image \"{image}\" ready in {:?}", t0.elapsed()),
-                        );
-                        events.pod(
-                            pod,
-                            EventType::Normal,
-                            "Created",
-                            &format!("Created container {}", c.name),
-                        );
-                        events.pod(
-                            pod,
-                            EventType::Normal,
-                            "Started",
-                            &format!("Started container {}", c.name),
-                        );
+                let pulled = pull_with_events(&host, events, pod, c, creds).await;
+                let r = match pulled {
+                    Ok(img) => {
+                        host.start_container(pod, st, c, img, *attempt, *streak, env_src)
+                            .await
                     }
+                    Err(e) => Err(e),
+                };
+                if r.is_ok() {
+                    events.pod(
+                        pod,
+                        EventType::Normal,
+                        "Created",
+                        &format!("Created container {}", c.name),
+                    );
+                    events.pod(
+                        pod,
+                        EventType::Normal,
+                        "Started",
+                        &format!("Started container {}", c.name),
+                    );
                 }
                 if let (Ok((id, _)), Some(h)) =
                     (&r, c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()))
@@ -1192,6 +1182,90 @@ async fn request_token(
     })
 }
 
+/// The container's image, with the kubelet's Events: `Pulled` "Container
+/// image X already present on machine" when the store's copy does, else
+/// `Pulling` "Pulling image X", the pull, and `Pulled` "Successfully pulled
+/// image X in 1.2s (1.2s including waiting). Image size: N bytes." A
+/// failure is the caller's to report.
+async fn pull_with_events(
+    host: &Host,
+    events: &Recorder,
+    pod: &Pod,
+    c: &k8s_openapi::api::core::v1::Container,
+    creds: &[keelson_images::auth::Credential],
+) -> Result<keelson_images::PulledImage, host::StartError> {
+    let image = c.image.clone().unwrap_or_default();
+    if let Some(img) = host.present_image(c)? {
+        events.pod(
+            pod,
+            EventType::Normal,
+            "Pulled",
+            &already_present_message(&image),
+        );
+        return Ok(img);
+    }
+    events.pod(
+        pod,
+        EventType::Normal,
+        "Pulling",
+        &format!("Pulling image {image:?}"),
+    );
+    let t0 = std::time::Instant::now();
+    let img = host.pull_image(c, creds).await?;
+    // The store serialises pulls of one reference: the time includes
+    // waiting for another pod's pull of it; it is not told apart.
+    let took = t0.elapsed();
+    let size = host.image_size(&img).await;
+    events.pod(
+        pod,
+        EventType::Normal,
+        "Pulled",
+        &pulled_message(&image, took, took, size),
+    );
+    Ok(img)
+}
+
+/// The kubelet's `Pulled` message for an image already on the node.
+fn already_present_message(image: &str) -> String {
+    format!("Container image {image:?} already present on machine")
+}
+
+/// The kubelet's `Pulled` message after a pull.
+fn pulled_message(image: &str, pull: Duration, with_waiting: Duration, size: u64) -> String {
+    format!(
+        "Successfully pulled image {image:?} in {} ({} including waiting). Image size: {size} bytes.",
+        go_duration(pull),
+        go_duration(with_waiting)
+    )
+}
+
+/// A duration as Go prints a `time.Duration` truncated to milliseconds
+/// (`523ms`, `1.2s`, `2m3.456s`, `0s`).
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = |ms: u128| -> String {
+        let (s, frac) = (ms / 1000, ms % 1000);
+        if frac == 0 {
+            format!("{s}s")
+        } else {
+            format!("{s}.{}s", format!("{frac:03}").trim_end_matches('0'))
+        }
+    };
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    match (h, m) {
+        (0, 0) => secs(rest),
+        (0, m) => format!("{m}m{}", secs(rest)),
+        (h, m) => format!("{h}h{m}m{}", secs(rest)),
+    }
+}
+
 /// The registry credentials of the pod's `imagePullSecrets`, in order
 /// (`kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`
 /// Secrets). A secret that is missing or malformed is a Warning Event on
@@ -1302,4 +1376,44 @@ async fn fetch_sources(
         }
     }
     src
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_messages_are_the_kubelets() {
+        assert_eq!(
+            already_present_message("busybox:1.36"),
+            "Container image \"busybox:1.36\" already present on machine"
+        );
+        assert_eq!(
+            pulled_message(
+                "busybox:1.36",
+                Duration::from_millis(1234),
+                Duration::from_millis(1500),
+                4_270_000
+            ),
+            "Successfully pulled image \"busybox:1.36\" in 1.234s (1.5s including waiting). Image size: 4270000 bytes."
+        );
+    }
+
+    #[test]
+    fn durations_print_as_gos() {
+        for (ms, want) in [
+            (0, "0s"),
+            (523, "523ms"),
+            (1000, "1s"),
+            (1200, "1.2s"),
+            (1234, "1.234s"),
+            (61_500, "1m1.5s"),
+            (120_000, "2m0s"),
+            (3_723_000, "1h2m3s"),
+        ] {
+            assert_eq!(go_duration(Duration::from_millis(ms)), want, "{ms}");
+        }
+        // Truncated, not rounded.
+        assert_eq!(go_duration(Duration::from_micros(1_999)), "1ms");
+    }
 }
