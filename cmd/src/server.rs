@@ -47,6 +47,16 @@ pub struct ServerArgs {
     /// etcd endpoints (comma-separated); absent: the embedded store in --data-dir.
     #[arg(long, value_delimiter = ',')]
     pub etcd_servers: Vec<String>,
+    /// CA bundle that etcd's serving certificate is checked against
+    /// (https:// endpoints).
+    #[arg(long, requires = "etcd_servers")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate presented to etcd.
+    #[arg(long, requires_all = ["etcd_cafile", "etcd_keyfile"])]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Key of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
     /// CIDR that Service ClusterIPs come from.
     #[arg(long, default_value_t = d().api.service_cidr)]
     pub service_cluster_ip_range: ipnet::IpNet,
@@ -108,6 +118,13 @@ impl ServerArgs {
             data_dir: self.data_dir,
             listen: self.listen,
             etcd_servers: self.etcd_servers,
+            etcd_tls: self
+                .etcd_cafile
+                .map(|ca_file| keelson_control_plane::server::EtcdTlsFiles {
+                    ca_file,
+                    cert_file: self.etcd_certfile,
+                    key_file: self.etcd_keyfile,
+                }),
             api: keelson_control_plane::api::registry::ApiConfig {
                 service_cidr: cidr,
                 node_port_range: (

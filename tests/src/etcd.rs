@@ -21,10 +21,19 @@ use crate::require_all;
 /// How long etcd gets to elect itself and answer `/health`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// etcd serving its clients over TLS: its certificate and key, and the CA
+/// that client certificates must be signed by (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
 /// A running etcd, killed (and its data directory removed) on drop.
 #[derive(Debug)]
 pub struct EtcdProcess {
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub endpoint: String,
     child: Child,
     dir: PathBuf,
@@ -45,6 +54,15 @@ impl EtcdProcess {
     /// Starts etcd and waits until it is healthy. Fails with
     /// [`io::ErrorKind::NotFound`] if the binary is missing.
     pub fn start() -> io::Result<EtcdProcess> {
+        Self::start_with(None)
+    }
+
+    /// Like [`EtcdProcess::start`], serving clients over TLS only.
+    pub fn start_tls(tls: &EtcdServerTls) -> io::Result<EtcdProcess> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&EtcdServerTls>) -> io::Result<EtcdProcess> {
         let bin = etcd_binary().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -55,7 +73,7 @@ impl EtcdProcess {
         // process may take one in between: retry a few times.
         let mut last_error = None;
         for _ in 0..3 {
-            match Self::start_once(&bin) {
+            match Self::start_once(&bin, tls) {
                 Ok(etcd) => return Ok(etcd),
                 Err(err) => last_error = Some(err),
             }
@@ -80,7 +98,7 @@ impl EtcdProcess {
         }
     }
 
-    fn start_once(bin: &Path) -> io::Result<EtcdProcess> {
+    fn start_once(bin: &Path, tls: Option<&EtcdServerTls>) -> io::Result<EtcdProcess> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -92,22 +110,33 @@ impl EtcdProcess {
         ));
         std::fs::create_dir_all(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
-        let result = Self::spawn(bin, &dir);
+        let result = Self::spawn(bin, &dir, tls);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         result
     }
 
-    fn spawn(bin: &Path, dir: &Path) -> io::Result<EtcdProcess> {
+    fn spawn(bin: &Path, dir: &Path, tls: Option<&EtcdServerTls>) -> io::Result<EtcdProcess> {
         let client = free_port()?;
         let peer = free_port()?;
-        let client_url = format!("http://127.0.0.1:{client}");
+        // /health over plain HTTP whatever the client port speaks.
+        let metrics = free_port()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log_path = dir.join("etcd.log");
         let log = File::create(&log_path)?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(t) = tls {
+            cmd.arg(format!("--cert-file={}", t.cert.display()))
+                .arg(format!("--key-file={}", t.key.display()))
+                .arg(format!("--trusted-ca-file={}", t.client_ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=default")
+            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"))
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
@@ -127,7 +156,7 @@ impl EtcdProcess {
             child,
             dir: dir.to_path_buf(),
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], client));
+        let addr = SocketAddr::from(([127, 0, 0, 1], metrics));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = etcd.child.try_wait()? {
@@ -179,7 +208,7 @@ fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
-/// Asks etcd's `/health` endpoint (served on the client port) whether the
+/// Asks etcd's `/health` endpoint (served on the metrics port) whether the
 /// member has a leader.
 fn healthy(addr: SocketAddr) -> bool {
     let check = || -> io::Result<bool> {

@@ -96,8 +96,19 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::start`], with extra `keelson server` flags.
     pub fn start_with(etcd: Option<&EtcdProcess>, extra_args: &[&str]) -> ServerProcess {
+        Self::start_prepared(etcd, extra_args, |_| {})
+    }
+
+    /// Like [`ServerProcess::start_with`], after `prepare` has put what it
+    /// wants into the data directory (a shared CA and signing key, …).
+    pub fn start_prepared(
+        etcd: Option<&EtcdProcess>,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> ServerProcess {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().to_path_buf();
+        prepare(&data_dir);
         let mut s = ServerProcess {
             kubeconfig: data_dir.join("admin.kubeconfig"),
             log: data_dir.join("server.log"),

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Empty: the embedded store under `data_dir`.
     pub etcd_servers: Vec<String>,
+    /// TLS towards etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+    pub etcd_tls: Option<EtcdTlsFiles>,
     pub api: ApiConfig,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
@@ -50,6 +52,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("/var/lib/keelson/server"),
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             etcd_servers: Vec::new(),
+            etcd_tls: None,
             api: ApiConfig::default(),
             extra_sans: Vec::new(),
             controllers: true,
@@ -57,6 +60,43 @@ impl Default for ServerConfig {
             service_account_issuer: satoken::DEFAULT_ISSUER.to_string(),
             advertise_address: None,
         }
+    }
+}
+
+/// The files of TLS towards etcd.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTlsFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdTlsFiles {
+    fn load(&self) -> Result<crate::store::etcd::EtcdTls, ServerError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|source| ServerError::Io {
+                operation: format!("read the etcd {what} {}", p.display()),
+                source,
+            })
+        };
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ServerError::Tls(
+                "--etcd-certfile and --etcd-keyfile go together".into(),
+            ));
+        }
+        Ok(crate::store::etcd::EtcdTls {
+            ca_pem: read("CA file", &self.ca_file)?,
+            cert_pem: self
+                .cert_file
+                .as_deref()
+                .map(|p| read("certificate", p))
+                .transpose()?,
+            key_pem: self
+                .key_file
+                .as_deref()
+                .map(|p| read("key", p))
+                .transpose()?,
+        })
     }
 }
 
@@ -113,7 +153,14 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerE
             &config.data_dir.join("state.db"),
         )?))
     } else {
-        Ok(Arc::new(EtcdStore::connect(&config.etcd_servers).await?))
+        let tls = config
+            .etcd_tls
+            .as_ref()
+            .map(EtcdTlsFiles::load)
+            .transpose()?;
+        Ok(Arc::new(
+            EtcdStore::connect_with(&config.etcd_servers, tls.as_ref()).await?,
+        ))
     }
 }
 

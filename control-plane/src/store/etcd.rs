@@ -30,6 +30,15 @@ use super::{
     prefix_range_end,
 };
 
+/// TLS towards etcd (PEM): the CA that signed etcd's serving certificate,
+/// and the client certificate and key etcd checks (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+}
+
 /// The key range `[start, end)` of every key under `prefix`, in etcd's terms:
 /// an end of `"\0"` means "to the end of the keyspace", and the empty key is
 /// not allowed, so the empty prefix starts at `"\0"`.
@@ -122,13 +131,34 @@ impl EtcdStore {
     /// Connects to etcd at `endpoints` (`http://host:port`) and checks that it
     /// answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// Connect, over TLS when `tls` is given (`https://` endpoints; the
+    /// server checked against `tls.ca_pem`, this client presenting
+    /// `tls.cert_pem`), as kube-apiserver's `--etcd-cafile/certfile/keyfile`.
+    pub async fn connect_with(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self> {
         let joined = endpoints.join(",");
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
+        if let Some(t) = tls {
+            if let Some(plain) = endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(StoreError::backend(
+                    "connect",
+                    format!("{plain}: TLS options are given, so the endpoint must be https://"),
+                ));
+            }
+            let mut o = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem));
+            if let (Some(cert), Some(key)) = (&t.cert_pem, &t.key_pem) {
+                o = o.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(o);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| etcd_error("connect", &joined, e))?;
+            .map_err(|e| etcd_error("connect", &format!("etcd {joined}"), e))?;
         let store = EtcdStore {
             client,
             endpoints: endpoints.to_vec(),
@@ -141,7 +171,7 @@ impl EtcdStore {
             .max_decoding_message_size(MAX_MESSAGE)
             .get(vec![0], Some(GetOptions::new().with_count_only()))
             .await
-            .map_err(|e| etcd_error("connect", &joined, e))?;
+            .map_err(|e| etcd_error("connect", &format!("etcd {joined}"), e))?;
         Ok(store)
     }
 
