@@ -86,6 +86,14 @@ pub struct ServerArgs {
     /// endpoint); default: --listen's, unless loopback or unspecified.
     #[arg(long)]
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Append an audit event (audit.k8s.io/v1, one JSON line) per request
+    /// to this file.
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
+    /// The audit policy (audit.k8s.io/v1 Policy); default: every request
+    /// at Metadata.
+    #[arg(long, requires = "audit_log_path")]
+    pub audit_policy_file: Option<PathBuf>,
     /// The issuer (`iss`) of service account tokens, also their default audience.
     #[arg(long, default_value_t = d().service_account_issuer)]
     pub service_account_issuer: String,
@@ -118,6 +126,8 @@ impl ServerArgs {
             data_dir: self.data_dir,
             listen: self.listen,
             etcd_servers: self.etcd_servers,
+            audit_log_path: self.audit_log_path,
+            audit_policy_file: self.audit_policy_file,
             etcd_tls: self
                 .etcd_cafile
                 .map(|ca_file| keelson_control_plane::server::EtcdTlsFiles {

@@ -1052,6 +1052,7 @@ fn breakdown(
         issuer,
         nodes,
         server::authz::Authorizer::new(),
+        None,
     );
     let uri = format!("/api/v1/namespaces/{NAMESPACE}/pods");
     let mut samples = Vec::new();

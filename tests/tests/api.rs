@@ -445,6 +445,127 @@ fn oversized_and_exploding_bodies_are_refused_cheaply() {
     );
 }
 
+/// The audit log: a policy's levels decide what each request leaves in the
+/// file, in kube-apiserver's event format.
+#[test]
+fn requests_are_audited_as_the_policy_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.log");
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: None
+  nonResourceURLs: ["/healthz*"]
+- level: Metadata
+  resources: [{group: "", resources: ["secrets"]}]
+- level: RequestResponse
+  resources: [{group: "", resources: ["configmaps"]}]
+- level: Metadata
+"#,
+    )
+    .unwrap();
+    let log_arg = format!("--audit-log-path={}", log.display());
+    let policy_arg = format!("--audit-policy-file={}", policy.display());
+    let mut args = API_ONLY.to_vec();
+    args.extend([log_arg.as_str(), policy_arg.as_str()]);
+    let server = ServerProcess::start_with(None, &args);
+    server.kubectl_ok(
+        33,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "--from-literal=password=hunter2",
+        ],
+    );
+    server.kubectl_ok(
+        33,
+        &["create", "configmap", "c1", "--from-literal=colour=blue"],
+    );
+    let base = format!("https://127.0.0.1:{}", server.port);
+    assert_eq!(curl(&[&format!("{base}/healthz")]).0, 200);
+    assert_eq!(
+        curl(&[&format!("{base}/api/v1/namespaces/default/pods")]).0,
+        403
+    );
+    let events = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let find = |events: &[Value], verb: &str, resource: &str| -> Option<Value> {
+        events
+            .iter()
+            .find(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+            .cloned()
+    };
+    keelson_e2e::wait_for("the audit events", Duration::from_secs(10), || {
+        let ev = events();
+        (find(&ev, "create", "secrets").is_some()
+            && find(&ev, "create", "configmaps").is_some()
+            && find(&ev, "list", "pods").is_some())
+        .then_some(())
+    });
+    let ev = events();
+    for e in &ev {
+        assert_eq!(e["apiVersion"], "audit.k8s.io/v1", "{e}");
+        assert_eq!(e["kind"], "Event");
+        assert!(e["auditID"].as_str().is_some_and(|s| s.len() == 36), "{e}");
+        assert!(e["requestReceivedTimestamp"].is_string() && e["stageTimestamp"].is_string());
+    }
+    assert!(
+        !ev.iter().any(|e| e["requestURI"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("/healthz")),
+        "level None is not written"
+    );
+    // Metadata: who, what, the answer; never the secret.
+    let secret = find(&ev, "create", "secrets").unwrap();
+    assert_eq!(secret["level"], "Metadata");
+    assert_eq!(secret["stage"], "ResponseComplete");
+    assert_eq!(secret["user"]["username"], "keelson-admin");
+    assert_eq!(secret["objectRef"]["namespace"], "default");
+    assert_eq!(secret["responseStatus"]["code"], 201);
+    assert_eq!(secret["sourceIPs"][0], "127.0.0.1");
+    assert_eq!(
+        secret["annotations"]["authorization.k8s.io/decision"],
+        "allow"
+    );
+    assert!(!secret.to_string().contains("hunter2"), "{secret}");
+    assert!(secret.get("requestObject").is_none());
+    // RequestResponse: both bodies.
+    let cm = find(&ev, "create", "configmaps").unwrap();
+    assert_eq!(cm["level"], "RequestResponse");
+    assert_eq!(cm["requestObject"]["data"]["colour"], "blue");
+    assert_eq!(cm["responseObject"]["metadata"]["name"], "c1");
+    assert!(cm["responseObject"]["metadata"]["uid"].is_string());
+    // The refused anonymous request.
+    let denied = find(&ev, "list", "pods").unwrap();
+    assert_eq!(denied["user"]["username"], "system:anonymous");
+    assert_eq!(denied["responseStatus"]["code"], 403);
+    assert_eq!(
+        denied["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    // A policy that does not parse stops the server with the reason.
+    std::fs::write(&policy, "kind: Policy\nrules: [{level: Loud}]\n").unwrap();
+    let out = std::process::Command::new(keelson_e2e::keelson_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("bad"))
+        .args([&log_arg, &policy_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Loud"), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // 2 and 3. Create semantics and bad input.
 

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::audit;
 use super::auth::UserInfo;
 use super::authz::{self, Authorizer, attributes};
 use super::metrics::{Metrics, WatchLabels};
@@ -41,7 +42,12 @@ struct AppState {
     tokens: Arc<TokenIssuer>,
     nodes: super::nodeproxy::NodeClient,
     authz: Arc<Authorizer>,
+    audit: Option<Arc<audit::Auditor>>,
 }
+
+/// The client's address, as the TLS listener saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
 
 pub fn router(
     registry: Arc<Registry>,
@@ -49,6 +55,7 @@ pub fn router(
     tokens: Arc<TokenIssuer>,
     nodes: super::nodeproxy::NodeClient,
     authz: Arc<Authorizer>,
+    audit: Option<Arc<audit::Auditor>>,
 ) -> Router {
     let state = AppState {
         registry,
@@ -57,6 +64,7 @@ pub fn router(
         tokens,
         nodes,
         authz,
+        audit,
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -413,25 +421,98 @@ fn streaming_subresource(path: &str) -> Option<(&str, &str, &str)> {
 
 async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let started = std::time::Instant::now();
+    let received = chrono::Utc::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let user = req.extensions().get::<UserInfo>().cloned();
-    if let Some(u) = &user
-        && let Err(e) = authorize(&state.authz, u, &method, &uri)
+    let Some(user) = req.extensions().get::<UserInfo>().cloned() else {
+        // Only in-process callers (benchmarks) come without a user.
+        return dispatch(&state, req, None, false).await.0;
+    };
+    let source = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let attrs = attributes::of_request(&user, method.as_str(), uri.path(), uri.query());
+    let (decision, denied) = decide(&state.authz, &attrs, &uri);
+    let headers = state.audit.is_some().then(|| req.headers().clone());
+    let level = state
+        .audit
+        .as_ref()
+        .map_or(audit::Level::None, |a| a.level(&attrs));
+    let (mut resp, request_body) = match denied {
+        Some(e) => (error_response(&e), None),
+        None => dispatch(&state, req, Some(&user), level >= audit::Level::Request).await,
+    };
+    if let Some(auditor) = &state.audit
+        && level != audit::Level::None
     {
-        return error_response(&e);
+        let long_running = attrs.verb == "watch"
+            || attrs.verb == "proxy"
+            || streaming_subresource(uri.path()).is_some()
+            || super::proxy::parse(uri.path()).is_some()
+            || (attrs.subresource == "log"
+                && uri.query().is_some_and(|q| q.contains("follow=true")));
+        let mut response_body = None;
+        if level == audit::Level::RequestResponse && !long_running {
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            response_body = Some(bytes.clone());
+            resp = Response::from_parts(parts, Body::from(bytes));
+        }
+        // The request object as the server read it (JSON, YAML or protobuf).
+        let request_object = match (&request_body, &headers) {
+            (Some(b), Some(h)) if !b.is_empty() => parse_body(h, b).ok().map(|(v, _)| v),
+            _ => None,
+        };
+        let uid = uuid::Uuid::new_v4().to_string();
+        auditor.record(
+            level,
+            &audit::Record {
+                attrs: &attrs,
+                uid: &uid,
+                uri: &uri.to_string(),
+                source,
+                user_agent: &user_agent,
+                decision: &decision,
+                received,
+                code: resp.status().as_u16(),
+                long_running,
+                request: request_object.as_ref(),
+                response: response_body.as_deref(),
+            },
+        );
     }
+    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+/// Serve an authorized request; the body it carried when `keep_body`.
+async fn dispatch(
+    state: &AppState,
+    req: Request,
+    user: Option<&UserInfo>,
+    keep_body: bool,
+) -> (Response, Option<Bytes>) {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
     if let Some((ns, name, sub)) = streaming_subresource(uri.path()) {
         if !matches!(method, Method::GET | Method::POST) {
-            return error_response(&ApiError::method_not_allowed(format!(
-                "{method} is not supported on pods/{sub}"
-            )));
+            return (
+                error_response(&ApiError::method_not_allowed(format!(
+                    "{method} is not supported on pods/{sub}"
+                ))),
+                None,
+            );
         }
         let resp = super::nodeproxy::stream(&state.registry, &state.nodes, ns, name, sub, req)
             .await
             .unwrap_or_else(|e| error_response(&e));
-        tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
-        return resp;
+        return (resp, None);
     }
     let (parts, body) = req.into_parts();
     // A declared length over the limit is refused before a byte is read
@@ -464,7 +545,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
                 }
             });
         }
-        return r;
+        return (r, None);
     }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -474,9 +555,10 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             )));
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            return (r, None);
         }
     };
+    let kept = keep_body.then(|| body.clone());
     let result = match super::proxy::parse(uri.path()) {
         Some(target) => {
             super::proxy::serve(
@@ -489,14 +571,13 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             )
             .await
         }
-        None => route(&state, &method, &uri, &parts.headers, body, user.as_ref()).await,
+        None => route(state, &method, &uri, &parts.headers, body, user).await,
     };
     let resp = match result {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
-    resp
+    (resp, kept)
 }
 
 async fn route(
@@ -626,29 +707,29 @@ async fn route(
     }
 }
 
-/// Refuse what the user may not do (403, as kube-apiserver words it).
-/// Streaming subresources opened with GET (WebSocket) need `create` too,
-/// as kube-apiserver checks them.
-fn authorize(
+/// The authorizer's decision on a request, and the 403 (as kube-apiserver
+/// words it) when it is not allowed. Streaming subresources opened with GET
+/// (WebSocket) need `create` too, as kube-apiserver checks them.
+fn decide(
     authz: &Authorizer,
-    user: &UserInfo,
-    method: &Method,
+    a: &attributes::Attributes,
     uri: &http::Uri,
-) -> ApiResult<()> {
-    let a = attributes::of_request(user, method.as_str(), uri.path(), uri.query());
-    if let Some(e) = authz.check(&a) {
-        return Err(e);
+) -> (authz::Decision, Option<ApiError>) {
+    let decision = authz.authorize(a);
+    if let Some(e) = authz.forbidden(a, &decision) {
+        return (decision, Some(e));
     }
     if a.verb == "get" && streaming_subresource(uri.path()).is_some() {
         let create = attributes::Attributes {
             verb: "create".into(),
-            ..a
+            ..a.clone()
         };
-        if let Some(e) = authz.check(&create) {
-            return Err(e);
+        let d = authz.authorize(&create);
+        if let Some(e) = authz.forbidden(&create, &d) {
+            return (d, Some(e));
         }
     }
-    Ok(())
+    (decision, None)
 }
 
 /// The kind an authorization review path creates.

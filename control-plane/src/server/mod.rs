@@ -1,6 +1,7 @@
 //! `keelson server`: the Kubernetes API over HTTPS, with client-certificate
 //! and bearer-token authentication, over an embedded or etcd store.
 
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod background;
@@ -30,6 +31,11 @@ pub struct ServerConfig {
     pub etcd_servers: Vec<String>,
     /// TLS towards etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
     pub etcd_tls: Option<EtcdTlsFiles>,
+    /// Where audit events go (`--audit-log-path`); None: no audit log.
+    pub audit_log_path: Option<PathBuf>,
+    /// The audit policy (`--audit-policy-file`); None: every request at
+    /// Metadata.
+    pub audit_policy_file: Option<PathBuf>,
     pub api: ApiConfig,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
@@ -53,6 +59,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             etcd_servers: Vec::new(),
             etcd_tls: None,
+            audit_log_path: None,
+            audit_policy_file: None,
             api: ApiConfig::default(),
             extra_sans: Vec::new(),
             controllers: true,
@@ -265,7 +273,32 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     ));
     let nodes = nodeproxy::NodeClient::new(&pki.node_client.cert_pem, &pki.node_client.key_pem)
         .map_err(ServerError::NodeClient)?;
-    let app = http::router(registry.clone(), addr, issuer, nodes, authorizer);
+    let auditor = match &config.audit_log_path {
+        None => None,
+        Some(path) => {
+            let policy = match &config.audit_policy_file {
+                None => audit::Policy::default(),
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).map_err(|source| ServerError::Io {
+                        operation: format!("read the audit policy {}", p.display()),
+                        source,
+                    })?;
+                    audit::Policy::parse(&text).map_err(|e| ServerError::Io {
+                        operation: format!("the audit policy {}", p.display()),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    })?
+                }
+            };
+            let a = audit::Auditor::open(path, policy)
+                .await
+                .map_err(|source| ServerError::Io {
+                    operation: format!("open the audit log {}", path.display()),
+                    source,
+                })?;
+            Some(Arc::new(a))
+        }
+    };
+    let app = http::router(registry.clone(), addr, issuer, nodes, authorizer, auditor);
     tasks.push(tokio::spawn(tls::serve(
         listener,
         tls,

@@ -33,6 +33,7 @@ pub async fn serve(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let new_service = move |peer: Peer| {
+        let remote = super::http::PeerAddr(peer.remote);
         let peer = PeerIdentity(peer.certificates.first().and_then(|c| user_from_cert(c)));
         let app = app.clone();
         let authn = authn.clone();
@@ -65,6 +66,7 @@ pub async fn serve(
                 };
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(user);
+                req.extensions_mut().insert(remote);
                 app.oneshot(req).await
             }
         })

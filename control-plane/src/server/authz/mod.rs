@@ -100,9 +100,14 @@ impl Authorizer {
 
     /// The 403 for a request nothing allows (None when allowed).
     pub fn check(&self, a: &Attributes) -> Option<ApiError> {
-        let reason = match self.authorize(a) {
+        self.forbidden(a, &self.authorize(a))
+    }
+
+    /// The 403 for a decision that is not an allow (None when it is).
+    pub fn forbidden(&self, a: &Attributes, decision: &Decision) -> Option<ApiError> {
+        let reason = match decision {
             Decision::Allow(_) => return None,
-            Decision::Deny(r) => r,
+            Decision::Deny(r) => r.clone(),
             Decision::NoOpinion => String::new(),
         };
         let mut msg = a.forbidden_message();
