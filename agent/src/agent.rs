@@ -17,8 +17,11 @@ use crate::supervise::supervise;
 /// agent` (its flags start from it); `kubeconfig` and `node_name` have none.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Kubeconfig for the API server.
+    /// Kubeconfig for the API server (unused when `join` is set).
     pub kubeconfig: PathBuf,
+    /// Join with a bootstrap token instead: the node's own credentials are
+    /// made (or reused) under `root_dir/pki` and renewed while it runs.
+    pub join: Option<crate::join::JoinConfig>,
     /// This node's name.
     pub node_name: String,
     /// Agent state: images, per-pod state, container state, certificates.
@@ -77,6 +80,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             kubeconfig: PathBuf::new(),
+            join: None,
             node_name: String::new(),
             root_dir: PathBuf::from("/var/lib/keelson"),
             runtime: "runc".into(),
@@ -270,7 +274,17 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     for d in [&args.root_dir, &args.run_dir, &args.pod_log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
-    let client = client_from(&args.kubeconfig).await?;
+    let (kubeconfig, client) = match &args.join {
+        None => (
+            args.kubeconfig.clone(),
+            client_from(&args.kubeconfig).await?,
+        ),
+        Some(j) => {
+            let kc = crate::join::join(j, &args.node_name, &args.root_dir).await?;
+            let client = crate::join::client(&kc, &args.root_dir).await?;
+            (kc, client)
+        }
+    };
     let node_ip = match args.node_ip {
         Some(ip) => ip,
         None => crate::node::first_non_loopback_ip().context("find the node IP (set --node-ip)")?,
@@ -380,6 +394,14 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     })
     .context("set up the pod host (images, runtime, cgroups)")?;
     let env = Arc::new(env);
+    if let Some(j) = &args.join {
+        tasks.push(tokio::spawn(crate::join::rotate(
+            kubeconfig.clone(),
+            args.node_name.clone(),
+            args.root_dir.clone(),
+            j.cert_ttl,
+        )));
+    }
     tasks.push(tokio::spawn(crate::imports::watch(
         env.images.clone(),
         crate::imports::import_dir(&args.root_dir),
@@ -398,8 +420,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     tasks.push(
         crate::node_api::serve(crate::node_api::NodeApiConfig {
             listen: node_api_listen,
-            client_ca_pem: node_api_client_ca(args.client_ca_file.as_deref(), &args.kubeconfig)
-                .await?,
+            client_ca_pem: node_api_client_ca(args.client_ca_file.as_deref(), &kubeconfig).await?,
             pki_dir: args.root_dir.join("pki"),
             node_name: args.node_name.clone(),
             node_ip,

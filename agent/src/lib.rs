@@ -13,6 +13,7 @@ pub mod events;
 pub mod health;
 pub mod image_gc;
 pub mod imports;
+pub mod join;
 pub mod network;
 pub mod node;
 pub mod node_api;

@@ -25,9 +25,24 @@ pub fn default_service_cidr() -> ipnet::Ipv4Net {
 /// [`AgentConfig::default`]'s.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
-    /// Kubeconfig for the API server.
-    #[arg(long)]
-    pub kubeconfig: PathBuf,
+    /// Kubeconfig for the API server (or join with --server, --token and
+    /// --ca-cert-hash).
+    #[arg(long, required_unless_present = "token")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Join: the API server's URL.
+    #[arg(long, requires_all = ["token", "ca_cert_hash"], conflicts_with = "kubeconfig")]
+    pub server: Option<String>,
+    /// Join: a bootstrap token (`keelson token create`).
+    #[arg(long, requires_all = ["server", "ca_cert_hash"], conflicts_with = "kubeconfig")]
+    pub token: Option<String>,
+    /// Join: `sha256:` and the hash of the cluster CA's public key (what
+    /// `keelson token create --print-join-command` prints).
+    #[arg(long, requires_all = ["server", "token"])]
+    pub ca_cert_hash: Option<String>,
+    /// Join: how long the node's client certificates are asked to last
+    /// (renewed at 80 %; default: the signer's, a year).
+    #[arg(long, requires = "token")]
+    pub node_cert_ttl: Option<Dur>,
     /// This node's name.
     #[arg(long)]
     pub node_name: String,
@@ -157,8 +172,20 @@ impl AgentArgs {
         if let Some(IpAddr::V4(ip)) = self.node_ip {
             proxy.node_ip = Some(ip);
         }
+        let join = match (self.server, self.token, self.ca_cert_hash) {
+            (Some(server), Some(token), Some(ca_cert_hash)) => {
+                Some(keelson_agent::join::JoinConfig {
+                    server,
+                    token,
+                    ca_cert_hash,
+                    cert_ttl: self.node_cert_ttl.map(|d| d.0),
+                })
+            }
+            _ => None,
+        };
         AgentConfig {
-            kubeconfig: self.kubeconfig,
+            kubeconfig: self.kubeconfig.unwrap_or_default(),
+            join,
             node_name: self.node_name,
             root_dir: self.root_dir,
             runtime: self.runtime,

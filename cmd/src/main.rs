@@ -13,6 +13,7 @@ mod install;
 mod proxy;
 mod server;
 mod systemd;
+mod token;
 mod up;
 
 use anyhow::Context;
@@ -55,6 +56,9 @@ enum Command {
     /// Benchmarks: `keelson bench services` (Service routing through each
     /// dataplane side by side), `keelson bench compare OLD NEW`.
     Bench(bench::BenchArgs),
+    /// Bootstrap tokens for joining nodes: `keelson token create
+    /// [--print-join-command]`.
+    Token(token::TokenArgs),
     /// Per-container shim (started by the agent, not by hand).
     #[command(hide = true)]
     Shim(keelson_runtime::shim::ShimArgs),
@@ -108,6 +112,7 @@ fn main() {
         Command::Proxy(args) => tokio_main(proxy::run(args)),
         Command::Images(args) => tokio_main(images::run(args)),
         Command::Bench(args) => bench::run(args),
+        Command::Token(args) => tokio_main(token::run(args)),
         // No tokio runtime here: the shim forks and execs.
         Command::Shim(args) => keelson_runtime::shim::main(args),
     };

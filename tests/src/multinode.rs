@@ -111,6 +111,39 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("{what}: not within {timeout:?}");
 }
 
+/// `--server`, `--token` and `--ca-cert-hash` from `keelson token create
+/// --print-join-command` with the admin kubeconfig.
+pub fn join_command(bin: &std::path::Path, kubeconfig: &std::path::Path) -> Vec<String> {
+    let out = Command::new(bin)
+        .args([
+            "token",
+            "create",
+            "--ttl",
+            "10m",
+            "--print-join-command",
+            "--kubeconfig",
+        ])
+        .arg(kubeconfig)
+        .output()
+        .expect("run keelson token create");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "keelson token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut flags = Vec::new();
+    for flag in ["--server", "--token", "--ca-cert-hash"] {
+        let i = words
+            .iter()
+            .position(|w| *w == flag)
+            .unwrap_or_else(|| panic!("no {flag} in {line:?}"));
+        flags.extend([flag.to_string(), words[i + 1].to_string()]);
+    }
+    flags
+}
+
 /// What [`Cluster::start_opts`] starts.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions<'a> {
@@ -124,6 +157,9 @@ pub struct ClusterOptions<'a> {
     pub agent_path: Option<String>,
     /// A login the registry requires (None: it answers anyone).
     pub registry_login: Option<crate::registry::Login>,
+    /// Nodes join with a bootstrap token (`keelson token create`) and
+    /// these extra agent flags, instead of the admin kubeconfig.
+    pub join: Option<&'a [&'a str]>,
 }
 
 /// A server, a registry with the test images and `n` nodes on one link,
@@ -165,6 +201,7 @@ impl Cluster {
             proxy_mode,
             agent_path: None,
             registry_login: None,
+            join: None,
         })
     }
 
@@ -188,9 +225,15 @@ impl Cluster {
         }
         .expect("start docker-registry on the link");
         registry.push_test_images().expect("push test images");
-        let extra = ["--insecure-registry".to_string(), registry.addr()];
+        let mut extra = vec!["--insecure-registry".to_string(), registry.addr()];
+        if let Some(join_extra) = o.join {
+            extra.extend(join_command(&bin, &lc.server.kubeconfig));
+            extra.extend(join_extra.iter().map(|s| s.to_string()));
+        }
         for _ in 0..nodes {
-            if let Err(e) = lc.add_node(&bin, proxy_mode, o.agent_path.as_deref(), &extra) {
+            let admin = o.join.is_none();
+            if let Err(e) = lc.add_node_as(&bin, proxy_mode, o.agent_path.as_deref(), &extra, admin)
+            {
                 panic!("start a node: {e}");
             }
         }

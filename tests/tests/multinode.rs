@@ -594,6 +594,7 @@ fn a_failed_proxy_is_visible_refuses_cluster_ips_and_recovers() {
         proxy_mode: ProxyMode::Nftables,
         agent_path: Some(path),
         registry_login: None,
+        join: None,
     });
     let node = &c.nodes[0];
     c.apply(&deployment("web", &c.busybox(), "ClusterIP"));

@@ -249,6 +249,7 @@ fn a_private_registry_is_pulled_from_with_an_image_pull_secret_and_refused_witho
         proxy_mode: keelson_e2e::multinode::ProxyMode::Nftables,
         agent_path: None,
         registry_login: Some(LOGIN),
+        join: None,
     });
     let b64 = base64::engine::general_purpose::STANDARD;
     let config = serde_json::json!({"auths": {c.registry.addr(): {

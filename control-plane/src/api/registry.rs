@@ -806,6 +806,22 @@ impl Registry {
                     }
                 }
             }
+            Some("approval") => {
+                // Only the approval conditions change (CSRs).
+                let conditions = new.pointer("/status/conditions").cloned();
+                new = current.clone();
+                if !new["status"].is_object() {
+                    new["status"] = serde_json::json!({});
+                }
+                match conditions {
+                    Some(c) => new["status"]["conditions"] = c,
+                    None => {
+                        if let Some(m) = new["status"].as_object_mut() {
+                            m.remove("conditions");
+                        }
+                    }
+                }
+            }
             Some("finalize") => {
                 let spec = new.get("spec").cloned();
                 new = current.clone();

@@ -84,6 +84,7 @@ impl ResourceType {
 
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
 use k8s_openapi::api::batch::v1 as batch;
+use k8s_openapi::api::certificates::v1 as certificates;
 use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
 use k8s_openapi::api::{discovery::v1 as discovery, events::v1 as events};
 use k8s_openapi::api::{networking::v1 as networking, node::v1 as node, policy::v1 as policy};
@@ -465,6 +466,20 @@ pub static RESOURCES: &[ResourceType] = &[
         META,
         "core/persistentvolumeclaims",
         core::PersistentVolumeClaim
+    ),
+    rt!(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        &["csr"],
+        META,
+        &["status", "approval"],
+        &["spec.signerName"],
+        "certificates/certificatesigningrequests",
+        certificates::CertificateSigningRequest
     ),
     rt!(
         "rbac.authorization.k8s.io",

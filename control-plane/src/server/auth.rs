@@ -1,7 +1,8 @@
 //! Authentication: a client certificate signed by the cluster CA (CN is the
 //! user, O the groups), a bearer token from `DIR/tokens.csv`
 //! (`token,user,uid,"group1,group2"`, as kube-apiserver's --token-auth-file)
-//! or a service account token ([`super::satoken`]). Anything else is 401.
+//! a bootstrap token ([`super::nodejoin`]) or a service account token
+//! ([`super::satoken`]). Anything else is 401.
 //! Every authenticated user is also in `system:authenticated`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -168,6 +169,9 @@ impl Authenticator {
             return Some(u.clone());
         }
         let sa = self.service_accounts.as_ref()?;
+        if super::nodejoin::parse_token(token).is_some() {
+            return super::nodejoin::authenticate(&sa.registry, token).await;
+        }
         match super::satoken::authenticate(&sa.registry, &sa.issuer, token).await {
             Ok(u) => Some(u),
             Err(e) => {

@@ -1009,7 +1009,12 @@ async fn resource(
                 .await
         }
         (&Method::POST, None, None) => {
-            let (obj, _) = parse_body(headers, &body)?;
+            let (mut obj, _) = parse_body(headers, &body)?;
+            if rt.group == "certificates.k8s.io"
+                && let Some(u) = user
+            {
+                super::nodejoin::admit_csr(&mut obj, u)?;
+            }
             let w = reg
                 .create(rt, ns, obj, &write_options(&q, check.clone())?)
                 .await?;
@@ -1035,7 +1040,7 @@ async fn resource(
             let status = reg.bind(ns.unwrap_or_default(), name, &obj).await?;
             Ok(json_response(StatusCode::CREATED, &status))
         }
-        (&Method::PUT, Some(name), None | Some("status") | Some("finalize")) => {
+        (&Method::PUT, Some(name), None | Some("status") | Some("finalize") | Some("approval")) => {
             let (obj, _) = parse_body(headers, &body)?;
             let w = reg
                 .update(rt, ns, name, obj, sub, &write_options(&q, check.clone())?)
@@ -1057,7 +1062,7 @@ async fn resource(
                 )
                 .await?)
         }
-        (&Method::PATCH, Some(name), None | Some("status")) => {
+        (&Method::PATCH, Some(name), None | Some("status") | Some("approval")) => {
             let (p, ct) = parse_body(headers, &body)?;
             let w = reg
                 .patch(

@@ -8,6 +8,7 @@ pub mod background;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod nodejoin;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod pki;
@@ -298,6 +299,13 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             Some(Arc::new(a))
         }
     };
+    nodejoin::publish_cluster_info(&registry, &pki.ca.cert_pem, &url).await;
+    tasks.push(nodejoin::run(
+        registry.clone(),
+        authorizer.clone(),
+        pki.ca.clone(),
+        rx.clone(),
+    ));
     let app = http::router(registry.clone(), addr, issuer, nodes, authorizer, auditor);
     tasks.push(tokio::spawn(tls::serve(
         listener,

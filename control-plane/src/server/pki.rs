@@ -146,6 +146,78 @@ pub fn issue(
     })
 }
 
+/// The subject of a certificate signing request, after its signature has
+/// been checked: (common name, organizations).
+pub fn csr_subject(csr_pem: &str) -> Result<(String, Vec<String>), PkiError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(cert_err("parse the certificate signing request"))?;
+    let mut cn = String::new();
+    let mut orgs = Vec::new();
+    for (ty, value) in csr.params.distinguished_name.iter() {
+        let value = dn_text(value);
+        match ty {
+            DnType::CommonName => cn = value,
+            DnType::OrganizationName => orgs.push(value),
+            _ => {}
+        }
+    }
+    Ok((cn, orgs))
+}
+
+fn dn_text(v: &rcgen::DnValue) -> String {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
+        rcgen::DnValue::BmpString(_) | rcgen::DnValue::UniversalString(_) => String::new(),
+        _ => String::new(),
+    }
+}
+
+/// Sign a certificate signing request with `ca`: the requester's subject
+/// and key, for `seconds`, as a client (or serving) certificate.
+pub fn sign_csr(
+    ca: &CertPair,
+    csr_pem: &str,
+    server: bool,
+    seconds: i64,
+) -> Result<String, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_err("parse CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(cert_err("parse CA cert"))?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(cert_err("parse the certificate signing request"))?;
+    let p = &mut csr.params;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    if !server {
+        p.subject_alt_names.clear();
+    }
+    p.use_authority_key_identifier_extension = true;
+    // Backdated for clocks a little behind, by 5 minutes or a tenth of a
+    // short life (kube-controller-manager's signer does the same).
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::seconds((seconds / 10).min(300));
+    p.not_after = now + time::Duration::seconds(seconds);
+    let cert = csr
+        .signed_by(&issuer)
+        .map_err(cert_err("sign the request"))?;
+    Ok(cert.pem())
+}
+
+/// kubeadm's CA pin of a CA certificate (`sha256:` and the hex SHA-256
+/// of its SubjectPublicKeyInfo).
+pub use keelson_host::serve::ca_cert_hash;
+
 impl Pki {
     /// Load the PKI under `data_dir/pki`, creating what is missing. The serving
     /// certificate is reissued when `sans` names something it lacks.

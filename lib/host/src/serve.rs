@@ -242,3 +242,19 @@ impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
             .supported_schemes()
     }
 }
+
+/// kubeadm's CA pin: `sha256:` and the hex SHA-256 of the first
+/// certificate's SubjectPublicKeyInfo in a PEM bundle (what
+/// `--discovery-token-ca-cert-hash` / `--ca-cert-hash` name).
+pub fn ca_cert_hash(ca_pem: &str) -> Result<String, String> {
+    use sha2::Digest;
+    let der = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .next()
+        .ok_or("no certificate in the PEM")?
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "sha256:{:x}",
+        sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw)
+    ))
+}

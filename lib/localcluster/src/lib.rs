@@ -340,8 +340,8 @@ pub struct NodeSpec<'a> {
     pub netns: &'a str,
     /// The node's address on the link.
     pub ip: Ipv4Addr,
-    /// The server's kubeconfig.
-    pub kubeconfig: &'a Path,
+    /// The server's kubeconfig (None: `extra` says how the agent joins).
+    pub kubeconfig: Option<&'a Path>,
     /// The `keelson` binary (keelson-cni is looked for beside it).
     pub bin: &'a Path,
     /// The agent's Service proxy.
@@ -449,10 +449,11 @@ impl Node {
             "agent".into(),
         ];
         let dns = ip.to_string();
+        if let Some(k) = spec.kubeconfig {
+            cmd.extend(["--kubeconfig".to_string(), s(k)]);
+        }
         cmd.extend(
             [
-                "--kubeconfig",
-                &s(spec.kubeconfig),
                 "--node-name",
                 &name,
                 "--root-dir",
@@ -691,6 +692,19 @@ impl LocalCluster {
         path: Option<&str>,
         extra: &[String],
     ) -> Result<&Node> {
+        self.add_node_as(bin, mode, path, extra, true)
+    }
+
+    /// [`LocalCluster::add_node`], the agent given the admin kubeconfig
+    /// only when `admin` (else `extra` says how it joins).
+    pub fn add_node_as(
+        &mut self,
+        bin: &Path,
+        mode: ProxyMode,
+        path: Option<&str>,
+        extra: &[String],
+        admin: bool,
+    ) -> Result<&Node> {
         let index = u8::try_from(self.nodes.len() + 1)
             .ok()
             .filter(|i| *i <= 80)
@@ -703,7 +717,7 @@ impl LocalCluster {
             index,
             netns: &netns,
             ip: addr,
-            kubeconfig: &self.server.kubeconfig,
+            kubeconfig: admin.then_some(self.server.kubeconfig.as_path()),
             bin,
             proxy_mode: mode,
             path,

@@ -326,6 +326,7 @@ fn main() -> anyhow::Result<()> {
         proxy_mode: ProxyMode::Nftables,
         agent_path: None,
         registry_login: None,
+        join: None,
     });
     for (tag, names) in IMAGES {
         for name in *names {

@@ -404,6 +404,10 @@ pub fn node_rules() -> Vec<Value> {
 }
 
 fn binding(role: &str, subjects: &[(&str, &str)]) -> Value {
+    named_binding(role, role, subjects)
+}
+
+fn named_binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
     let subjects: Vec<Value> = subjects
         .iter()
         .map(|(kind, name)| match *kind {
@@ -418,7 +422,7 @@ fn binding(role: &str, subjects: &[(&str, &str)]) -> Value {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
         "metadata": {
-            "name": role,
+            "name": name,
             "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
             "annotations": {AUTOUPDATE: "true"},
         },
@@ -463,6 +467,30 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("ServiceAccount", "kube-system/kube-dns")],
         ),
         binding("system:node-proxier", &[("User", "system:kube-proxy")]),
+        // Joining nodes (kubeadm's bindings): a bootstrap token may ask for
+        // a node client certificate, which is approved; a node may renew
+        // its own. A Keelson node also does kube-proxy's and the cluster
+        // DNS's work, so nodes get system:node-proxier.
+        named_binding(
+            "keelson:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", "system:bootstrappers")],
+        ),
+        named_binding(
+            "keelson:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", "system:bootstrappers")],
+        ),
+        named_binding(
+            "keelson:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", "system:nodes")],
+        ),
+        named_binding(
+            "keelson:node-proxier",
+            "system:node-proxier",
+            &[("Group", "system:nodes")],
+        ),
     ]
 }
 

@@ -1,0 +1,192 @@
+//! Joining without admin credentials: an agent in its own network namespace
+//! joins with only `--server`, `--token` and `--ca-cert-hash` (from `keelson
+//! token create --print-join-command`), gets a `system:node:NAME`
+//! certificate through a CertificateSigningRequest, runs a pod that mounts
+//! a Secret (read through the node authorizer), and renews its certificate
+//! (a 60 s one here) while it keeps working. A wrong CA hash or token is
+//! refused before anything is written.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use keelson_e2e::multinode::{Cluster, ClusterOptions, ProxyMode, can_run, join_command};
+
+fn cert_subject_and_start(pem: &str) -> (String, Vec<String>, i64) {
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            pem.lines()
+                .skip_while(|l| !l.starts_with("-----BEGIN"))
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----END"))
+                .collect::<String>(),
+        )
+        .expect("PEM");
+    let user = keelson_control_plane::server::auth::user_from_cert(&der).expect("a certificate");
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    (user.name, user.groups, c.validity().not_before.timestamp())
+}
+
+#[test]
+fn an_agent_joins_with_a_token_and_renews_its_certificate() {
+    if !can_run("an_agent_joins_with_a_token_and_renews_its_certificate") {
+        return;
+    }
+    let c = Cluster::start_opts(&ClusterOptions {
+        nodes: 1,
+        server_extra: &[],
+        proxy_mode: ProxyMode::Nftables,
+        agent_path: None,
+        registry_login: None,
+        join: Some(&["--node-cert-ttl", "60s"]),
+    });
+    let node = &c.nodes[0];
+    // Its credentials are its own: system:node:NAME, not the admin's.
+    let cert_file = node.root_dir.join("pki/node-client.crt");
+    let pem = std::fs::read_to_string(&cert_file).expect("the node's certificate");
+    let (name, groups, first_start) = cert_subject_and_start(&pem);
+    assert_eq!(name, format!("system:node:{}", node.name));
+    assert_eq!(groups, vec!["system:nodes"]);
+    assert!(
+        !node.root_dir.join("pki").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("admin")),
+        "no admin credentials on the node"
+    );
+    let csrs = c.kubectl_ok(&[
+        "get",
+        "csr",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.username} {.status.conditions[0].reason}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        csrs.lines()
+            .any(|l| l.starts_with("system:bootstrap:") && l.ends_with("AutoApproved")),
+        "{csrs}"
+    );
+
+    // A pod with a Secret volume runs on it (the node reads the Secret
+    // through the node authorizer).
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: pass}}
+stringData: {{word: swordfish}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: joined}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: {command}
+    volumeMounts: [{{name: s, mountPath: /secret}}]
+  volumes: [{{name: s, secret: {{secretName: pass}}}}]
+"#,
+        node = node.name,
+        image = c.busybox(),
+        command = keelson_e2e::multinode::httpd_command(),
+    ));
+    c.wait_until("the pod Running", Duration::from_secs(90), || {
+        c.kubectl_ok(&["get", "pod", "joined", "-o", "jsonpath={.status.phase}"]) == "Running"
+    });
+    let out = c.exec_in_pod("joined", &["cat", "/secret/word"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "swordfish");
+
+    // Renewal: a new certificate before the first one's 60 s are over.
+    let deadline = SystemTime::now() + Duration::from_secs(90);
+    loop {
+        let pem = std::fs::read_to_string(&cert_file).unwrap_or_default();
+        let (name, _, start) = cert_subject_and_start(&pem);
+        if start > first_start {
+            assert_eq!(name, format!("system:node:{}", node.name));
+            break;
+        }
+        assert!(
+            SystemTime::now() < deadline,
+            "no renewal within 90 s:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let renewals = c.kubectl_ok(&[
+        "get",
+        "csr",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.username} {.status.conditions[0].reason}{\"\\n\"}{end}",
+    ]);
+    let own = format!("system:node:{} AutoApproved", node.name);
+    let renewed = renewals.lines().filter(|l| *l == own).count();
+    assert!(renewed >= 1, "the node renewed as itself: {renewals}");
+    assert!(renewed <= 2, "renewed at 80 % of the life, not in a loop: {renewals}");
+    // After the first certificate has expired, the agent still works: a
+    // second pod starts and its status is reported.
+    std::thread::sleep(Duration::from_secs(
+        (first_start + 65 - SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs() as i64).max(0)
+            as u64,
+    ));
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: after-renewal}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: {image}, command: {command}}}]
+"#,
+        node = node.name,
+        image = c.busybox(),
+        command = keelson_e2e::multinode::httpd_command(),
+    ));
+    c.wait_until("the second pod Running", Duration::from_secs(90), || {
+        c.kubectl_ok(&[
+            "get",
+            "pod",
+            "after-renewal",
+            "-o",
+            "jsonpath={.status.phase}",
+        ]) == "Running"
+    });
+
+    // Bad joins are refused before anything is written.
+    let bin = keelson_e2e::keelson_bin();
+    let mut flags = join_command(&bin, &c.server.kubeconfig);
+    let tmp = tempfile::tempdir().unwrap();
+    let try_join = |flags: &[String]| {
+        Command::new(&bin)
+            .args(["agent", "--node-name", "intruder", "--root-dir"])
+            .arg(tmp.path().join("root"))
+            .args(["--run-dir"])
+            .arg(tmp.path().join("run"))
+            .args(flags)
+            .output()
+            .unwrap()
+    };
+    let hash_at = flags.iter().position(|f| f == "--ca-cert-hash").unwrap() + 1;
+    let good_hash = flags[hash_at].clone();
+    flags[hash_at] = format!("sha256:{}", "0".repeat(64));
+    let out = try_join(&flags);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("refusing to join"),
+        "{err}"
+    );
+    flags[hash_at] = good_hash;
+    let token_at = flags.iter().position(|f| f == "--token").unwrap() + 1;
+    flags[token_at] = "abcdef.0000000000000000".into();
+    let out = try_join(&flags);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Unauthorized"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("root/pki/node.kubeconfig").exists(),
+        "nothing written by a refused join"
+    );
+}
