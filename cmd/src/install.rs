@@ -14,6 +14,24 @@ pub struct InstallArgs {
     /// Pod CIDR written into the CNI conflist (the node's podCIDR).
     #[arg(long, default_value_t = crate::up::DEFAULT_POD_CIDR.parse().expect("a CIDR"))]
     pub pod_cidr: ipnet::Ipv4Net,
+    /// Join with a bootstrap token: the API server's URL (with --token and
+    /// --ca-cert-hash, from `keelson token create --print-join-command`).
+    #[arg(long, requires_all = ["token", "ca_cert_hash"])]
+    pub server: Option<String>,
+    /// Join: the bootstrap token.
+    #[arg(long, requires = "server")]
+    pub token: Option<String>,
+    /// Join: the cluster CA's hash.
+    #[arg(long, requires = "server")]
+    pub ca_cert_hash: Option<String>,
+}
+
+/// The agent's credentials line of agent.env.
+fn credentials(args: &InstallArgs) -> String {
+    match (&args.server, &args.token, &args.ca_cert_hash) {
+        (Some(s), Some(t), Some(h)) => format!("--server {s} --token {t} --ca-cert-hash {h}"),
+        _ => "--kubeconfig /etc/keelson/agent.kubeconfig".into(),
+    }
 }
 
 const SERVER_UNIT: &str = include_str!("../../systemd/keelson-server.service");
@@ -21,7 +39,10 @@ const AGENT_UNIT: &str = include_str!("../../systemd/keelson-agent.service");
 
 /// What `keelson install` writes: (path under the root, mode, contents).
 /// Configuration files already present are kept.
-fn install_files(pod_cidr: ipnet::Ipv4Net) -> Vec<(&'static str, u32, String, bool)> {
+fn install_files(
+    pod_cidr: ipnet::Ipv4Net,
+    credentials: &str,
+) -> Vec<(&'static str, u32, String, bool)> {
     vec![
         (
             "etc/systemd/system/keelson-server.service",
@@ -46,7 +67,7 @@ fn install_files(pod_cidr: ipnet::Ipv4Net) -> Vec<(&'static str, u32, String, bo
             0o600,
             format!(
                 "# keelson agent configuration (read by keelson-agent.service)\n\
-                 KEELSON_KUBECONFIG=/etc/keelson/agent.kubeconfig\n\
+                 KEELSON_AGENT_CREDENTIALS={credentials}\n\
                  KEELSON_AGENT_FLAGS=--proxy-mode ebpf --pod-cidr {pod_cidr} --cluster-dns 169.254.20.10 --dns-listen 169.254.20.10:53\n"
             ),
             true,
@@ -89,7 +110,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     ] {
         put(rel, 0o755, &|p| std::fs::copy(src, p).map(|_| ()))?;
     }
-    for (rel, mode, text, keep) in install_files(args.pod_cidr) {
+    for (rel, mode, text, keep) in install_files(args.pod_cidr, &credentials(&args)) {
         if keep && args.root.join(rel).exists() {
             println!("kept {}", args.root.join(rel).display());
             continue;

@@ -123,7 +123,10 @@ spec:
     let own = format!("system:node:{} AutoApproved", node.name);
     let renewed = renewals.lines().filter(|l| *l == own).count();
     assert!(renewed >= 1, "the node renewed as itself: {renewals}");
-    assert!(renewed <= 2, "renewed at 80 % of the life, not in a loop: {renewals}");
+    assert!(
+        renewed <= 2,
+        "renewed at 80 % of the life, not in a loop: {renewals}"
+    );
     // After the first certificate has expired, the agent still works: a
     // second pod starts and its status is reported.
     std::thread::sleep(Duration::from_secs(

@@ -163,6 +163,36 @@ fn install_puts_binaries_units_cni_and_config_in_place() {
         std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    assert!(
+        std::fs::read_to_string(&env)
+            .unwrap()
+            .contains("KEELSON_AGENT_CREDENTIALS=--kubeconfig /etc/keelson/agent.kubeconfig\n"),
+        "an admin-made kubeconfig by default"
+    );
+    // A joining node's install writes the join flags instead.
+    let joining = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args(["install", "--root"])
+        .arg(joining.path())
+        .args([
+            "--server",
+            "https://10.0.0.1:6443",
+            "--token",
+            "abcdef.0123456789abcdef",
+        ])
+        .args(["--ca-cert-hash", "sha256:00"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let joined = std::fs::read_to_string(joining.path().join("etc/keelson/agent.env")).unwrap();
+    assert!(
+        joined.contains("KEELSON_AGENT_CREDENTIALS=--server https://10.0.0.1:6443 --token abcdef.0123456789abcdef --ca-cert-hash sha256:00\n"),
+        "{joined}"
+    );
     // A second install keeps configuration an operator changed.
     std::fs::write(&env, "KEELSON_AGENT_FLAGS=--proxy-mode nftables\n").unwrap();
     install();
