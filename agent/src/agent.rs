@@ -427,6 +427,10 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
             pods: manager.store(),
             host: env.clone(),
             health: health.clone(),
+            authorizer: Some(Arc::new(crate::node_api::authz::Authorizer::new(
+                client.clone(),
+                args.node_name.clone(),
+            ))),
         })
         .await
         .context("start node API")?,

@@ -98,6 +98,74 @@ spec:
     let out = c.exec_in_pod("joined", &["cat", "/secret/word"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "swordfish");
 
+    // The node API asks the API server who may do what
+    // (SubjectAccessReview on nodes/proxy), with the node's own identity.
+    let pki_dir = c.server.kubeconfig.parent().unwrap().join("pki");
+    let ca = keelson_control_plane::server::pki::CertPair {
+        cert_pem: std::fs::read_to_string(pki_dir.join("ca.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(pki_dir.join("ca.key")).unwrap(),
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let pair = |name: &str| {
+        let p = keelson_control_plane::server::pki::issue(&ca, name, &[], &[], false).unwrap();
+        let (crt, key) = (
+            certs.path().join(format!("{name}.crt")),
+            certs.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&crt, p.cert_pem).unwrap();
+        std::fs::write(&key, p.key_pem).unwrap();
+        (crt.display().to_string(), key.display().to_string())
+    };
+    c.apply(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-proxy-reader}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-reads-nodes}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: node-proxy-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+"#,
+    );
+    let node_api = |who: Option<&(String, String)>, method: &str, path: &str| {
+        let url = format!("https://{}:10250{path}", node.ip);
+        let mut args = vec!["-X", method];
+        if let Some((crt, key)) = who {
+            args.extend(["--cert", crt, "--key", key]);
+        }
+        args.push(&url);
+        let (code, body, _) = keelson_e2e::curl_k(&args);
+        (code, body)
+    };
+    let admin = (
+        pki_dir.join("admin.crt").display().to_string(),
+        pki_dir.join("admin.key").display().to_string(),
+    );
+    let (alice, bob) = (pair("alice"), pair("bob"));
+    assert_eq!(node_api(None, "GET", "/pods").0, 401);
+    let (code, body) = node_api(Some(&admin), "GET", "/pods");
+    assert!(
+        code == 200 && body.contains("joined"),
+        "admin: {code} {body}"
+    );
+    let (code, body) = node_api(Some(&bob), "GET", "/pods");
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            403,
+            "Forbidden (user=bob, verb=get, resource=nodes, subresource=proxy)"
+        )
+    );
+    assert_eq!(node_api(Some(&alice), "GET", "/pods").0, 200);
+    let (code, body) = node_api(
+        Some(&alice),
+        "POST",
+        "/exec/default/joined/main?command=true",
+    );
+    assert_eq!(code, 403, "alice may read, not exec: {body}");
+
     // Renewal: a new certificate before the first one's 60 s are over.
     let deadline = SystemTime::now() + Duration::from_secs(90);
     loop {

@@ -2,8 +2,10 @@
 //! ([`exec`]), portForward ([`portforward`]).
 //!
 //! Every request but `/healthz` must come with a client certificate the
-//! cluster CA signed (the API server's, an admin's): others get 401. Any
-//! such client may do everything (there is no authorization yet).
+//! cluster CA signed (the API server's, an admin's): others get 401. What
+//! the certificate's user may do the API server decides
+//! (SubjectAccessReview on `nodes/proxy`, `nodes/stats`, …; [`authz`]):
+//! others get 403.
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with the kubelet's
 //! query parameters `follow`, `previous`, `tailLines`, `timestamps`,
@@ -11,6 +13,7 @@
 //! stripped); with `follow=true` the body streams until the container exits.
 
 pub mod attach;
+pub mod authz;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
@@ -77,6 +80,8 @@ pub struct NodeApiConfig {
     pub host: Arc<Host>,
     /// The agent's health (`/healthz`).
     pub health: crate::health::NodeHealth,
+    /// Who may do what (None: every authenticated client may do anything).
+    pub authorizer: Option<Arc<authz::Authorizer>>,
 }
 
 #[derive(Clone)]
@@ -167,15 +172,43 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
         health: cfg.health,
         netns,
     });
+    let authorizer = cfg.authorizer;
     let new_service = move |peer: Peer| {
         let app = app.clone();
+        let authorizer = authorizer.clone();
         // A certificate the cluster CA signed (checked in the handshake).
         let authenticated = !peer.certificates.is_empty();
+        let user = peer.certificates.first().and_then(|c| authz::user_of(c));
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
+            let authorizer = authorizer.clone();
+            let user = user.clone();
             async move {
-                if !authenticated && !unauthenticated_path(req.uri().path()) {
+                let path = req.uri().path().to_string();
+                if unauthenticated_path(&path) {
+                    return app.oneshot(req.map(Body::new)).await;
+                }
+                if !authenticated {
                     return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
+                }
+                if let Some(a) = &authorizer {
+                    let (name, groups) = user.unwrap_or_default();
+                    let (verb, sub) = authz::attributes(req.method().as_str(), &path);
+                    let what =
+                        format!("user={name}, verb={verb}, resource=nodes, subresource={sub}");
+                    match a.check(&name, &groups, verb, sub).await {
+                        authz::Answer::Allowed => {}
+                        authz::Answer::Denied => {
+                            return Ok(text(StatusCode::FORBIDDEN, format!("Forbidden ({what})")));
+                        }
+                        authz::Answer::Error(e) => {
+                            tracing::warn!(error = %e, "node API authorization");
+                            return Ok(text(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("Authorization error ({what})"),
+                            ));
+                        }
+                    }
                 }
                 app.oneshot(req.map(Body::new)).await
             }
