@@ -526,13 +526,19 @@ async fn dispatch(
         let mut r = error_response(&ApiError::too_large(format!(
             "the request body exceeds {MAX_BODY} bytes"
         )));
-        if parts.version < http::Version::HTTP_2 {
+        let expects_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && parts.version < http::Version::HTTP_2 {
+            // The client waits for 100 Continue before it sends the body:
+            // it never will, and the connection closes after the answer.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         } else {
-            // HTTP/2 clients send without waiting; a stream reset before
-            // they finish loses them the answer. Discard what they send
-            // (nothing is kept), for a while, so they read it.
+            // The client sends without waiting; closing or resetting
+            // before it finishes loses it the answer. Discard what it
+            // sends (nothing is kept), for a while, so it reads it.
             tokio::spawn(async move {
                 let mut body = body.into_data_stream();
                 let deadline = tokio::time::sleep(Duration::from_secs(30));
