@@ -147,6 +147,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError> {
     let root = running_as_root();
     let mut archive = tar::Archive::new(HashingReader::new(reader));
+    // Directories by path relative to `dest` (empty: `dest` itself).
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     let entries = archive
         .entries()
@@ -157,9 +158,12 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError
         let shown = String::from_utf8_lossy(&name).into_owned();
         unpack_entry(&mut entry, &name, dest, root, &mut dir_times).map_err(|e| uerr(&shown, e))?;
     }
-    // Directory mtimes last: creating their children changed them.
-    for (dir, mtime) in dir_times.iter().rev() {
-        if let Ok(d) = File::open(dir) {
+    // Directory mtimes last: creating their children changed them. A later
+    // entry may have replaced a directory (or one of its parents) with a
+    // link, a fifo or a device: only what is still a real directory, reached
+    // through real directories, is opened.
+    for (rel, mtime) in dir_times.iter().rev() {
+        if let Some(d) = open_dir_inside(dest, rel) {
             let _ = d.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(*mtime));
         }
     }
@@ -168,6 +172,20 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError
     io::copy(&mut rest, &mut io::sink())
         .map_err(|e| uerr(dest.display(), format!("read tar: {e}")))?;
     Ok(rest.finish().0)
+}
+
+/// `dest/rel` opened if it is a directory and no component of `rel` is a
+/// symbolic link (so nothing outside `dest` is opened, and a fifo or device
+/// never is: opening a fifo would block for good).
+fn open_dir_inside(dest: &Path, rel: &Path) -> Option<File> {
+    if !rel.as_os_str().is_empty() {
+        prepare_parents(dest, rel, false).ok()?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dest.join(rel))
+        .ok()
 }
 
 fn running_as_root() -> bool {
@@ -284,7 +302,7 @@ fn unpack_entry<R: Read>(
             if kind == T::Directory {
                 let m = meta(entry)?;
                 apply_meta(dest, &m, root, false)?;
-                dir_times.push((dest.to_path_buf(), m.mtime));
+                dir_times.push((PathBuf::new(), m.mtime));
             }
             return Ok(());
         }
@@ -322,7 +340,7 @@ fn unpack_entry<R: Read>(
                 fs::create_dir(&full).map_err(|e| format!("create dir: {e}"))?;
             }
             apply_meta(&full, &m, root, false)?;
-            dir_times.push((full, m.mtime));
+            dir_times.push((rel, m.mtime));
         }
         T::Regular | T::Continuous => {
             clear(&full, false)?;
