@@ -163,8 +163,8 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError
     // link, a fifo or a device: only what is still a real directory, reached
     // through real directories, is opened.
     for (rel, mtime) in dir_times.iter().rev() {
-        if let Some(d) = open_dir_inside(dest, rel) {
-            let _ = d.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(*mtime));
+        if let (Some(d), Some(t)) = (open_dir_inside(dest, rel), system_time(*mtime)) {
+            let _ = d.set_modified(t);
         }
     }
     // The diff_id covers the whole stream, padding after the end marker too.
@@ -172,6 +172,13 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError
     io::copy(&mut rest, &mut io::sink())
         .map_err(|e| uerr(dest.display(), format!("read tar: {e}")))?;
     Ok(rest.finish().0)
+}
+
+/// An entry's mtime (Unix seconds) as a time, `None` past what the system
+/// can hold (a tar's base-256 or PAX mtime can say up to 2^64 - 1 s): such a
+/// file keeps the time it was written.
+fn system_time(secs: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// `dest/rel` opened if it is a directory and no component of `rel` is a
@@ -352,7 +359,9 @@ fn unpack_entry<R: Read>(
                 .map_err(|e| format!("create file: {e}"))?;
             io::copy(entry, &mut f).map_err(|e| format!("write file: {e}"))?;
             apply_meta(&full, &m, root, false)?;
-            let _ = f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(m.mtime));
+            if let Some(t) = system_time(m.mtime) {
+                let _ = f.set_modified(t);
+            }
         }
         T::Symlink => {
             let target = entry

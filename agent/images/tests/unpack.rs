@@ -333,3 +333,33 @@ fn a_directory_replaced_by_a_fifo_does_not_hang_the_unpack() {
             .is_fifo()
     );
 }
+
+/// Found by the `image_unpack` fuzz target (its input is
+/// fuzz/corpus/image_unpack/huge-mtime): an mtime past what a `SystemTime`
+/// holds (a GNU base-256 or PAX mtime can say up to 2^64 - 1 s) panicked
+/// while setting it ("overflow when adding duration to instant"), taking the
+/// pull down. Such entries keep the time they were written.
+#[test]
+fn mtimes_past_the_end_of_time_do_not_panic() {
+    use tar::EntryType as T;
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data) in [
+        ("d/", T::Directory, &b""[..]),
+        ("d/f", T::Regular, &b"x"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(u64::MAX);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    unpack_tar(&tar[..], dir.path()).unwrap();
+    assert_eq!(fs::read(dir.path().join("d/f")).unwrap(), b"x");
+}
