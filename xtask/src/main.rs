@@ -2,8 +2,9 @@
 //! run the benchmarks.
 //!
 //! ```text
-//! cargo xtask setup   # apt packages and Python test client
-//! cargo xtask test    # setup, then every test (both tiers; root tests need root)
+//! cargo xtask setup   # apt packages, Python test client, cargo-fuzz
+//! cargo xtask test    # setup, then every test (both tiers; root tests need root), then fuzz 30 s each
+//! cargo xtask fuzz [--seconds N] [--jobs J] [TARGET...]  # the fuzz targets of fuzz/, N s each
 //! cargo xtask up      # setup, build, `keelson up`: a single-node cluster on this machine
 //! cargo xtask bench   # the API server benchmark, both storage backends
 //! cargo xtask images  # test images into the import dir of `keelson up`'s agent
@@ -18,6 +19,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+mod fuzz;
 mod upstream;
 
 /// Python packages the tests use (from PyPI).
@@ -107,7 +109,8 @@ fn setup() -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    // The fuzz targets' runner (crates.io, cached outside the clone).
+    fuzz::install()
 }
 
 fn cargo() -> Command {
@@ -125,7 +128,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(extra)
         .env("KEELSON_REQUIRE_ALL", "1")
         // Golden files are compared, never rewritten, by the test command.
-        .env_remove("KEELSON_UPDATE_GOLDEN"))
+        .env_remove("KEELSON_UPDATE_GOLDEN"))?;
+    // Hostile input: every fuzz target, briefly, from its checked-in corpus.
+    fuzz::fuzz(&["--seconds".into(), fuzz::DEFAULT_SECONDS.to_string()])
 }
 
 fn up(extra: &[String]) -> anyhow::Result<()> {
@@ -298,11 +303,12 @@ fn main() -> anyhow::Result<()> {
         "up" => up(rest),
         "bench" => bench(rest),
         "images" => images(rest),
+        "fuzz" => fuzz::fuzz(rest),
         "upstream" => upstream::build().map(drop),
         "conformance" => conformance(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [--data-dir DIR] | upstream | conformance [--focus REGEX] [--skip REGEX] [--nodes N] [--parallel N]"
+                "usage: cargo xtask setup | test [cargo test args] | up [keelson up args] | bench | images [--data-dir DIR] | fuzz [--seconds N] [--jobs J] [TARGET...] | upstream | conformance [--focus REGEX] [--skip REGEX] [--nodes N] [--parallel N]"
             );
             if cmd == "help" {
                 Ok(())

@@ -147,6 +147,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError> {
     let root = running_as_root();
     let mut archive = tar::Archive::new(HashingReader::new(reader));
+    // Directories by path relative to `dest` (empty: `dest` itself).
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     let entries = archive
         .entries()
@@ -157,10 +158,13 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError
         let shown = String::from_utf8_lossy(&name).into_owned();
         unpack_entry(&mut entry, &name, dest, root, &mut dir_times).map_err(|e| uerr(&shown, e))?;
     }
-    // Directory mtimes last: creating their children changed them.
-    for (dir, mtime) in dir_times.iter().rev() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(*mtime));
+    // Directory mtimes last: creating their children changed them. A later
+    // entry may have replaced a directory (or one of its parents) with a
+    // link, a fifo or a device: only what is still a real directory, reached
+    // through real directories, is opened.
+    for (rel, mtime) in dir_times.iter().rev() {
+        if let (Some(d), Some(t)) = (open_dir_inside(dest, rel), system_time(*mtime)) {
+            let _ = d.set_modified(t);
         }
     }
     // The diff_id covers the whole stream, padding after the end marker too.
@@ -168,6 +172,27 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<Digest, UnpackError
     io::copy(&mut rest, &mut io::sink())
         .map_err(|e| uerr(dest.display(), format!("read tar: {e}")))?;
     Ok(rest.finish().0)
+}
+
+/// An entry's mtime (Unix seconds) as a time, `None` past what the system
+/// can hold (a tar's base-256 or PAX mtime can say up to 2^64 - 1 s): such a
+/// file keeps the time it was written.
+fn system_time(secs: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// `dest/rel` opened if it is a directory and no component of `rel` is a
+/// symbolic link (so nothing outside `dest` is opened, and a fifo or device
+/// never is: opening a fifo would block for good).
+fn open_dir_inside(dest: &Path, rel: &Path) -> Option<File> {
+    if !rel.as_os_str().is_empty() {
+        prepare_parents(dest, rel, false).ok()?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dest.join(rel))
+        .ok()
 }
 
 fn running_as_root() -> bool {
@@ -284,7 +309,7 @@ fn unpack_entry<R: Read>(
             if kind == T::Directory {
                 let m = meta(entry)?;
                 apply_meta(dest, &m, root, false)?;
-                dir_times.push((dest.to_path_buf(), m.mtime));
+                dir_times.push((PathBuf::new(), m.mtime));
             }
             return Ok(());
         }
@@ -322,7 +347,7 @@ fn unpack_entry<R: Read>(
                 fs::create_dir(&full).map_err(|e| format!("create dir: {e}"))?;
             }
             apply_meta(&full, &m, root, false)?;
-            dir_times.push((full, m.mtime));
+            dir_times.push((rel, m.mtime));
         }
         T::Regular | T::Continuous => {
             clear(&full, false)?;
@@ -334,7 +359,9 @@ fn unpack_entry<R: Read>(
                 .map_err(|e| format!("create file: {e}"))?;
             io::copy(entry, &mut f).map_err(|e| format!("write file: {e}"))?;
             apply_meta(&full, &m, root, false)?;
-            let _ = f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(m.mtime));
+            if let Some(t) = system_time(m.mtime) {
+                let _ = f.set_modified(t);
+            }
         }
         T::Symlink => {
             let target = entry

@@ -269,3 +269,97 @@ fn gzip_and_plain_layer_files() {
     let out = tempfile::tempdir().unwrap();
     assert!(unpack_layer_file(&cut, "", out.path()).is_err());
 }
+
+/// Found writing the `image_unpack` fuzz target (fuzz/; its seed
+/// `replaced` fails on it): directory mtimes are set after every entry is
+/// written, and a later entry may have replaced the directory, or one of
+/// its parents, with a link out of the layer. The mtime must not land on
+/// the link's target.
+#[test]
+fn directory_times_stay_inside_when_a_directory_becomes_a_link() {
+    use std::os::unix::fs::MetadataExt;
+    use tar::EntryType as T;
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(outside.path().join("e")).unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let mtimes = || {
+        [outside.path().to_path_buf(), outside.path().join("e")]
+            .map(|p| fs::metadata(p).unwrap().mtime())
+    };
+    let before = mtimes();
+    let tar = build(&[
+        e("d/", T::Directory),
+        e("d/e/", T::Directory),
+        E {
+            link: &target,
+            ..e("d", T::Symlink)
+        },
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    unpack_tar(&tar[..], dir.path()).unwrap();
+    assert!(
+        fs::symlink_metadata(dir.path().join("d"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_ne!(
+        before[0], 1_700_000_000,
+        "the layer's time is not the clock's"
+    );
+    assert_eq!(mtimes(), before, "an mtime was set through the link");
+}
+
+/// Found with the one above, reading the code the `image_unpack` fuzz
+/// target drives: a directory replaced by a fifo later in the layer was
+/// opened (to set its mtime) at the end, and opening a fifo without a
+/// writer blocks for good: the pull never finished.
+#[test]
+fn a_directory_replaced_by_a_fifo_does_not_hang_the_unpack() {
+    use tar::EntryType as T;
+    let tar = build(&[e("d/", T::Directory), e("d", T::Fifo)]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(unpack_tar(&tar[..], &dest).map(drop)));
+    let done = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("unpack finished");
+    done.unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(dir.path().join("d"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+/// Found by the `image_unpack` fuzz target (its input is
+/// fuzz/corpus/image_unpack/huge-mtime): an mtime past what a `SystemTime`
+/// holds (a GNU base-256 or PAX mtime can say up to 2^64 - 1 s) panicked
+/// while setting it ("overflow when adding duration to instant"), taking the
+/// pull down. Such entries keep the time they were written.
+#[test]
+fn mtimes_past_the_end_of_time_do_not_panic() {
+    use tar::EntryType as T;
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data) in [
+        ("d/", T::Directory, &b""[..]),
+        ("d/f", T::Regular, &b"x"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(u64::MAX);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    unpack_tar(&tar[..], dir.path()).unwrap();
+    assert_eq!(fs::read(dir.path().join("d/f")).unwrap(), b"x");
+}

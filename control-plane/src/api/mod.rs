@@ -2,6 +2,7 @@
 //! defaulting, validation and Service allocation. No HTTP here.
 
 pub mod alloc;
+pub mod body;
 pub mod convert;
 pub mod crd;
 pub mod custom;

@@ -1,5 +1,5 @@
 //! HTTP routing: Kubernetes REST paths to [`Registry`] operations, request
-//! decoding (JSON, YAML, the three patch types), responses and watch streams.
+//! bodies (decoded by [`crate::api::body`]), responses and watch streams.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use super::authz::{self, Authorizer, attributes};
 use super::metrics::{Metrics, WatchLabels};
 use super::satoken::TokenIssuer;
 use super::{discovery, openapi};
+use crate::api::body;
 use crate::api::custom::CustomVersion;
 use crate::api::errors::{ApiError, ApiResult};
 use crate::api::registry::{
@@ -240,69 +241,14 @@ fn flag(q: &HashMap<String, String>, k: &str) -> bool {
 }
 
 fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<(Value, String)> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty"));
-    }
-    let value = match ct.as_str() {
-        "application/json"
-        | "application/json-patch+json"
-        | "application/merge-patch+json"
-        | "application/strategic-merge-patch+json"
-        | ""
-        | "*/*" => serde_json::from_slice::<Value>(body).map_err(|e| {
-            ApiError::bad_request(format!("error decoding request body as JSON: {e}"))
-        })?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
-            decode_yaml(text)?
-        }
-        "application/vnd.kubernetes.protobuf" => {
-            use crate::api::protobuf::{ProtoError, decode_object};
-            decode_object(body).map_err(|e| match e {
-                ProtoError::Unsupported { .. }
-                | ProtoError::UnsupportedEncoding { .. }
-                | ProtoError::UnsupportedContentType { .. } => {
-                    let mut err =
-                        ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf");
-                    err.message = e.to_string();
-                    err
-                }
-                other => {
-                    ApiError::bad_request(format!("error decoding protobuf request body: {other}"))
-                }
-            })?
-        }
-        "application/apply-patch+yaml" => {
-            return Err(ApiError::unsupported_media_type(&ct));
-        }
-        other => return Err(ApiError::unsupported_media_type(other)),
-    };
+    let ct = body::media_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json"),
+    );
+    let value = body::decode(&ct, body)?;
     Ok((value, ct))
-}
-
-/// A YAML body as JSON, with what it may expand to bounded by its size:
-/// aliases may not make it more than about twice as many nodes, or twice
-/// as many scalar bytes, as its text holds (a "billion laughs" document is
-/// refused before it is built, not after).
-fn decode_yaml(text: &str) -> ApiResult<Value> {
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_nodes = 1000 + text.len() / 2;
-    budget.max_total_scalar_bytes = 4096 + text.len() * 2;
-    budget.max_recorded_anchor_bytes = 4096 + text.len() * 2;
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    serde_saphyr::from_str_with_options::<Value>(text, options)
-        .map_err(|e| ApiError::bad_request(format!("error decoding request body as YAML: {e}")))
 }
 
 fn write_options(
@@ -1273,27 +1219,6 @@ fn rv_of(o: &Value) -> i64 {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn yaml_bodies_may_not_expand_past_their_size() {
-        let doc = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: &l {x: z}}\ndata: {k: v}\nextra: *l\n";
-        let v = decode_yaml(doc).unwrap();
-        assert_eq!(v["extra"]["x"], "z", "a small alias is fine");
-        let mut bomb = String::from("a0: &a0 [x,x,x,x,x,x,x,x,x]\n");
-        for i in 1..9 {
-            let refs = vec![format!("*a{}", i - 1); 9].join(",");
-            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
-        }
-        let e = decode_yaml(&bomb).unwrap_err();
-        assert_eq!(e.code, 400);
-        assert!(e.message.contains("budget"), "{}", e.message);
-        // A large plain document is still read whole.
-        let big: String = (0..20_000).map(|i| format!("k{i}: v{i}\n")).collect();
-        assert_eq!(
-            decode_yaml(&big).unwrap().as_object().unwrap().len(),
-            20_000
-        );
-    }
 
     #[test]
     fn streaming_subresources_are_told_apart() {

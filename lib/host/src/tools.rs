@@ -101,6 +101,10 @@ pub const NOT_FROM_APT: &[(&str, &str)] = &[
         "go",
         "the Go toolchain at /usr/local/go (building upstream Kubernetes programs only)",
     ),
+    (
+        "cargo-fuzz",
+        "crates.io: `cargo xtask setup` installs it into /var/cache/keelson/cargo-tools (fuzz targets only)",
+    ),
 ];
 
 /// Debian packages needed beyond the programs above: headers and libraries
