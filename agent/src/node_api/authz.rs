@@ -13,22 +13,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 
-/// Who a client certificate names: (user, groups).
-pub fn user_of(cert_der: &[u8]) -> Option<(String, Vec<String>)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(String::from))
-        .collect();
-    Some((name, groups))
-}
+pub use keelson_host::serve::cert_subject as user_of;
 
 /// The kubelet's request attributes: (verb, subresource of `nodes`).
 pub fn attributes(method: &str, path: &str) -> (&'static str, &'static str) {

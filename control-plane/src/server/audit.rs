@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::authz::Decision;
 use super::authz::attributes::Attributes;
+use super::authz::rbac::strings;
 
 /// How much of a request is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,17 +66,6 @@ struct Rule {
     resources: Vec<GroupResources>,
     namespaces: Vec<String>,
     non_resource_urls: Vec<String>,
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Rule {

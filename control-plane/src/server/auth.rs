@@ -184,18 +184,7 @@ impl Authenticator {
 
 /// The user a verified client certificate names.
 pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(String::from))
-        .collect();
+    let (name, groups) = keelson_host::serve::cert_subject(der)?;
     Some(UserInfo {
         name,
         uid: String::new(),

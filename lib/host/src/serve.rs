@@ -258,3 +258,21 @@ pub fn ca_cert_hash(ca_pem: &str) -> Result<String, String> {
         sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw)
     ))
 }
+
+/// The user and groups a client certificate names (its subject's CN and
+/// O values), as Kubernetes reads them.
+pub fn cert_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some((name, groups))
+}

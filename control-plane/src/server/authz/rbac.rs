@@ -20,9 +20,9 @@ pub struct Rule {
     pub non_resource_urls: Vec<String>,
 }
 
-fn strings(v: &Value, key: &str) -> Vec<String> {
-    v[key]
-        .as_array()
+/// The strings of a JSON array (none when it is not one).
+pub(crate) fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
@@ -35,11 +35,11 @@ fn strings(v: &Value, key: &str) -> Vec<String> {
 impl Rule {
     pub fn from_json(v: &Value) -> Rule {
         Rule {
-            verbs: strings(v, "verbs"),
-            api_groups: strings(v, "apiGroups"),
-            resources: strings(v, "resources"),
-            resource_names: strings(v, "resourceNames"),
-            non_resource_urls: strings(v, "nonResourceURLs"),
+            verbs: strings(&v["verbs"]),
+            api_groups: strings(&v["apiGroups"]),
+            resources: strings(&v["resources"]),
+            resource_names: strings(&v["resourceNames"]),
+            non_resource_urls: strings(&v["nonResourceURLs"]),
         }
     }
 
