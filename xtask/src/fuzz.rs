@@ -199,12 +199,31 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<()> {
     let root = super::workspace_root();
     let fuzz_dir = root.join("fuzz");
     let target_dir = super::cargo_target_dir()?.join("fuzz");
-    super::run(
-        Command::new(cargo_fuzz())
-            .args(["fuzz", "build", "--sanitizer", "none", "--target-dir"])
-            .arg(&target_dir)
-            .current_dir(&fuzz_dir),
-    )?;
+    let mut build = Command::new(cargo_fuzz());
+    build
+        .args(["fuzz", "build", "--sanitizer", "none", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(&fuzz_dir);
+    // What `cargo run` set for xtask itself is not the fuzz build's: build
+    // scripts that watch these (ring's watches CARGO_MANIFEST_DIR) would
+    // rebuild half the tree whenever a build by hand came between.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&k.as_ref())
+        {
+            build.env_remove(k.as_ref());
+        }
+    }
+    super::run(&mut build)?;
     let built = started.elapsed();
     let bin_dir = target_dir.join(host_triple()?).join("release");
     let mut failed = Vec::new();
