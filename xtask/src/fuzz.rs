@@ -175,8 +175,13 @@ fn finish(mut r: Running) -> anyhow::Result<Option<String>> {
     let status = r.child.wait().context("wait for a fuzz target")?;
     let log = std::fs::read_to_string(r.log.path()).unwrap_or_default();
     if status.success() {
-        // `#N DONE cov: C ft: F corp: K/B ...`, and the final stats.
-        let done = log.lines().rfind(|l| l.contains(" DONE ")).unwrap_or("");
+        // `#N<TAB>DONE   cov: C ft: F corp: K/B ...`, and the final stats.
+        let done = log
+            .lines()
+            .rfind(|l| l.split_whitespace().nth(1) == Some("DONE"))
+            .and_then(|l| l.split_once("cov:"))
+            .map(|(_, rest)| format!("cov:{rest}"))
+            .unwrap_or_default();
         let execs = log
             .lines()
             .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
