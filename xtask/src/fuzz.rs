@@ -116,6 +116,8 @@ struct Running {
     child: Child,
     log: tempfile::NamedTempFile,
     _corpus: tempfile::TempDir,
+    /// The target's TMPDIR (image_unpack's sandbox), removed with it.
+    _tmp: tempfile::TempDir,
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<usize> {
@@ -149,8 +151,13 @@ fn start(bin_dir: &Path, fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow:
         .tempfile()
         .context("create a log file")?;
     let log_file = log.reopen().context("open the log file")?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("keelson-fuzz-{target}-tmp."))
+        .tempdir()
+        .context("create a temporary dir")?;
     let mut cmd = Command::new(bin_dir.join(target));
-    cmd.arg(corpus.path())
+    cmd.env("TMPDIR", tmp.path())
+        .arg(corpus.path())
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={INPUT_TIMEOUT_SECONDS}"))
         .arg("-rss_limit_mb=2048")
@@ -167,6 +174,7 @@ fn start(bin_dir: &Path, fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow:
         child,
         log,
         _corpus: corpus,
+        _tmp: tmp,
     })
 }
 
