@@ -116,6 +116,8 @@ struct Running {
     child: Child,
     log: tempfile::NamedTempFile,
     _corpus: tempfile::TempDir,
+    /// The target's TMPDIR (image_unpack's sandbox), removed with it.
+    _tmp: tempfile::TempDir,
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<usize> {
@@ -149,8 +151,13 @@ fn start(bin_dir: &Path, fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow:
         .tempfile()
         .context("create a log file")?;
     let log_file = log.reopen().context("open the log file")?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("keelson-fuzz-{target}-tmp."))
+        .tempdir()
+        .context("create a temporary dir")?;
     let mut cmd = Command::new(bin_dir.join(target));
-    cmd.arg(corpus.path())
+    cmd.env("TMPDIR", tmp.path())
+        .arg(corpus.path())
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={INPUT_TIMEOUT_SECONDS}"))
         .arg("-rss_limit_mb=2048")
@@ -167,6 +174,7 @@ fn start(bin_dir: &Path, fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow:
         child,
         log,
         _corpus: corpus,
+        _tmp: tmp,
     })
 }
 
@@ -175,8 +183,13 @@ fn finish(mut r: Running) -> anyhow::Result<Option<String>> {
     let status = r.child.wait().context("wait for a fuzz target")?;
     let log = std::fs::read_to_string(r.log.path()).unwrap_or_default();
     if status.success() {
-        // `#N DONE cov: C ft: F corp: K/B ...`, and the final stats.
-        let done = log.lines().rfind(|l| l.contains(" DONE ")).unwrap_or("");
+        // `#N<TAB>DONE   cov: C ft: F corp: K/B ...`, and the final stats.
+        let done = log
+            .lines()
+            .rfind(|l| l.split_whitespace().nth(1) == Some("DONE"))
+            .and_then(|l| l.split_once("cov:"))
+            .map(|(_, rest)| format!("cov:{rest}"))
+            .unwrap_or_default();
         let execs = log
             .lines()
             .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
@@ -199,12 +212,31 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<()> {
     let root = super::workspace_root();
     let fuzz_dir = root.join("fuzz");
     let target_dir = super::cargo_target_dir()?.join("fuzz");
-    super::run(
-        Command::new(cargo_fuzz())
-            .args(["fuzz", "build", "--sanitizer", "none", "--target-dir"])
-            .arg(&target_dir)
-            .current_dir(&fuzz_dir),
-    )?;
+    let mut build = Command::new(cargo_fuzz());
+    build
+        .args(["fuzz", "build", "--sanitizer", "none", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(&fuzz_dir);
+    // What `cargo run` set for xtask itself is not the fuzz build's: build
+    // scripts that watch these (ring's watches CARGO_MANIFEST_DIR) would
+    // rebuild half the tree whenever a build by hand came between.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&k.as_ref())
+        {
+            build.env_remove(k.as_ref());
+        }
+    }
+    super::run(&mut build)?;
     let built = started.elapsed();
     let bin_dir = target_dir.join(host_triple()?).join("release");
     let mut failed = Vec::new();
