@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use keelson_control_plane::controllers::nodeipam::{Allocation, DEFAULT_MASK_SIZE};
 use keelson_control_plane::server::{self, ServerConfig};
 
 fn d() -> ServerConfig {
@@ -75,6 +76,14 @@ pub struct ServerArgs {
     /// Toleration seconds for the not-ready/unreachable NoExecute taints when a pod sets none.
     #[arg(long, default_value_t = d().controller_config.default_toleration_seconds)]
     pub default_toleration_seconds: i64,
+    /// Allocate each Node a pod CIDR (spec.podCIDR) from this range, as
+    /// kube-controller-manager's --allocate-node-cidrs --cluster-cidr
+    /// (default: none, agents bring their own with --pod-cidr).
+    #[arg(long)]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The prefix length of each Node's pod CIDR (with --cluster-cidr).
+    #[arg(long, default_value_t = DEFAULT_MASK_SIZE)]
+    pub node_cidr_mask_size: u8,
     /// Identity for leader election (default: hostname and PID).
     #[arg(long)]
     pub identity: Option<String>,
@@ -151,6 +160,11 @@ impl ServerArgs {
                 ),
                 default_toleration_seconds: self.default_toleration_seconds,
                 identity: self.identity.unwrap_or_else(default_identity),
+                node_ipam: self
+                    .cluster_cidr
+                    .map(|c| Allocation::new(c, self.node_cidr_mask_size))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--node-cidr-mask-size: {e}"))?,
             },
             service_account_issuer: self.service_account_issuer,
             advertise_address: self.advertise_address,

@@ -323,6 +323,7 @@ async fn bench_end_to_end(s: &Settings, mode: Mode) -> Result<()> {
             client: client.clone(),
             config: keelson_control_plane::controllers::ControllerConfig::default(),
             root_ca_pem: String::new(),
+            clients: Default::default(),
         };
         tokio::spawn(keelson_control_plane::scheduler::run(Arc::new(ctx)))
     });

@@ -12,7 +12,7 @@ use kube::api::{Api, PostParams};
 async fn holder(client: &kube::Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     leases
-        .get_opt("keelson-controllers")
+        .get_opt("kube-controller-manager")
         .await
         .ok()
         .flatten()?

@@ -512,3 +512,207 @@ rules: [{apiGroups: [example.com], resources: [widgets], verbs: [get]}]
             .then_some(())
     });
 }
+
+/// The scheduler and the controllers act as themselves, each with only its
+/// own role (kube-controller-manager with service-account credentials): the
+/// audit log names who wrote what, none of them was refused, and none of
+/// them may do another's work.
+#[test]
+fn controllers_act_as_their_own_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.log");
+    let log_arg = format!("--audit-log-path={}", log.display());
+    let server = ServerProcess::start_with(None, &[log_arg.as_str()]);
+    server.kubectl_ok(KUBECTL, &["create", "namespace", "team"]);
+    apply(
+        &server,
+        r#"apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: team}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: team}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+"#,
+    );
+    // A Ready node with room, so the scheduler binds the pod.
+    server.kubectl_ok(
+        KUBECTL,
+        &[
+            "patch",
+            "node",
+            "n1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True"}],
+                "allocatable":{"cpu":"4","memory":"8Gi","pods":"110"},
+                "capacity":{"cpu":"4","memory":"8Gi","pods":"110"}}}"#,
+        ],
+    );
+    let events = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let writer = |ev: &[Value], verb: &str, resource: &str, sub: &str| -> Option<String> {
+        ev.iter()
+            .find(|e| {
+                e["verb"] == verb
+                    && e["objectRef"]["resource"] == resource
+                    && e["objectRef"]["subresource"].as_str().unwrap_or("") == sub
+                    && e["responseStatus"]["code"]
+                        .as_u64()
+                        .is_some_and(|c| c < 300)
+            })
+            .map(|e| e["user"]["username"].as_str().unwrap_or("").to_string())
+    };
+    let sa = |name: &str| format!("system:serviceaccount:kube-system:{name}");
+    let wanted = [
+        ("create", "replicasets", "", sa("deployment-controller")),
+        ("create", "pods", "", sa("replicaset-controller")),
+        (
+            "create",
+            "endpointslices",
+            "",
+            sa("endpointslice-controller"),
+        ),
+        ("create", "endpoints", "", sa("endpoint-controller")),
+        ("create", "configmaps", "", sa("root-ca-cert-publisher")),
+        (
+            "create",
+            "serviceaccounts",
+            "",
+            sa("service-account-controller"),
+        ),
+        (
+            "create",
+            "pods",
+            "binding",
+            "system:kube-scheduler".to_string(),
+        ),
+        (
+            "update",
+            "leases",
+            "",
+            "system:kube-controller-manager".into(),
+        ),
+    ];
+    wait_for(
+        "every controller's first write",
+        Duration::from_secs(60),
+        || {
+            let ev = events();
+            wanted
+                .iter()
+                .all(|(v, r, s, _)| writer(&ev, v, r, s).is_some())
+                .then_some(())
+        },
+    );
+    let ev = events();
+    for (verb, resource, sub, who) in &wanted {
+        assert_eq!(
+            writer(&ev, verb, resource, sub).as_deref(),
+            Some(who.as_str()),
+            "{verb} {resource}/{sub}"
+        );
+    }
+    let ours = |u: &str| {
+        u.starts_with("system:serviceaccount:kube-system:") || u.starts_with("system:kube-")
+    };
+    let refused: Vec<&Value> = ev
+        .iter()
+        .filter(|e| {
+            ours(e["user"]["username"].as_str().unwrap_or("")) && e["responseStatus"]["code"] == 403
+        })
+        .collect();
+    assert!(refused.is_empty(), "controllers refused: {refused:?}");
+    // Least privilege: none may do another's work.
+    for (who, verb, what) in [
+        (sa("deployment-controller"), "create", "pods"),
+        (sa("replicaset-controller"), "create", "replicasets.apps"),
+        (
+            sa("endpoint-controller"),
+            "create",
+            "endpointslices.discovery.k8s.io",
+        ),
+        ("system:kube-scheduler".into(), "create", "pods"),
+        ("system:kube-controller-manager".into(), "create", "pods"),
+        ("system:kube-controller-manager".into(), "delete", "pods"),
+    ] {
+        let out = server.kubectl(
+            KUBECTL,
+            &[
+                "auth",
+                "can-i",
+                verb,
+                what,
+                "-n",
+                "team",
+                &format!("--as={who}"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "{who} {verb} {what}"
+        );
+    }
+    // Impersonation is itself authorized: the admin may (and the audit
+    // log names both), a service account without the verb may not.
+    let listed = server.kubectl_ok(
+        KUBECTL,
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "team",
+            "--as=system:serviceaccount:kube-system:endpointslice-controller",
+        ],
+    );
+    assert!(listed.contains("web-"), "{listed}");
+    server.kubectl_ok(KUBECTL, &["create", "serviceaccount", "idle", "-n", "team"]);
+    let idle = server
+        .kubectl_ok(KUBECTL, &["create", "token", "idle", "-n", "team"])
+        .trim()
+        .to_string();
+    let (ok, out) = kubectl_as(
+        &server,
+        &idle,
+        &["get", "pods", "-n", "team", "--as=keelson-admin"],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(r#"users "keelson-admin" is forbidden"#)
+            && out.contains(r#"cannot impersonate resource "users""#),
+        "{out}"
+    );
+    wait_for(
+        "the impersonated list in the audit log",
+        Duration::from_secs(10),
+        || {
+            events().into_iter().find(|e| {
+                e["verb"] == "list"
+                    && e["objectRef"]["resource"] == "endpointslices"
+                    && e["impersonatedUser"]["username"]
+                        == "system:serviceaccount:kube-system:endpointslice-controller"
+                    && e["user"]["username"] == "keelson-admin"
+            })
+        },
+    );
+}

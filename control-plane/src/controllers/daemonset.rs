@@ -691,7 +691,7 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         })
     };
     let ctx = Arc::new(Ctx {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::DAEMONSET),
         daemonsets,
         nodes,
     });

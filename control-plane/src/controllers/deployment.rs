@@ -129,7 +129,7 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         })
     };
     let dc = Arc::new(Dc {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::DEPLOYMENT),
         deployments,
         replicasets,
         pods,

@@ -668,7 +668,10 @@ impl SyncError for Error {
 const RESYNC: Duration = Duration::from_secs(300);
 
 struct Ctx {
+    /// Writes EndpointSlices (as endpointslice-controller).
     client: kube::Client,
+    /// Writes Endpoints (as endpoint-controller).
+    endpoints_client: kube::Client,
     services: Cache<Service>,
     pods: Cache<Pod>,
     /// Services deleted whose Endpoints and slices may remain: their last
@@ -689,7 +692,7 @@ async fn reconcile(key: &Key, ctx: &Ctx) -> Result<Option<Duration>, Error> {
             .get(key)
             .cloned();
         if let Some(svc) = gone {
-            cleanup(&ctx.client, &svc).await?;
+            cleanup(ctx, &svc).await?;
             ctx.deleted
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -758,7 +761,7 @@ async fn reconcile(key: &Key, ctx: &Ctx) -> Result<Option<Duration>, Error> {
         }
     }
 
-    let eps: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
+    let eps: Api<Endpoints> = Api::namespaced(ctx.endpoints_client.clone(), &ns);
     let current = eps
         .get_opt(&name)
         .await
@@ -782,13 +785,13 @@ async fn reconcile(key: &Key, ctx: &Ctx) -> Result<Option<Duration>, Error> {
 /// After a Service is gone: remove its Endpoints object (when it is ours)
 /// and its slices (the garbage collector would too, through the owner
 /// reference).
-async fn cleanup(client: &kube::Client, svc: &Service) -> Result<(), Error> {
+async fn cleanup(ctx: &Ctx, svc: &Service) -> Result<(), Error> {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
     if service_selector(svc).is_none() {
         return Ok(());
     }
-    let eps: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
+    let eps: Api<Endpoints> = Api::namespaced(ctx.endpoints_client.clone(), &ns);
     let current = eps.get_opt(&name).await.map_err(Error::api(format!(
         "get endpoints {ns}/{name} of a deleted service"
     )))?;
@@ -812,7 +815,7 @@ async fn cleanup(client: &kube::Client, svc: &Service) -> Result<(), Error> {
             }
         }
     }
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let lp = ListParams::default().labels(&format!(
         "{LABEL_SERVICE_NAME}={name},{LABEL_MANAGED_BY}={CONTROLLER_NAME}"
     ));
@@ -912,7 +915,8 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         });
     }
     let ctx = Arc::new(Ctx {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::ENDPOINTSLICE),
+        endpoints_client: ctx.client_as(super::identity::ENDPOINT),
         services,
         pods,
         deleted,

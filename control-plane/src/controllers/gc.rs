@@ -709,14 +709,14 @@ impl super::runtime::SyncError for GcError {}
 pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
     let c: Controller<Key> = Controller::new("garbage-collector");
     let collector = Arc::new(Collector {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::GARBAGE_COLLECTOR),
         informers,
         queue: Arc::downgrade(c.queue()),
         graph: Arc::default(),
         started: Instant::now(),
         state: tokio::sync::Mutex::new(PassState {
             exec: Executor {
-                client: ctx.client.clone(),
+                client: ctx.client_as(super::identity::GARBAGE_COLLECTOR),
                 resources: Vec::new(),
                 by_kind: HashMap::new(),
                 present: HashMap::new(),

@@ -263,7 +263,7 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         }
     });
     let jc = Arc::new(Jc {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::JOB),
         jobs,
         pods,
         pending: Default::default(),

@@ -1,4 +1,4 @@
-//! Leader election through a Lease (`kube-system/keelson-controllers`), so
+//! Leader election through a Lease (`kube-system/kube-controller-manager`), so
 //! that several `keelson server` processes sharing one etcd run one
 //! scheduler and one controller set at a time, and fail over when the
 //! leader dies.
@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 use super::Context;
 
 pub const LEASE_NAMESPACE: &str = "kube-system";
-pub const LEASE_NAME: &str = "keelson-controllers";
+pub const LEASE_NAME: &str = "kube-controller-manager";
 
 #[derive(Clone, Debug)]
 pub struct Timing {

@@ -22,6 +22,7 @@ pub mod endpointslice;
 pub mod gc;
 pub mod job;
 pub mod leader;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod rootca;
@@ -41,6 +42,9 @@ pub struct ControllerConfig {
     pub default_toleration_seconds: i64,
     /// This process's identity for leader election and events.
     pub identity: String,
+    /// Give Nodes pod CIDRs from this ([`nodeipam`]); None: agents bring
+    /// their own.
+    pub node_ipam: Option<nodeipam::Allocation>,
 }
 
 impl Default for ControllerConfig {
@@ -49,16 +53,82 @@ impl Default for ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
             default_toleration_seconds: 300,
             identity: format!("keelson-{}", std::process::id()),
+            node_ipam: None,
         }
+    }
+}
+
+/// The scheduler's user (its `system:kube-scheduler` role).
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
+/// The controller manager's user: leader election and the shared
+/// informers (its `system:kube-controller-manager` role lists and watches
+/// everything and writes little else).
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+/// The namespace of the controllers' service accounts.
+pub const CONTROLLER_NAMESPACE: &str = "kube-system";
+
+/// The service accounts the controllers act as, as kube-controller-manager
+/// with `--use-service-account-credentials`: each is
+/// `system:serviceaccount:kube-system:NAME`, bound to the ClusterRole
+/// `system:controller:NAME` (the default policy) and to nothing else.
+pub mod identity {
+    pub const DEPLOYMENT: &str = "deployment-controller";
+    pub const REPLICASET: &str = "replicaset-controller";
+    pub const DAEMONSET: &str = "daemon-set-controller";
+    pub const JOB: &str = "job-controller";
+    pub const ENDPOINTSLICE: &str = "endpointslice-controller";
+    /// The Endpoints half of the endpointslice controller.
+    pub const ENDPOINT: &str = "endpoint-controller";
+    pub const SERVICE_ACCOUNT: &str = "service-account-controller";
+    pub const ROOT_CA: &str = "root-ca-cert-publisher";
+    pub const GARBAGE_COLLECTOR: &str = "generic-garbage-collector";
+    pub const NODE: &str = "node-controller";
+
+    /// Every one of them.
+    pub const ALL: &[&str] = &[
+        DEPLOYMENT,
+        REPLICASET,
+        DAEMONSET,
+        JOB,
+        ENDPOINTSLICE,
+        ENDPOINT,
+        SERVICE_ACCOUNT,
+        ROOT_CA,
+        GARBAGE_COLLECTOR,
+        NODE,
+    ];
+
+    /// The user name of the service account `name` in kube-system.
+    pub fn user(name: &str) -> String {
+        format!(
+            "system:serviceaccount:{}:{name}",
+            super::CONTROLLER_NAMESPACE
+        )
     }
 }
 
 /// What every controller gets.
 pub struct Context {
+    /// The controller manager's client: leader election and the shared
+    /// informers (and every write when `clients` is empty).
     pub client: kube::Client,
     pub config: ControllerConfig,
     /// The cluster CA (PEM) the root CA publisher puts in every namespace.
     pub root_ca_pem: String,
+    /// A client per identity, keyed by [`SCHEDULER_USER`] or an
+    /// [`identity`] name. Empty: everything acts as `client`.
+    pub clients: std::collections::HashMap<String, kube::Client>,
+}
+
+impl Context {
+    /// The client that acts as `who` ([`SCHEDULER_USER`] or an
+    /// [`identity`] name); the manager's client when there is none.
+    pub fn client_as(&self, who: &str) -> kube::Client {
+        self.clients
+            .get(who)
+            .cloned()
+            .unwrap_or_else(|| self.client.clone())
+    }
 }
 
 /// Run the scheduler and every controller, over one informer factory,
@@ -84,5 +154,6 @@ pub fn spawn_all(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
         supervised!("root-ca-cert-publisher", rootca::run),
         supervised!("garbage-collector", gc::run),
         supervised!("node-lifecycle", nodelifecycle::run),
+        supervised!("node-ipam", nodeipam::run),
     ]
 }

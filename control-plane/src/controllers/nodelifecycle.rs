@@ -740,7 +740,7 @@ pub async fn run_with_clock(
         state: tokio::sync::Mutex::new((
             Tracker::default(),
             Executor {
-                client: ctx.client.clone(),
+                client: ctx.client_as(super::identity::NODE),
                 node_rv: HashMap::new(),
             },
         )),

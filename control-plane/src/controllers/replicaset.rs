@@ -162,7 +162,7 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         })
     };
     let rsc = Arc::new(Rsc {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::REPLICASET),
         rs_store,
         pod_store,
         expectations: Expectations::default(),

@@ -140,7 +140,7 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         }
     });
     let ctx = Arc::new(Ctx {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::ROOT_CA),
         ca_pem: ctx.root_ca_pem.clone(),
         namespaces,
         config_maps,

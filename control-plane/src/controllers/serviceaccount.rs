@@ -106,7 +106,7 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         }
     });
     let ctx = Arc::new(Ctx {
-        client: ctx.client.clone(),
+        client: ctx.client_as(super::identity::SERVICE_ACCOUNT),
         namespaces,
         accounts,
     });

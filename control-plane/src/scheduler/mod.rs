@@ -169,16 +169,17 @@ struct Scheduler {
 impl Scheduler {
     fn new(ctx: &Context) -> Scheduler {
         let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+        let client = ctx.client_as(crate::controllers::SCHEDULER_USER);
         let recorder = Recorder::new(
-            ctx.client.clone(),
+            client.clone(),
             Reporter {
                 controller: SCHEDULER_NAME.into(),
                 instance: Some(ctx.config.identity.clone()),
             },
         );
-        tokio::spawn(report_loop(ctx.client.clone(), recorder, rx));
+        tokio::spawn(report_loop(client.clone(), recorder, rx));
         Scheduler {
-            client: ctx.client.clone(),
+            client,
             cache: Cache::default(),
             queue: Queue::default(),
             scratch: Scratch::default(),

@@ -188,6 +188,8 @@ pub struct Auditor {
 /// One request, as the audit event describes it.
 pub struct Record<'a> {
     pub attrs: &'a Attributes,
+    /// The authenticated user when the request impersonated `attrs`'s.
+    pub impersonator: Option<&'a super::auth::UserInfo>,
     pub uid: &'a str,
     pub uri: &'a str,
     pub source: Option<std::net::IpAddr>,
@@ -262,6 +264,10 @@ impl Auditor {
             "requestReceivedTimestamp": ts(r.received),
             "stageTimestamp": ts(now),
         });
+        if let Some(real) = r.impersonator {
+            e["impersonatedUser"] = e["user"].take();
+            e["user"] = json!({"username": real.name, "groups": real.groups});
+        }
         if a.resource_request {
             let mut o = json!({"resource": a.resource});
             for (k, v) in [

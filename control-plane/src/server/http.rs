@@ -370,10 +370,30 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let received = chrono::Utc::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let Some(user) = req.extensions().get::<UserInfo>().cloned() else {
+    let Some(mut user) = req.extensions().get::<UserInfo>().cloned() else {
         // Only in-process callers (benchmarks) come without a user.
         return dispatch(&state, req, None, false).await.0;
     };
+    let mut req = req;
+    let mut impersonator = None;
+    if authz::impersonation::requested(req.headers()) {
+        match authz::impersonation::impersonate(&state.authz, &user, req.headers()) {
+            Ok(as_user) => {
+                impersonator = Some(std::mem::replace(&mut user, as_user));
+                req.extensions_mut().insert(user.clone());
+                let names: Vec<_> = req
+                    .headers()
+                    .keys()
+                    .filter(|k| k.as_str().starts_with("impersonate-"))
+                    .cloned()
+                    .collect();
+                for n in names {
+                    req.headers_mut().remove(n);
+                }
+            }
+            Err(e) => return error_response(&e),
+        }
+    }
     let source = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     let user_agent = req
         .headers()
@@ -420,6 +440,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
             level,
             &audit::Record {
                 attrs: &attrs,
+                impersonator: impersonator.as_ref(),
                 uid: &uid,
                 uri: &uri.to_string(),
                 source,

@@ -174,14 +174,56 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerE
 }
 
 /// A kube-rs client for the controllers, with the admin credentials.
-async fn admin_client(pki: &pki::Pki, url: &str) -> Result<kube::Client, ServerError> {
-    let text = pki::kubeconfig(&pki.ca.cert_pem, url, "admin", &pki.admin);
+/// A client of this server that presents `pair`.
+async fn client_with(
+    pki: &pki::Pki,
+    url: &str,
+    pair: &pki::CertPair,
+) -> Result<kube::Client, ServerError> {
+    let text = pki::kubeconfig(&pki.ca.cert_pem, url, "controller", pair);
     let kc = kube::config::Kubeconfig::from_yaml(&text)
         .map_err(|e| ServerError::Tls(format!("controller kubeconfig: {e}")))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| ServerError::Tls(format!("controller kubeconfig: {e}")))?;
     kube::Client::try_from(cfg).map_err(|e| ServerError::Tls(format!("controller client: {e}")))
+}
+
+/// The controllers' context: the controller manager, the scheduler and
+/// each controller act as themselves (least privilege, as
+/// kube-controller-manager with `--use-service-account-credentials`), each
+/// with a client certificate from the cluster CA made at start and held in
+/// memory only.
+async fn controller_context(
+    pki: &pki::Pki,
+    url: &str,
+    config: &ServerConfig,
+) -> Result<crate::controllers::Context, ServerError> {
+    use crate::controllers::{CONTROLLER_MANAGER_USER, CONTROLLER_NAMESPACE, SCHEDULER_USER};
+    let issue = |user: &str, groups: &[&str]| {
+        pki::issue(&pki.ca, user, groups, &[], false).map_err(|e| ServerError::Tls(e.to_string()))
+    };
+    let manager = issue(CONTROLLER_MANAGER_USER, &[])?;
+    let mut clients = std::collections::HashMap::new();
+    let scheduler = issue(SCHEDULER_USER, &[])?;
+    clients.insert(
+        SCHEDULER_USER.to_string(),
+        client_with(pki, url, &scheduler).await?,
+    );
+    let sa_group = format!("system:serviceaccounts:{CONTROLLER_NAMESPACE}");
+    for id in crate::controllers::identity::ALL {
+        let pair = issue(
+            &crate::controllers::identity::user(id),
+            &["system:serviceaccounts", &sa_group],
+        )?;
+        clients.insert(id.to_string(), client_with(pki, url, &pair).await?);
+    }
+    Ok(crate::controllers::Context {
+        client: client_with(pki, url, &manager).await?,
+        config: config.controller_config.clone(),
+        root_ca_pem: pki.ca.cert_pem.clone(),
+        clients,
+    })
 }
 
 /// Start the server: certificates, store, bootstrap objects, background
@@ -316,12 +358,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     )));
     tasks.extend(background::spawn(registry.clone(), rx.clone()));
     if config.controllers {
-        let client = admin_client(&pki, &url).await?;
-        let ctx = std::sync::Arc::new(crate::controllers::Context {
-            client,
-            config: config.controller_config.clone(),
-            root_ca_pem: pki.ca.cert_pem.clone(),
-        });
+        let ctx = std::sync::Arc::new(controller_context(&pki, &url, &config).await?);
         tasks.push(tokio::spawn(crate::controllers::leader::run_when_leader(
             ctx, rx,
         )));

@@ -10,6 +10,7 @@
 //! escalation.
 
 pub mod attributes;
+pub mod impersonation;
 pub mod node;
 pub mod policy;
 pub mod rbac;

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::api::registry::{Registry, WriteOptions};
 use crate::api::resources;
+use crate::controllers::{CONTROLLER_MANAGER_USER, SCHEDULER_USER};
 
 const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 
@@ -74,7 +75,10 @@ const TO_VIEW: (&str, &str) = ("rbac.authorization.k8s.io/aggregate-to-view", "t
 
 /// The default ClusterRoles.
 pub fn cluster_roles() -> Vec<Value> {
-    vec![
+    let controllers = controller_roles()
+        .into_iter()
+        .map(|(id, rules)| role(&controller_role_name(id), &[], rules));
+    let mut roles = vec![
         role("cluster-admin", &[], vec![r("*", "*", "*"), urls("*", "*")]),
         role(
             "system:discovery",
@@ -355,7 +359,125 @@ pub fn cluster_roles() -> Vec<Value> {
                 "certificatesigningrequests/selfnodeclient",
             )],
         ),
+    ];
+    roles.extend(controllers);
+    roles
+}
+
+/// The role of each controller's service account (kube-controller-manager's
+/// `system:controller:*` roles, each bound to `kube-system/NAME`). Where
+/// ours patches what upstream's updates (a status, a Deployment's
+/// annotations), the role allows both.
+pub fn controller_roles() -> Vec<(&'static str, Vec<Value>)> {
+    use crate::controllers::identity as id;
+    let events = || r(EVENTS, ",events.k8s.io", "events");
+    vec![
+        (
+            id::DEPLOYMENT,
+            vec![
+                r(
+                    "get,list,watch,update,patch",
+                    "extensions,apps",
+                    "deployments",
+                ),
+                r("update,patch", "extensions,apps", "deployments/status"),
+                r("update", "extensions,apps", "deployments/finalizers"),
+                r(
+                    "get,list,watch,create,update,patch,delete",
+                    "apps,extensions",
+                    "replicasets",
+                ),
+                r("get,list,watch,update", "", "pods"),
+                events(),
+            ],
+        ),
+        (
+            id::REPLICASET,
+            vec![
+                r("get,list,watch,update", "apps,extensions", "replicasets"),
+                r("update,patch", "apps,extensions", "replicasets/status"),
+                r("update", "apps,extensions", "replicasets/finalizers"),
+                r("list,watch,patch,create,delete", "", "pods"),
+                events(),
+            ],
+        ),
+        (
+            id::DAEMONSET,
+            vec![
+                r(READ, "extensions,apps", "daemonsets"),
+                r("update,patch", "extensions,apps", "daemonsets/status"),
+                r("update", "extensions,apps", "daemonsets/finalizers"),
+                r("list,watch", "", "nodes"),
+                r("list,watch,create,delete,patch", "", "pods"),
+                r("create", "", "pods/binding"),
+                r(
+                    "get,list,watch,create,delete,update,patch",
+                    "apps",
+                    "controllerrevisions",
+                ),
+                events(),
+            ],
+        ),
+        (
+            id::JOB,
+            vec![
+                r("get,list,watch,update,patch", "batch", "jobs"),
+                r("update,patch", "batch", "jobs/status"),
+                r("update", "batch", "jobs/finalizers"),
+                r("list,watch,create,delete,patch", "", "pods"),
+                events(),
+            ],
+        ),
+        (
+            id::ENDPOINTSLICE,
+            vec![
+                r(READ, "", "services,pods,nodes"),
+                r("update", "", "services/finalizers"),
+                r(
+                    "get,list,watch,create,update,delete",
+                    "discovery.k8s.io",
+                    "endpointslices",
+                ),
+                events(),
+            ],
+        ),
+        (
+            id::ENDPOINT,
+            vec![
+                r(READ, "", "services,pods"),
+                r("get,list,watch,create,update,delete", "", "endpoints"),
+                r("create", "", "endpoints/restricted"),
+                events(),
+            ],
+        ),
+        (
+            id::SERVICE_ACCOUNT,
+            vec![r("create", "", "serviceaccounts"), events()],
+        ),
+        (
+            id::ROOT_CA,
+            vec![r("create,update", "", "configmaps"), events()],
+        ),
+        (
+            id::GARBAGE_COLLECTOR,
+            vec![r("get,list,watch,patch,update,delete", "*", "*"), events()],
+        ),
+        (
+            id::NODE,
+            vec![
+                r("get,list,watch,update,delete,patch", "", "nodes"),
+                r("patch,update", "", "nodes/status"),
+                r("patch,update", "", "pods/status"),
+                r("list,watch,get,delete", "", "pods"),
+                events(),
+            ],
+        ),
     ]
+}
+
+/// The name of a controller's role and binding.
+pub fn controller_role_name(identity: &str) -> String {
+    format!("system:controller:{identity}")
 }
 
 /// What a node may do (the `system:node` role; the node authorizer narrows
@@ -434,7 +556,7 @@ fn named_binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
 /// The default ClusterRoleBindings.
 pub fn cluster_role_bindings() -> Vec<Value> {
     const AUTHENTICATED: &str = super::super::auth::AUTHENTICATED;
-    vec![
+    let mut bindings = vec![
         binding("cluster-admin", &[("Group", "system:masters")]),
         binding("system:discovery", &[("Group", AUTHENTICATED)]),
         binding("system:basic-user", &[("Group", AUTHENTICATED)]),
@@ -450,17 +572,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:service-account-issuer-discovery",
             &[("Group", "system:serviceaccounts")],
         ),
-        binding(
-            "system:kube-scheduler",
-            &[("User", "system:kube-scheduler")],
-        ),
-        binding(
-            "system:volume-scheduler",
-            &[("User", "system:kube-scheduler")],
-        ),
+        binding("system:kube-scheduler", &[("User", SCHEDULER_USER)]),
+        binding("system:volume-scheduler", &[("User", SCHEDULER_USER)]),
         binding(
             "system:kube-controller-manager",
-            &[("User", "system:kube-controller-manager")],
+            &[("User", CONTROLLER_MANAGER_USER)],
         ),
         binding(
             "system:kube-dns",
@@ -491,7 +607,15 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:node-proxier",
             &[("Group", "system:nodes")],
         ),
-    ]
+    ];
+    for (id, _) in controller_roles() {
+        let subject = format!("{}/{id}", crate::controllers::CONTROLLER_NAMESPACE);
+        bindings.push(binding(
+            &controller_role_name(id),
+            &[("ServiceAccount", &subject)],
+        ));
+    }
+    bindings
 }
 
 /// `existing` with whatever of `wanted[key]` (an array) it lacks appended;
@@ -649,6 +773,122 @@ mod tests {
         assert!(rules("view") >= 9, "view: {}", rules("view"));
         assert!(rules("edit") > rules("view"));
         assert!(rules("admin") > rules("edit"));
+    }
+
+    fn request(user: &str, groups: &[&str], verb: &str, group: &str, resource: &str) -> Attributes {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        Attributes {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            verb: verb.into(),
+            resource_request: true,
+            api_group: group.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: "team".into(),
+            ..Attributes::default()
+        }
+    }
+
+    #[test]
+    fn each_controller_may_do_its_own_work_and_nothing_else() {
+        use crate::controllers::identity;
+        let p = defaults();
+        let sa = [
+            "system:serviceaccounts",
+            "system:serviceaccounts:kube-system",
+        ];
+        let can = |who: &str, verb: &str, group: &str, resource: &str| {
+            let user = if who.starts_with("system:") {
+                who.to_string()
+            } else {
+                identity::user(who)
+            };
+            p.allows(&request(&user, &sa, verb, group, resource))
+                .is_some()
+        };
+        // Every identity the controllers act as has its role and binding.
+        for id in identity::ALL {
+            assert!(
+                p.role_rules("ClusterRole", "", &controller_role_name(id))
+                    .is_some(),
+                "{id} has no role"
+            );
+        }
+        let cases = [
+            (identity::DEPLOYMENT, "create", "apps", "replicasets", true),
+            (
+                identity::DEPLOYMENT,
+                "patch",
+                "apps",
+                "deployments/status",
+                true,
+            ),
+            (identity::DEPLOYMENT, "create", "", "pods", false),
+            (identity::REPLICASET, "create", "", "pods", true),
+            (identity::REPLICASET, "create", "apps", "replicasets", false),
+            (
+                identity::DAEMONSET,
+                "patch",
+                "apps",
+                "daemonsets/status",
+                true,
+            ),
+            (identity::JOB, "delete", "", "pods", true),
+            (
+                identity::ENDPOINTSLICE,
+                "create",
+                "discovery.k8s.io",
+                "endpointslices",
+                true,
+            ),
+            (identity::ENDPOINTSLICE, "create", "", "endpoints", false),
+            (identity::ENDPOINT, "update", "", "endpoints", true),
+            (
+                identity::SERVICE_ACCOUNT,
+                "create",
+                "",
+                "serviceaccounts",
+                true,
+            ),
+            (identity::SERVICE_ACCOUNT, "get", "", "secrets", false),
+            (identity::ROOT_CA, "update", "", "configmaps", true),
+            (identity::ROOT_CA, "delete", "", "configmaps", false),
+            (
+                identity::GARBAGE_COLLECTOR,
+                "delete",
+                "example.com",
+                "widgets",
+                true,
+            ),
+            (identity::GARBAGE_COLLECTOR, "create", "", "pods", false),
+            (identity::NODE, "patch", "", "nodes/status", true),
+            (identity::NODE, "create", "", "pods", false),
+            (SCHEDULER_USER, "create", "", "pods/binding", true),
+            (SCHEDULER_USER, "create", "", "pods", false),
+            (
+                CONTROLLER_MANAGER_USER,
+                "watch",
+                "apps",
+                "deployments",
+                true,
+            ),
+            (
+                CONTROLLER_MANAGER_USER,
+                "create",
+                "apps",
+                "replicasets",
+                false,
+            ),
+            (CONTROLLER_MANAGER_USER, "create", "", "secrets", true),
+        ];
+        for (who, verb, group, resource, want) in cases {
+            assert_eq!(
+                can(who, verb, group, resource),
+                want,
+                "{who} {verb} {group}/{resource}"
+            );
+        }
     }
 
     #[test]
