@@ -321,20 +321,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     // Known before the Node is registered, so that its first status says it.
     let cidr = args.pod_cidr;
     if let Some(pod_cidr) = cidr {
-        let nft = keelson_proxy::nft::NftCli::default();
-        match crate::network::egress::apply(&nft, pod_cidr, args.proxy.nft.cluster_cidr) {
-            Ok(()) => {
-                tracing::info!(%pod_cidr, cluster_cidr = ?args.proxy.nft.cluster_cidr, "pod egress masqueraded")
-            }
-            Err(e) => {
-                events.node(
-                    crate::events::EventType::Warning,
-                    "EgressMasqueradeFailed",
-                    &e.to_string(),
-                );
-                tracing::warn!("pod egress masquerade: {e}");
-            }
-        }
+        crate::network::egress::masquerade(pod_cidr, args.proxy.nft.cluster_cidr, &events);
     }
     health.set(
         Part::Network,
@@ -370,7 +357,11 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
             args.node_name.clone(),
             cni.clone(),
             own_cni,
-            cidr,
+            crate::network::ready::PodCidr {
+                flag: cidr,
+                cluster: args.proxy.nft.cluster_cidr,
+                events: events.clone(),
+            },
         )),
     ];
 

@@ -11,9 +11,11 @@ pub struct InstallArgs {
     /// Root to install under (a staging dir for packaging; / on a node).
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// Pod CIDR written into the CNI conflist (the node's podCIDR).
-    #[arg(long, default_value_t = crate::up::DEFAULT_POD_CIDR.parse().expect("a CIDR"))]
-    pub pod_cidr: ipnet::Ipv4Net,
+    /// Pod CIDR written into the CNI conflist (the node's podCIDR)
+    /// [default: 10.244.0.0/24; a joining node's comes from the control
+    /// plane].
+    #[arg(long)]
+    pub pod_cidr: Option<ipnet::Ipv4Net>,
     /// Join with a bootstrap token: the API server's URL (with --token and
     /// --ca-cert-hash, from `keelson token create --print-join-command`).
     #[arg(long, requires_all = ["token", "ca_cert_hash"])]
@@ -34,16 +36,30 @@ fn credentials(args: &InstallArgs) -> String {
     }
 }
 
+/// The pod CIDR to configure: the flag's; else, unless joining (the
+/// control plane gives it), the single node's default.
+fn pod_cidr(args: &InstallArgs) -> Option<ipnet::Ipv4Net> {
+    args.pod_cidr.or_else(|| {
+        args.server
+            .is_none()
+            .then(|| crate::up::DEFAULT_POD_CIDR.parse().expect("a CIDR"))
+    })
+}
+
 const SERVER_UNIT: &str = include_str!("../../systemd/keelson-server.service");
 const AGENT_UNIT: &str = include_str!("../../systemd/keelson-agent.service");
 
 /// What `keelson install` writes: (path under the root, mode, contents).
 /// Configuration files already present are kept.
 fn install_files(
-    pod_cidr: ipnet::Ipv4Net,
+    pod_cidr: Option<ipnet::Ipv4Net>,
     credentials: &str,
 ) -> Vec<(&'static str, u32, String, bool)> {
-    vec![
+    let cluster_cidr = crate::up::DEFAULT_CLUSTER_CIDR;
+    let own_cidr = pod_cidr
+        .map(|c| format!(" --pod-cidr {c}"))
+        .unwrap_or_default();
+    let mut files = vec![
         (
             "etc/systemd/system/keelson-server.service",
             0o644,
@@ -57,30 +73,36 @@ fn install_files(
             false,
         ),
         (
-            "etc/cni/net.d/10-keelson.conflist",
-            0o644,
-            keelson_agent::network::conf::keelson_conflist(pod_cidr, None),
-            true,
-        ),
-        (
             "etc/keelson/agent.env",
             0o600,
             format!(
                 "# keelson agent configuration (read by keelson-agent.service)\n\
                  KEELSON_AGENT_CREDENTIALS={credentials}\n\
-                 KEELSON_AGENT_FLAGS=--proxy-mode ebpf --pod-cidr {pod_cidr} --cluster-dns 169.254.20.10 --dns-listen 169.254.20.10:53\n"
+                 KEELSON_AGENT_FLAGS=--proxy-mode ebpf{own_cidr} --cluster-cidr {cluster_cidr} --cluster-dns 169.254.20.10 --dns-listen 169.254.20.10:53\n"
             ),
             true,
         ),
         (
             "etc/keelson/server.env",
             0o600,
-            "# keelson server configuration (read by keelson-server.service)\n\
-             KEELSON_SERVER_FLAGS=--listen 0.0.0.0:6443\n"
-                .into(),
+            format!(
+                "# keelson server configuration (read by keelson-server.service)\n\
+                 KEELSON_SERVER_FLAGS=--listen 0.0.0.0:6443 --cluster-cidr {cluster_cidr}\n"
+            ),
             true,
         ),
-    ]
+    ];
+    // A joining node's pod CIDR comes from the control plane (node IPAM):
+    // the agent writes keelson-cni's configuration for it then.
+    if let Some(c) = pod_cidr {
+        files.push((
+            "etc/cni/net.d/10-keelson.conflist",
+            0o644,
+            keelson_agent::network::conf::keelson_conflist(c, None),
+            true,
+        ));
+    }
+    files
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
@@ -110,7 +132,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     ] {
         put(rel, 0o755, &|p| std::fs::copy(src, p).map(|_| ()))?;
     }
-    for (rel, mode, text, keep) in install_files(args.pod_cidr, &credentials(&args)) {
+    for (rel, mode, text, keep) in install_files(pod_cidr(&args), &credentials(&args)) {
         if keep && args.root.join(rel).exists() {
             println!("kept {}", args.root.join(rel).display());
             continue;

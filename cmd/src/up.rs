@@ -20,8 +20,14 @@ pub const CGROUP_ROOT: &str = "keelson";
 pub const RUN_DIR: &str = "/run/keelson";
 /// The node-local address cluster DNS answers on.
 pub const DNS_ADDRESS: &str = "169.254.20.10";
+/// The agent's kubeconfig under the data dir: the node's own identity
+/// (`system:node:NAME`), written by the server at every start.
+pub const NODE_KUBECONFIG: &str = "agent/node.kubeconfig";
 /// The pod CIDR of a single node (`keelson up`, `keelson install`).
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+/// The cluster's pod range, from which the control plane gives joining
+/// Nodes their pod CIDRs (`keelson up`, `keelson install`).
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 /// Flags of `keelson up`.
 #[derive(clap::Args)]
@@ -39,6 +45,10 @@ pub struct UpArgs {
     /// This node's pod CIDR.
     #[arg(long, default_value = DEFAULT_POD_CIDR)]
     pub pod_cidr: ipnet::Ipv4Net,
+    /// The cluster's pod range: Nodes that join get their pod CIDRs from
+    /// it (node IPAM, /24 each); it holds --pod-cidr.
+    #[arg(long, default_value = DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: ipnet::Ipv4Net,
     /// Service load balancing: ebpf (falls back to nftables), nftables, none.
     #[arg(long, value_enum, default_value = "ebpf")]
     pub proxy_mode: ProxyMode,
@@ -54,12 +64,28 @@ pub struct UpArgs {
 
 /// The two configs `keelson up` runs (pure): the API server's and the
 /// agent's, under `args.data_dir`; `bin_dir` holds keelson-cni.
-pub fn configs(args: &UpArgs, node_name: &str, bin_dir: PathBuf) -> (ServerConfig, AgentConfig) {
+pub fn configs(
+    args: &UpArgs,
+    node_name: &str,
+    bin_dir: PathBuf,
+) -> anyhow::Result<(ServerConfig, AgentConfig)> {
+    use keelson_control_plane::controllers::nodeipam::{Allocation, DEFAULT_MASK_SIZE};
+    if !args.cluster_cidr.contains(&args.pod_cidr) {
+        bail!(
+            "--pod-cidr {} is not inside --cluster-cidr {}",
+            args.pod_cidr,
+            args.cluster_cidr
+        );
+    }
     let server = ServerConfig {
         data_dir: args.data_dir.join("server"),
         listen: args.listen,
         controller_config: keelson_control_plane::controllers::ControllerConfig {
             identity: format!("{node_name}-{}", std::process::id()),
+            node_ipam: Some(
+                Allocation::new(args.cluster_cidr, DEFAULT_MASK_SIZE)
+                    .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+            ),
             ..Default::default()
         },
         ..Default::default()
@@ -73,9 +99,10 @@ pub fn configs(args: &UpArgs, node_name: &str, bin_dir: PathBuf) -> (ServerConfi
     let mut proxy = base.proxy.clone();
     proxy.mode = args.proxy_mode;
     proxy.nft.service_cidr = service_cidr;
+    proxy.nft.cluster_cidr = Some(args.cluster_cidr);
     proxy.ebpf.tc_interfaces = args.proxy_tc_interfaces.clone();
     let agent = AgentConfig {
-        kubeconfig: server.data_dir.join("admin.kubeconfig"),
+        kubeconfig: args.data_dir.join(NODE_KUBECONFIG),
         node_name: node_name.to_string(),
         root_dir: args.data_dir.join("agent"),
         cni_conf_dir: args.data_dir.join("cni/net.d"),
@@ -88,7 +115,7 @@ pub fn configs(args: &UpArgs, node_name: &str, bin_dir: PathBuf) -> (ServerConfi
         dns_listen: Some(SocketAddr::new(dns, 53)),
         ..base
     };
-    (server, agent)
+    Ok((server, agent))
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -110,7 +137,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .trim()
             .to_lowercase(),
     };
-    let (server_config, agent_config) = configs(&args, &node_name, bin_dir);
+    let (server_config, agent_config) = configs(&args, &node_name, bin_dir)?;
     let cni_conf_dir = &agent_config.cni_conf_dir;
     std::fs::create_dir_all(cni_conf_dir)
         .with_context(|| format!("create {}", cni_conf_dir.display()))?;
@@ -133,6 +160,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let handle = server::start(server_config)
         .await
         .context("start API server")?;
+    if let Err(e) = handle.write_node_kubeconfig(&node_name, &agent_config.kubeconfig) {
+        handle.shutdown().await;
+        return Err(e).context("write the node's kubeconfig");
+    }
     let kubeconfig = handle.kubeconfig.clone();
     println!("kubeconfig: {}", kubeconfig.display());
     println!("  export KUBECONFIG={}", kubeconfig.display());
@@ -216,15 +247,13 @@ mod tests {
     #[test]
     fn up_runs_the_default_server_and_an_agent_under_the_data_dir() {
         let args = Wrap::parse_from(["x", "--data-dir", "/d"]).up;
-        let (server, agent) = configs(&args, "n1", PathBuf::from("/bin-dir"));
+        let (server, agent) = configs(&args, "n1", PathBuf::from("/bin-dir")).unwrap();
         let sd = ServerConfig::default();
         assert_eq!(server.data_dir, PathBuf::from("/d/server"));
         assert_eq!(server.listen, sd.listen);
         assert_eq!(server.api.service_cidr, sd.api.service_cidr);
-        assert_eq!(
-            agent.kubeconfig,
-            PathBuf::from("/d/server/admin.kubeconfig")
-        );
+        // The node acts as itself, never as the admin.
+        assert_eq!(agent.kubeconfig, PathBuf::from("/d/agent/node.kubeconfig"));
         assert_eq!(agent.root_dir, PathBuf::from("/d/agent"));
         assert_eq!(agent.cni_bin_dir, PathBuf::from("/bin-dir"));
         assert_eq!(agent.proxy.mode, ProxyMode::Ebpf);
@@ -234,6 +263,17 @@ mod tests {
         );
         assert_eq!(agent.dns_listen, Some("169.254.20.10:53".parse().unwrap()));
         assert_eq!(agent.cgroup_root, CGROUP_ROOT);
+        // Joining nodes get pod CIDRs from the cluster range holding ours.
+        let ipam = server.controller_config.node_ipam.unwrap();
+        assert_eq!(ipam.cluster_cidr.to_string(), DEFAULT_CLUSTER_CIDR);
+        assert_eq!(ipam.mask_size, 24);
+        assert_eq!(
+            agent.pod_cidr.map(|c| c.to_string()).as_deref(),
+            Some(DEFAULT_POD_CIDR)
+        );
+        assert_eq!(agent.proxy.nft.cluster_cidr, Some(ipam.cluster_cidr));
+        let outside = Wrap::parse_from(["x", "--pod-cidr", "10.9.0.0/24"]).up;
+        assert!(configs(&outside, "n1", PathBuf::from("/b")).is_err());
         // What up does not set is the agent's default.
         assert_eq!(agent.cluster_domain, AgentConfig::default().cluster_domain);
     }

@@ -1204,6 +1204,15 @@ async fn missing_image_reports_err_image_pull_and_others_run() {
 
 /// An [`Env`] whose agent networks its pods as `network` says (None: skip).
 async fn env_with(test: &str, network: keelson_e2e::agent::Network) -> Option<Env> {
+    env_full(test, network, &[]).await
+}
+
+/// [`env_with`] with flags for the server.
+async fn env_full(
+    test: &str,
+    network: keelson_e2e::agent::Network,
+    server_args: &[&str],
+) -> Option<Env> {
     if !can_run(test) {
         return None;
     }
@@ -1211,7 +1220,7 @@ async fn env_with(test: &str, network: keelson_e2e::agent::Network) -> Option<En
         return None;
     }
     let reg = Registry::with_test_images_or_skip()?;
-    let server = ServerProcess::start(None);
+    let server = ServerProcess::start_with(None, server_args);
     let client = server.client().await;
     let agent = AgentProcess::start_with(&server, test, &[], network);
     Some(Env {
@@ -1374,4 +1383,123 @@ async fn without_a_pod_network_the_node_is_not_ready_until_it_has_a_pod_cidr() {
     assert_eq!(ready_condition(&nodes.get(&name).await.unwrap()).0, "True");
     let (code, body) = e.agent.node_api("/healthz");
     assert_eq!((code, body.as_str()), (200, "ok"));
+}
+
+/// Node IPAM: with --cluster-cidr the control plane gives each Node the
+/// first free block (around one a Node brought itself), the agent networks
+/// pods in it, a Node left without gets CIDRNotAvailable, and a deleted
+/// Node's block goes to the next.
+#[tokio::test]
+async fn the_control_plane_gives_each_node_a_pod_cidr() {
+    // Two /24 blocks.
+    let nodes_yaml = |name: &str, cidr: Option<&str>| {
+        let mut n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+        if let Some(c) = cidr {
+            n["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
+        }
+        n
+    };
+    let Some(e) = env_full(
+        "agent-node-ipam",
+        keelson_e2e::agent::Network::Nothing,
+        &[
+            "--cluster-cidr",
+            "10.99.0.0/23",
+            "--node-cidr-mask-size",
+            "24",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let nodes: Api<Node> = Api::all(e.client.clone());
+    let cidr_of = |n: &Node| n.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+    // A Node that brought its own block (the second): whenever the agent
+    // registers, the first is the one free.
+    let other = "10.99.1.0/24".to_string();
+    nodes
+        .create(
+            &Default::default(),
+            &serde_json::from_value(nodes_yaml("ipam-other", Some(&other))).unwrap(),
+        )
+        .await
+        .unwrap();
+    let name = e.agent.node_name.clone();
+    let start = Instant::now();
+    let mine = loop {
+        if let Some(c) = cidr_of(&nodes.get(&name).await.unwrap()) {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no pod CIDR given to {name}\n{}",
+            e.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(mine, "10.99.0.0/24");
+    let n = nodes.get(&name).await.unwrap();
+    assert_eq!(n.spec.unwrap().pod_cidrs, Some(vec![mine.clone()]));
+
+    // Its pods run in it.
+    create(&e.client, web_pod(&e, "web")).await;
+    let p = wait_pod(&e, "web", "Running", Duration::from_secs(60), running).await;
+    let ip: std::net::Ipv4Addr = p.status.unwrap().pod_ip.expect("pod IP").parse().unwrap();
+    let net: ipnet_check::Net = mine.parse().unwrap();
+    assert!(net.contains(ip), "pod IP {ip} not in {mine}");
+    let start = Instant::now();
+    let mut body = None;
+    while body.is_none() && start.elapsed() < Duration::from_secs(20) {
+        body = curl(&format!("http://{ip}:8080/"));
+    }
+    assert_eq!(body.as_deref(), Some("hello from web"), "{}", e.agent.log());
+
+    // A third Node finds the range full, and says so.
+    nodes
+        .create(
+            &Default::default(),
+            &serde_json::from_value(nodes_yaml("ipam-late", None)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(e.client.clone());
+    let start = Instant::now();
+    loop {
+        let list = events
+            .list(&kube::api::ListParams::default().fields("regarding.name=ipam-late"))
+            .await
+            .unwrap();
+        if list
+            .items
+            .iter()
+            .any(|ev| ev.reason.as_deref() == Some("CIDRNotAvailable"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no CIDRNotAvailable event: {:?}",
+            list.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cidr_of(&nodes.get("ipam-late").await.unwrap()), None);
+    // The other Node goes: its block is the late one's.
+    nodes
+        .delete("ipam-other", &Default::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while cidr_of(&nodes.get("ipam-late").await.unwrap()).as_deref() != Some(other.as_str()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the freed block {other} was not given to ipam-late"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nodes
+        .delete("ipam-late", &Default::default())
+        .await
+        .unwrap();
 }

@@ -193,6 +193,28 @@ fn install_puts_binaries_units_cni_and_config_in_place() {
         joined.contains("KEELSON_AGENT_CREDENTIALS=--server https://10.0.0.1:6443 --token abcdef.0123456789abcdef --ca-cert-hash sha256:00\n"),
         "{joined}"
     );
+    // Its pod CIDR comes from the control plane, whose server.env allocates
+    // from the cluster range; the single node brings its own.
+    assert!(
+        !joined.contains("--pod-cidr") && joined.contains("--cluster-cidr 10.244.0.0/16"),
+        "{joined}"
+    );
+    assert!(
+        !joining
+            .path()
+            .join("etc/cni/net.d/10-keelson.conflist")
+            .exists()
+    );
+    assert!(
+        std::fs::read_to_string(&env)
+            .unwrap()
+            .contains("--pod-cidr 10.244.7.0/24 --cluster-cidr 10.244.0.0/16"),
+    );
+    assert!(
+        std::fs::read_to_string(r.join("etc/keelson/server.env"))
+            .unwrap()
+            .contains("--cluster-cidr 10.244.0.0/16"),
+    );
     // A second install keeps configuration an operator changed.
     std::fs::write(&env, "KEELSON_AGENT_FLAGS=--proxy-mode nftables\n").unwrap();
     install();

@@ -262,6 +262,26 @@ fn up_serves_a_deployment_by_dns_name_and_down_leaves_nothing() {
         "{}",
         up.stdout("up")
     );
+    // The agent acts as its node, not as the admin.
+    let node_kc = up.data_dir.join("agent/node.kubeconfig");
+    let who = kubectl(
+        &node_kc,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert!(who.starts_with("system:node:"), "{who}");
+    let secrets = Command::new(kubectl_path(33))
+        .arg("--kubeconfig")
+        .arg(&node_kc)
+        .args(["auth", "can-i", "list", "secrets", "-A"])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&secrets.stdout);
+    assert!(answer.starts_with("no"), "{answer}");
     let manifest = format!(
         r#"apiVersion: apps/v1
 kind: Deployment

@@ -36,6 +36,34 @@ pub fn apply(
     nft.apply(&script(pod_cidr, cluster_cidr.unwrap_or(pod_cidr)))
 }
 
+/// [`apply`] with the real nft; a failure is a Warning Event on the Node
+/// (`EgressMasqueradeFailed`). Whether the table is in place.
+pub fn masquerade(
+    pod_cidr: Ipv4Net,
+    cluster_cidr: Option<Ipv4Net>,
+    events: &crate::events::Recorder,
+) -> bool {
+    match apply(
+        &keelson_proxy::nft::NftCli::default(),
+        pod_cidr,
+        cluster_cidr,
+    ) {
+        Ok(()) => {
+            tracing::info!(%pod_cidr, ?cluster_cidr, "pod egress masqueraded");
+            true
+        }
+        Err(e) => {
+            events.node(
+                crate::events::EventType::Warning,
+                "EgressMasqueradeFailed",
+                &e.to_string(),
+            );
+            tracing::warn!("pod egress masquerade: {e}");
+            false
+        }
+    }
+}
+
 /// Removes the table (idempotent).
 pub fn remove(nft: &impl NftRunner) -> Result<(), NftError> {
     nft.apply(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"))

@@ -107,19 +107,39 @@ fn pod_cidr(nodes: &Store<Node>, node: &str, flag: Option<Ipv4Net>) -> Option<Ip
     n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()
 }
 
+/// Where the node's pod CIDR comes from, and what to do with one the
+/// control plane gives.
+pub struct PodCidr {
+    /// `--pod-cidr` (already masqueraded at start); None: the Node's
+    /// spec.podCIDR.
+    pub flag: Option<Ipv4Net>,
+    /// `--cluster-cidr`, for the egress masquerade.
+    pub cluster: Option<Ipv4Net>,
+    pub events: crate::events::Recorder,
+}
+
 /// Keeps [`Part::Network`] current for ever: checks at once, then every
 /// [`RECHECK_NOT_READY`] while not ready and [`RECHECK_READY`] while ready.
+/// A pod CIDR the control plane gives the Node gets the egress masquerade
+/// once it appears.
 pub async fn monitor(
     health: NodeHealth,
     informers: keelson_informers::Informers,
     node: String,
     cni: Cni,
     own: OwnConfig,
-    flag_cidr: Option<Ipv4Net>,
+    source: PodCidr,
 ) {
     let nodes = informers.cluster::<Node>().store();
+    let mut masqueraded = source.flag;
     loop {
-        let cidr = pod_cidr(&nodes, &node, flag_cidr);
+        let cidr = pod_cidr(&nodes, &node, source.flag);
+        if let Some(c) = cidr
+            && masqueraded != Some(c)
+            && super::egress::masquerade(c, source.cluster, &source.events)
+        {
+            masqueraded = Some(c);
+        }
         let state = check(&cni, &own, cidr).await;
         let wait = if state == State::Ready {
             RECHECK_READY

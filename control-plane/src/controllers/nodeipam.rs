@@ -216,8 +216,16 @@ pub async fn run(ctx: Arc<super::Context>, informers: Arc<Informers>) {
         return std::future::pending().await;
     };
     let mut c: Controller<Key> = Controller::new("node-ipam");
-    let nodes = c.watch(&informers.get::<Node>(), |ev, q| match ev {
-        Event::Deleted(n) => q.add(Key::of(n.as_ref())),
+    let informer = informers.get::<Node>();
+    let cache = informer.cache();
+    let nodes = c.watch(&informer, move |ev, q| match ev {
+        // A freed block: the Nodes still waiting may have it.
+        Event::Deleted(n) => {
+            q.add(Key::of(n.as_ref()));
+            for w in cache.filter(|n| pod_cidrs(n).is_empty()) {
+                q.add(Key::of(w.as_ref()));
+            }
+        }
         ev => {
             if let Some(n) = ev.object()
                 && pod_cidrs(n).is_empty()

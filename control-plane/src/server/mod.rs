@@ -133,6 +133,8 @@ pub struct ServerHandle {
     pub registry: Arc<Registry>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    ca: pki::CertPair,
+    url: String,
 }
 
 impl ServerHandle {
@@ -143,6 +145,43 @@ impl ServerHandle {
             t.abort();
             let _ = t.await;
         }
+    }
+
+    /// Write a kubeconfig for the node `name`: `system:node:NAME` in
+    /// `system:nodes`, with a certificate from the cluster CA, so that an
+    /// agent beside this server acts as its node, not as the admin.
+    pub fn write_node_kubeconfig(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<(), ServerError> {
+        let tls = |e: pki::PkiError| ServerError::Tls(e.to_string());
+        let pair = pki::issue(
+            &self.ca,
+            &format!("system:node:{name}"),
+            &["system:nodes"],
+            &[],
+            false,
+        )
+        .map_err(tls)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+                operation: format!("create {}", dir.display()),
+                source,
+            })?;
+        }
+        std::fs::write(
+            path,
+            pki::kubeconfig(&self.ca.cert_pem, &self.url, name, &pair),
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        })
+        .map_err(|source| ServerError::Io {
+            operation: format!("write {}", path.display()),
+            source,
+        })
     }
 
     /// Resolves when the server is told to stop (by [`ServerHandle::shutdown`]).
@@ -370,5 +409,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         registry,
         shutdown,
         tasks,
+        ca: pki.ca.clone(),
+        url,
     })
 }
