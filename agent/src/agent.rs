@@ -385,13 +385,34 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
     })
     .context("set up the pod host (images, runtime, cgroups)")?;
     let env = Arc::new(env);
+    // A joined node's API serves a certificate from the cluster CA, and
+    // renews both of its certificates.
+    let mut serving = None;
     if let Some(j) = &args.join {
-        tasks.push(tokio::spawn(crate::join::rotate(
-            kubeconfig.clone(),
-            args.node_name.clone(),
-            args.root_dir.clone(),
-            j.cert_ttl,
-        )));
+        for purpose in [
+            crate::join::Purpose::Client,
+            crate::join::Purpose::Serving(node_ip),
+        ] {
+            if let crate::join::Purpose::Serving(ip) = purpose {
+                serving = Some(
+                    crate::join::serving_certificate(
+                        &client,
+                        &args.node_name,
+                        ip,
+                        &args.root_dir,
+                        j.cert_ttl,
+                    )
+                    .await?,
+                );
+            }
+            tasks.push(tokio::spawn(crate::join::rotate(
+                kubeconfig.clone(),
+                args.node_name.clone(),
+                args.root_dir.clone(),
+                j.cert_ttl,
+                purpose,
+            )));
+        }
     }
     tasks.push(tokio::spawn(crate::imports::watch(
         env.images.clone(),
@@ -413,6 +434,7 @@ pub async fn start(args: AgentConfig) -> anyhow::Result<Agent> {
             listen: node_api_listen,
             client_ca_pem: node_api_client_ca(args.client_ca_file.as_deref(), &kubeconfig).await?,
             pki_dir: args.root_dir.join("pki"),
+            serving,
             node_name: args.node_name.clone(),
             node_ip,
             pods: manager.store(),

@@ -18,7 +18,7 @@
 //! connection, so a rotation needs no restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
@@ -37,7 +37,50 @@ pub struct JoinConfig {
     pub cert_ttl: Option<Duration>,
 }
 
-const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// What a certificate the node asks for is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Its API client certificate (signer
+    /// `kubernetes.io/kube-apiserver-client-kubelet`).
+    Client,
+    /// The node API's serving certificate (signer
+    /// `kubernetes.io/kubelet-serving`), naming the node and its IP, as a
+    /// kubelet with `serverTLSBootstrap` asks for it.
+    Serving(std::net::IpAddr),
+}
+
+impl Purpose {
+    fn signer(self) -> &'static str {
+        match self {
+            Purpose::Client => "kubernetes.io/kube-apiserver-client-kubelet",
+            Purpose::Serving(_) => "kubernetes.io/kubelet-serving",
+        }
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            Purpose::Client => "client auth",
+            Purpose::Serving(_) => "server auth",
+        }
+    }
+
+    /// Where the certificate and key live.
+    fn files(self, root_dir: &Path) -> (PathBuf, PathBuf) {
+        match self {
+            Purpose::Client => {
+                let (c, k, _) = paths(root_dir);
+                (c, k)
+            }
+            Purpose::Serving(_) => serving_paths(root_dir),
+        }
+    }
+}
+
+/// Where the node API's serving certificate from the cluster CA lives.
+pub fn serving_paths(root_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = root_dir.join("pki");
+    (dir.join("node-serving.crt"), dir.join("node-serving.key"))
+}
 
 /// Where the node's credentials live.
 pub fn paths(root_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -96,15 +139,27 @@ pub fn renew_at(cert_pem: &str) -> Option<SystemTime> {
     Some(from + life.mul_f64(0.8))
 }
 
-/// A node client certificate for `node_name`, through a
+/// A certificate of the node `node_name` for `purpose`, through a
 /// CertificateSigningRequest made with `client`: (certificate, key) PEM.
 async fn request_certificate(
     client: &kube::Client,
     node_name: &str,
     ttl: Option<Duration>,
+    purpose: Purpose,
 ) -> anyhow::Result<(String, String)> {
     let key = rcgen::KeyPair::generate().context("generate a key")?;
     let mut params = rcgen::CertificateParams::default();
+    if let Purpose::Serving(ip) = purpose {
+        params.subject_alt_names = vec![
+            rcgen::SanType::DnsName(
+                node_name
+                    .to_string()
+                    .try_into()
+                    .context("the node name as a DNS name")?,
+            ),
+            rcgen::SanType::IpAddress(ip),
+        ];
+    }
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(
         rcgen::DnType::CommonName,
@@ -118,8 +173,8 @@ async fn request_certificate(
         .context("make the certificate request")?;
     let mut spec = serde_json::json!({
         "request": b64().encode(&request),
-        "signerName": SIGNER,
-        "usages": ["digital signature", "key encipherment", "client auth"],
+        "signerName": purpose.signer(),
+        "usages": ["digital signature", "key encipherment", purpose.usage()],
     });
     if let Some(t) = ttl {
         spec["expirationSeconds"] = serde_json::json!(t.as_secs().max(60));
@@ -175,11 +230,7 @@ fn write_credentials(
     kubeconfig: &str,
 ) -> anyhow::Result<()> {
     let (cert_path, key_path, kc_path) = paths(root_dir);
-    if let Some(dir) = cert_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    keelson_host::fs::write_atomic_mode(&key_path, key.as_bytes(), 0o600)?;
-    keelson_host::fs::write_atomic_mode(&cert_path, cert.as_bytes(), 0o644)?;
+    write_pair(&cert_path, &key_path, cert, key)?;
     keelson_host::fs::write_atomic_mode(&kc_path, kubeconfig.as_bytes(), 0o600)?;
     Ok(())
 }
@@ -240,7 +291,8 @@ pub async fn join(
         serde_json::json!({"token": config.token}),
     ))
     .await?;
-    let (cert, key) = request_certificate(&bootstrap, node_name, config.cert_ttl).await?;
+    let (cert, key) =
+        request_certificate(&bootstrap, node_name, config.cert_ttl, Purpose::Client).await?;
     // 3. The node's own kubeconfig.
     let (cert_path, key_path, _) = paths(root_dir);
     let node_kc = kubeconfig_yaml(
@@ -256,86 +308,121 @@ pub async fn join(
     Ok(kc_path)
 }
 
-/// Renew the node's certificate at 80 % of its life, as the node, for as
-/// long as the agent runs.
+/// Whether `cert_pem` was issued by someone else (a CA), not by itself.
+fn ca_issued(cert_pem: &str) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .and_then(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+            Some(c.issuer() != c.subject())
+        })
+        .unwrap_or(false)
+}
+
+/// The node API's serving certificate files: a valid one from the cluster
+/// CA when there is one; else one asked for now (as the node, with
+/// `client`); else, when the control plane does not sign it, a
+/// self-signed pair for now, which [`rotate`] replaces once it can.
+pub async fn serving_certificate(
+    client: &kube::Client,
+    node_name: &str,
+    node_ip: std::net::IpAddr,
+    root_dir: &Path,
+    ttl: Option<Duration>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let purpose = Purpose::Serving(node_ip);
+    let (cert_path, key_path) = purpose.files(root_dir);
+    if let Ok(cert) = std::fs::read_to_string(&cert_path)
+        && key_path.is_file()
+        && ca_issued(&cert)
+        && validity(&cert).is_some_and(|(_, to)| to > SystemTime::now())
+    {
+        return Ok((cert_path, key_path));
+    }
+    let (cert, key) = match tokio::time::timeout(
+        Duration::from_secs(30),
+        request_certificate(client, node_name, ttl, purpose),
+    )
+    .await
+    {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the node API serves a self-signed certificate until the cluster CA signs one");
+            self_signed(node_name, node_ip)?
+        }
+        Err(_) => {
+            tracing::warn!(
+                "no serving certificate signed within 30 s: the node API serves a self-signed one until then"
+            );
+            self_signed(node_name, node_ip)?
+        }
+    };
+    write_pair(&cert_path, &key_path, &cert, &key)?;
+    Ok((cert_path, key_path))
+}
+
+fn self_signed(node_name: &str, ip: std::net::IpAddr) -> anyhow::Result<(String, String)> {
+    let ck = rcgen::generate_simple_self_signed(vec![node_name.to_string(), ip.to_string()])
+        .context("make a self-signed serving certificate")?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+fn write_pair(cert_path: &Path, key_path: &Path, cert: &str, key: &str) -> anyhow::Result<()> {
+    if let Some(dir) = cert_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    // The key first: a reader that sees the new certificate finds its key.
+    keelson_host::fs::write_atomic_mode(key_path, key.as_bytes(), 0o600)?;
+    keelson_host::fs::write_atomic_mode(cert_path, cert.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Renew the node's certificate for `purpose` at 80 % of its life (a
+/// self-signed serving one at once), as the node, for as long as the agent
+/// runs.
 pub async fn rotate(
     kubeconfig: PathBuf,
     node_name: String,
     root_dir: PathBuf,
     ttl: Option<Duration>,
+    purpose: Purpose,
 ) {
-    let (cert_path, _, _) = paths(&root_dir);
+    let (cert_path, key_path) = purpose.files(&root_dir);
+    let what = match purpose {
+        Purpose::Client => "client",
+        Purpose::Serving(_) => "serving",
+    };
     loop {
         let due = std::fs::read_to_string(&cert_path)
             .ok()
-            .and_then(|c| renew_at(&c))
+            .and_then(|c| match purpose {
+                Purpose::Serving(_) if !ca_issued(&c) => Some(SystemTime::now()),
+                _ => renew_at(&c),
+            })
             .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(60));
         let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::time::sleep(wait).await;
         let renewed = async {
             let kc = std::fs::read_to_string(&kubeconfig)?;
             let client = client_of(&kc).await?;
-            let (cert, key) = request_certificate(&client, &node_name, ttl).await?;
-            write_credentials(&root_dir, &cert, &key, &kc)?;
+            let (cert, key) = request_certificate(&client, &node_name, ttl, purpose).await?;
+            match purpose {
+                Purpose::Client => write_credentials(&root_dir, &cert, &key, &kc)?,
+                Purpose::Serving(_) => write_pair(&cert_path, &key_path, &cert, &key)?,
+            }
             anyhow::Ok(())
         }
         .await;
         match renewed {
-            Ok(()) => tracing::info!(node = %node_name, "renewed the node's client certificate"),
+            Ok(()) => tracing::info!(node = %node_name, "renewed the node's {what} certificate"),
             Err(e) => {
-                tracing::warn!(error = %e, "renew the node's client certificate; trying again in 30 s");
+                tracing::warn!(error = %e, "renew the node's {what} certificate; trying again in 30 s");
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
         }
-    }
-}
-
-/// A client certificate read from files, re-read when they change.
-#[derive(Debug)]
-struct FileCert {
-    cert: PathBuf,
-    key: PathBuf,
-    current: RwLock<Option<(SystemTime, Arc<rustls::sign::CertifiedKey>)>>,
-}
-
-impl FileCert {
-    fn load(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let modified = std::fs::metadata(&self.cert)
-            .and_then(|m| m.modified())
-            .ok()?;
-        if let Some((at, k)) = &*self.current.read().unwrap_or_else(|e| e.into_inner())
-            && *at == modified
-        {
-            return Some(k.clone());
-        }
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .ok()?
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let key = PrivateKeyDer::from_pem_file(&self.key).ok()?;
-        let provider = rustls::crypto::CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-        let signing = provider.key_provider.load_private_key(key).ok()?;
-        let k = Arc::new(rustls::sign::CertifiedKey::new(certs, signing));
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((modified, k.clone()));
-        Some(k)
-    }
-}
-
-impl rustls::client::ResolvesClientCert for FileCert {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.load()
-    }
-
-    fn has_certs(&self) -> bool {
-        true
     }
 }
 
@@ -351,11 +438,7 @@ pub async fn client(kubeconfig: &Path, root_dir: &Path) -> anyhow::Result<kube::
     cfg.auth_info.client_certificate = None;
     cfg.auth_info.client_key = None;
     let (cert, key, _) = paths(root_dir);
-    let resolver = Arc::new(FileCert {
-        cert,
-        key,
-        current: RwLock::new(None),
-    });
+    let resolver = Arc::new(keelson_host::certfile::FileCert::new(cert, key));
     let mut roots = rustls::RootCertStore::empty();
     for der in cfg.root_cert.clone().unwrap_or_default() {
         roots

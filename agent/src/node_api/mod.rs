@@ -70,6 +70,10 @@ pub struct NodeApiConfig {
     pub client_ca_pem: Option<String>,
     /// Where the serving certificate lives (generated if absent).
     pub pki_dir: PathBuf,
+    /// A serving certificate and key from the cluster CA (files renewed
+    /// while the API serves, read at each handshake); None: the
+    /// self-signed pair in `pki_dir`.
+    pub serving: Option<(PathBuf, PathBuf)>,
     /// Node name (a SAN of the certificate).
     pub node_name: String,
     /// Node IP (a SAN of the certificate).
@@ -146,16 +150,26 @@ fn router(app: App) -> Router {
 
 /// Binds and serves the node API over TLS in a background task.
 pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, NodeApiError> {
-    let (cert, key) = load_or_create_cert(&cfg.pki_dir, &cfg.node_name, cfg.node_ip)?;
     let client_auth = match cfg.client_ca_pem.as_deref() {
         Some(ca_pem) => ClientAuth::Optional { ca_pem },
         None => ClientAuth::None,
     };
-    let tls = keelson_host::serve::server_config(&cert, &key, client_auth).map_err(|e| {
-        NodeApiError::Pki {
-            dir: cfg.pki_dir.clone(),
-            reason: e.to_string(),
+    let tls = match &cfg.serving {
+        Some((cert, key)) => keelson_host::serve::server_config_resolving(
+            Arc::new(keelson_host::certfile::FileCert::new(
+                cert.clone(),
+                key.clone(),
+            )),
+            client_auth,
+        ),
+        None => {
+            let (cert, key) = load_or_create_cert(&cfg.pki_dir, &cfg.node_name, cfg.node_ip)?;
+            keelson_host::serve::server_config(&cert, &key, client_auth)
         }
+    }
+    .map_err(|e| NodeApiError::Pki {
+        dir: cfg.pki_dir.clone(),
+        reason: e.to_string(),
     })?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

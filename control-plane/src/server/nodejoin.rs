@@ -16,6 +16,13 @@
 //!   approved requests for that signer and `kubernetes.io/kube-apiserver-client`
 //!   are signed with the cluster CA (kube-controller-manager's csrapproving
 //!   and csrsigning controllers).
+//! - **Node serving certificates** (`kubernetes.io/kubelet-serving`): a
+//!   node's own request for `system:node:NAME` in `system:nodes`, serving
+//!   usages only, naming only the Node's own addresses (its IPs and host
+//!   names in `status.addresses`), is approved and signed, so the node API
+//!   serves a certificate the cluster CA vouches for. kube-controller-manager
+//!   leaves these to an operator or a third-party approver; the checks here
+//!   are what such approvers make.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +43,8 @@ use crate::api::resources;
 pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 /// The signer of node client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of node serving certificates (the node API's).
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The signer of other client certificates (approved by hand).
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 /// The Secret type of bootstrap tokens.
@@ -280,6 +289,68 @@ fn node_client_request(csr: &Value, pem: &str) -> Option<String> {
     .then(|| cn.clone())
 }
 
+/// Why a request for a node serving certificate may not be approved
+/// automatically (None: it may): the requester is the node `system:node:NAME`
+/// itself, the subject is that node in `system:nodes`, the usages are
+/// serving ones, and every name is one of the Node's addresses.
+fn node_serving_refusal(csr: &Value, pem: &str, node: Option<&Value>) -> Option<String> {
+    let (cn, orgs) = match pki::csr_subject(pem) {
+        Ok(s) => s,
+        Err(e) => return Some(e.to_string()),
+    };
+    let Some(name) = cn.strip_prefix("system:node:").filter(|n| !n.is_empty()) else {
+        return Some(format!("subject {cn:?} is not a node"));
+    };
+    if csr["spec"]["username"] != cn.as_str() {
+        return Some("not asked for by the node itself".into());
+    }
+    if orgs != ["system:nodes"] {
+        return Some(format!("organizations {orgs:?} are not [system:nodes]"));
+    }
+    let usages: Vec<&str> = csr["spec"]["usages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let allowed = ["digital signature", "key encipherment", "server auth"];
+    if !usages.contains(&"server auth") || !usages.iter().all(|u| allowed.contains(u)) {
+        return Some(format!("usages {usages:?} are not serving ones"));
+    }
+    let Some(node) = node else {
+        return Some(format!("no Node {name}"));
+    };
+    let (dns, ips, other) = match pki::csr_names(pem) {
+        Ok(n) => n,
+        Err(e) => return Some(e.to_string()),
+    };
+    if other || (dns.is_empty() && ips.is_empty()) {
+        return Some("it must name DNS names or IP addresses, and nothing else".into());
+    }
+    let addresses: Vec<(&str, &str)> = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["type"].as_str()?, a["address"].as_str()?)))
+        .collect();
+    let has = |types: &[&str], value: &str| {
+        addresses
+            .iter()
+            .any(|(t, a)| types.contains(t) && a.eq_ignore_ascii_case(value))
+    };
+    for d in &dns {
+        if !has(&["Hostname", "InternalDNS", "ExternalDNS"], d) {
+            return Some(format!("{d} is not one of the Node's host names"));
+        }
+    }
+    for ip in &ips {
+        if !has(&["InternalIP", "ExternalIP"], &ip.to_string()) {
+            return Some(format!("{ip} is not one of the Node's addresses"));
+        }
+    }
+    None
+}
+
 /// What the controller does with one request, if anything.
 async fn reconcile(
     registry: &Registry,
@@ -299,6 +370,44 @@ async fn reconcile(
         return Ok(());
     };
     let approved = condition(csr, "Approved");
+    if !approved && !condition(csr, "Denied") && signer == KUBELET_SERVING_SIGNER {
+        let node_name = csr["spec"]["username"]
+            .as_str()
+            .and_then(|u| u.strip_prefix("system:node:"))
+            .unwrap_or_default();
+        let nodes = resources::find("", "v1", "nodes").expect("registered type");
+        let node = match node_name {
+            "" => None,
+            n => registry.get(nodes, None, n).await.ok(),
+        };
+        if let Some(why) = node_serving_refusal(csr, &pem, node.as_ref()) {
+            tracing::info!(csr = name, reason = %why, "node serving certificate left for an operator to approve");
+            return Ok(());
+        }
+        let mut v = csr.clone();
+        let now = crate::api::registry::now_rfc3339();
+        v["status"]["conditions"] = json!([{
+            "type": "Approved", "status": "True", "reason": "AutoApproved",
+            "message": "Auto approving kubelet serving certificate: its names are the Node's own addresses.",
+            "lastUpdateTime": now, "lastTransitionTime": now,
+        }]);
+        registry
+            .update(
+                rt,
+                None,
+                name,
+                v,
+                Some("approval"),
+                &WriteOptions::default(),
+            )
+            .await?;
+        tracing::info!(
+            csr = name,
+            node = node_name,
+            "approved node serving certificate"
+        );
+        return Ok(());
+    }
     if !approved && !condition(csr, "Denied") && signer == KUBELET_CLIENT_SIGNER {
         let Some(cn) = node_client_request(csr, &pem) else {
             return Ok(());
@@ -354,7 +463,7 @@ async fn reconcile(
         tracing::info!(csr = name, node = %cn, "approved node client certificate");
         return Ok(());
     }
-    let signs = signer == KUBELET_CLIENT_SIGNER || signer == CLIENT_SIGNER;
+    let signs = [KUBELET_CLIENT_SIGNER, CLIENT_SIGNER, KUBELET_SERVING_SIGNER].contains(&signer);
     let issued = csr["status"]["certificate"]
         .as_str()
         .is_some_and(|c| !c.is_empty());
@@ -366,7 +475,7 @@ async fn reconcile(
         .unwrap_or(365 * 24 * 3600)
         .clamp(60, 365 * 24 * 3600);
     let mut v = csr.clone();
-    match pki::sign_csr(ca, &pem, false, seconds) {
+    match pki::sign_csr(ca, &pem, signer == KUBELET_SERVING_SIGNER, seconds) {
         Ok(cert) => v["status"]["certificate"] = json!(b64().encode(cert)),
         Err(e) => {
             let now = crate::api::registry::now_rfc3339();
@@ -478,6 +587,73 @@ mod tests {
         let v = json!({"metadata": {"name": "x"}, "spec": {
             "request": b64().encode(&pem), "signerName": KUBELET_CLIENT_SIGNER, "usages": usages}});
         (v, pem)
+    }
+
+    #[test]
+    fn serving_requests_qualify_only_for_the_nodes_own_addresses() {
+        let serving = |user: &str, cn: &str, sans: &[&str], usages: &[&str]| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(
+                sans.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::CommonName, cn);
+            dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+            params.distinguished_name = dn;
+            let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+            let v = json!({"spec": {"username": user, "signerName": KUBELET_SERVING_SIGNER,
+                "usages": usages, "request": b64().encode(&pem)}});
+            (v, pem)
+        };
+        let node = json!({"status": {"addresses": [
+            {"type": "InternalIP", "address": "10.0.0.5"},
+            {"type": "Hostname", "address": "n1"},
+        ]}});
+        let ok = ["digital signature", "key encipherment", "server auth"];
+        let n1 = "system:node:n1";
+        let (v, pem) = serving(n1, n1, &["n1", "10.0.0.5"], &ok);
+        assert_eq!(node_serving_refusal(&v, &pem, Some(&node)), None);
+        let cases = [
+            (
+                serving(n1, n1, &["n1", "10.0.0.6"], &ok),
+                "an address not the Node's",
+            ),
+            (
+                serving(n1, n1, &["evil.example"], &ok),
+                "a name not the Node's",
+            ),
+            (
+                serving("system:node:n2", n1, &["n1"], &ok),
+                "another node asks",
+            ),
+            (
+                serving(n1, n1, &["n1"], &["server auth", "client auth"]),
+                "a client usage",
+            ),
+            (serving(n1, n1, &[], &ok), "no names"),
+        ];
+        for ((v, pem), what) in cases {
+            assert!(
+                node_serving_refusal(&v, &pem, Some(&node)).is_some(),
+                "{what}"
+            );
+        }
+        let (v, pem) = serving(n1, n1, &["n1"], &ok);
+        assert!(node_serving_refusal(&v, &pem, None).is_some(), "no Node");
+        // Signed as a serving certificate, with its names.
+        let ca = crate::server::pki::Pki::load_or_create(tempfile::tempdir().unwrap().path(), &[])
+            .unwrap()
+            .ca;
+        let (_, pem) = serving(n1, n1, &["n1", "10.0.0.5"], &ok);
+        let cert = pki::sign_csr(&ca, &pem, true, 3600).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = c.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let sans = c.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(sans.general_names.len(), 2);
     }
 
     #[test]

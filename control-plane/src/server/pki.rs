@@ -164,6 +164,23 @@ pub fn csr_subject(csr_pem: &str) -> Result<(String, Vec<String>), PkiError> {
     Ok((cn, orgs))
 }
 
+/// The names a certificate signing request asks for: (DNS names, IP
+/// addresses, whether it asks for anything else: emails, URIs, other
+/// names).
+pub fn csr_names(csr_pem: &str) -> Result<(Vec<String>, Vec<IpAddr>, bool), PkiError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(cert_err("parse the certificate signing request"))?;
+    let (mut dns, mut ips, mut other) = (Vec::new(), Vec::new(), false);
+    for san in &csr.params.subject_alt_names {
+        match san {
+            SanType::DnsName(n) => dns.push(n.as_str().to_string()),
+            SanType::IpAddress(ip) => ips.push(*ip),
+            _ => other = true,
+        }
+    }
+    Ok((dns, ips, other))
+}
+
 fn dn_text(v: &rcgen::DnValue) -> String {
     match v {
         rcgen::DnValue::Utf8String(s) => s.clone(),

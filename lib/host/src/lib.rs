@@ -18,6 +18,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "serve")]
+pub mod certfile;
 pub mod cgroup;
 pub mod fs;
 pub mod mounts;

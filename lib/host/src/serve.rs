@@ -63,28 +63,57 @@ pub fn server_config(
     key_pem: &str,
     client: ClientAuth<'_>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    let err = |what| {
-        move |e: &dyn std::fmt::Display| TlsConfigError {
-            what,
-            reason: e.to_string(),
-        }
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| err("parse serving certificate")(&e))?;
+        .map_err(|e| config_error("parse serving certificate", &e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| err("parse serving key")(&e))?;
+        .map_err(|e| config_error("parse serving key", &e))?;
+    let cfg = builder(client)?
+        .with_single_cert(certs, key)
+        .map_err(|e| config_error("serving certificate", &e))?;
+    Ok(with_alpn(cfg))
+}
+
+/// [`server_config`] serving whatever certificate `resolver` gives at each
+/// handshake (a certificate that is renewed while the server runs:
+/// [`crate::certfile::FileCert`]).
+pub fn server_config_resolving(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client: ClientAuth<'_>,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    Ok(with_alpn(builder(client)?.with_cert_resolver(resolver)))
+}
+
+fn config_error(what: &'static str, e: &dyn std::fmt::Display) -> TlsConfigError {
+    TlsConfigError {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn with_alpn(mut cfg: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// The configuration up to its certificate: protocols and client auth.
+fn builder(
+    client: ClientAuth<'_>,
+) -> Result<
+    rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+    TlsConfigError,
+> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| err("protocol versions")(&e))?;
-    let builder = match client {
+        .map_err(|e| config_error("protocol versions", &e))?;
+    Ok(match client {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional { ca_pem } => {
             let mut roots = rustls::RootCertStore::empty();
             for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-                let ca = ca.map_err(|e| err("parse CA certificate")(&e))?;
-                roots.add(ca).map_err(|e| err("add CA")(&e))?;
+                let ca = ca.map_err(|e| config_error("parse CA certificate", &e))?;
+                roots.add(ca).map_err(|e| config_error("add CA", &e))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -92,15 +121,10 @@ pub fn server_config(
             )
             .allow_unauthenticated()
             .build()
-            .map_err(|e| err("client verifier")(&e))?;
+            .map_err(|e| config_error("client verifier", &e))?;
             builder.with_client_cert_verifier(verifier)
         }
-    };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| err("serving certificate")(&e))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    })
 }
 
 /// Resolves when `stop` changes (or its sender is gone); never without one.
