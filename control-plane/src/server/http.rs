@@ -401,7 +401,11 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     };
     let admitted = match timeout {
         Err(e) => Err(error_response(&e)),
-        Ok(t) => state.limits.admit(&attrs, long_running).map(|p| (t, p)),
+        Ok(t) => state
+            .limits
+            .admit(&attrs, long_running)
+            .map(|p| (t, p))
+            .map_err(|_| limits::too_many_requests()),
     };
     let (decision, denied) = decide(&state.authz, &attrs, &uri);
     let keep_body = level >= audit::Level::Request;

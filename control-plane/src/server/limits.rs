@@ -126,8 +126,8 @@ impl Limiter {
     }
 
     /// Admit a request (upstream's `WithMaxInFlightLimit`): its place in
-    /// flight, or the 429 to answer.
-    pub fn admit(&self, attrs: &Attributes, long_running: bool) -> Result<InFlight, Response> {
+    /// flight, or which limit it is over (answered [`too_many_requests`]).
+    pub fn admit(&self, attrs: &Attributes, long_running: bool) -> Result<InFlight, Rejection> {
         if long_running {
             return Ok(None);
         }
@@ -144,7 +144,7 @@ impl Limiter {
             Err(_) if attrs.groups.iter().any(|g| g == "system:masters") => Ok(None),
             Err(_) => {
                 self.metrics.rejected(reason.label());
-                Err(too_many_requests())
+                Err(reason)
             }
         }
     }
@@ -173,7 +173,7 @@ impl Limiter {
         let limit = self.limits.request_timeout;
         let asked = query
             .into_iter()
-            .flat_map(|q| form_urlencoded_pairs(q))
+            .flat_map(form_urlencoded_pairs)
             .find(|(k, _)| k == "timeout")
             .map(|(_, v)| v)
             .filter(|v| !v.is_empty());
@@ -404,13 +404,20 @@ mod tests {
         let r1 = l.admit(&get, false).unwrap();
         let r2 = l.admit(&get, false).unwrap();
         assert!(r1.is_some() && r2.is_some());
-        let refused = l.admit(&get, false).unwrap_err();
-        assert_eq!(refused.status(), 429);
-        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            l.admit(&get, false).unwrap_err(),
+            Rejection::ReadOnlyInflight
+        );
+        let answer = too_many_requests();
+        assert_eq!(answer.status(), 429);
+        assert_eq!(answer.headers()[header::RETRY_AFTER], "1");
         // The mutating limit is its own; long-running requests are not counted.
         let m1 = l.admit(&post, false).unwrap();
         assert!(m1.is_some());
-        assert!(l.admit(&post, false).is_err());
+        assert_eq!(
+            l.admit(&post, false).unwrap_err(),
+            Rejection::MutatingInflight
+        );
         assert!(l.admit(&watch, true).unwrap().is_none());
         // A place comes back when its request is done.
         drop(r1);

@@ -102,13 +102,16 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct PerKeyLimit<K: Eq + Hash> {
     max: usize,
-    open: Arc<Mutex<HashMap<K, usize>>>,
+    open: Counts<K>,
 }
+
+/// How many places each key holds.
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
 
 /// One held place of a [`PerKeyLimit`], given back on drop.
 #[derive(Debug)]
 pub struct Slot<K: Eq + Hash> {
-    held: Option<(K, Arc<Mutex<HashMap<K, usize>>>)>,
+    held: Option<(K, Counts<K>)>,
 }
 
 impl<K: Eq + Hash + Clone> PerKeyLimit<K> {
