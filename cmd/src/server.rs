@@ -102,8 +102,9 @@ pub struct ServerArgs {
     pub service_account_issuer: String,
     /// Longest a request that is not long-running (watch, exec, attach,
     /// port-forward, proxy, logs) may take before it is answered 504; a
-    /// client's `?timeout=` may shorten it.
-    #[arg(long, default_value_t = Dur(d().requests.request_timeout))]
+    /// client's `?timeout=` may shorten it. As kube-apiserver's (`1m0s`)
+    /// or `500ms`, `30s`, `5m`, seconds.
+    #[arg(long, default_value_t = Dur(d().requests.request_timeout), value_parser = request_timeout)]
     pub request_timeout: Dur,
     /// Read-only requests (get, list) served at once; more are answered
     /// 429 (0: no limit). Long-running requests are not counted.
@@ -120,6 +121,14 @@ pub struct ServerArgs {
     /// that does not keep client addresses, every client shares one.
     #[arg(long, default_value_t = d().serving.max_connections_per_address)]
     pub max_connections_per_address: usize,
+}
+
+/// `--request-timeout`: a Go duration, as kube-apiserver takes it, or
+/// one of ours.
+fn request_timeout(s: &str) -> Result<Dur, String> {
+    keelson_control_plane::server::limits::parse_go_duration(s)
+        .or_else(|_| crate::proxy::parse_duration(s))
+        .map(Dur)
 }
 
 /// This machine's name and our PID: a leader-election identity.
@@ -249,7 +258,7 @@ mod tests {
             "--data-dir",
             "/tmp/x",
             "--request-timeout",
-            "2s",
+            "1m30s",
             "--max-requests-inflight",
             "0",
             "--max-mutating-requests-inflight",
@@ -265,7 +274,7 @@ mod tests {
         assert_eq!(
             c.requests,
             RequestLimits {
-                request_timeout: std::time::Duration::from_secs(2),
+                request_timeout: std::time::Duration::from_secs(90),
                 max_requests_inflight: 0,
                 max_mutating_requests_inflight: 7,
                 max_watches_per_user: 3,
