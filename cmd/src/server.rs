@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use keelson_control_plane::controllers::nodeipam::{Allocation, DEFAULT_MASK_SIZE};
+use keelson_control_plane::server::limits::RequestLimits;
 use keelson_control_plane::server::{self, ServerConfig};
+
+use crate::proxy::Dur;
 
 fn d() -> ServerConfig {
     ServerConfig::default()
@@ -106,6 +109,35 @@ pub struct ServerArgs {
     /// The issuer (`iss`) of service account tokens, also their default audience.
     #[arg(long, default_value_t = d().service_account_issuer)]
     pub service_account_issuer: String,
+    /// Longest a request that is not long-running (watch, exec, attach,
+    /// port-forward, proxy, logs) may take before it is answered 504; a
+    /// client's `?timeout=` may shorten it. As kube-apiserver's (`1m0s`)
+    /// or `500ms`, `30s`, `5m`, seconds.
+    #[arg(long, default_value_t = Dur(d().requests.request_timeout), value_parser = request_timeout)]
+    pub request_timeout: Dur,
+    /// Read-only requests (get, list) served at once; more are answered
+    /// 429 (0: no limit). Long-running requests are not counted.
+    #[arg(long, default_value_t = d().requests.max_requests_inflight)]
+    pub max_requests_inflight: usize,
+    /// Other requests served at once; more are answered 429 (0: no limit).
+    #[arg(long, default_value_t = d().requests.max_mutating_requests_inflight)]
+    pub max_mutating_requests_inflight: usize,
+    /// Watches one user may have open; more are answered 429 (0: no limit).
+    #[arg(long, default_value_t = d().requests.max_watches_per_user)]
+    pub max_watches_per_user: usize,
+    /// Connections one client IP address may have open; more are closed
+    /// as soon as they are accepted (0: no limit). Behind a load balancer
+    /// that does not keep client addresses, every client shares one.
+    #[arg(long, default_value_t = d().serving.max_connections_per_address)]
+    pub max_connections_per_address: usize,
+}
+
+/// `--request-timeout`: a Go duration, as kube-apiserver takes it, or
+/// one of ours.
+fn request_timeout(s: &str) -> Result<Dur, String> {
+    keelson_control_plane::server::limits::parse_go_duration(s)
+        .or_else(|_| crate::proxy::parse_duration(s))
+        .map(Dur)
 }
 
 /// This machine's name and our PID: a leader-election identity.
@@ -118,6 +150,9 @@ impl ServerArgs {
     /// The typed config these flags describe.
     pub fn config(self) -> anyhow::Result<ServerConfig> {
         let cidr = self.service_cluster_ip_range;
+        if self.request_timeout.0.is_zero() {
+            bail!("--request-timeout must be more than zero");
+        }
         if cidr.max_prefix_len() - cidr.prefix_len() < 2 {
             bail!("--service-cluster-ip-range {cidr}: too small");
         }
@@ -168,6 +203,16 @@ impl ServerArgs {
             },
             service_account_issuer: self.service_account_issuer,
             advertise_address: self.advertise_address,
+            serving: keelson_host::serve::Limits {
+                max_connections_per_address: self.max_connections_per_address,
+                ..d().serving
+            },
+            requests: RequestLimits {
+                request_timeout: self.request_timeout.0,
+                max_requests_inflight: self.max_requests_inflight,
+                max_mutating_requests_inflight: self.max_mutating_requests_inflight,
+                max_watches_per_user: self.max_watches_per_user,
+            },
         })
     }
 }
@@ -220,5 +265,35 @@ mod tests {
             d.controller_config.node_monitor_grace_period
         );
         assert!(c.controllers);
+        assert_eq!(c.requests, d.requests);
+        assert_eq!(c.serving, d.serving);
+        let c = Wrap::parse_from([
+            "x",
+            "--data-dir",
+            "/tmp/x",
+            "--request-timeout",
+            "1m30s",
+            "--max-requests-inflight",
+            "0",
+            "--max-mutating-requests-inflight",
+            "7",
+            "--max-watches-per-user",
+            "3",
+            "--max-connections-per-address",
+            "9",
+        ])
+        .s
+        .config()
+        .unwrap();
+        assert_eq!(
+            c.requests,
+            RequestLimits {
+                request_timeout: std::time::Duration::from_secs(90),
+                max_requests_inflight: 0,
+                max_mutating_requests_inflight: 7,
+                max_watches_per_user: 3,
+            }
+        );
+        assert_eq!(c.serving.max_connections_per_address, 9);
     }
 }

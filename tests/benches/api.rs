@@ -1053,6 +1053,10 @@ fn breakdown(
         nodes,
         server::authz::Authorizer::new(),
         None,
+        std::sync::Arc::new(server::limits::Limiter::new(
+            server::limits::RequestLimits::default(),
+            std::sync::Arc::new(server::metrics::Metrics::new()),
+        )),
     );
     let uri = format!("/api/v1/namespaces/{NAMESPACE}/pods");
     let mut samples = Vec::new();

@@ -445,6 +445,156 @@ fn oversized_and_exploding_bodies_are_refused_cheaply() {
     );
 }
 
+/// What one client may hold: open watches per user (429 past
+/// `--max-watches-per-user`, the place given back however a watch ends)
+/// and the request timeout (504 with kube-apiserver's Status for a request
+/// whose body trickles in; a client's `?timeout=` shortens the server's but
+/// never lengthens it), both counted at /metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_per_user_and_request_timeouts_are_limited() {
+    let mut args = API_ONLY.to_vec();
+    args.extend(["--max-watches-per-user=2", "--request-timeout=3s"]);
+    let server = ServerProcess::start_with(None, &args);
+    let c = server.client().await;
+    let base = format!("https://127.0.0.1:{}", server.port);
+    // The kube-rs client and curl both as the admin certificate's user.
+    let pki = server.data_dir.join("pki");
+    let (cert, key) = (pki.join("admin.crt"), pki.join("admin.key"));
+    let admin_curl = |extra: &[&str]| {
+        let mut a = vec![
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        let started = Instant::now();
+        let (code, body) = curl(&a);
+        (code, body, started.elapsed())
+    };
+
+    // Meanwhile, bodies sent at 100 bytes a second: answered 504 at the
+    // server's request timeout (3 s), which a longer `?timeout=` does not
+    // extend, or at a shorter one's. Over HTTP/1.1: curl 7.88 takes an
+    // HTTP/2 answer that comes before the end of its upload, followed by
+    // RST_STREAM(NO_ERROR) as RFC 9113 §8.1 has it (and Go's server sends),
+    // for a failure (exit 92) when it reads both at once.
+    let cm = configmap("slow", json!({}), json!({"k": "v".repeat(1000)})).to_string();
+    let cms = format!("{base}/api/v1/namespaces/default/configmaps");
+    let slow_post = |url: String| {
+        let (cert, key, cm) = (cert.clone(), key.clone(), cm.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (code, body, exit) = curl_full(&[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--http1.1",
+                "--limit-rate",
+                "100",
+                "--data-binary",
+                &cm,
+                &url,
+            ]);
+            (code, body, exit, started.elapsed())
+        })
+    };
+    let server_timeout = slow_post(format!("{cms}?timeout=30s"));
+    let client_timeout = slow_post(format!("{cms}?timeout=1s"));
+
+    // Two watches open: the third is refused, before anything is streamed.
+    let mut short = Watch::open(
+        &c,
+        "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=2",
+    )
+    .await;
+    let long = Watch::open(&c, "/api/v1/namespaces/default/configmaps?watch=true").await;
+    let third = format!("{base}/api/v1/secrets?watch=true&timeoutSeconds=1");
+    let (code, body, _) = admin_curl(&[&third]);
+    assert_eq!(code, 429, "third watch: {body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["kind"], "Status", "{s}");
+    assert_eq!(s["reason"], "TooManyRequests", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("user \"keelson-admin\" has 2 open"),
+        "{s}"
+    );
+    // A watch that times out gives its place back.
+    assert!(short.ends_within(Duration::from_secs(10)).await);
+    let (code, body, _) = admin_curl(&[&third]);
+    assert_eq!(code, 200, "a watch after one ended: {body}");
+    // So does one whose client went away, noticed when the server next
+    // writes to it (an event or two: the kernel may take the first).
+    let _held = Watch::open(&c, "/api/v1/namespaces/kube-system/configmaps?watch=true").await;
+    assert_eq!(admin_curl(&[&third]).0, 429, "two open again");
+    drop(long);
+    let mut freed = false;
+    for i in 0..20 {
+        let cm = configmap(&format!("after-drop-{i}"), json!({}), json!({}));
+        post(&c, "/api/v1/namespaces/default/configmaps", &cm)
+            .await
+            .ok(201);
+        let (code, body, _) = admin_curl(&[&third]);
+        if code == 200 {
+            freed = true;
+            break;
+        }
+        assert_eq!(code, 429, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        freed,
+        "the place of a watch whose client went away never came back"
+    );
+
+    let (code, body, exit, took) = server_timeout.join().unwrap();
+    assert_eq!(code, 504, "a trickled body: {body} (curl exit {exit})");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["kind"], "Status", "{s}");
+    assert_eq!(s["reason"], "Timeout", "{s}");
+    assert_eq!(s["code"], 504, "{s}");
+    assert_eq!(
+        s["message"],
+        "Timeout: request did not complete within the allotted timeout"
+    );
+    assert!(
+        took >= Duration::from_millis(2800) && took < Duration::from_secs(8),
+        "answered after {took:?}, the request timeout is 3 s"
+    );
+    let (code, body, exit, took) = client_timeout.join().unwrap();
+    assert_eq!(
+        code, 504,
+        "a trickled body with ?timeout=1s: {body} (curl exit {exit})"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}, the client asked for 1 s"
+    );
+    // Nothing was created; a malformed timeout is a bad request.
+    get(&c, "/api/v1/namespaces/default/configmaps/slow")
+        .await
+        .expect_status(404, "NotFound");
+    let (code, body, _) = admin_curl(&[&format!("{cms}?timeout=soon")]);
+    assert_eq!(code, 400, "{body}");
+
+    let (code, metrics, _) = admin_curl(&[&format!("{base}/metrics")]);
+    assert_eq!(code, 200);
+    for line in [
+        r#"apiserver_rejected_requests_total{reason="request_timeout"} 2"#,
+        r#"apiserver_rejected_requests_total{reason="max_watches_per_user"} "#,
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+}
+
 /// The audit log: a policy's levels decide what each request leaves in the
 /// file, in kube-apiserver's event format.
 #[test]

@@ -232,6 +232,8 @@ pub async fn serve(cfg: NodeApiConfig) -> Result<tokio::task::JoinHandle<()>, No
         "node API",
         listener,
         tls,
+        keelson_host::serve::Limits::default(),
+        None,
         new_service,
         None,
     )))

@@ -255,6 +255,15 @@ impl ApiError {
         e.details.retry_after = Some(1);
         e
     }
+    /// 429 TooManyRequests, with no `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        ApiError::new(429, "TooManyRequests", message)
+    }
+    /// kube-apiserver's `NewTimeoutError(message, 0)`: 504 Timeout,
+    /// "Timeout: {message}", with no `Retry-After`.
+    pub fn timeout_no_retry(message: &str) -> Self {
+        ApiError::new(504, "Timeout", format!("Timeout: {message}"))
+    }
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = ApiError::new(503, "ServiceUnavailable", message);
         e.details.retry_after = Some(1);

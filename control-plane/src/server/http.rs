@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::audit;
 use super::auth::UserInfo;
 use super::authz::{self, Authorizer, attributes};
+use super::limits::{self, Limiter};
 use super::metrics::{Metrics, WatchLabels};
 use super::satoken::TokenIssuer;
 use super::{discovery, openapi};
@@ -44,6 +45,7 @@ struct AppState {
     nodes: super::nodeproxy::NodeClient,
     authz: Arc<Authorizer>,
     audit: Option<Arc<audit::Auditor>>,
+    limits: Arc<Limiter>,
 }
 
 /// The client's address, as the TLS listener saw it.
@@ -57,15 +59,17 @@ pub fn router(
     nodes: super::nodeproxy::NodeClient,
     authz: Arc<Authorizer>,
     audit: Option<Arc<audit::Auditor>>,
+    limits: Arc<Limiter>,
 ) -> Router {
     let state = AppState {
         registry,
         server_address: addr.to_string(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: limits.metrics().clone(),
         tokens,
         nodes,
         authz,
         audit,
+        limits,
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -402,25 +406,81 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         .unwrap_or_default()
         .to_string();
     let attrs = attributes::of_request(&user, method.as_str(), uri.path(), uri.query());
-    let (decision, denied) = decide(&state.authz, &attrs, &uri);
+    let long_running = limits::is_long_running(&attrs, &uri);
     let headers = state.audit.is_some().then(|| req.headers().clone());
     let level = state
         .audit
         .as_ref()
         .map_or(audit::Level::None, |a| a.level(&attrs));
-    let (mut resp, request_body) = match denied {
-        Some(e) => (error_response(&e), None),
-        None => dispatch(&state, req, Some(&user), level >= audit::Level::Request).await,
+    // As kube-apiserver's handler chain: the request deadline, then the
+    // in-flight limit, then authorization.
+    let timeout = if long_running {
+        Ok(None)
+    } else {
+        state.limits.timeout_for(uri.query()).map(Some)
+    };
+    let admitted = match timeout {
+        Err(e) => Err(error_response(&e)),
+        Ok(t) => state
+            .limits
+            .admit(&attrs, long_running)
+            .map(|p| (t, p))
+            .map_err(|_| limits::too_many_requests()),
+    };
+    let (decision, denied) = decide(&state.authz, &attrs, &uri);
+    let keep_body = level >= audit::Level::Request;
+    let http1_with_body = req.version() < http::Version::HTTP_2
+        && (req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"));
+    let (mut resp, request_body) = match (admitted, denied) {
+        (Err(refused), _) => (refused, None),
+        (Ok(_), Some(e)) => (error_response(&e), None),
+        (Ok((None, _)), None) => dispatch(&state, req, Some(&user), keep_body).await,
+        (Ok((Some(timeout), in_flight)), None) => {
+            // The handler runs in a task of its own and is left to finish
+            // if the deadline passes first (as upstream's timeout filter
+            // leaves its goroutine): cutting a write between the store and
+            // its allocations would leave them out of step. Its body ends
+            // at the deadline, so a trickling client holds nothing.
+            let deadline = tokio::time::Instant::from_std(started) + timeout;
+            let (req, body_timed_out) = limits::body_until(req, deadline);
+            let task_state = state.clone();
+            let task_user = user.clone();
+            let task = tokio::spawn(async move {
+                let _in_flight = in_flight;
+                dispatch(&task_state, req, Some(&task_user), keep_body).await
+            });
+            match tokio::time::timeout_at(deadline, task).await {
+                // A handler whose body timed out answers for itself (a
+                // read error) only when it beats the deadline's timer.
+                Ok(Ok(done)) if !body_timed_out.load(std::sync::atomic::Ordering::SeqCst) => done,
+                Ok(Err(e)) => {
+                    tracing::error!(%method, %uri, error = %e, "request handler failed");
+                    (
+                        error_response(&ApiError::internal("the request handler failed")),
+                        None,
+                    )
+                }
+                Ok(Ok(_)) | Err(_) => {
+                    tracing::debug!(%method, %uri, ?timeout, "request timed out");
+                    let mut r = error_response(&state.limits.timed_out());
+                    if http1_with_body {
+                        // An HTTP/1 body the handler stopped reading
+                        // cannot be skipped over: the connection ends.
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    (r, None)
+                }
+            }
+        }
     };
     if let Some(auditor) = &state.audit
         && level != audit::Level::None
     {
-        let long_running = attrs.verb == "watch"
-            || attrs.verb == "proxy"
-            || streaming_subresource(uri.path()).is_some()
-            || super::proxy::parse(uri.path()).is_some()
-            || (attrs.subresource == "log"
-                && uri.query().is_some_and(|q| q.contains("follow=true")));
         let mut response_body = None;
         if level == audit::Level::RequestResponse && !long_running {
             let (parts, body) = resp.into_parts();
@@ -890,6 +950,7 @@ async fn resource(
                     opts,
                     &q,
                     wants_table(headers),
+                    user,
                 )
                 .await;
             }
@@ -952,6 +1013,7 @@ async fn resource(
                     opts,
                     &q,
                     wants_table(headers),
+                    user,
                 )
                 .await;
             }
@@ -1132,7 +1194,11 @@ async fn watch(
     opts: WatchOptions,
     q: &HashMap<String, String>,
     table: bool,
+    user: Option<&UserInfo>,
 ) -> ApiResult<Response> {
+    // Held by the task that streams the watch, given back however it ends
+    // (timeout, the client gone, the store's stream ended).
+    let slot = user.map(|u| state.limits.watch(&u.name)).transpose()?;
     let start_rv = opts.resource_version.unwrap_or(0);
     let object = opts
         .field_selector
@@ -1179,6 +1245,7 @@ async fn watch(
         }
     };
     tokio::spawn(async move {
+        let _slot = slot;
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -6,6 +6,12 @@
 //!   says which selectors the watch carried (`none`, `label`, `field`,
 //!   `label+field`). One per informer per (re)connection: a process with
 //!   shared informers adds one per resource type.
+//! - `apiserver_rejected_requests_total{reason}`: requests refused by a
+//!   limit of [`super::limits`]: `max_requests_inflight`,
+//!   `max_mutating_requests_inflight` (429), `max_watches_per_user` (429),
+//!   `request_timeout` (504).
+//! - `apiserver_rejected_connections_total{reason}`: connections closed as
+//!   soon as accepted: `max_connections_per_address`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,9 +27,16 @@ pub struct WatchLabels {
     pub selector: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     watches: Family<WatchLabels, Counter>,
+    rejected_requests: Family<ReasonLabels, Counter>,
+    rejected_connections: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -41,7 +54,41 @@ impl Metrics {
             "Watch requests received, by resource",
             watches.clone(),
         );
-        Metrics { registry, watches }
+        let rejected_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests refused by a limit (in flight, watches per user, request timeout), by reason",
+            rejected_requests.clone(),
+        );
+        let rejected_connections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_connections",
+            "Connections closed as soon as accepted, by reason",
+            rejected_connections.clone(),
+        );
+        Metrics {
+            registry,
+            watches,
+            rejected_requests,
+            rejected_connections,
+        }
+    }
+
+    /// Count one request refused for `reason`.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected_requests
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Count one connection refused because its address had as many
+    /// open as it may.
+    pub fn connection_refused(&self) {
+        self.rejected_connections
+            .get_or_create(&ReasonLabels {
+                reason: "max_connections_per_address",
+            })
+            .inc();
     }
 
     /// Count one watch request.

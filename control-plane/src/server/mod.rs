@@ -7,6 +7,7 @@ pub mod authz;
 pub mod background;
 pub mod discovery;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod nodejoin;
 pub mod nodeproxy;
@@ -49,6 +50,11 @@ pub struct ServerConfig {
     /// `kubernetes` Service's endpoint (None: the listen address unless it
     /// is loopback or unspecified).
     pub advertise_address: Option<std::net::IpAddr>,
+    /// What a connection and a client address may hold (timeouts, HTTP/2
+    /// streams, connections per address).
+    pub serving: keelson_host::serve::Limits,
+    /// Request timeout, in-flight limits, watches per user.
+    pub requests: limits::RequestLimits,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +74,8 @@ impl Default for ServerConfig {
             controller_config: crate::controllers::ControllerConfig::default(),
             service_account_issuer: satoken::DEFAULT_ISSUER.to_string(),
             advertise_address: None,
+            serving: keelson_host::serve::Limits::default(),
+            requests: limits::RequestLimits::default(),
         }
     }
 }
@@ -387,10 +395,22 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         pki.ca.clone(),
         rx.clone(),
     ));
-    let app = http::router(registry.clone(), addr, issuer, nodes, authorizer, auditor);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let limiter = Arc::new(limits::Limiter::new(config.requests, metrics.clone()));
+    let app = http::router(
+        registry.clone(),
+        addr,
+        issuer,
+        nodes,
+        authorizer,
+        auditor,
+        limiter,
+    );
     tasks.push(tokio::spawn(tls::serve(
         listener,
         tls,
+        config.serving,
+        metrics,
         authn,
         app,
         rx.clone(),

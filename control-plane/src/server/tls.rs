@@ -24,10 +24,13 @@ pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Accept connections until `stop` turns true.
+/// Accept connections until `stop` turns true, within `limits`;
+/// connections refused for their address are counted in `metrics`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    limits: keelson_host::serve::Limits,
+    metrics: Arc<super::metrics::Metrics>,
     authn: Arc<Authenticator>,
     app: Router,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -71,5 +74,16 @@ pub async fn serve(
             }
         })
     };
-    keelson_host::serve::serve("API server", listener, tls, new_service, Some(stop)).await
+    let on_refused: keelson_host::serve::OnRefused =
+        Arc::new(move |_| metrics.connection_refused());
+    keelson_host::serve::serve(
+        "API server",
+        listener,
+        tls,
+        limits,
+        Some(on_refused),
+        new_service,
+        Some(stop),
+    )
+    .await
 }

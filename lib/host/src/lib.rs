@@ -10,8 +10,8 @@
 //! - [`fs`]: one atomic, fsync'd file write.
 //! - [`cgroup`]: which cgroup layout the machine has.
 //! - `serve` (cargo feature `serve`): the one TLS serving loop (rustls,
-//!   HTTP/1.1 and HTTP/2, handshake timeout) of the API server and the node
-//!   API. Off by default, so that the CNI plugin pulls no async runtime.
+//!   HTTP/1.1 and HTTP/2, limits on slow and greedy clients) of the API
+//!   server and the node API. Off by default, so that the CNI plugin pulls no async runtime.
 //! - [`mounts`]: tmpfs mounts and unmounting what is left under a directory.
 //!
 //! `unsafe` is denied (workspace lint); nothing here needs it.
