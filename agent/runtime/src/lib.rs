@@ -200,6 +200,9 @@ pub struct ExecIo {
     pub stderr: bool,
     /// One terminal for all three.
     pub tty: bool,
+    /// The terminal's size from the start, (columns, rows): set before the
+    /// command runs, so that it never sees a 0x0 terminal.
+    pub size: Option<(u16, u16)>,
 }
 
 /// A byte source of an interactive exec.

@@ -543,8 +543,17 @@ impl Runtime for OciRuntime {
             // terminal to its own, which must be one: it gets the slave
             // side of ours (and resizes the container's from it on
             // SIGWINCH); the caller talks to the master side.
-            let pty =
-                nix::pty::openpty(None, None).map_err(|e| io_err("open a terminal", e.into()))?;
+            // At the client's size from the start: runc copies it to the
+            // container's terminal before the command runs (a SIGWINCH
+            // sent after the start can come before runc listens for it).
+            let size = io.size.map(|(cols, rows)| nix::pty::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            });
+            let pty = nix::pty::openpty(size.as_ref(), None)
+                .map_err(|e| io_err("open a terminal", e.into()))?;
             let slave = std::fs::File::from(pty.slave);
             let dup = |f: &std::fs::File| f.try_clone().map_err(|e| io_err("dup the terminal", e));
             cmd.arg("--tty")

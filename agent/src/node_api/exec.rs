@@ -358,7 +358,8 @@ async fn run(
             }
         }
     }
-    let mut p = match runtime.exec_interactive(&id, &q.command, q.io).await {
+    let io = ExecIo { size, ..q.io };
+    let mut p = match runtime.exec_interactive(&id, &q.command, io).await {
         Ok(p) => p,
         Err(e) => {
             if let Some(m) = status_message(version, &q.command, &Err(e.to_string())) {
@@ -368,9 +369,6 @@ async fn run(
         }
     };
     let terminal = p.terminal.take();
-    if let (Some(t), Some((w, h))) = (&terminal, size) {
-        let _ = t.resize(w, h);
-    }
     let outputs: Vec<_> = [(p.stdout.take(), STDOUT), (p.stderr.take(), STDERR)]
         .into_iter()
         .filter_map(|(r, ch)| r.map(|r| tokio::spawn(pump(r, ch, out.clone()))))
@@ -613,7 +611,8 @@ mod tests {
                 stdin: true,
                 stdout: true,
                 stderr: false,
-                tty: true
+                tty: true,
+                size: None,
             }
         );
         let q = parse_query("command=date&output=1&error=1").unwrap();
