@@ -351,6 +351,30 @@ fn node_serving_refusal(csr: &Value, pem: &str, node: Option<&Value>) -> Option<
     None
 }
 
+/// Mark a request approved (`AutoApproved`, with `message`).
+async fn approve(registry: &Registry, csr: &Value, message: &str) -> Result<(), ApiError> {
+    let rt = resources::find("certificates.k8s.io", "v1", "certificatesigningrequests")
+        .expect("registered type");
+    let name = csr["metadata"]["name"].as_str().unwrap_or_default();
+    let mut v = csr.clone();
+    let now = crate::api::registry::now_rfc3339();
+    v["status"]["conditions"] = json!([{
+        "type": "Approved", "status": "True", "reason": "AutoApproved",
+        "message": message, "lastUpdateTime": now, "lastTransitionTime": now,
+    }]);
+    registry
+        .update(
+            rt,
+            None,
+            name,
+            v,
+            Some("approval"),
+            &WriteOptions::default(),
+        )
+        .await
+        .map(drop)
+}
+
 /// What the controller does with one request, if anything.
 async fn reconcile(
     registry: &Registry,
@@ -384,23 +408,12 @@ async fn reconcile(
             tracing::info!(csr = name, reason = %why, "node serving certificate left for an operator to approve");
             return Ok(());
         }
-        let mut v = csr.clone();
-        let now = crate::api::registry::now_rfc3339();
-        v["status"]["conditions"] = json!([{
-            "type": "Approved", "status": "True", "reason": "AutoApproved",
-            "message": "Auto approving kubelet serving certificate: its names are the Node's own addresses.",
-            "lastUpdateTime": now, "lastTransitionTime": now,
-        }]);
-        registry
-            .update(
-                rt,
-                None,
-                name,
-                v,
-                Some("approval"),
-                &WriteOptions::default(),
-            )
-            .await?;
+        approve(
+            registry,
+            csr,
+            "Auto approving kubelet serving certificate: its names are the Node's own addresses.",
+        )
+        .await?;
         tracing::info!(
             csr = name,
             node = node_name,
@@ -444,22 +457,7 @@ async fn reconcile(
         } else {
             return Ok(());
         };
-        let mut v = csr.clone();
-        let now = crate::api::registry::now_rfc3339();
-        v["status"]["conditions"] = json!([{
-            "type": "Approved", "status": "True", "reason": "AutoApproved",
-            "message": message, "lastUpdateTime": now, "lastTransitionTime": now,
-        }]);
-        registry
-            .update(
-                rt,
-                None,
-                name,
-                v,
-                Some("approval"),
-                &WriteOptions::default(),
-            )
-            .await?;
+        approve(registry, csr, message).await?;
         tracing::info!(csr = name, node = %cn, "approved node client certificate");
         return Ok(());
     }

@@ -775,21 +775,6 @@ mod tests {
         assert!(rules("admin") > rules("edit"));
     }
 
-    fn request(user: &str, groups: &[&str], verb: &str, group: &str, resource: &str) -> Attributes {
-        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-        Attributes {
-            user: user.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            verb: verb.into(),
-            resource_request: true,
-            api_group: group.into(),
-            resource: resource.into(),
-            subresource: subresource.into(),
-            namespace: "team".into(),
-            ..Attributes::default()
-        }
-    }
-
     #[test]
     fn each_controller_may_do_its_own_work_and_nothing_else() {
         use crate::controllers::identity;
@@ -804,8 +789,10 @@ mod tests {
             } else {
                 identity::user(who)
             };
-            p.allows(&request(&user, &sa, verb, group, resource))
-                .is_some()
+            p.allows(&crate::server::authz::rbac::tests::attrs(
+                &user, &sa, verb, group, "team", resource,
+            ))
+            .is_some()
         };
         // Every identity the controllers act as has its role and binding.
         for id in identity::ALL {

@@ -460,11 +460,12 @@ pub fn aggregate_all(all: &[Value]) -> Vec<Value> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn attrs(
+    /// A resource request (`res` may be `resource/subresource`).
+    pub(crate) fn attrs(
         user: &str,
         groups: &[&str],
         verb: &str,
