@@ -320,6 +320,7 @@ impl Auditor {
 mod tests {
     use super::*;
 
+    /// An authenticated user's request for `resource` (`res/sub`) named `name`.
     fn attrs(
         user: &str,
         verb: &str,
@@ -328,18 +329,16 @@ mod tests {
         resource: &str,
         name: &str,
     ) -> Attributes {
-        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
         Attributes {
-            user: user.into(),
-            groups: vec!["system:authenticated".into()],
-            verb: verb.into(),
-            resource_request: true,
-            api_group: group.into(),
-            namespace: ns.into(),
-            resource: resource.into(),
-            subresource: subresource.into(),
             name: name.into(),
-            ..Attributes::default()
+            ..crate::server::authz::rbac::tests::attrs(
+                user,
+                &["system:authenticated"],
+                verb,
+                group,
+                ns,
+                resource,
+            )
         }
     }
 
